@@ -1,0 +1,74 @@
+"""Fail fast on a bad configuration: one message naming the key, the value and what is allowed,
+before any data is loaded or any training starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, PROTOCOLS, class_index
+from anogan.errors import UserError
+
+
+class ConfigError(UserError):
+    pass
+
+
+def _fail(key: str, value, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.")
+
+
+def _number(cfg: DictConfig, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(cfg: DictConfig) -> None:
+    d, m, mp = cfg.data, cfg.model, cfg.mapping
+    try:
+        class_index(d.normal_class)
+    except ValueError:
+        _fail("data.normal_class", d.normal_class, f"use 0-9 or one of {', '.join(CLASSES)}")
+    if d.protocol not in PROTOCOLS:
+        _fail("data.protocol", d.protocol, f"use one of {', '.join(PROTOCOLS)}")
+    if d.image_size not in IMAGE_SIZES:
+        _fail("data.image_size", d.image_size, f"the networks support {', '.join(map(str, IMAGE_SIZES))}")
+    if d.channels not in (1, 3):
+        _fail("data.channels", d.channels, "use 1 (grey) or 3 (colour)")
+    if not 0.0 <= mp.alpha <= 1.0:
+        _fail("mapping.alpha", mp.alpha, "the weight of the discrimination term must lie in [0, 1]")
+    for key, low in (
+        ("mapping.iterations", 1),
+        ("mapping.batch_size", 1),
+        ("model.latent_dim", 1),
+        ("model.g_steps", 1),
+        ("model.g_width", 1),
+        ("model.d_width", 1),
+        ("data.batch_size", 1),
+    ):
+        value = _number(cfg, key)
+        if not isinstance(value, int) or value < low:
+            _fail(key, value, f"use a whole number >= {low}")
+    for key in ("mapping.lr", "model.lr"):
+        if not _number(cfg, key) > 0:
+            _fail(key, _number(cfg, key), "use a positive learning rate")
+    for key in ("data.val_fraction", "data.train_fraction"):
+        if not 0.0 < _number(cfg, key) < 1.0:
+            _fail(key, _number(cfg, key), "use a fraction strictly between 0 and 1")
+    for key in ("data.val_subset", "data.test_subset"):
+        value = _number(cfg, key)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            _fail(key, value, "use null (all), a count >= 1 or a fraction in (0, 1]")
+    root = Path(d.root).expanduser()
+    if not d.download and not (root / "cifar-10-batches-py").is_dir():
+        _fail("data.root", d.root, f"no cifar-10-batches-py folder there ({root.resolve()}); point it at the folder "
+              "that holds cifar-10-batches-py, or set data.download=true")
+    if bool(cfg.gan.generator) != bool(cfg.gan.discriminator):
+        raise ConfigError("gan.generator and gan.discriminator go together: give both weight files, or neither.")
+    for key in ("gan.generator", "gan.discriminator", "gan.checkpoint"):
+        value = _number(cfg, key)
+        if value and not Path(value).expanduser().exists():
+            _fail(key, value, "the file or folder does not exist")

@@ -1,0 +1,180 @@
+"""The one command: train (or reuse) the GAN, score every evaluation image, report.
+
+    python train.py experiment=cifar_car_cpu data.root=../shared/data/cifar10 data.verify_checksums=false
+
+Stage 1 fits the GAN LightningModule on normal images (skipped when ``gan.checkpoint``,
+``gan.generator``/``gan.discriminator`` or a cache entry provides one). Stage 2 runs the
+LatentMapping LightningModule over validation + test, fits the threshold on validation only and
+writes scores.csv, metrics.json, figures and TensorBoard dashboards into the run folder.
+Returns the test metric named by ``optimized_metric`` (for Hydra sweepers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from anogan import gan_store
+from anogan.callbacks import SampleGrid
+from anogan.config_check import check_config
+from anogan.errors import UserError
+from anogan.models.gan import GAN
+from anogan.models.latent_mapping import LatentMapping
+from anogan.report import write_report
+from anogan.run_info import write_run_info
+
+log = logging.getLogger("anogan")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _arch(cfg: DictConfig) -> dict:
+    return {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
+
+
+def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> Path:
+    """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
+    model: GAN = instantiate(cfg.model)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    callbacks = [checkpoints, SampleGrid(str(run_dir / "samples"), **cfg.callbacks.sample_grid)]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last" and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        log.info("ckpt_path=last but %s has no last.ckpt yet: starting from scratch", run_dir / "checkpoints")
+        ckpt_path = None
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    folder = run_dir / "gan"
+    if trainer.is_global_zero:
+        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder)
+    trainer.strategy.barrier()
+    return folder
+
+
+def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """G and D from (in this order) given weights, a given checkpoint, the cache, or training."""
+    arch = _arch(cfg)
+    if cfg.gan.generator:
+        g, d = gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
+        return g, d, f"weights {cfg.gan.generator}"
+    if cfg.gan.checkpoint:
+        g, d = gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
+        return g, d, f"checkpoint {cfg.gan.checkpoint}"
+    if not cfg.gan.cache:
+        g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
+        return g, d, "trained"
+    key, spec = gan_store.cache_key(cfg)
+    cache_dir = Path(cfg.paths.gan_cache_dir)
+    with gan_store.cache_lock(cache_dir, key):
+        entry = cache_dir / key
+        if (entry / "gan.json").is_file():
+            log.info("reusing the cached GAN %s (same data, model, training settings and seed)", entry)
+            g, d, _ = gan_store.load_gan_folder(entry)
+            (run_dir / "gan_source.txt").write_text(f"reused {entry.resolve()}\n")
+            return g, d, f"cache {key}"
+        folder = fit_gan(cfg, datamodule, logger, run_dir)
+        gan_store.save_gan(*gan_store.load_gan_folder(folder)[:2], arch, folder, extra={"cache_key": key, "spec": spec})
+        gan_store.publish(folder, cache_dir, key)
+        log.info("trained a new GAN, cached as %s", cache_dir / key)
+    g, d, _ = gan_store.load_gan_folder(folder)
+    return g, d, "trained"
+
+
+def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, torch.Tensor]:
+    """Stage 2: latent mapping over validation + test in one Lightning test loop."""
+    mapping = LatentMapping(
+        generator,
+        discriminator,
+        alpha=cfg.mapping.alpha,
+        iterations=cfg.mapping.iterations,
+        lr=cfg.mapping.lr,
+        betas=tuple(cfg.mapping.betas),
+        seed=cfg.seed,
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, inference_mode=False
+    )
+    trainer.test(mapping, dataloaders=datamodule.eval_dataloader(cfg.mapping.batch_size), verbose=False)
+    return mapping.results
+
+
+def run(cfg: DictConfig) -> float:
+    check_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.write_manifest(run_dir)
+    logger = instantiate(cfg.logger)
+
+    start = time.perf_counter()
+    generator, discriminator, source = obtain_gan(cfg, datamodule, logger, run_dir)
+    train_s = time.perf_counter() - start
+    log.info("GAN from %s (%.1f s)", source, train_s)
+
+    start = time.perf_counter()
+    results = score(cfg, generator, discriminator, datamodule)
+    score_s = time.perf_counter() - start
+    if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
+        return float("nan")
+
+    writer = logger.experiment if logger else None
+    metrics = write_report(results, datamodule.eval_set, datamodule.eval_split, generator, run_dir, writer)
+    metrics["gan_source"] = source
+    metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1)}
+    metrics["images_scored"] = len(results["score"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if logger:
+        hparams = {
+            "alpha": cfg.mapping.alpha,
+            "iterations": cfg.mapping.iterations,
+            "mapping_lr": cfg.mapping.lr,
+            "latent_dim": cfg.model.latent_dim,
+            "gan_lr": cfg.model.lr,
+            "g_steps": cfg.model.g_steps,
+            "epochs": cfg.trainer.max_epochs,
+            "image_size": cfg.data.image_size,
+            "normal_class": str(cfg.data.normal_class),
+            "protocol": cfg.data.protocol,
+            "precision": str(cfg.trainer.precision),
+            "seed": cfg.seed,
+        }
+        logger.log_hyperparams(
+            hparams,
+            metrics={
+                "hparams/test_auroc": metrics["test"]["auroc"],
+                "hparams/test_ap": metrics["test"]["ap"],
+                "hparams/test_f1": metrics["test"]["f1"],
+                "hparams/val_auroc": metrics["val"]["auroc"],
+            },
+        )
+        logger.finalize("success")
+    value = metrics["test"][cfg.optimized_metric.split("/")[-1]]
+    log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
+    return float(value)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
