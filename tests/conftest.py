@@ -60,7 +60,7 @@ def tiny_overrides(root: Path, out: Path | None = None) -> list[str]:
         "model.d_width=8",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
-        "+trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=2",
         "mapping.iterations=3",
         "mapping.batch_size=32",
     ]

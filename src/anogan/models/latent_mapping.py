@@ -53,6 +53,7 @@ class LatentMapping(L.LightningModule):
         self.discriminator = discriminator
         for p in self.parameters():
             p.requires_grad_(False)
+        self.eval()
         self._outputs: list[dict] = []
         self.results: dict[str, torch.Tensor] | None = None
 

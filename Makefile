@@ -1,0 +1,42 @@
+# Every target sets itself up: a fresh clone needs only Python 3.10+ and `make`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help install test test-slow test-all train train-guidebook bench tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  pass Hydra overrides with ARGS=\"...\", e.g. make train ARGS=\"data.root=../shared/data/cifar10 data.verify_checksums=false\""
+
+install: $(STAMP) ## create .venv and install the package with its test tools
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install ## the fast test suite (minutes on 2 cores)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install ## the slow tests only (multi-process DDP, resume)
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests collected
+
+test-all: install ## every test
+	$(PY) -m pytest -q
+
+train: install ## the CPU recipe end to end: train the GAN, score, report (~20 min on 2 cores)
+	$(PY) train.py experiment=cifar_car_cpu $(ARGS)
+
+train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU)
+	$(PY) train.py experiment=cifar_car $(ARGS)
+
+bench: install ## speed benchmark, prints one JSON object
+	$(PY) -m anogan.bench $(ARGS)
+
+tensorboard: install ## dashboards of every run under outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean: ## remove the virtual environment (runs in outputs/ are kept)
+	rm -rf $(VENV) src/*.egg-info

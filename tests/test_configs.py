@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR, compose_config, tiny_overrides
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment, tiny_cifar):
+    cfg = compose_config([f"experiment={experiment}", f"data.root={tiny_cifar}"])
+    assert cfg.model.image_size == cfg.data.image_size and cfg.model.channels == cfg.data.channels
+    model = instantiate(cfg.model)
+    assert model.hparams.latent_dim == cfg.model.latent_dim
+    dm = instantiate(cfg.data)
+    assert dm.normal_class == 1
+
+
+def test_guidebook_settings():
+    cfg = compose_config(["experiment=cifar_car"])
+    assert (cfg.model.latent_dim, cfg.model.lr, cfg.data.batch_size, cfg.data.image_size) == (128, 1e-4, 128, 64)
+    assert (cfg.trainer.max_epochs, cfg.model.g_steps, cfg.mapping.alpha, cfg.mapping.iterations) == (200, 3, 0.5, 400)
+    assert cfg.data.protocol == "seed"
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_presets_compose(trainer):
+    cfg = compose_config([f"trainer={trainer}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def test_debug_config_composes(tiny_cifar):
+    cfg = compose_config(["debug=fast", *tiny_overrides(tiny_cifar)])
+    assert cfg.trainer.max_epochs == 1
