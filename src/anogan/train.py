@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -38,30 +40,40 @@ log = logging.getLogger("anogan")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def _is_rank_zero() -> bool:
+    """Global rank 0, also before any Trainer exists. Lightning's guess then comes from RANK,
+    LOCAL_RANK or SLURM_PROCID; a process started by hand on another node has only NODE_RANK."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 def _arch(cfg: DictConfig) -> dict:
     return {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
 
 
-def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> Path:
+def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path, extra: dict | None = None) -> Path:
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
-    model: GAN = instantiate(cfg.model)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    model: GAN = instantiate(cfg.model, _convert_="all")
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, **cfg.callbacks.checkpoint
+    )  # one rolling checkpoints/last.ckpt, rewritten atomically by Lightning (temp file + move)
     callbacks = [checkpoints, SampleGrid(str(run_dir / "samples"), **cfg.callbacks.sample_grid)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     ckpt_path = cfg.ckpt_path
-    if ckpt_path == "last" and not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        log.info("ckpt_path=last but %s has no last.ckpt yet: starting from scratch", run_dir / "checkpoints")
-        ckpt_path = None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+        log.info("resuming from %s" if ckpt_path else "ckpt_path=last but %s does not exist: starting from scratch", last)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     folder = run_dir / "gan"
     if trainer.is_global_zero:
-        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder)
+        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
 
 
-def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """G and D from (in this order) given weights, a given checkpoint, the cache, or training."""
+def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
+    """G and D the user handed in (weights or a checkpoint), loaded before any data so that a
+    wrong file or a mismatched architecture fails in seconds."""
     arch = _arch(cfg)
     if cfg.gan.generator:
         g, d = gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
@@ -69,37 +81,53 @@ def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torc
     if cfg.gan.checkpoint:
         g, d = gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
         return g, d, f"checkpoint {cfg.gan.checkpoint}"
+    return None
+
+
+def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """G and D from the cache (same data, model, training settings and seed), or trained now."""
     if not cfg.gan.cache:
         g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
         return g, d, "trained"
     key, spec = gan_store.cache_key(cfg)
     cache_dir = Path(cfg.paths.gan_cache_dir)
-    with gan_store.cache_lock(cache_dir, key):
+    zero = _is_rank_zero()
+    # DDP: only rank 0 locks and publishes. The other ranks must not wait for the lock: rank 0
+    # holds it while it trains, and its training needs them. Under the lock the entry cannot
+    # appear, so they make the same reuse-or-train choice as rank 0.
+    with gan_store.cache_lock(cache_dir, key) if zero else nullcontext():
         entry = cache_dir / key
         if (entry / "gan.json").is_file():
             log.info("reusing the cached GAN %s (same data, model, training settings and seed)", entry)
             g, d, _ = gan_store.load_gan_folder(entry)
-            (run_dir / "gan_source.txt").write_text(f"reused {entry.resolve()}\n")
+            if zero:
+                (run_dir / "gan_source.txt").write_text(f"reused {entry.resolve()}\n")
             return g, d, f"cache {key}"
-        folder = fit_gan(cfg, datamodule, logger, run_dir)
-        gan_store.save_gan(*gan_store.load_gan_folder(folder)[:2], arch, folder, extra={"cache_key": key, "spec": spec})
-        gan_store.publish(folder, cache_dir, key)
-        log.info("trained a new GAN, cached as %s", cache_dir / key)
+        folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
+        if zero:
+            gan_store.publish(folder, cache_dir, key)
+            log.info("trained a new GAN, cached as %s", cache_dir / key)
     g, d, _ = gan_store.load_gan_folder(folder)
     return g, d, "trained"
 
 
 def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, torch.Tensor]:
-    """Stage 2: latent mapping over validation + test in one Lightning test loop."""
-    mapping = LatentMapping(
-        generator,
-        discriminator,
-        alpha=cfg.mapping.alpha,
-        iterations=cfg.mapping.iterations,
-        lr=cfg.mapping.lr,
-        betas=tuple(cfg.mapping.betas),
-        seed=cfg.seed,
-    )
+    """Stage 2: score validation + test in one Lightning test loop, with the latent search
+    (``mapping.method=latent``) or an encoder fitted first on the training images (``encoder``)."""
+    if cfg.mapping.method == "encoder":
+        from anogan.models.encoder import fit_encoder
+
+        mapping = fit_encoder(cfg, generator, discriminator, datamodule, instantiate(cfg.logger) if cfg.logger else False)
+    else:
+        mapping = LatentMapping(
+            generator,
+            discriminator,
+            alpha=cfg.mapping.alpha,
+            iterations=cfg.mapping.iterations,
+            lr=cfg.mapping.lr,
+            betas=tuple(cfg.mapping.betas),
+            seed=cfg.seed,
+        )
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, inference_mode=False
     )
@@ -109,19 +137,23 @@ def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, to
 
 def run(cfg: DictConfig) -> float:
     check_config(cfg)
+    run_start = time.perf_counter()
+    given = given_gan(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_info(cfg, run_dir)
+    if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
+        write_run_info(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_manifest(run_dir)
+    if _is_rank_zero():
+        datamodule.write_manifest(run_dir)
     logger = instantiate(cfg.logger)
 
     start = time.perf_counter()
-    generator, discriminator, source = obtain_gan(cfg, datamodule, logger, run_dir)
+    generator, discriminator, source = given or obtain_gan(cfg, datamodule, logger, run_dir)
     train_s = time.perf_counter() - start
     log.info("GAN from %s (%.1f s)", source, train_s)
 
@@ -134,7 +166,7 @@ def run(cfg: DictConfig) -> float:
     writer = logger.experiment if logger else None
     metrics = write_report(results, datamodule.eval_set, datamodule.eval_split, generator, run_dir, writer)
     metrics["gan_source"] = source
-    metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1)}
+    metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
     metrics["images_scored"] = len(results["score"])
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if logger:

@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from anogan.errors import UserError
+
 
 def initial_latents(keys: torch.Tensor, latent_dim: int, seed: int) -> torch.Tensor:
     """One standard-normal z per image, seeded by (seed, image key)."""
@@ -34,6 +36,10 @@ def score_components(
     residual = (x - generated).abs().flatten(1).sum(1, dtype=torch.float32)
     discrimination = (fx - f_generated).abs().flatten(1).sum(1, dtype=torch.float32)
     return (1.0 - alpha) * residual + alpha * discrimination, residual, discrimination
+
+
+class ScoreDivergenceError(UserError, FloatingPointError):
+    """A NaN/inf anomaly score: scoring stops, since every metric would be meaningless."""
 
 
 class LatentMapping(L.LightningModule):
@@ -82,7 +88,7 @@ class LatentMapping(L.LightningModule):
             score, residual, discrimination = score_components(x, fx, generated, features(generated), hp.alpha)
         if not torch.isfinite(score).all():
             bad = (~torch.isfinite(score)).sum().item()
-            raise FloatingPointError(
+            raise ScoreDivergenceError(
                 f"{bad} anomaly score(s) are NaN/inf: the generator or discriminator weights are broken "
                 "(check the GAN stage's losses), or mapping.lr is too high."
             )
