@@ -34,3 +34,8 @@ def test_trainer_presets_compose(trainer):
 def test_debug_config_composes(tiny_cifar):
     cfg = compose_config(["debug=fast", *tiny_overrides(tiny_cifar)])
     assert cfg.trainer.max_epochs == 1
+
+
+def test_sweep_config_holds_the_grid():
+    cfg = compose_config(["hparams_search=alpha_latent", "experiment=cifar_car_cpu"])
+    assert dict(cfg.hydra.sweeper.params) == {"mapping.alpha": "0.1,0.5,0.9", "model.latent_dim": "64,128"}

@@ -35,8 +35,10 @@ from anogan.models.gan import GAN
 from anogan.models.latent_mapping import LatentMapping
 from anogan.report import write_report
 from anogan.run_info import write_run_info
+from anogan.sweep import run_name
 
 log = logging.getLogger("anogan")
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job folder names
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
@@ -114,6 +116,8 @@ def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torc
 def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, torch.Tensor]:
     """Stage 2: score validation + test in one Lightning test loop, with the latent search
     (``mapping.method=latent``) or an encoder fitted first on the training images (``encoder``)."""
+    if cfg.mapping.method not in ("latent", "encoder"):
+        raise UserError(f"mapping.method={cfg.mapping.method!r} is not allowed: use mapping=latent or mapping=encoder.")
     if cfg.mapping.method == "encoder":
         from anogan.models.encoder import fit_encoder
 
