@@ -98,23 +98,28 @@ class GAN(L.LightningModule):
             opt_g.step()
         self.untoggle_optimizer(opt_g)
 
-        self.log_dict(
-            {
-                "train/loss_d": loss_d.detach(),
-                "train/loss_g": loss_g.detach(),
-                "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),
-                "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
-            },
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=False,
-        )
+        values = {
+            "train/loss_d": loss_d.detach(),
+            "train/loss_g": loss_g.detach(),
+            "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),
+            "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
+        }
+        # Step values are this process's own (no communication at every step); epoch means are
+        # averaged over all DDP processes once per epoch (sync_dist on an epoch-only log).
+        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+
+    def on_train_start(self) -> None:
+        # seed_everything gives every DDP process the same seed, so each would draw the same z and
+        # the global batch would hold world_size copies of the same fakes: offset the torch seed of
+        # ranks > 0. (Weights need no care: DDP copies rank 0's; the DistributedSampler has its own seed.)
+        if self.global_rank:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_train_epoch_end(self) -> None:
         for sched in self.lr_schedulers() or []:
             sched.step()
-        # epoch means are synced across ranks once per epoch (cheap), not at every step
+        # the epoch means are synced across ranks (see training_step): every rank stops together
         metrics = self.trainer.callback_metrics
         for key in ("train/loss_d_epoch", "train/loss_g_epoch"):
             if key in metrics:
