@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, PROTOCOLS, class_index
@@ -24,6 +26,13 @@ def _number(cfg: DictConfig, key: str):
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not inside a Hydra job (tests, notebooks)
+        return False
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -66,6 +75,12 @@ def check_config(cfg: DictConfig) -> None:
     if not d.download and not (root / "cifar-10-batches-py").is_dir():
         _fail("data.root", d.root, f"no cifar-10-batches-py folder there ({root.resolve()}); point it at the folder "
               "that holds cifar-10-batches-py, or set data.download=true")
+    if _is_multirun() and (cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1):
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices} in a Hydra sweep (-m) is not supported: Lightning's DDP "
+            "re-runs the script, so every process would replay the whole sweep. Fix: sweep with one device "
+            "per job (trainer=cpu or trainer=gpu), or start the processes with a cluster launcher per job."
+        )
     if bool(cfg.gan.generator) != bool(cfg.gan.discriminator):
         raise ConfigError("gan.generator and gan.discriminator go together: give both weight files, or neither.")
     for key in ("gan.generator", "gan.discriminator", "gan.checkpoint"):
