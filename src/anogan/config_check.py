@@ -36,13 +36,17 @@ def _is_multirun() -> bool:
 
 
 def check_config(cfg: DictConfig) -> None:
-    d, m, mp = cfg.data, cfg.model, cfg.mapping
-    try:
-        class_index(d.normal_class)
-    except ValueError:
-        _fail("data.normal_class", d.normal_class, f"use 0-9 or one of {', '.join(CLASSES)}")
-    if d.protocol not in PROTOCOLS:
-        _fail("data.protocol", d.protocol, f"use one of {', '.join(PROTOCOLS)}")
+    d, mp = cfg.data, cfg.mapping
+    cifar = "normal_class" in d  # data=cifar10; data=folder checks its folders when it loads them
+    if cifar:
+        try:
+            class_index(d.normal_class)
+        except ValueError:
+            _fail("data.normal_class", d.normal_class, f"use 0-9 or one of {', '.join(CLASSES)}")
+        if d.protocol not in PROTOCOLS:
+            _fail("data.protocol", d.protocol, f"use one of {', '.join(PROTOCOLS)}")
+    if mp.method not in ("latent", "encoder"):
+        _fail("mapping.method", mp.method, "use mapping=latent (AnoGAN search) or mapping=encoder (f-AnoGAN)")
     if d.image_size not in IMAGE_SIZES:
         _fail("data.image_size", d.image_size, f"the networks support {', '.join(map(str, IMAGE_SIZES))}")
     if d.channels not in (1, 3):
@@ -64,7 +68,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("mapping.lr", "model.lr"):
         if not _number(cfg, key) > 0:
             _fail(key, _number(cfg, key), "use a positive learning rate")
-    for key in ("data.val_fraction", "data.train_fraction"):
+    for key in ("data.val_fraction", "data.train_fraction" if cifar else "data.normal_test_fraction"):
         if not 0.0 < _number(cfg, key) < 1.0:
             _fail(key, _number(cfg, key), "use a fraction strictly between 0 and 1")
     for key in ("data.val_subset", "data.test_subset"):
@@ -72,7 +76,7 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             _fail(key, value, "use null (all), a count >= 1 or a fraction in (0, 1]")
     root = Path(d.root).expanduser()
-    if not d.download and not (root / "cifar-10-batches-py").is_dir():
+    if cifar and not d.download and not (root / "cifar-10-batches-py").is_dir():
         _fail("data.root", d.root, f"no cifar-10-batches-py folder there ({root.resolve()}); point it at the folder "
               "that holds cifar-10-batches-py, or set data.download=true")
     if _is_multirun() and (cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1):

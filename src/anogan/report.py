@@ -19,8 +19,6 @@ import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
-from anogan.data.cifar10 import CLASSES, TEST_ID_OFFSET  # noqa: E402
-from anogan.data.splits import AnomalySplit  # noqa: E402
 from anogan.metrics import _unit, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -36,20 +34,20 @@ def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def build_table(results: dict[str, torch.Tensor], dataset: AnomalySplit, split: np.ndarray) -> dict[str, np.ndarray]:
+def build_table(results: dict[str, torch.Tensor], datamodule) -> dict[str, np.ndarray]:
     """One row per scored image, in evaluation order, with everything scores.csv holds."""
+    dataset = datamodule.eval_set
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
-    ids = dataset.ids.numpy()
-    classes = dataset.classes.numpy()
+    columns = datamodule.eval_columns()
     return {
-        "id": ids,
-        "source": np.where(ids >= TEST_ID_OFFSET, "test", "train"),
-        "source_index": np.where(ids >= TEST_ID_OFFSET, ids - TEST_ID_OFFSET, ids),
-        "split": split,
-        "class": classes,
-        "class_name": np.array([CLASSES[c] if 0 <= c < len(CLASSES) else str(c) for c in classes]),
+        "id": dataset.ids.numpy(),
+        "source": columns["source"],
+        "source_index": columns["source_index"],
+        "split": datamodule.eval_split,
+        "class": dataset.classes.numpy(),
+        "class_name": columns["class_name"],
         "label": dataset.labels.numpy(),
         "score": results["score"].double().numpy(),
         "residual": results["residual"].double().numpy(),
@@ -137,15 +135,15 @@ def reconstruction_grid(images: torch.Tensor, generated: torch.Tensor) -> torch.
 
 def write_report(
     results: dict[str, torch.Tensor],
-    dataset: AnomalySplit,
-    split: np.ndarray,
+    datamodule,
     generator: torch.nn.Module,
     folder: Path,
     tb_writer=None,
     n_examples: int = 8,
 ) -> dict:
     folder = Path(folder)
-    table = build_table(results, dataset, split)
+    dataset = datamodule.eval_set
+    table = build_table(results, datamodule)
     write_csv(table, folder / "scores.csv")
     metrics = compute_metrics(table)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))

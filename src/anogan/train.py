@@ -116,8 +116,6 @@ def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torc
 def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, torch.Tensor]:
     """Stage 2: score validation + test in one Lightning test loop, with the latent search
     (``mapping.method=latent``) or an encoder fitted first on the training images (``encoder``)."""
-    if cfg.mapping.method not in ("latent", "encoder"):
-        raise UserError(f"mapping.method={cfg.mapping.method!r} is not allowed: use mapping=latent or mapping=encoder.")
     if cfg.mapping.method == "encoder":
         from anogan.models.encoder import fit_encoder
 
@@ -168,7 +166,7 @@ def run(cfg: DictConfig) -> float:
         return float("nan")
 
     writer = logger.experiment if logger else None
-    metrics = write_report(results, datamodule.eval_set, datamodule.eval_split, generator, run_dir, writer)
+    metrics = write_report(results, datamodule, generator, run_dir, writer)
     metrics["gan_source"] = source
     metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
     metrics["images_scored"] = len(results["score"])
@@ -183,8 +181,9 @@ def run(cfg: DictConfig) -> float:
             "g_steps": cfg.model.g_steps,
             "epochs": cfg.trainer.max_epochs,
             "image_size": cfg.data.image_size,
-            "normal_class": str(cfg.data.normal_class),
-            "protocol": cfg.data.protocol,
+            "normal_class": str(cfg.data.get("normal_class", "folder")),
+            "protocol": cfg.data.get("protocol", "folder"),
+            "method": cfg.mapping.method,
             "precision": str(cfg.trainer.precision),
             "seed": cfg.seed,
         }

@@ -25,11 +25,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10
 
-from anogan.data.splits import AnomalySplit
-from anogan.errors import UserError
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +36,6 @@ PROTOCOLS = ("seed", "one_class")
 IMAGE_SIZES = (32, 64, 128)
 # A global id per CIFAR-10 image: training images keep their index, test images are offset.
 TEST_ID_OFFSET = 50_000
-
-
-class DataError(UserError):
-    """Data cannot be loaded as configured; the message says how to fix it."""
 
 
 def class_index(normal_class: int | str) -> int:
@@ -87,7 +81,7 @@ class _UnverifiedCIFAR10(CIFAR10):
     meta = {**CIFAR10.meta, "md5": None}
 
 
-class CIFAR10AnomalyDataModule(L.LightningDataModule):
+class CIFAR10AnomalyDataModule(AnomalyDataModule):
     def __init__(
         self,
         root: str = "data/cifar10",
@@ -115,10 +109,6 @@ class CIFAR10AnomalyDataModule(L.LightningDataModule):
             raise ValueError(f"data.image_size={image_size} is not supported; use one of {IMAGE_SIZES}")
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
-        self.train_set: AnomalySplit | None = None
-        self.eval_set: AnomalySplit | None = None
-        self.eval_split: np.ndarray | None = None  # "val" / "test" per eval row
-        self.manifest: dict | None = None
 
     # ------------------------------------------------------------------ loading
     def _load(self, train: bool) -> CIFAR10:
@@ -231,31 +221,11 @@ class CIFAR10AnomalyDataModule(L.LightningDataModule):
             "splits": {"train": describe(fit_ids), "val": describe(val_ids), "test": describe(test_ids)},
         }
 
-    def write_manifest(self, folder: str | Path) -> Path:
-        path = Path(folder) / "splits.json"
-        path.write_text(json.dumps(self.manifest, indent=1))
-        return path
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        """Batches of ``data.batch_size / world_size`` per process: ``data.batch_size`` is the global
-        batch, the same GAN updates on one device or many (Lightning adds the DistributedSampler)."""
-        batch_size, world_size = self.hparams.batch_size, self.trainer.world_size if self.trainer else 1
-        if batch_size % world_size:
-            raise DataError(
-                f"data.batch_size={batch_size} is the global batch and must split evenly over the "
-                f"{world_size} processes (trainer.devices x trainer.num_nodes). Fix: set data.batch_size to a "
-                f"multiple of {world_size}, e.g. {max(world_size, batch_size // world_size * world_size)}."
-            )
-        return DataLoader(
-            self.train_set,
-            batch_size=batch_size // world_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > batch_size,  # each process holds len/world_size images
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def eval_dataloader(self, batch_size: int) -> DataLoader:
-        """Validation and test rows in one pass; ``eval_split`` says which row is which."""
-        return DataLoader(self.eval_set, batch_size=batch_size, shuffle=False, num_workers=self.hparams.num_workers)
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: where the image comes from and its class name (for scores.csv)."""
+        ids = self.eval_set.ids.numpy()
+        return {
+            "source": np.where(ids >= TEST_ID_OFFSET, "test", "train"),
+            "source_index": np.where(ids >= TEST_ID_OFFSET, ids - TEST_ID_OFFSET, ids),
+            "class_name": np.array([CLASSES[c] for c in self.eval_set.classes.tolist()]),
+        }

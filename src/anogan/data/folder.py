@@ -25,10 +25,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from anogan.data.cifar10 import DataError, stratified_subset
-from anogan.data.splits import AnomalySplit
+from anogan.data.cifar10 import stratified_subset
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
     return to_model_input(data, image_size, channels)
 
 
-class FolderAnomalyDataModule(L.LightningDataModule):
+class FolderAnomalyDataModule(AnomalyDataModule):
     def __init__(
         self,
         root: str = "data/my_images",
@@ -200,21 +199,12 @@ class FolderAnomalyDataModule(L.LightningDataModule):
         }
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
 
-    def write_manifest(self, folder: str | Path) -> Path:
-        path = Path(folder) / "splits.json"
-        path.write_text(json.dumps(self.manifest, indent=1))
-        return path
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def eval_dataloader(self, batch_size: int) -> DataLoader:
-        """Validation and test rows in one pass; ``eval_split`` says which row is which."""
-        return DataLoader(self.eval_set, batch_size=batch_size, shuffle=False, num_workers=self.hparams.num_workers)
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: the image file and its class (folder) name, for scores.csv."""
+        ids = self.eval_set.ids.numpy()
+        names = self.manifest["classes"]
+        return {
+            "source": np.array([self.manifest["files"][i] for i in ids]),
+            "source_index": ids,
+            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+        }

@@ -1,0 +1,473 @@
+"""Speed benchmark: ``python -m anogan.bench [--quick]`` (or ``make bench``) prints one JSON object.
+
+Measured side by side in one process, on the same freshly initialised networks (fixed seed) and the
+same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in fp32 and bf16-mixed:
+
+* latent search: image-steps/s of ``LatentMapping.search`` at ``mapping.batch_size`` against a loop
+  of batch-size-1 searches over the first images (the guidebook's way), and the largest relative
+  difference between their per-image scores (same z0 per image);
+* GAN training: images/s of the project's ``GAN`` LightningModule under a Lightning ``Trainer``
+  against a plain PyTorch loop of the same step as one would write it (one D step with
+  BCE-with-logits on real/fake, then ``g_steps`` G steps, Adam with the same settings), warm-up steps
+  excluded. ``train_plain_matched_*`` is a plain loop that also does what the module does beyond
+  that (no gradients for the network that is not being stepped, channels_last): the difference to
+  the module is Lightning's own cost.
+
+Speeds are wall-clock; each step time is measured and the median is used, which resists the noise
+of a busy machine. Memory is the peak resident set size (VmHWM, reset through /proc/self/clear_refs
+after ``malloc_trim``) above the resident size before the measurement; ``null`` where /proc lacks it.
+Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from anogan.models import Discriminator, Generator
+from anogan.models.gan import GAN
+from anogan.models.latent_mapping import LatentMapping
+
+log = logging.getLogger("anogan.bench")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def project_defaults() -> dict:
+    """The settings the benchmark mirrors, read from the project's Hydra configs."""
+    mapping = OmegaConf.load(CONF_DIR / "mapping" / "latent.yaml")
+    model = OmegaConf.load(CONF_DIR / "model" / "dcgan.yaml")
+    trainer = OmegaConf.load(CONF_DIR / "trainer" / "cpu.yaml")
+    data = OmegaConf.load(CONF_DIR / "data" / "cifar10.yaml")
+    return {
+        "search_batch_size": int(mapping.batch_size),
+        "mapping_alpha": float(mapping.alpha),
+        "mapping_lr": float(mapping.lr),
+        "mapping_betas": tuple(float(b) for b in mapping.betas),
+        "latent_dim": int(model.latent_dim),
+        "width": int(model.g_width),
+        "d_width": int(model.d_width),
+        "lr": float(model.lr),
+        "betas": tuple(float(b) for b in model.betas),
+        "weight_decay": float(model.weight_decay),
+        "g_steps": int(model.g_steps),
+        "train_batch_size": int(data.batch_size),
+        "precision": normalise_precision(trainer.precision),
+    }
+
+
+def normalise_precision(p) -> str:
+    p = str(p)
+    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(p, p)
+
+
+def autocast(precision: str):
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision != "32-true":
+        raise ValueError(f"precision {precision!r} is not benchmarked; use 32-true or bf16-mixed")
+    return nullcontext()
+
+
+# --------------------------------------------------------------------------- measurement helpers
+
+
+def _proc_kib(field: str) -> int | None:
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+@contextmanager
+def peak_memory(out: dict, key: str):
+    """out[key] = peak RSS above the RSS at entry, in MiB (None where unsupported)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so the baseline is honest
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        resettable = True
+    except OSError:
+        resettable = False
+    before = _proc_kib("VmRSS")
+    try:
+        yield
+    finally:
+        peak = _proc_kib("VmHWM")
+        out[key] = round((peak - before) / 1024, 1) if resettable and peak is not None and before is not None else None
+
+
+def build_nets(image_size: int, latent_dim: int, width: int, d_width: int, seed: int):
+    torch.manual_seed(seed)
+    return Generator(latent_dim, 3, image_size, width), Discriminator(3, image_size, d_width)
+
+
+def random_images(n: int, image_size: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# --------------------------------------------------------------------------- latent search
+
+
+def bench_search(
+    generator, discriminator, images: torch.Tensor, z0: torch.Tensor, *, batch_size: int, steps: int,
+    single_images: int, precision: str, alpha: float, lr: float, betas: tuple,
+) -> dict:
+    """Batched search of ``batch_size`` images vs a batch-size-1 loop over the first ``single_images``."""
+    mapping = LatentMapping(generator, discriminator, alpha=alpha, iterations=1, lr=lr, betas=betas)
+    x, z = images[:batch_size], z0[:batch_size]
+    out: dict = {}
+    with autocast(precision):
+        mapping.search(x, z)  # warm-up: primitive creation, allocator
+        mapping.search(x[:1], z[:1])
+        mapping.hparams.iterations = steps
+        # the single-image loop is split around the batched run, so drifting load hits both alike
+        half = single_images // 2
+        single_scores, single_s = [], 0.0
+        with peak_memory(out, "single_peak_rss_mib"):
+            for i in range(half):
+                t0 = time.perf_counter()
+                single_scores.append(mapping.search(x[i : i + 1], z[i : i + 1])["score"])
+                single_s += time.perf_counter() - t0
+        with peak_memory(out, "batched_peak_rss_mib"):
+            t0 = time.perf_counter()
+            batched = mapping.search(x, z)["score"]
+            batched_s = time.perf_counter() - t0
+        for i in range(half, single_images):
+            t0 = time.perf_counter()
+            single_scores.append(mapping.search(x[i : i + 1], z[i : i + 1])["score"])
+            single_s += time.perf_counter() - t0
+    single = torch.cat(single_scores)
+    rel = ((batched[:single_images] - single).abs() / single.abs()).max().item()
+    out.update(
+        batched_img_steps_s=round(len(x) * steps / batched_s, 2),
+        single_img_steps_s=round(single_images * steps / single_s, 2),
+        max_rel_diff=rel,
+    )
+    out["speedup"] = round(out["batched_img_steps_s"] / out["single_img_steps_s"], 2)
+    return out
+
+
+def search_batch_sweep(generator, discriminator, images, z0, *, sizes, steps, precision, alpha, lr, betas) -> dict:
+    """Batched throughput (image-steps/s) at several batch sizes."""
+    mapping = LatentMapping(generator, discriminator, alpha=alpha, iterations=1, lr=lr, betas=betas)
+    result = {}
+    with autocast(precision):
+        for bs in sizes:
+            x, z = images[:bs], z0[:bs]
+            mapping.hparams.iterations = 1
+            mapping.search(x, z)
+            mapping.hparams.iterations = steps
+            t0 = time.perf_counter()
+            mapping.search(x, z)
+            result[str(bs)] = round(len(x) * steps / (time.perf_counter() - t0), 2)
+    return result
+
+
+# --------------------------------------------------------------------------- GAN training
+
+
+class _BatchClock(L.Callback):
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.stamps:
+            self.stamps.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.stamps.append(time.perf_counter())
+
+
+def _throughput(stamps: list[float], warmup: int, batch_size: int) -> float:
+    """Images/s from the median step time, warm-up steps excluded (stamps[0] = start of step 1)."""
+    times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+    return round(batch_size / statistics.median(times), 2)
+
+
+def _loader(images: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
+    data = [{"image": img} for img in images]  # the project's datasets yield dicts, too
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True)
+
+
+def make_gan(image_size: int, d: dict, seed: int) -> GAN:
+    torch.manual_seed(seed)
+    return GAN(
+        latent_dim=d["latent_dim"], channels=3, image_size=image_size, g_width=d["width"], d_width=d["d_width"],
+        lr=d["lr"], betas=d["betas"], weight_decay=d["weight_decay"], g_steps=d["g_steps"],
+    )
+
+
+def bench_train_lightning(model: GAN, images, *, batch_size, warmup, precision) -> dict:
+    clock, out = _BatchClock(), {}
+    n_batches = len(images) // batch_size
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, precision=precision, max_epochs=1,
+        max_steps=n_batches * (1 + model.hparams.g_steps),  # manual optimization counts every opt.step()
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[clock], num_sanity_val_steps=0,
+    )
+    with peak_memory(out, "peak_rss_mib"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, _loader(images, batch_size))
+    if len(clock.stamps) != n_batches + 1:
+        raise RuntimeError(f"Lightning ran {len(clock.stamps) - 1} batches, expected {n_batches}")
+    out["img_s"] = _throughput(clock.stamps, warmup, batch_size)
+    return out
+
+
+def bench_train_plain(
+    generator, discriminator, images, *, batch_size, warmup, precision, lr, betas, weight_decay, g_steps,
+    latent_dim, matched: bool = False,
+) -> dict:
+    """The training step as a plain loop. ``matched``: also what the module does beyond the recipe."""
+    g, d = copy.deepcopy(generator).train(), copy.deepcopy(discriminator).train()
+    if matched and getattr(GAN, "channels_last", False):
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def bce(logits, target):
+        return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
+
+    def grads(module, on):
+        if matched:
+            for p in module.parameters():
+                p.requires_grad_(on)
+
+    out = {}
+    stamps = [time.perf_counter()]
+    with peak_memory(out, "peak_rss_mib"):
+        for batch in _loader(images, batch_size):
+            x = batch["image"]
+            if matched and getattr(GAN, "channels_last", False):
+                x = x.contiguous(memory_format=torch.channels_last)
+            z = torch.randn(x.shape[0], latent_dim, 1, 1)
+            grads(g, False)
+            with autocast(precision):
+                loss_d = bce(d(x), 1.0) + bce(d(g(z).detach()), 0.0)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            grads(g, True)
+            grads(d, False)
+            for _ in range(g_steps):
+                with autocast(precision):
+                    loss_g = bce(d(g(z)), 1.0)
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+            grads(d, True)
+            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+                raise FloatingPointError("the plain loop diverged")
+            stamps.append(time.perf_counter())
+    out["img_s"] = _throughput(stamps, warmup, batch_size)
+    return out
+
+
+# --------------------------------------------------------------------------- one image size
+
+
+def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
+    precisions = [normalise_precision(p) for p in a.precisions]
+    default = d["precision"]
+    res: dict = {"image_size": image_size}
+    g, disc = build_nets(image_size, d["latent_dim"], d["width"], d["d_width"], a.seed)
+    n_search = max(a.search_batch_size, a.single_images, *(a.batch_sweep or [0]))
+    images = random_images(n_search, image_size, a.seed + 1)
+    z0 = torch.randn(n_search, d["latent_dim"], generator=torch.Generator().manual_seed(a.seed + 2))
+    steps = a.search_steps if image_size <= 32 else a.search_steps_large
+
+    search = {}
+    for p in precisions:
+        log.info("%d px: latent search, %s, batch %d vs 1, %d steps", image_size, p, a.search_batch_size, steps)
+        search[p] = bench_search(
+            g, disc, images, z0, batch_size=a.search_batch_size, steps=steps, single_images=a.single_images,
+            precision=p, alpha=d["mapping_alpha"], lr=d["mapping_lr"], betas=d["mapping_betas"],
+        )
+    res["search"] = search
+    res["search_steps"] = steps
+    if "32-true" in search:
+        res["search_speedup_fp32"] = search["32-true"]["speedup"]
+        res["search_max_rel_diff"] = search["32-true"]["max_rel_diff"]
+    if "bf16-mixed" in search:
+        res["search_speedup_bf16"] = search["bf16-mixed"]["speedup"]
+        res["search_max_rel_diff_bf16"] = search["bf16-mixed"]["max_rel_diff"]
+        if "32-true" in search:
+            res["search_bf16_vs_fp32"] = round(
+                search["bf16-mixed"]["batched_img_steps_s"] / search["32-true"]["batched_img_steps_s"], 2
+            )
+    if default in search:
+        res["search_speedup"] = search[default]["speedup"]
+    if a.batch_sweep:
+        res["search_batch_sweep_fp32"] = search_batch_sweep(
+            g, disc, images, z0, sizes=a.batch_sweep, steps=steps, precision="32-true",
+            alpha=d["mapping_alpha"], lr=d["mapping_lr"], betas=d["mapping_betas"],
+        )
+
+    if a.train_steps > 0:
+        tb = a.train_batch_size if image_size <= 32 else a.train_batch_size_large
+        train_steps = a.train_steps if image_size <= 32 else a.train_steps_large
+        n_batches = a.warmup + train_steps
+        timg = random_images(tb * n_batches, image_size, a.seed + 3)
+        train = {}
+        common = dict(
+            batch_size=tb, warmup=a.warmup, lr=d["lr"], betas=d["betas"], weight_decay=d["weight_decay"],
+            g_steps=d["g_steps"], latent_dim=d["latent_dim"],
+        )
+        for p in precisions:
+            model = make_gan(image_size, d, a.seed)
+            g0, d0 = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
+            log.info("%d px: GAN training, %s, batch %d, %d+%d steps: plain loop", image_size, p, tb, a.warmup, train_steps)
+            plain = bench_train_plain(g0, d0, timg, precision=p, **common)
+            log.info("%d px: GAN training, %s: Lightning", image_size, p)
+            light = bench_train_lightning(model, timg, batch_size=tb, warmup=a.warmup, precision=p)
+            train[p] = {
+                "lightning_img_s": light["img_s"], "plain_img_s": plain["img_s"],
+                "lightning_peak_rss_mib": light["peak_rss_mib"], "plain_peak_rss_mib": plain["peak_rss_mib"],
+            }
+            if p == "32-true" and a.matched:
+                log.info("%d px: GAN training, %s: plain loop matched to the module", image_size, p)
+                matched = bench_train_plain(g0, d0, timg, precision=p, matched=True, **common)
+                train[p]["plain_matched_img_s"] = matched["img_s"]
+        res["train"] = train
+        res["train_batch_size"] = tb
+        res["train_timed_steps"] = train_steps
+        if "32-true" in train:
+            base = train["32-true"]["plain_img_s"]
+            res["train_speedup_fp32"] = round(train["32-true"]["lightning_img_s"] / base, 2)
+            if "plain_matched_img_s" in train["32-true"]:
+                res["lightning_vs_matched_plain_fp32"] = round(
+                    train["32-true"]["lightning_img_s"] / train["32-true"]["plain_matched_img_s"], 2
+                )
+            if default in train:
+                res["train_speedup_default"] = round(train[default]["lightning_img_s"] / base, 2)
+            if "bf16-mixed" in train:
+                res["train_speedup_bf16"] = round(train["bf16-mixed"]["lightning_img_s"] / base, 2)
+                res["train_bf16_lightning_vs_plain_bf16"] = round(
+                    train["bf16-mixed"]["lightning_img_s"] / train["bf16-mixed"]["plain_img_s"], 2
+                )
+    return res
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> argparse.Namespace:
+    d = defaults or project_defaults()
+    p = argparse.ArgumentParser(prog="python -m anogan.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="an even shorter run (fewer steps and images)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="image sizes; the first is top-level")
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), help="32-true and/or bf16-mixed")
+    p.add_argument("--search-batch-size", type=int, default=d["search_batch_size"], help="default: mapping.batch_size")
+    p.add_argument("--search-steps", type=int, default=10, help="search steps per image at 32 px")
+    p.add_argument("--search-steps-large", type=int, default=5, help="search steps per image above 32 px")
+    p.add_argument("--single-images", type=int, default=8, help="images of the batch-size-1 loop")
+    p.add_argument("--batch-sweep", type=int, nargs="*", default=None, help="also time these search batch sizes (fp32)")
+    p.add_argument("--train-batch-size", type=int, default=d["train_batch_size"], help="default: data.batch_size")
+    p.add_argument("--train-batch-size-large", type=int, default=64, help="training batch above 32 px")
+    p.add_argument("--train-steps", type=int, default=10, help="timed training steps at 32 px (0: skip training)")
+    p.add_argument("--train-steps-large", type=int, default=4, help="timed training steps above 32 px")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--no-matched", dest="matched", action="store_false", help="skip the matched plain loop")
+    p.add_argument("--latent-dim", type=int, default=d["latent_dim"])
+    p.add_argument("--width", type=int, default=d["width"], help="G and D widths")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.search_steps, a.search_steps_large = min(a.search_steps, 4), min(a.search_steps_large, 2)
+        a.single_images = min(a.single_images, 4)
+        a.train_steps, a.train_steps_large, a.warmup = min(a.train_steps, 3), min(a.train_steps_large, 2), 1
+        a.train_batch_size_large = min(a.train_batch_size_large, 32)
+    if a.single_images > a.search_batch_size:
+        p.error("--single-images must not exceed --search-batch-size")
+    return a
+
+
+def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
+    d = dict(defaults or project_defaults())
+    d.update(latent_dim=a.latent_dim, width=a.width, d_width=a.width)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    start = time.perf_counter()
+    result: dict = {
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "bf16_supported": _bf16_supported(),
+        "precision": d["precision"],
+        "precisions": [normalise_precision(p) for p in a.precisions],
+        "latent_dim": d["latent_dim"],
+        "width": d["width"],
+        "search_batch_size": a.search_batch_size,
+        "search_single_images": a.single_images,
+        "timing": "wall clock; search: one timed call per run; training: median step time after warm-up",
+        "memory": "peak RSS (VmHWM reset via /proc/self/clear_refs) above the RSS before, MiB",
+    }
+    for i, size in enumerate(a.sizes):
+        res = bench_size(size, a, d)
+        if i == 0:
+            result.update(res)
+        else:
+            result[f"{size}px"] = res
+    result["elapsed_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _bf16_supported() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    a = parse_args(argv)
+    result = run_benchmark(a)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""predict.py: scoring new images with a finished run (a tiny train.py run, made once)."""
+
+import csv
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from anogan.data.cifar10 import CIFAR10AnomalyDataModule
+from anogan.data.folder import to_model_input
+from anogan.predict import PredictError, parse_args, predict
+from conftest import REPO, tiny_overrides
+from test_train_e2e import run_train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict_run")
+    run_train(tiny_overrides(tiny_cifar, out))
+    return out / "run"
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_run(tiny_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict_encoder_run")
+    run_train([*tiny_overrides(tiny_cifar, out), "mapping=encoder", "mapping.epochs=2"])
+    return out / "run"
+
+
+def _save_png(image_chw_uint8: torch.Tensor, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_chw_uint8.permute(1, 2, 0).numpy()).save(path)
+
+
+def _eval_images(run):
+    """The run's evaluation images (uint8, as scored) and its scores.csv rows, in the same order."""
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    with open(run / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(dm.eval_set)
+    return dm.eval_set.images, rows
+
+
+@pytest.mark.parametrize("scorer", ["latent", "encoder"])
+def test_predict_reproduces_the_runs_test_scores(scorer, request, tmp_path):
+    tiny_run = request.getfixturevalue("tiny_run" if scorer == "latent" else "tiny_encoder_run")
+    images, rows = _eval_images(tiny_run)
+    test_rows = [i for i, r in enumerate(rows) if r["split"] == "test"]
+    chosen = [i for i in test_rows if rows[i]["label"] == "0"][:3] + [i for i in test_rows if rows[i]["label"] == "1"][:5]
+    for i in chosen:  # at the original 32 px, as PNG (lossless)
+        _save_png(images[i], tmp_path / "pngs" / f"row{i:03d}.png")
+    result = predict(ckpt=tiny_run, input=tmp_path / "pngs", out=tmp_path / "pred.csv", batch_size=3)
+    assert not result["skipped"] and len(result["rows"]) == len(chosen)
+    threshold = json.loads((tiny_run / "metrics.json").read_text())["threshold"]["f1"]
+    assert result["threshold"] == threshold
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in result["rows"]}
+    for i in chosen:
+        got, want = by_name[f"row{i:03d}.png"], rows[i]
+        for key in ("score", "residual", "discrimination"):
+            assert abs(got[key] - float(want[key])) <= 1e-5 * abs(float(want[key])), (i, key, got[key], want[key])
+        assert got["label"] == int(got["score"] >= threshold)
+    with open(tmp_path / "pred.csv") as f:
+        written = list(csv.DictReader(f))
+    assert list(written[0]) == ["path", "score", "residual", "discrimination", "label"] and len(written) == len(chosen)
+
+
+def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
+    images, _ = _eval_images(tiny_run)
+    folder = tmp_path / "mixed"
+    _save_png(images[0], folder / "a.png")
+    _save_png(images[1], folder / "sub" / "b.png")  # found recursively
+    big = torch.nn.functional.interpolate(images[2:3].float(), size=(48, 48), mode="nearest")[0].to(torch.uint8)
+    Image.fromarray(big.permute(1, 2, 0).numpy()).save(folder / "c.jpg", quality=95)  # resized to 32 px
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(folder / "wide.png")  # not square
+    (folder / "notes.txt").write_text("ignored: not an image")
+    out = tmp_path / "res" / "scores.csv"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), f"ckpt={tiny_run}", f"input={folder}", f"out={out}", "save_images=true", "threshold=0.5"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["a.png", "b.png", "c.jpg"]
+    assert all(r["label"] == str(int(float(r["score"]) >= 0.5)) for r in rows)
+    skipped = proc.stdout.split("skipped:", 1)[1]
+    assert "broken.png" in skipped and "wide.png" in skipped and "notes.txt" not in skipped
+    assert "a.png" not in skipped
+    assert "broken.png" in proc.stderr  # the warning log, at the time it was skipped
+    assert sorted(p.name for p in (tmp_path / "res" / "scores_images").iterdir()) == ["a.png", "c.png", "sub__b.png"]
+
+
+def test_resize_and_grey_match_the_cifar_data_module():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for size, channels in ((64, 3), (32, 1), (128, 1)):
+        module = SimpleNamespace(hparams=SimpleNamespace(image_size=size, channels=channels))
+        want = CIFAR10AnomalyDataModule._resize(module, data)
+        got = torch.stack([to_model_input(d, size, channels) for d in data])
+        assert torch.equal(got, want), (size, channels)
+
+
+def test_bad_command_lines_say_what_is_wrong():
+    with pytest.raises(PredictError, match="input=... is required"):
+        parse_args(["ckpt=run"])
+    with pytest.raises(PredictError, match="unknown argument"):
+        parse_args(["ckpt=run", "input=x", "treshold=1"])
+    args = parse_args(["ckpt=run", "input=x", "threshold=0.25", "save_images=true"])
+    assert args["threshold"] == 0.25 and args["save_images"] is True
