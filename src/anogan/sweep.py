@@ -21,6 +21,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 METRICS = ("auroc", "ap", "f1")
+# Baselines on the same test images (metrics.json "test_components_auroc"): what the GAN adds.
+BASELINES = {"complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
+# Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
+# (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
+PUBLISHED = {
+    "airplane": (67.1, 61.7), "automobile": (54.7, 65.9), "bird": (52.9, 50.8), "cat": (54.5, 59.1),
+    "deer": (65.1, 60.9), "dog": (60.3, 65.7), "frog": (58.5, 67.7), "horse": (62.5, 67.3),
+    "ship": (75.8, 75.9), "truck": (66.5, 73.1),
+}
 
 
 SWEEP_SYNTAX = ("range(", "choice(", "interval(", "glob(")
@@ -58,6 +67,16 @@ def _overrides(job: Path) -> dict[str, str]:
     return dict(item.lstrip("+~").split("=", 1) for item in items)
 
 
+def _class_name(job: Path) -> str | None:
+    """The normal class of a CIFAR-10 job, from its composed config."""
+    data = (yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("data", {})
+    if "normal_class" not in data:
+        return None
+    from anogan.data.cifar10 import CLASSES, class_index
+
+    return CLASSES[class_index(data["normal_class"])]
+
+
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per finished job (a folder with metrics.json); unfinished jobs are listed as such."""
     jobs = sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml"))
@@ -66,10 +85,14 @@ def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in jobs:
         row = {k.split(".")[-1]: overrides[job].get(k, "") for k in varying}
+        name = _class_name(job)
+        if name and "normal_class" not in row:
+            row["normal_class"] = name
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
             row.update({f"test_{k}": m["test"][k] for k in METRICS})
+            row.update({v: m["test_components_auroc"][k] for k, v in BASELINES.items() if k in m.get("test_components_auroc", {})})
             row["threshold"] = m["threshold"]["f1"]
             row["wall_time_s"] = m.get("wall_time_s", {}).get("total")
             row["gan"] = "reused" if str(m.get("gan_source", "")).startswith("cache") else m.get("gan_source", "")
@@ -86,7 +109,8 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
     for row in rows:
         if "test_auroc" not in row:
             continue
-        setting = tuple((k, v) for k, v in row.items() if k not in {"seed", "job", "threshold", "wall_time_s", "gan"} and not k.startswith("test_"))
+        per_run = {"seed", "job", "threshold", "wall_time_s", "gan", *BASELINES.values()}
+        setting = tuple((k, v) for k, v in row.items() if k not in per_run and not k.startswith("test_"))
         groups.setdefault(setting, []).append(row)
     out = []
     for setting, members in groups.items():
@@ -95,7 +119,14 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
             values = [m[f"test_{k}"] for m in members]
             agg[f"test_{k}_mean"] = statistics.fmean(values)
             agg[f"test_{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for k in BASELINES.values():
+            if all(k in m for m in members):
+                agg[f"{k}_mean"] = statistics.fmean(m[k] for m in members)
+        agg["wall_time_s_mean"] = statistics.fmean(m.get("wall_time_s") or 0.0 for m in members)
         agg["seeds"] = len(members)
+        name = agg.get("normal_class")
+        if name in PUBLISHED:
+            agg["published_anogan"], agg["published_deep_svdd"] = (v / 100 for v in PUBLISHED[name])
         out.append(agg)
     return out
 
