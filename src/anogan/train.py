@@ -21,7 +21,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -113,13 +112,13 @@ def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torc
     return g, d, "trained"
 
 
-def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, torch.Tensor]:
+def score(cfg: DictConfig, generator, discriminator, datamodule, logger) -> dict[str, torch.Tensor]:
     """Stage 2: score validation + test in one Lightning test loop, with the latent search
     (``mapping.method=latent``) or an encoder fitted first on the training images (``encoder``)."""
     if cfg.mapping.method == "encoder":
         from anogan.models.encoder import fit_encoder
 
-        mapping = fit_encoder(cfg, generator, discriminator, datamodule, instantiate(cfg.logger) if cfg.logger else False)
+        mapping = fit_encoder(cfg, generator, discriminator, datamodule, logger or False)
     else:
         mapping = LatentMapping(
             generator,
@@ -135,6 +134,35 @@ def score(cfg: DictConfig, generator, discriminator, datamodule) -> dict[str, to
     )
     trainer.test(mapping, dataloaders=datamodule.eval_dataloader(cfg.mapping.batch_size), verbose=False)
     return mapping.results
+
+
+def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
+    """TensorBoard's HPARAMS tab: the same keys in every run, with the real test metrics."""
+    hparams = {
+        "alpha": cfg.mapping.alpha,
+        "iterations": cfg.mapping.iterations,
+        "mapping_lr": cfg.mapping.lr,
+        "latent_dim": cfg.model.latent_dim,
+        "gan_lr": cfg.model.lr,
+        "g_steps": cfg.model.g_steps,
+        "epochs": cfg.trainer.max_epochs,
+        "image_size": cfg.data.image_size,
+        "normal_class": str(cfg.data.get("normal_class", "folder")),
+        "protocol": cfg.data.get("protocol", "folder"),
+        "method": cfg.mapping.method,
+        "precision": str(cfg.trainer.precision),
+        "seed": cfg.seed,
+    }
+    logger.log_hyperparams(
+        hparams,
+        metrics={
+            "hparams/test_auroc": metrics["test"]["auroc"],
+            "hparams/test_ap": metrics["test"]["ap"],
+            "hparams/test_f1": metrics["test"]["f1"],
+            "hparams/val_auroc": metrics["val"]["auroc"],
+        },
+    )
+    logger.finalize("success")
 
 
 def run(cfg: DictConfig) -> float:
@@ -160,7 +188,7 @@ def run(cfg: DictConfig) -> float:
     log.info("GAN from %s (%.1f s)", source, train_s)
 
     start = time.perf_counter()
-    results = score(cfg, generator, discriminator, datamodule)
+    results = score(cfg, generator, discriminator, datamodule, logger)
     score_s = time.perf_counter() - start
     if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
         return float("nan")
@@ -172,31 +200,7 @@ def run(cfg: DictConfig) -> float:
     metrics["images_scored"] = len(results["score"])
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if logger:
-        hparams = {
-            "alpha": cfg.mapping.alpha,
-            "iterations": cfg.mapping.iterations,
-            "mapping_lr": cfg.mapping.lr,
-            "latent_dim": cfg.model.latent_dim,
-            "gan_lr": cfg.model.lr,
-            "g_steps": cfg.model.g_steps,
-            "epochs": cfg.trainer.max_epochs,
-            "image_size": cfg.data.image_size,
-            "normal_class": str(cfg.data.get("normal_class", "folder")),
-            "protocol": cfg.data.get("protocol", "folder"),
-            "method": cfg.mapping.method,
-            "precision": str(cfg.trainer.precision),
-            "seed": cfg.seed,
-        }
-        logger.log_hyperparams(
-            hparams,
-            metrics={
-                "hparams/test_auroc": metrics["test"]["auroc"],
-                "hparams/test_ap": metrics["test"]["ap"],
-                "hparams/test_f1": metrics["test"]["f1"],
-                "hparams/val_auroc": metrics["val"]["auroc"],
-            },
-        )
-        logger.finalize("success")
+        log_hparams(cfg, metrics, logger)
     value = metrics["test"][cfg.optimized_metric.split("/")[-1]]
     log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
     return float(value)
