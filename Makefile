@@ -33,7 +33,7 @@ train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for 
 	$(PY) train.py experiment=cifar_car $(ARGS)
 
 bench: install ## speed benchmark, prints one JSON object
-	$(PY) -m anogan.bench $(ARGS)
+	@$(PY) -m anogan.bench $(ARGS)
 
 tensorboard: install ## dashboards of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -5,18 +5,20 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
 
 * latent search: image-steps/s of ``LatentMapping.search`` at ``mapping.batch_size`` against a loop
   of batch-size-1 searches over the first images (the guidebook's way), and the largest relative
-  difference between their per-image scores (same z0 per image);
+  difference between their per-image scores (same z0 per image); in fp32 also the search as it was
+  before ``search_copy`` (``"32-true-before"``, ``search_gain_vs_before_fp32``);
 * GAN training: images/s of the project's ``GAN`` LightningModule under a Lightning ``Trainer``
   against a plain PyTorch loop of the same step as one would write it (one D step with
   BCE-with-logits on real/fake, then ``g_steps`` G steps, Adam with the same settings), warm-up steps
-  excluded. ``train_plain_matched_*`` is a plain loop that also does what the module does beyond
-  that (no gradients for the network that is not being stepped, channels_last): the difference to
-  the module is Lightning's own cost.
+  excluded. ``plain_matched`` (fp32) is a plain loop that also does what the module does beyond
+  that (no gradients for the network not being stepped, channels_last on CPU): its ratio to the
+  module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost.
 
-Speeds are wall-clock; each step time is measured and the median is used, which resists the noise
-of a busy machine. Memory is the peak resident set size (VmHWM, reset through /proc/self/clear_refs
-after ``malloc_trim``) above the resident size before the measurement; ``null`` where /proc lacks it.
-Logs go to stderr.
+Speeds are wall-clock. A busy machine makes them noisy, so every measurement is repeated
+(``--rounds``, in alternating order) and the fastest round counts; a training run counts its median
+step time after the warm-up steps. Memory is the peak resident set size (VmHWM, reset through
+/proc/self/clear_refs after ``malloc_trim``) above the resident size before the measurement, in MiB;
+``null`` where /proc lacks it. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from omegaconf import OmegaConf
 
 from anogan.models import Discriminator, Generator
 from anogan.models.gan import GAN
-from anogan.models.latent_mapping import LatentMapping
+from anogan.models.latent_mapping import LatentMapping, score_components
 
 log = logging.getLogger("anogan.bench")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -134,57 +136,84 @@ def random_images(n: int, image_size: int, seed: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- latent search
 
 
-def bench_search(
-    generator, discriminator, images: torch.Tensor, z0: torch.Tensor, *, batch_size: int, steps: int,
-    single_images: int, precision: str, alpha: float, lr: float, betas: tuple,
-) -> dict:
-    """Batched search of ``batch_size`` images vs a batch-size-1 loop over the first ``single_images``."""
-    mapping = LatentMapping(generator, discriminator, alpha=alpha, iterations=1, lr=lr, betas=betas)
-    x, z = images[:batch_size], z0[:batch_size]
+def reference_search(generator, discriminator, x, z0, *, iterations, alpha, lr, betas) -> torch.Tensor:
+    """The search as it was before ``search_copy`` (the networks as they are: NCHW, BatchNorm
+    separate); the same maths. Per-image scores."""
+    generator, discriminator = generator.eval(), discriminator.eval()
+    features = discriminator.features
+    with torch.no_grad():
+        fx = features(x)
+    z = z0.detach().clone().view(len(x), -1, 1, 1).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr, betas=betas)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            generated = generator(z)
+            loss, _, _ = score_components(x, fx, generated, features(generated), alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+    with torch.no_grad():
+        generated = generator(z)
+        return score_components(x, fx, generated, features(generated), alpha)[0]
+
+
+def bench_search(search, x: torch.Tensor, z: torch.Tensor, *, steps: int, single_images: int, rounds: int = 1) -> dict:
+    """``search(x, z, iterations) -> scores`` on the whole batch vs one image at a time over the first
+    ``single_images``. Each round times one batched search and the single-image loop, split around it
+    so that drifting load hits both alike; the fastest round of each counts. Scores are compared in
+    the first round. ``scores`` holds the batched scores of the first round.
+    """
     out: dict = {}
-    with autocast(precision):
-        mapping.search(x, z)  # warm-up: primitive creation, allocator
-        mapping.search(x[:1], z[:1])
-        mapping.hparams.iterations = steps
-        # the single-image loop is split around the batched run, so drifting load hits both alike
-        half = single_images // 2
+    half = single_images // 2
+    best_batched = best_single = float("inf")
+    search(x, z, 1)  # warm-up: primitive creation, allocator
+    search(x[:1], z[:1], 1)
+    for r in range(rounds):
         single_scores, single_s = [], 0.0
-        with peak_memory(out, "single_peak_rss_mib"):
+        with peak_memory(out, "single_peak_rss_mib") if r == 0 else nullcontext():
             for i in range(half):
                 t0 = time.perf_counter()
-                single_scores.append(mapping.search(x[i : i + 1], z[i : i + 1])["score"])
+                single_scores.append(search(x[i : i + 1], z[i : i + 1], steps))
                 single_s += time.perf_counter() - t0
-        with peak_memory(out, "batched_peak_rss_mib"):
+        with peak_memory(out, "batched_peak_rss_mib") if r == 0 else nullcontext():
             t0 = time.perf_counter()
-            batched = mapping.search(x, z)["score"]
-            batched_s = time.perf_counter() - t0
+            batched = search(x, z, steps)
+            best_batched = min(best_batched, time.perf_counter() - t0)
         for i in range(half, single_images):
             t0 = time.perf_counter()
-            single_scores.append(mapping.search(x[i : i + 1], z[i : i + 1])["score"])
+            single_scores.append(search(x[i : i + 1], z[i : i + 1], steps))
             single_s += time.perf_counter() - t0
-    single = torch.cat(single_scores)
-    rel = ((batched[:single_images] - single).abs() / single.abs()).max().item()
-    out.update(
-        batched_img_steps_s=round(len(x) * steps / batched_s, 2),
-        single_img_steps_s=round(single_images * steps / single_s, 2),
-        max_rel_diff=rel,
-    )
+        best_single = min(best_single, single_s)
+        if r == 0:
+            single = torch.cat(single_scores)
+            out["max_rel_diff"] = ((batched[:single_images] - single).abs() / single.abs()).max().item()
+            out["scores"] = batched
+    out["batched_img_steps_s"] = round(len(x) * steps / best_batched, 2)
+    out["single_img_steps_s"] = round(single_images * steps / best_single, 2)
     out["speedup"] = round(out["batched_img_steps_s"] / out["single_img_steps_s"], 2)
     return out
 
 
+def project_search(generator, discriminator, *, alpha, lr, betas):
+    mapping = LatentMapping(generator, discriminator, alpha=alpha, iterations=1, lr=lr, betas=betas)
+
+    def search(x, z, iterations):
+        mapping.hparams.iterations = iterations
+        return mapping.search(x, z)["score"]
+
+    return search
+
+
 def search_batch_sweep(generator, discriminator, images, z0, *, sizes, steps, precision, alpha, lr, betas) -> dict:
     """Batched throughput (image-steps/s) at several batch sizes."""
-    mapping = LatentMapping(generator, discriminator, alpha=alpha, iterations=1, lr=lr, betas=betas)
+    search = project_search(generator, discriminator, alpha=alpha, lr=lr, betas=betas)
     result = {}
     with autocast(precision):
         for bs in sizes:
             x, z = images[:bs], z0[:bs]
-            mapping.hparams.iterations = 1
-            mapping.search(x, z)
-            mapping.hparams.iterations = steps
+            search(x, z, 1)
             t0 = time.perf_counter()
-            mapping.search(x, z)
+            search(x, z, steps)
             result[str(bs)] = round(len(x) * steps / (time.perf_counter() - t0), 2)
     return result
 
@@ -247,7 +276,7 @@ def bench_train_plain(
 ) -> dict:
     """The training step as a plain loop. ``matched``: also what the module does beyond the recipe."""
     g, d = copy.deepcopy(generator).train(), copy.deepcopy(discriminator).train()
-    if matched and getattr(GAN, "channels_last", False):
+    if matched:  # as GAN.setup does on CPU
         g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
@@ -265,7 +294,7 @@ def bench_train_plain(
     with peak_memory(out, "peak_rss_mib"):
         for batch in _loader(images, batch_size):
             x = batch["image"]
-            if matched and getattr(GAN, "channels_last", False):
+            if matched:
                 x = x.contiguous(memory_format=torch.channels_last)
             z = torch.randn(x.shape[0], latent_dim, 1, 1)
             grads(g, False)
@@ -303,13 +332,28 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
     z0 = torch.randn(n_search, d["latent_dim"], generator=torch.Generator().manual_seed(a.seed + 2))
     steps = a.search_steps if image_size <= 32 else a.search_steps_large
 
+    hp = dict(alpha=d["mapping_alpha"], lr=d["mapping_lr"], betas=d["mapping_betas"])
+    x, z = images[: a.search_batch_size], z0[: a.search_batch_size]
     search = {}
     for p in precisions:
         log.info("%d px: latent search, %s, batch %d vs 1, %d steps", image_size, p, a.search_batch_size, steps)
-        search[p] = bench_search(
-            g, disc, images, z0, batch_size=a.search_batch_size, steps=steps, single_images=a.single_images,
-            precision=p, alpha=d["mapping_alpha"], lr=d["mapping_lr"], betas=d["mapping_betas"],
+        with autocast(p):
+            search[p] = bench_search(
+                project_search(g, disc, **hp), x, z, steps=steps, single_images=a.single_images, rounds=a.rounds
+            )
+    if a.reference and "32-true" in search:
+        log.info("%d px: latent search, 32-true, the search before search_copy", image_size)
+        ref = bench_search(
+            lambda xx, zz, it: reference_search(g, disc, xx, zz, iterations=it, **hp),
+            x, z, steps=steps, single_images=a.single_images, rounds=a.rounds,
         )
+        new = search["32-true"]
+        ref["max_rel_diff_to_current"] = ((new["scores"] - ref["scores"]).abs() / ref["scores"].abs()).max().item()
+        search["32-true-before"] = ref
+        res["search_gain_vs_before_fp32"] = round(new["batched_img_steps_s"] / ref["batched_img_steps_s"], 2)
+        res["search_speedup_vs_before_bs1_fp32"] = round(new["batched_img_steps_s"] / ref["single_img_steps_s"], 2)
+    for v in search.values():
+        del v["scores"]
     res["search"] = search
     res["search_steps"] = steps
     if "32-true" in search:
@@ -341,20 +385,26 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
             g_steps=d["g_steps"], latent_dim=d["latent_dim"],
         )
         for p in precisions:
-            model = make_gan(image_size, d, a.seed)
-            g0, d0 = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
-            log.info("%d px: GAN training, %s, batch %d, %d+%d steps: plain loop", image_size, p, tb, a.warmup, train_steps)
-            plain = bench_train_plain(g0, d0, timg, precision=p, **common)
-            log.info("%d px: GAN training, %s: Lightning", image_size, p)
-            light = bench_train_lightning(model, timg, batch_size=tb, warmup=a.warmup, precision=p)
-            train[p] = {
-                "lightning_img_s": light["img_s"], "plain_img_s": plain["img_s"],
-                "lightning_peak_rss_mib": light["peak_rss_mib"], "plain_peak_rss_mib": plain["peak_rss_mib"],
-            }
-            if p == "32-true" and a.matched:
-                log.info("%d px: GAN training, %s: plain loop matched to the module", image_size, p)
-                matched = bench_train_plain(g0, d0, timg, precision=p, matched=True, **common)
-                train[p]["plain_matched_img_s"] = matched["img_s"]
+            log.info("%d px: GAN training, %s, batch %d, %d+%d steps, %d round(s)", image_size, p, tb, a.warmup, train_steps, a.rounds)
+            runs: dict[str, list[dict]] = {"lightning": [], "plain": [], "plain_matched": []}
+            for r in range(a.rounds):
+                model = make_gan(image_size, d, a.seed)
+                g0, d0 = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
+                order = ["plain", "lightning"] if r % 2 == 0 else ["lightning", "plain"]
+                if p == "32-true" and a.matched:
+                    order.append("plain_matched")
+                for kind in order:  # alternating order: a slow spell of the machine hits both alike
+                    if kind == "lightning":
+                        runs[kind].append(bench_train_lightning(model, timg, batch_size=tb, warmup=a.warmup, precision=p))
+                    else:
+                        runs[kind].append(
+                            bench_train_plain(g0, d0, timg, precision=p, matched=kind == "plain_matched", **common)
+                        )
+            train[p] = {}
+            for kind, rs in runs.items():
+                if rs:
+                    train[p][f"{kind}_img_s"] = max(r["img_s"] for r in rs)
+                    train[p][f"{kind}_peak_rss_mib"] = rs[0]["peak_rss_mib"]
         res["train"] = train
         res["train_batch_size"] = tb
         res["train_timed_steps"] = train_steps
@@ -387,13 +437,15 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument("--search-batch-size", type=int, default=d["search_batch_size"], help="default: mapping.batch_size")
     p.add_argument("--search-steps", type=int, default=10, help="search steps per image at 32 px")
     p.add_argument("--search-steps-large", type=int, default=5, help="search steps per image above 32 px")
-    p.add_argument("--single-images", type=int, default=8, help="images of the batch-size-1 loop")
+    p.add_argument("--single-images", type=int, default=16, help="images of the batch-size-1 loop")
     p.add_argument("--batch-sweep", type=int, nargs="*", default=None, help="also time these search batch sizes (fp32)")
     p.add_argument("--train-batch-size", type=int, default=d["train_batch_size"], help="default: data.batch_size")
     p.add_argument("--train-batch-size-large", type=int, default=64, help="training batch above 32 px")
     p.add_argument("--train-steps", type=int, default=10, help="timed training steps at 32 px (0: skip training)")
     p.add_argument("--train-steps-large", type=int, default=4, help="timed training steps above 32 px")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--rounds", type=int, default=2, help="repeat every measurement; the fastest round counts")
+    p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the search before search_copy")
     p.add_argument("--no-matched", dest="matched", action="store_false", help="skip the matched plain loop")
     p.add_argument("--latent-dim", type=int, default=d["latent_dim"])
     p.add_argument("--width", type=int, default=d["width"], help="G and D widths")
@@ -405,6 +457,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
         a.single_images = min(a.single_images, 4)
         a.train_steps, a.train_steps_large, a.warmup = min(a.train_steps, 3), min(a.train_steps_large, 2), 1
         a.train_batch_size_large = min(a.train_batch_size_large, 32)
+        a.rounds = 1
     if a.single_images > a.search_batch_size:
         p.error("--single-images must not exceed --search-batch-size")
     return a
@@ -430,7 +483,9 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
         "width": d["width"],
         "search_batch_size": a.search_batch_size,
         "search_single_images": a.single_images,
-        "timing": "wall clock; search: one timed call per run; training: median step time after warm-up",
+        "rounds": a.rounds,
+        "timing": "wall clock, fastest of the rounds; search: one timed search per round; "
+        "training: median step time after warm-up steps",
         "memory": "peak RSS (VmHWM reset via /proc/self/clear_refs) above the RSS before, MiB",
     }
     for i, size in enumerate(a.sizes):

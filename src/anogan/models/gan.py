@@ -48,6 +48,13 @@ class GAN(L.LightningModule):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
 
+    def setup(self, stage: str) -> None:
+        # On CPU, oneDNN's convolutions are faster in channels_last memory format: +17% images/s
+        # for a training step at 32 px on 2 cores (+15% in bf16; see `make bench`). Only the layout
+        # of weights and activations changes, not the maths. Done before the optimizers and DDP exist.
+        if stage == "fit" and self.trainer.strategy.root_device.type == "cpu":
+            self.to(memory_format=torch.channels_last)
+
     def configure_optimizers(self):
         hp = self.hparams
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
@@ -76,6 +83,8 @@ class GAN(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         x = batch["image"]
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # as the weights (see setup)
         z = torch.randn(x.shape[0], self.hparams.latent_dim, 1, 1, device=x.device, dtype=x.dtype)
 
         self.toggle_optimizer(opt_d)  # G's weights need no gradients here
