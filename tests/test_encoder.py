@@ -1,6 +1,5 @@
 """The f-AnoGAN encoder scorer (mapping=encoder): training, the score formula, train.py end to end."""
 
-import csv
 import json
 
 import lightning as L
@@ -10,7 +9,7 @@ from torch.utils.data import DataLoader
 from anogan.models import Discriminator, Generator
 from anogan.models.encoder import EncoderScorer, izif_components, load_encoder
 from conftest import tiny_overrides
-from test_train_e2e import run_train
+from test_train_e2e import read_scores, run_train
 
 
 def _nets(latent=16, size=32, width=8):
@@ -94,12 +93,8 @@ def test_encoder_score_equals_the_formula_on_its_components():
 def test_train_end_to_end_with_the_encoder(tiny_cifar, tmp_path):
     run_train([*tiny_overrides(tiny_cifar, tmp_path), "mapping=encoder", "mapping.epochs=2"])
     run = tmp_path / "run"
-    manifest = json.loads((run / "splits.json").read_text())
-    n_eval = manifest["splits"]["val"]["size"] + manifest["splits"]["test"]["size"]
-    with open(run / "scores.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == n_eval
-    assert sorted(int(r["id"]) for r in rows if r["split"] == "test") == sorted(manifest["splits"]["test"]["ids"])
+    rows, _ = read_scores(run)
+    n_eval = len(rows)
     kappa = 1.0
     for r in rows:
         assert abs(float(r["score"]) - (float(r["residual"]) + kappa * float(r["discrimination"]))) <= 1e-5 * float(r["score"])

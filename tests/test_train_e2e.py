@@ -17,9 +17,8 @@ def run_train(overrides, check=True):
     return proc
 
 
-def test_train_end_to_end(tiny_cifar, tmp_path):
-    run_train(tiny_overrides(tiny_cifar, tmp_path))
-    run = tmp_path / "run"
+def read_scores(run):
+    """scores.csv rows, checked to hold exactly one row per evaluation image of the manifest."""
     manifest = json.loads((run / "splits.json").read_text())
     n_eval = manifest["splits"]["val"]["size"] + manifest["splits"]["test"]["size"]
     with open(run / "scores.csv") as f:
@@ -27,6 +26,14 @@ def test_train_end_to_end(tiny_cifar, tmp_path):
     assert len(rows) == n_eval
     assert {r["split"] for r in rows} == {"val", "test"}
     assert sorted(int(r["id"]) for r in rows if r["split"] == "test") == sorted(manifest["splits"]["test"]["ids"])
+    return rows, manifest
+
+
+def test_train_end_to_end(tiny_cifar, tmp_path):
+    run_train(tiny_overrides(tiny_cifar, tmp_path))
+    run = tmp_path / "run"
+    rows, manifest = read_scores(run)
+    n_eval = len(rows)
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0 and metrics["images_scored"] == n_eval
     assert metrics["counts"]["test"]["normal"] == manifest["splits"]["test"]["normal"]
