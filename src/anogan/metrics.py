@@ -61,7 +61,7 @@ def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
     }
 
 
-def _unit(scores: torch.Tensor) -> torch.Tensor:
+def to_unit_interval(scores: torch.Tensor) -> torch.Tensor:
     """A monotone map into [0, 1] (float64): torchmetrics would apply a sigmoid to raw scores,
     which saturates for scores in the hundreds and turns every ranking into ties."""
     s = scores.double()
@@ -71,7 +71,7 @@ def _unit(scores: torch.Tensor) -> torch.Tensor:
 
 def ranking_metrics(scores: torch.Tensor, labels: torch.Tensor, what: str) -> dict[str, float]:
     _check_both_classes(labels, what)
-    preds, target = _unit(scores), labels.long()
+    preds, target = to_unit_interval(scores), labels.long()
     return {"auroc": float(binary_auroc(preds, target)), "ap": float(binary_average_precision(preds, target))}
 
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
-from anogan.metrics import _unit, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
+from anogan.metrics import to_unit_interval, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("residual", "discrimination")
@@ -109,7 +109,7 @@ def _figure_histogram(table, threshold: float, split: str):
 
 def _figure_curves(table, metrics: dict):
     m = table["split"] == "test"
-    preds, target = _unit(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
+    preds, target = to_unit_interval(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
     fpr, tpr, _ = binary_roc(preds, target)
     precision, recall, _ = binary_precision_recall_curve(preds, target)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
