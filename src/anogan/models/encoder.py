@@ -24,7 +24,6 @@ one entry per row, sorted by row, gathered and deduplicated across DDP ranks by 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import torch
 from torch import nn
 
 from anogan.models.dcgan import _n_doublings
-from anogan.models.latent_mapping import LatentMapping, ScoreDivergenceError
+from anogan.gan_store import atomic_save
+from anogan.models.latent_mapping import ScoreCollector, ScoreDivergenceError
 
 ENCODER_ARCH_KEYS = ("latent_dim", "channels", "image_size", "width")
 
@@ -70,7 +70,7 @@ class Encoder(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-class EncoderScorer(L.LightningModule):
+class EncoderScorer(ScoreCollector, L.LightningModule):
     """Fit with ``trainer.fit`` on normal images, then score with ``trainer.test``."""
 
     def __init__(
@@ -97,7 +97,6 @@ class EncoderScorer(L.LightningModule):
             self.encoder = Encoder(generator.latent_dim, channels, image_size, width)
         self.train()
         self._outputs: list[dict] = []
-        self.results: dict[str, torch.Tensor] | None = None
 
     def train(self, mode: bool = True):
         # Only E ever trains: G and D stay in eval mode (BatchNorm on running statistics).
@@ -136,13 +135,7 @@ class EncoderScorer(L.LightningModule):
         return out
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.score_batch(batch["image"])
-        out["row"] = batch["row"]
-        self._outputs.append({k: v.detach().float() if v.is_floating_point() else v for k, v in out.items()})
-
-    # Collecting, gathering across ranks and deduplicating: exactly LatentMapping's code.
-    on_test_epoch_start = LatentMapping.on_test_epoch_start
-    on_test_epoch_end = LatentMapping.on_test_epoch_end
+        self.collect(self.score_batch(batch["image"]), batch)
 
 
 # ---------------------------------------------------------------------- saving / loading E
@@ -150,9 +143,7 @@ def save_encoder(encoder: Encoder, hparams: dict, folder: Path) -> Path:
     """``folder/encoder.pt`` (plain state dict) and ``folder/encoder.json`` (arch + kappa)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".encoder.pt.tmp{os.getpid()}"
-    torch.save(encoder.state_dict(), tmp)
-    os.replace(tmp, folder / "encoder.pt")
+    atomic_save(encoder.state_dict(), folder / "encoder.pt")
     meta = {"latent_dim": encoder.latent_dim, **{k: hparams[k] for k in ("channels", "image_size", "width", "kappa")}}
     (folder / "encoder.json").write_text(json.dumps(meta, indent=1))
     return folder

@@ -45,7 +45,34 @@ class ScoreDivergenceError(UserError, FloatingPointError):
     """A NaN/inf anomaly score: scoring stops, since every metric would be meaningless."""
 
 
-class LatentMapping(L.LightningModule):
+class ScoreCollector:
+    """Mixin for a scorer run with ``trainer.test``: ``collect`` per batch; at the end,
+    ``self.results`` holds one entry per evaluation row (keys row, score, residual,
+    discrimination, z), sorted by row, gathered across DDP ranks."""
+
+    _outputs: list[dict]
+    results: dict[str, torch.Tensor] | None = None
+
+    def collect(self, out: dict[str, torch.Tensor], batch: dict) -> None:
+        out = {**out, "row": batch["row"]}
+        self._outputs.append({k: v.detach().float() if v.is_floating_point() else v for k, v in out.items()})
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        local = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
+        if self.trainer.world_size > 1:
+            # DistributedSampler gives every rank the same count (padding with repeats), so the
+            # gather is rectangular; repeated rows are dropped below.
+            local = {k: self.all_gather(v).flatten(0, 1) for k, v in local.items()}
+        rows, first = _first_occurrence(local["row"])
+        self.results = {k: v[first].cpu() for k, v in local.items()}
+        self.results["row"] = rows.cpu()
+        self._outputs = []
+
+
+class LatentMapping(ScoreCollector, L.LightningModule):
     def __init__(
         self,
         generator: nn.Module,
@@ -64,7 +91,6 @@ class LatentMapping(L.LightningModule):
             p.requires_grad_(False)
         self.eval()
         self._outputs: list[dict] = []
-        self.results: dict[str, torch.Tensor] | None = None
         self._search_nets: tuple | None = None  # (fingerprint, G copy, D copy): a tuple, not submodules
 
     def train(self, mode: bool = True):
@@ -116,23 +142,7 @@ class LatentMapping(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         z0 = initial_latents(batch["key"].cpu(), self.generator.latent_dim, self.hparams.seed).to(batch["image"])
-        out = self.search(batch["image"], z0)
-        out["row"] = batch["row"]
-        self._outputs.append({k: v.detach().float() if v.is_floating_point() else v for k, v in out.items()})
-
-    def on_test_epoch_start(self) -> None:
-        self._outputs = []
-
-    def on_test_epoch_end(self) -> None:
-        local = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
-        if self.trainer.world_size > 1:
-            # DistributedSampler gives every rank the same count (padding with repeats), so the
-            # gather is rectangular; repeated rows are dropped below.
-            local = {k: self.all_gather(v).flatten(0, 1) for k, v in local.items()}
-        rows, first = _first_occurrence(local["row"])
-        self.results = {k: v[first].cpu() for k, v in local.items()}
-        self.results["row"] = rows.cpu()
-        self._outputs = []
+        self.collect(self.search(batch["image"], z0), batch)
 
 
 def search_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
