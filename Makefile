@@ -26,7 +26,7 @@ test-slow: install ## the slow tests only (multi-process DDP, resume)
 test-all: install ## every test
 	$(PY) -m pytest -q
 
-train: install ## the CPU recipe end to end: train the GAN, score, report (~20 min on 2 cores)
+train: install ## the CPU recipe end to end: train the GAN, score, report (~11 min on 2 idle cores)
 	$(PY) train.py experiment=cifar_car_cpu $(ARGS)
 
 train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU)
