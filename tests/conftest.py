@@ -59,6 +59,7 @@ def tiny_overrides(root: Path, out: Path | None = None) -> list[str]:
         "model.g_width=8",
         "model.d_width=8",
         "trainer.max_epochs=1",
+        "trainer.precision=32",  # exactness tests compare fp32 scores, whatever the default precision
         "trainer.enable_progress_bar=false",
         "trainer.limit_train_batches=2",
         "mapping.iterations=3",
