@@ -16,12 +16,10 @@ to float in [-1, 1] (the range of the generator's Tanh).
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -17,11 +17,9 @@ Unreadable or non-square files are skipped with a warning and listed in the mani
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
