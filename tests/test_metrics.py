@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from anogan.metrics import OneClassSplitError, evaluate, fit_thresholds
+from anogan.scores import complexity, primary_score
 
 
 def brute_force_auroc(scores, labels):
@@ -75,3 +76,17 @@ def test_a_single_class_split_is_refused_with_a_clear_message():
         fit_thresholds(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]))
     with pytest.raises(OneClassSplitError, match="only anomalous images"):
         evaluate(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]), 1.5)
+
+
+def test_complexity_and_the_corrected_score_on_known_images():
+    flat = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
+    stripes = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    stripes[..., :, 1::2] = 255  # every horizontal neighbour differs by 1.0, vertical ones by 0
+    c = complexity(torch.cat([flat, stripes]))
+    assert torch.allclose(c, torch.tensor([0.0, 1.0]))
+    raw = torch.tensor([3.0, 3.0])
+    assert torch.equal(primary_score(raw, c, "none"), raw.double())
+    corrected = primary_score(raw, c, "complexity")
+    assert corrected[1] == 3.0 and corrected[0] > 1e6  # a flat image ranks as the most anomalous
+    with pytest.raises(ValueError, match="mapping.correction"):
+        primary_score(raw, c, "jpeg")

@@ -30,7 +30,8 @@ def tiny_run(tiny_cifar, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_encoder_run(tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict_encoder_run")
-    run_train([*tiny_overrides(tiny_cifar, out), "mapping=encoder", "mapping.epochs=2"])
+    # corrected for complexity: predict must apply the run's correction, as the run did
+    run_train([*tiny_overrides(tiny_cifar, out), "mapping=encoder", "mapping.epochs=2", "mapping.correction=complexity"])
     return out / "run"
 
 
@@ -65,12 +66,13 @@ def test_predict_reproduces_the_runs_test_scores(scorer, request, tmp_path):
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in result["rows"]}
     for i in chosen:
         got, want = by_name[f"row{i:03d}.png"], rows[i]
-        for key in ("score", "residual", "discrimination"):
+        for key in ("score", "raw_score", "residual", "discrimination", "complexity"):
             assert abs(got[key] - float(want[key])) <= 1e-5 * abs(float(want[key])), (i, key, got[key], want[key])
         assert got["label"] == int(got["score"] >= threshold)
     with open(tmp_path / "pred.csv") as f:
         written = list(csv.DictReader(f))
-    assert list(written[0]) == ["path", "score", "residual", "discrimination", "label"] and len(written) == len(chosen)
+    columns = ["path", "score", "raw_score", "residual", "discrimination", "complexity", "label"]
+    assert list(written[0]) == columns and len(written) == len(chosen)
 
 
 def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):

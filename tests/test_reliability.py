@@ -38,6 +38,7 @@ BAD_CONFIGS = [
     (["data.channels=2"], "data.channels=2"),
     (["data.protocol=nope"], "seed, one_class"),
     (["mapping.iterations=0"], "mapping.iterations=0"),
+    (["mapping.correction=jpeg"], "none, complexity"),
     (["model.latent_dim=0"], "model.latent_dim=0"),
     (["data.test_subset=-5"], "data.test_subset=-5"),
     (["data.val_fraction=1.0"], "data.val_fraction=1.0"),

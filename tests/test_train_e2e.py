@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO, tiny_overrides
+from test_metrics import brute_force_auroc
 
 
 def run_train(overrides, check=True):
@@ -44,3 +45,21 @@ def test_train_end_to_end(tiny_cifar, tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents*"))
     info = json.loads((run / "run_info.json").read_text())
     assert info["versions"]["torch"] and (run / "config_resolved.yaml").is_file()
+    assert metrics["primary_score"] == "raw_score"
+    assert metrics["test"]["auroc"] == metrics["test_components_auroc"]["raw_score"]
+
+
+def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny_cifar, tmp_path):
+    run_train([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=complexity"])
+    run = tmp_path / "run"
+    rows, _ = read_scores(run)
+    for r in rows:
+        raw, c = float(r["raw_score"]), float(r["complexity"])
+        assert abs(float(r["score"]) - raw / c) <= 1e-6 * float(r["score"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["primary_score"] == "complexity_corrected"
+    components = metrics["test_components_auroc"]
+    assert metrics["test"]["auroc"] == components["complexity_corrected"]
+    test = [r for r in rows if r["split"] == "test"]
+    labels = [int(r["label"]) for r in test]
+    assert abs(components["raw_score"] - brute_force_auroc([float(r["raw_score"]) for r in test], labels)) < 1e-6

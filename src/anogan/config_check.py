@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, PROTOCOLS, class_index
 from anogan.errors import UserError
+from anogan.scores import CORRECTIONS
 
 
 class ConfigError(UserError):
@@ -47,6 +48,8 @@ def check_config(cfg: DictConfig) -> None:
             _fail("data.protocol", d.protocol, f"use one of {', '.join(PROTOCOLS)}")
     if mp.method not in ("latent", "encoder"):
         _fail("mapping.method", mp.method, "use mapping=latent (AnoGAN search) or mapping=encoder (f-AnoGAN)")
+    if mp.correction not in CORRECTIONS:
+        _fail("mapping.correction", mp.correction, f"use one of {', '.join(CORRECTIONS)}")
     if d.image_size not in IMAGE_SIZES:
         _fail("data.image_size", d.image_size, f"the networks support {', '.join(map(str, IMAGE_SIZES))}")
     if d.channels not in (1, 3):

@@ -13,8 +13,8 @@ with the same per-image starting z (seeded by the run's seed and the image's pix
 the run's evaluation set gets the score it got in the run.
 
 Unreadable or non-square images are skipped with a warning and listed at the end; they never stop
-the batch. Output: a CSV with path, score, residual, discrimination, label (1 = anomalous, i.e.
-score >= threshold; empty without a threshold) and, with ``save_images=true``, one
+the batch. Output: a CSV with path, score (the run's primary score: ``mapping.correction``), raw_score,
+residual, discrimination, complexity, label (1 = anomalous, i.e. score >= threshold; empty without a threshold) and, with ``save_images=true``, one
 original | G(z) | |x − G(z)| PNG per image in ``<csv name>_images/``.
 """
 
@@ -35,6 +35,7 @@ from anogan import gan_store
 from anogan.data.folder import ImageError, list_images, read_image
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
+from anogan.scores import complexity, primary_score
 
 log = logging.getLogger("anogan.predict")
 
@@ -178,8 +179,11 @@ def _autocast(precision: str, device: torch.device):
     return nullcontext()
 
 
-def score_batch(scorer, images_uint8: torch.Tensor, device: torch.device, precision: str) -> dict[str, torch.Tensor]:
-    """Per-image score components of uint8 images, through the run's scorer."""
+def score_batch(
+    scorer, images_uint8: torch.Tensor, device: torch.device, precision: str, correction: str = "none"
+) -> dict[str, torch.Tensor]:
+    """Per-image score components of uint8 images, through the run's scorer; ``score`` is the
+    primary score (corrected as the run was), ``raw_score`` the scorer's own."""
     from anogan.models.latent_mapping import LatentMapping, initial_latents
 
     split = AnomalySplit(images_uint8, np.zeros(len(images_uint8), dtype=np.int64), np.arange(len(images_uint8)), 0)
@@ -192,7 +196,11 @@ def score_batch(scorer, images_uint8: torch.Tensor, device: torch.device, precis
             out = scorer.search(x, z0)
         else:
             out = scorer.score_batch(x)
-    return {k: v.detach().float().cpu() for k, v in out.items()}
+    out = {k: v.detach().float().cpu() for k, v in out.items()}
+    image_complexity = complexity(images_uint8)
+    out["raw_score"], out["complexity"] = out["score"].double(), image_complexity.double()
+    out["score"] = primary_score(out["score"], image_complexity, correction)
+    return out
 
 
 def _image_name(path: Path, root: Path) -> str:
@@ -227,6 +235,7 @@ def predict(
         if threshold is None:
             log.warning("%s has no metrics.json: no threshold, the label column stays empty (give threshold=...)", run_dir)
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    correction = cfg.mapping.get("correction", "none")  # runs made before the option existed: none
     batch_size = batch_size or int(cfg.mapping.batch_size)
     paths = find_images(root)
     log.info("scoring %d image(s) with the %s scorer of %s", len(paths), cfg.mapping.get("method", "latent"), run_dir)
@@ -238,7 +247,8 @@ def predict(
     rows, skipped = [], []
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "score", "residual", "discrimination", "label"])
+        columns = ("score", "raw_score", "residual", "discrimination", "complexity")
+        writer.writerow(["path", *columns, "label"])
         for start in range(0, len(paths), batch_size):
             batch_paths, images = [], []
             for path in paths[start : start + batch_size]:
@@ -250,18 +260,12 @@ def predict(
                     skipped.append((str(path), str(err)))
             if not images:
                 continue
-            result = score_batch(scorer, torch.stack(images), dev, precision)
+            result = score_batch(scorer, torch.stack(images), dev, precision, correction)
             for i, path in enumerate(batch_paths):
-                s = result["score"][i].item()
-                row = {
-                    "path": str(path),
-                    "score": s,
-                    "residual": result["residual"][i].item(),
-                    "discrimination": result["discrimination"][i].item(),
-                    "label": "" if threshold is None else int(s >= threshold),
-                }
+                row = {"path": str(path), **{k: result[k][i].item() for k in columns}}
+                row["label"] = "" if threshold is None else int(row["score"] >= threshold)
                 rows.append(row)
-                writer.writerow([row["path"], *(f"{row[k]:.9g}" for k in ("score", "residual", "discrimination")), row["label"]])
+                writer.writerow([row["path"], *(f"{row[k]:.9g}" for k in columns), row["label"]])
             if save_images:
                 from torchvision.utils import save_image
 

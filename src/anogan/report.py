@@ -20,27 +20,21 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from anogan.metrics import to_unit_interval, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
+from anogan.scores import complexity, corrected_score, primary_score  # noqa: E402
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("residual", "discrimination")
 
 
-def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels (Serrà et al. 2020's input complexity,
-    in its simplest form): a score that knows nothing of the normal class, used as a baseline."""
-    x = images_uint8.float() / 255.0
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
-    return dx + dy
-
-
-def build_table(results: dict[str, torch.Tensor], datamodule) -> dict[str, np.ndarray]:
-    """One row per scored image, in evaluation order, with everything scores.csv holds."""
+def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = "none") -> dict[str, np.ndarray]:
+    """One row per scored image, in evaluation order, with everything scores.csv holds:
+    ``score`` is the primary score (``mapping.correction``), ``raw_score`` the scorer's own."""
     dataset = datamodule.eval_set
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
     columns = datamodule.eval_columns()
+    image_complexity = complexity(dataset.images)
     return {
         "id": dataset.ids.numpy(),
         "source": columns["source"],
@@ -49,10 +43,11 @@ def build_table(results: dict[str, torch.Tensor], datamodule) -> dict[str, np.nd
         "class": dataset.classes.numpy(),
         "class_name": columns["class_name"],
         "label": dataset.labels.numpy(),
-        "score": results["score"].double().numpy(),
+        "score": primary_score(results["score"], image_complexity, correction).numpy(),
+        "raw_score": results["score"].double().numpy(),
         "residual": results["residual"].double().numpy(),
         "discrimination": results["discrimination"].double().numpy(),
-        "complexity": complexity(dataset.images).double().numpy(),
+        "complexity": image_complexity.double().numpy(),
     }
 
 
@@ -79,12 +74,14 @@ def compute_metrics(table: dict[str, np.ndarray]) -> dict:
         },
     }
     # Each component alone, and the baselines a reader needs to judge what the GAN adds.
-    c = torch.from_numpy(table["complexity"])
+    c, raw = torch.from_numpy(table["complexity"]), torch.from_numpy(table["raw_score"])
     alternatives = {
+        "raw_score": raw,
+        "complexity_corrected": corrected_score(raw, c),
         "residual": torch.from_numpy(table["residual"]),
         "discrimination": torch.from_numpy(table["discrimination"]),
         "complexity_baseline": -c,  # low complexity = anomalous for busy normal classes like cars
-        "residual_over_complexity": torch.from_numpy(table["residual"]) / c.clamp_min(1e-6),
+        "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
         "random_baseline": torch.rand(len(c), generator=torch.Generator().manual_seed(0), dtype=torch.float64),
     }
     metrics["test_components_auroc"] = {
@@ -93,7 +90,7 @@ def compute_metrics(table: dict[str, np.ndarray]) -> dict:
     return metrics
 
 
-def _figure_histogram(table, threshold: float, split: str):
+def _figure_histogram(table, threshold: float, split: str, primary: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     m = table["split"] == split
     s, y = table["score"][m], table["label"][m]
@@ -101,7 +98,7 @@ def _figure_histogram(table, threshold: float, split: str):
     ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label=f"normal ({(y == 0).sum()})")
     ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label=f"anomalous ({(y == 1).sum()})")
     ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4g} (fitted on val)")
-    ax.set(xlabel="anomaly score", ylabel="density", title=f"{split} scores")
+    ax.set(xlabel=f"anomaly score ({primary})", ylabel="density", title=f"{split} scores")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -140,19 +137,20 @@ def write_report(
     folder: Path,
     tb_writer=None,
     n_examples: int = 8,
+    correction: str = "none",
 ) -> dict:
     folder = Path(folder)
     dataset = datamodule.eval_set
-    table = build_table(results, datamodule)
+    table = build_table(results, datamodule, correction)
     write_csv(table, folder / "scores.csv")
-    metrics = compute_metrics(table)
+    metrics = {"primary_score": "raw_score" if correction == "none" else "complexity_corrected", **compute_metrics(table)}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     figures = folder / "figures"
     figures.mkdir(exist_ok=True)
     pictures = {
-        "scores/histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test"),
-        "scores/histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val"),
+        "scores/histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test", metrics["primary_score"]),
+        "scores/histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val", metrics["primary_score"]),
         "scores/roc_pr_test": _figure_curves(table, metrics),
     }
     for name, fig in pictures.items():

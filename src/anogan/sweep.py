@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 METRICS = ("auroc", "ap", "f1")
 # Baselines on the same test images (metrics.json "test_components_auroc"): what the GAN adds.
-BASELINES = {"complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
+BASELINES = {"raw_score": "auroc_raw_score", "complexity_corrected": "auroc_complexity_corrected", "complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
 # Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
 # (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
 PUBLISHED = {

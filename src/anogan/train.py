@@ -150,6 +150,7 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
         "normal_class": str(cfg.data.get("normal_class", "folder")),
         "protocol": cfg.data.get("protocol", "folder"),
         "method": cfg.mapping.method,
+        "correction": cfg.mapping.correction,
         "precision": str(cfg.trainer.precision),
         "seed": cfg.seed,
     }
@@ -194,7 +195,7 @@ def run(cfg: DictConfig) -> float:
         return float("nan")
 
     writer = logger.experiment if logger else None
-    metrics = write_report(results, datamodule, generator, run_dir, writer)
+    metrics = write_report(results, datamodule, generator, run_dir, writer, correction=cfg.mapping.correction)
     metrics["gan_source"] = source
     metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
     metrics["images_scored"] = len(results["score"])

@@ -1,0 +1,39 @@
+"""The run's anomaly score: the scorer's raw score, optionally corrected for input complexity.
+
+A GAN's reconstruction error grows with how detailed an image is, whatever its class: on
+CIFAR-10 cars (busy images) the raw AnoGAN score ranks plain anomalies (sky, sea) as *more*
+normal than cars, worse than chance. Serrà et al. (ICLR 2020, "Input complexity and
+out-of-distribution detection with likelihood-based generative models") subtract the image's
+complexity from the model's score in the log domain: log S − log C, i.e. the score S / C, the
+anomaly score per unit of image detail. ``mapping.correction`` picks the primary score; the raw
+score is always reported beside it (metrics.json, scores.csv).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CORRECTIONS = ("none", "complexity")
+
+
+def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels, in [0, 2]: the simplest measure of
+    input complexity (low = plain image). Also a baseline that knows nothing of the normal class."""
+    x = images_uint8.float() / 255.0
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
+    """Raw score per unit of complexity (float64); a flat image (complexity 0) gets the largest."""
+    return raw.double() / image_complexity.double().clamp_min(1e-6)
+
+
+def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction: str) -> torch.Tensor:
+    """The score thresholds and metrics use, as ``mapping.correction`` says."""
+    if correction == "none":
+        return raw.double()
+    if correction == "complexity":
+        return corrected_score(raw, image_complexity)
+    raise ValueError(f"mapping.correction={correction!r} is unknown; use one of {CORRECTIONS}")
