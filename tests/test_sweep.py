@@ -51,3 +51,16 @@ def test_seed_aggregation():
     ]
     (agg,) = aggregate_seeds(rows)
     assert abs(agg["test_auroc_mean"] - 0.7) < 1e-12 and abs(agg["test_auroc_std"] - 0.1) < 1e-12 and agg["seeds"] == 3
+
+
+def test_results_sweep_writes_a_per_class_table_with_published_columns(tiny_cifar, tmp_path):
+    run_train(
+        ["hparams_search=classes", *tiny_overrides(tiny_cifar), "data.normal_class=1,8", "seed=0",
+         f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'results'}"]
+    )
+    with open(tmp_path / "results" / "seeds_summary.csv") as f:
+        rows = {r["normal_class"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["automobile", "ship"]
+    assert float(rows["automobile"]["published_anogan"]) == 0.547 and float(rows["ship"]["published_deep_svdd"]) == 0.759
+    assert all(r["seeds"] == "1" and 0 <= float(r["test_auroc_mean"]) <= 1 for r in rows.values())
+    assert (tmp_path / "results" / "normal_class=1,seed=0" / "metrics.json").is_file()

@@ -86,7 +86,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     for job in jobs:
         row = {k.split(".")[-1]: overrides[job].get(k, "") for k in varying}
         name = _class_name(job)
-        if name and "normal_class" not in row:
+        if name:  # the name, also where the override gave an index ("1" -> "automobile")
             row["normal_class"] = name
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():
@@ -156,7 +156,7 @@ def summarize(sweep_dir: str | Path) -> str:
     rows = collect(sweep_dir)
     _write_csv(rows, sweep_dir / "summary.csv")
     text = f"# Sweep {sweep_dir}\n\n{_markdown(rows, 'test_auroc')}"
-    if any("seed" in r for r in rows):
+    if any("seed" in r for r in rows) or len({r.get("normal_class") for r in rows}) > 1:  # seeds or classes vary
         seeds = aggregate_seeds(rows)
         _write_csv(seeds, sweep_dir / "seeds_summary.csv")
         text += f"\n## Mean ± std over seeds\n\n{_markdown(seeds, 'test_auroc_mean')}"
