@@ -28,6 +28,26 @@ def test_batched_search_equals_one_image_at_a_time():
             assert rel <= 1e-5, (key, i, rel.item())
 
 
+def test_alpha_zero_search_follows_the_residual_alone_and_still_reports_discrimination():
+    g, d = _nets()
+    mapping = LatentMapping(g, d, alpha=0.0, iterations=10, lr=0.05)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z0 = torch.randn(3, 16)
+    out = mapping.search(x, z0)
+    gen, disc = mapping.search_networks(channels_last=True)
+    z = z0.clone().view(3, -1, 1, 1).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    for _ in range(10):  # the reference: Adam on the residual, D never called
+        loss = (x.contiguous(memory_format=torch.channels_last) - gen(z)).abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(out["z"], z.detach().flatten(1), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        want = (disc.features(x) - disc.features(gen(z))).abs().flatten(1).sum(1)
+    assert torch.allclose(out["discrimination"], want, rtol=1e-5) and torch.equal(out["score"], out["residual"])
+
+
 def test_search_reduces_the_loss_and_trains_no_network_weight():
     g, d = _nets()
     before = [p.clone() for p in list(g.parameters()) + list(d.parameters())]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from anogan.metrics import OneClassSplitError, evaluate, fit_thresholds
-from anogan.scores import complexity, primary_score
+from anogan.scores import complexity, primary_score, resolve_auto
 
 
 def brute_force_auroc(scores, labels):
@@ -90,3 +90,11 @@ def test_complexity_and_the_corrected_score_on_known_images():
     assert corrected[1] == 3.0 and corrected[0] > 1e6  # a flat image ranks as the most anomalous
     with pytest.raises(ValueError, match="mapping.correction"):
         primary_score(raw, c, "jpeg")
+
+
+def test_auto_correction_picks_the_score_that_ranks_validation_better():
+    labels = torch.tensor([0, 0, 1, 1])
+    raw = torch.tensor([1.0, 2.0, 3.0, 4.0])  # perfect alone
+    assert resolve_auto(raw, torch.tensor([0.1, 0.1, 10.0, 10.0]), labels) == "none"  # corrected inverts it
+    busy_normals = torch.tensor([4.0, 4.0, 0.5, 0.5])
+    assert resolve_auto(torch.tensor([4.0, 3.0, 2.0, 1.0]), busy_normals, labels) == "complexity"

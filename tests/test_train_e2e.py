@@ -63,3 +63,17 @@ def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny
     test = [r for r in rows if r["split"] == "test"]
     labels = [int(r["label"]) for r in test]
     assert abs(components["raw_score"] - brute_force_auroc([float(r["raw_score"]) for r in test], labels)) < 1e-6
+
+
+def test_auto_correction_is_chosen_on_validation_only(tiny_cifar, tmp_path):
+    run_train([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=auto"])
+    run = tmp_path / "run"
+    rows, _ = read_scores(run)
+    val = [r for r in rows if r["split"] == "val"]
+    labels = [int(r["label"]) for r in val]
+    raw = brute_force_auroc([float(r["raw_score"]) for r in val], labels)
+    corrected = brute_force_auroc([float(r["raw_score"]) / float(r["complexity"]) for r in val], labels)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["correction"] == ("complexity" if corrected > raw else "none")
+    key = "complexity_corrected" if corrected > raw else "raw_score"
+    assert metrics["primary_score"] == key and metrics["test"]["auroc"] == metrics["test_components_auroc"][key]

@@ -156,6 +156,17 @@ def load_threshold(run_dir: Path) -> float | None:
     return float(json.loads(path.read_text())["threshold"]["f1"])
 
 
+def load_correction(run_dir: Path, cfg: DictConfig) -> str:
+    """The correction the run's scores used: ``auto`` was resolved on its validation split."""
+    path = run_dir / "metrics.json"
+    if path.is_file() and "correction" in (metrics := json.loads(path.read_text())):
+        return metrics["correction"]
+    correction = cfg.mapping.get("correction", "none")  # runs made before the option existed: none
+    if correction == "auto":
+        raise PredictError(f"the run {run_dir} has mapping.correction=auto but no metrics.json: it did not finish.")
+    return correction
+
+
 # ---------------------------------------------------------------------- images
 def find_images(path: Path) -> list[Path]:
     if path.is_file():
@@ -235,7 +246,7 @@ def predict(
         if threshold is None:
             log.warning("%s has no metrics.json: no threshold, the label column stays empty (give threshold=...)", run_dir)
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
-    correction = cfg.mapping.get("correction", "none")  # runs made before the option existed: none
+    correction = load_correction(run_dir, cfg)
     batch_size = batch_size or int(cfg.mapping.batch_size)
     paths = find_images(root)
     log.info("scoring %d image(s) with the %s scorer of %s", len(paths), cfg.mapping.get("method", "latent"), run_dir)

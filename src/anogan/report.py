@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from anogan.metrics import to_unit_interval, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
-from anogan.scores import complexity, corrected_score, primary_score  # noqa: E402
+from anogan.scores import complexity, corrected_score, primary_score, resolve_auto  # noqa: E402
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("residual", "discrimination")
@@ -28,14 +28,19 @@ COMPONENTS = ("residual", "discrimination")
 
 def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = "none") -> dict[str, np.ndarray]:
     """One row per scored image, in evaluation order, with everything scores.csv holds:
-    ``score`` is the primary score (``mapping.correction``), ``raw_score`` the scorer's own."""
+    ``score`` is the primary score (``mapping.correction``), ``raw_score`` the scorer's own.
+    ``auto`` is resolved on the validation rows only; ``table["correction"]`` says what was used."""
     dataset = datamodule.eval_set
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
     columns = datamodule.eval_columns()
     image_complexity = complexity(dataset.images)
+    if correction == "auto":
+        val = torch.from_numpy(datamodule.eval_split == "val")
+        correction = resolve_auto(results["score"][val], image_complexity[val], dataset.labels[val])
     return {
+        "correction": correction,
         "id": dataset.ids.numpy(),
         "source": columns["source"],
         "source_index": columns["source_index"],
@@ -142,8 +147,10 @@ def write_report(
     folder = Path(folder)
     dataset = datamodule.eval_set
     table = build_table(results, datamodule, correction)
+    correction = table.pop("correction")
     write_csv(table, folder / "scores.csv")
-    metrics = {"primary_score": "raw_score" if correction == "none" else "complexity_corrected", **compute_metrics(table)}
+    primary = "raw_score" if correction == "none" else "complexity_corrected"
+    metrics = {"primary_score": primary, "correction": correction, **compute_metrics(table)}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     figures = folder / "figures"

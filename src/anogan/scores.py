@@ -5,15 +5,17 @@ CIFAR-10 cars (busy images) the raw AnoGAN score ranks plain anomalies (sky, sea
 normal than cars, worse than chance. Serrà et al. (ICLR 2020, "Input complexity and
 out-of-distribution detection with likelihood-based generative models") subtract the image's
 complexity from the model's score in the log domain: log S − log C, i.e. the score S / C, the
-anomaly score per unit of image detail. ``mapping.correction`` picks the primary score; the raw
-score is always reported beside it (metrics.json, scores.csv).
+anomaly score per unit of image detail. ``mapping.correction`` picks the primary score (``auto``:
+whichever ranks the *validation* split better, since the correction helps busy normal classes and
+hurts plain ones such as airplane or ship); the raw score is always reported beside it
+(metrics.json, scores.csv).
 """
 
 from __future__ import annotations
 
 import torch
 
-CORRECTIONS = ("none", "complexity")
+CORRECTIONS = ("none", "complexity", "auto")
 
 
 def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -30,10 +32,21 @@ def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.
     return raw.double() / image_complexity.double().clamp_min(1e-6)
 
 
+def resolve_auto(raw: torch.Tensor, image_complexity: torch.Tensor, labels: torch.Tensor) -> str:
+    """``none`` or ``complexity``: the one with the higher AUROC on these (validation) images."""
+    from anogan.metrics import ranking_metrics
+
+    auroc = {
+        c: ranking_metrics(primary_score(raw, image_complexity, c), labels, "the validation split")["auroc"]
+        for c in ("none", "complexity")
+    }
+    return "complexity" if auroc["complexity"] > auroc["none"] else "none"
+
+
 def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction: str) -> torch.Tensor:
-    """The score thresholds and metrics use, as ``mapping.correction`` says."""
+    """The score thresholds and metrics use, as ``mapping.correction`` says (``auto`` resolved)."""
     if correction == "none":
         return raw.double()
     if correction == "complexity":
         return corrected_score(raw, image_complexity)
-    raise ValueError(f"mapping.correction={correction!r} is unknown; use one of {CORRECTIONS}")
+    raise ValueError(f"mapping.correction={correction!r} is not a resolved correction; use none or complexity")
