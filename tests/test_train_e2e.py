@@ -38,7 +38,7 @@ def test_train_end_to_end(tiny_cifar, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0 and metrics["images_scored"] == n_eval
     assert metrics["counts"]["test"]["normal"] == manifest["splits"]["test"]["normal"]
-    for name in ("histogram_test", "roc_pr_test", "reconstructions_normal", "reconstructions_anomalous"):
+    for name in ("histogram_test", "roc_pr_test", "components_test", "reconstructions_normal", "reconstructions_anomalous"):
         assert (run / "figures" / f"{name}.png").is_file()
     assert (run / "gan" / "generator.pt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "samples").glob("epoch_*.png"))

@@ -109,6 +109,28 @@ def _figure_histogram(table, threshold: float, split: str, primary: str):
     return fig
 
 
+def _figure_components(table, metrics: dict):
+    """Test histograms of the raw score, the image's complexity and the corrected score: shows
+    whether the raw score measures the class or merely how detailed an image is."""
+    m = table["split"] == "test"
+    y = table["label"][m]
+    panels = (
+        ("raw_score", table["raw_score"][m], "raw score (higher = anomalous)"),
+        ("complexity_baseline", table["complexity"][m], "input complexity (baseline: low = anomalous)"),
+        ("complexity_corrected", table["raw_score"][m] / np.maximum(table["complexity"][m], 1e-6), "raw score / complexity"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (key, s, xlabel) in zip(axes, panels):
+        bins = np.linspace(s.min(), s.max(), 50)
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        used = " (primary)" if key == metrics["primary_score"] else ""
+        ax.set(xlabel=xlabel, ylabel="density", title=f"test AUROC {metrics['test_components_auroc'][key]:.3f}{used}")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def _figure_curves(table, metrics: dict):
     m = table["split"] == "test"
     preds, target = to_unit_interval(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
@@ -159,6 +181,7 @@ def write_report(
         "scores/histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test", metrics["primary_score"]),
         "scores/histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val", metrics["primary_score"]),
         "scores/roc_pr_test": _figure_curves(table, metrics),
+        "scores/components_test": _figure_components(table, metrics),
     }
     for name, fig in pictures.items():
         fig.savefig(figures / f"{name.split('/')[-1]}.png", dpi=100)
