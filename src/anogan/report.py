@@ -1,6 +1,8 @@
 """Turn per-image scores into the run's report: scores.csv, metrics.json, figures, TensorBoard.
 
 The threshold is fitted on the validation rows only and applied unchanged to the test rows.
+``python -m anogan.report <run folder> ...`` recomputes metrics.json and the score figures of
+finished runs from their scores.csv (e.g. after a metric was added), without the GAN.
 """
 
 from __future__ import annotations
@@ -78,14 +80,18 @@ def compute_metrics(table: dict[str, np.ndarray]) -> dict:
             for s, m in (("val", val), ("test", test))
         },
     }
-    # Each component alone, and the baselines a reader needs to judge what the GAN adds.
+    # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
+    # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
+    # airplanes: high = anomalous): the baseline takes the direction that ranks validation better.
     c, raw = torch.from_numpy(table["complexity"]), torch.from_numpy(table["raw_score"])
+    low_is_anomalous = ranking_metrics(-c[val], label[val], "the validation split")["auroc"] >= 0.5
+    metrics["complexity_baseline_direction"] = "low = anomalous" if low_is_anomalous else "high = anomalous"
     alternatives = {
         "raw_score": raw,
         "complexity_corrected": corrected_score(raw, c),
         "residual": torch.from_numpy(table["residual"]),
         "discrimination": torch.from_numpy(table["discrimination"]),
-        "complexity_baseline": -c,  # low complexity = anomalous for busy normal classes like cars
+        "complexity_baseline": -c if low_is_anomalous else c,
         "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
         "random_baseline": torch.rand(len(c), generator=torch.Generator().manual_seed(0), dtype=torch.float64),
     }
@@ -116,7 +122,7 @@ def _figure_components(table, metrics: dict):
     y = table["label"][m]
     panels = (
         ("raw_score", table["raw_score"][m], "raw score (higher = anomalous)"),
-        ("complexity_baseline", table["complexity"][m], "input complexity (baseline: low = anomalous)"),
+        ("complexity_baseline", table["complexity"][m], f"input complexity (baseline: {metrics['complexity_baseline_direction']})"),
         ("complexity_corrected", table["raw_score"][m] / np.maximum(table["complexity"][m], 1e-6), "raw score / complexity"),
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -206,3 +212,63 @@ def write_report(
         metrics["test"]["auroc"], metrics["test"]["ap"], metrics["test"]["f1"], metrics["threshold"]["f1"],
     )
     return metrics
+
+
+TEXT_COLUMNS = ("source", "split", "class_name")
+INT_COLUMNS = ("id", "source_index", "class", "label")
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """scores.csv back into the table ``write_csv`` wrote."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    table = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        kind = str if key in TEXT_COLUMNS else (np.int64 if key in INT_COLUMNS else np.float64)
+        table[key] = np.array(values) if kind is str else np.array(values).astype(kind)
+    return table
+
+
+def rereport(run_dir: Path) -> dict:
+    """Recompute a finished run's metrics.json and score figures from its scores.csv, with this
+    version's metrics (no GAN, no search): for runs scored before a metric was added or changed."""
+    run_dir = Path(run_dir)
+    table = read_csv(run_dir / "scores.csv")
+    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    if "raw_score" not in table:  # scored before mapping.correction existed: the score was the raw one
+        table["raw_score"] = table["score"]
+    correction = old.get("correction", "none")
+    primary = "raw_score" if correction == "none" else "complexity_corrected"
+    metrics = {"primary_score": primary, "correction": correction, **compute_metrics(table)}
+    metrics.update({k: old[k] for k in ("gan_source", "wall_time_s", "images_scored") if k in old})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    for name, fig in {
+        "histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test", primary),
+        "histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val", primary),
+        "roc_pr_test": _figure_curves(table, metrics),
+        "components_test": _figure_components(table, metrics),
+    }.items():
+        fig.savefig(figures / f"{name}.png", dpi=100)
+        plt.close(fig)
+    return metrics
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Recompute metrics.json and score figures of finished runs from scores.csv.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (each holds scores.csv)")
+    for run_dir in parser.parse_args().run_dirs:
+        if not (run_dir / "scores.csv").is_file():
+            raise SystemExit(f"{run_dir} has no scores.csv: give the folder of a finished train.py run")
+        metrics = rereport(run_dir)
+        print(f"{run_dir}: test AUROC {metrics['test']['auroc']:.4f} ({metrics['primary_score']})")
+
+
+if __name__ == "__main__":
+    main()
