@@ -13,9 +13,10 @@ with the same per-image starting z (seeded by the run's seed and the image's pix
 the run's evaluation set gets the score it got in the run.
 
 Unreadable or non-square images are skipped with a warning and listed at the end; they never stop
-the batch. Output: a CSV with path, score (the run's primary score: ``mapping.correction``), raw_score,
-residual, discrimination, complexity, label (1 = anomalous, i.e. score >= threshold; empty without a threshold) and, with ``save_images=true``, one
-original | G(z) | |x − G(z)| PNG per image in ``<csv name>_images/``.
+the batch. Output: a CSV with path, score (the run's primary score, see ``mapping.correction``),
+raw_score, residual, discrimination, complexity, label (1 = anomalous, i.e. score >= threshold;
+empty without a threshold) and, with ``save_images=true``, one original | G(z) | |x − G(z)| PNG
+per image in ``<csv name>_images/``.
 """
 
 from __future__ import annotations

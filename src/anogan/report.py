@@ -119,11 +119,11 @@ def _figure_components(table, metrics: dict):
     """Test histograms of the raw score, the image's complexity and the corrected score: shows
     whether the raw score measures the class or merely how detailed an image is."""
     m = table["split"] == "test"
-    y = table["label"][m]
+    y, raw, c = table["label"][m], table["raw_score"][m], table["complexity"][m]
     panels = (
-        ("raw_score", table["raw_score"][m], "raw score (higher = anomalous)"),
-        ("complexity_baseline", table["complexity"][m], f"input complexity (baseline: {metrics['complexity_baseline_direction']})"),
-        ("complexity_corrected", table["raw_score"][m] / np.maximum(table["complexity"][m], 1e-6), "raw score / complexity"),
+        ("raw_score", raw, "raw score (higher = anomalous)"),
+        ("complexity_baseline", c, f"input complexity (baseline: {metrics['complexity_baseline_direction']})"),
+        ("complexity_corrected", corrected_score(torch.from_numpy(raw), torch.from_numpy(c)).numpy(), "raw score / complexity"),
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (key, s, xlabel) in zip(axes, panels):
