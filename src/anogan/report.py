@@ -127,7 +127,7 @@ def _figure_components(table, metrics: dict):
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (key, s, xlabel) in zip(axes, panels):
-        bins = np.linspace(s.min(), s.max(), 50)
+        bins = np.linspace(*np.percentile(s, [0.5, 99.5]), 50)  # a few flat images would stretch the axis
         ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="normal")
         ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
         used = " (primary)" if key == metrics["primary_score"] else ""
