@@ -66,11 +66,15 @@ def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
             writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)])
 
 
-def compute_metrics(table: dict[str, np.ndarray]) -> dict:
+def compute_metrics(table: dict[str, np.ndarray], correction: str) -> dict:
+    """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
+    made ``table["score"]`` (none or complexity)."""
     val, test = table["split"] == "val", table["split"] == "test"
     score, label = torch.from_numpy(table["score"]), torch.from_numpy(table["label"])
     thresholds = fit_thresholds(score[val], label[val])
     metrics = {
+        "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
+        "correction": correction,
         "threshold": thresholds,
         "val": evaluate(score[val], label[val], thresholds["f1"], "the validation split"),
         "test": evaluate(score[test], label[test], thresholds["f1"]),
@@ -155,6 +159,23 @@ def _figure_curves(table, metrics: dict):
     return fig
 
 
+def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> None:
+    """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
+    figures.mkdir(exist_ok=True)
+    threshold, primary = metrics["threshold"]["f1"], metrics["primary_score"]
+    pictures = {
+        "histogram_test": _figure_histogram(table, threshold, "test", primary),
+        "histogram_val": _figure_histogram(table, threshold, "val", primary),
+        "roc_pr_test": _figure_curves(table, metrics),
+        "components_test": _figure_components(table, metrics),
+    }
+    for name, fig in pictures.items():
+        fig.savefig(figures / f"{name}.png", dpi=100)
+        if tb_writer is not None:
+            tb_writer.add_figure(f"scores/{name}", fig)
+        plt.close(fig)
+
+
 @torch.no_grad()
 def reconstruction_grid(images: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     """Rows of original | G(z) | |x − G(z)|, all in [0, 1]."""
@@ -177,23 +198,11 @@ def write_report(
     table = build_table(results, datamodule, correction)
     correction = table.pop("correction")
     write_csv(table, folder / "scores.csv")
-    primary = "raw_score" if correction == "none" else "complexity_corrected"
-    metrics = {"primary_score": primary, "correction": correction, **compute_metrics(table)}
+    metrics = compute_metrics(table, correction)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     figures = folder / "figures"
-    figures.mkdir(exist_ok=True)
-    pictures = {
-        "scores/histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test", metrics["primary_score"]),
-        "scores/histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val", metrics["primary_score"]),
-        "scores/roc_pr_test": _figure_curves(table, metrics),
-        "scores/components_test": _figure_components(table, metrics),
-    }
-    for name, fig in pictures.items():
-        fig.savefig(figures / f"{name.split('/')[-1]}.png", dpi=100)
-        if tb_writer is not None:
-            tb_writer.add_figure(name, fig)
-        plt.close(fig)
+    write_score_figures(table, metrics, figures, tb_writer)
 
     device = next(generator.parameters()).device
     generator.eval()
@@ -241,20 +250,10 @@ def rereport(run_dir: Path) -> dict:
     if "raw_score" not in table:  # scored before mapping.correction existed: the score was the raw one
         table["raw_score"] = table["score"]
     correction = old.get("correction", "none")
-    primary = "raw_score" if correction == "none" else "complexity_corrected"
-    metrics = {"primary_score": primary, "correction": correction, **compute_metrics(table)}
+    metrics = compute_metrics(table, correction)
     metrics.update({k: old[k] for k in ("gan_source", "wall_time_s", "images_scored") if k in old})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    figures = run_dir / "figures"
-    figures.mkdir(exist_ok=True)
-    for name, fig in {
-        "histogram_test": _figure_histogram(table, metrics["threshold"]["f1"], "test", primary),
-        "histogram_val": _figure_histogram(table, metrics["threshold"]["f1"], "val", primary),
-        "roc_pr_test": _figure_curves(table, metrics),
-        "components_test": _figure_components(table, metrics),
-    }.items():
-        fig.savefig(figures / f"{name}.png", dpi=100)
-        plt.close(fig)
+    write_score_figures(table, metrics, run_dir / "figures")
     return metrics
 
 
