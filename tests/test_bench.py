@@ -31,6 +31,7 @@ SIZE_KEYS = {
     "train_speedup_bf16",
     "lightning_vs_matched_plain_fp32",
     "search_gain_vs_before_fp32",
+    "search_alpha0_gain_fp32",
     "search",
     "train",
 }

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from anogan.errors import UserError
 from anogan.models import Discriminator, Generator
 from anogan.models.latent_mapping import LatentMapping, initial_latents, score_components
 
@@ -78,3 +80,12 @@ def test_initial_latent_depends_on_image_key_not_on_batch():
     assert torch.equal(together[1], initial_latents(torch.tensor([22]), 8, seed=5)[0])
     assert not torch.equal(together[0], together[1])
     assert not torch.equal(together, initial_latents(keys, 8, seed=6))
+
+
+def test_broken_weights_stop_the_search_with_a_message():
+    g, d = _nets()
+    with torch.no_grad():
+        next(g.parameters()).fill_(float("nan"))
+    mapping = LatentMapping(g, d, alpha=0.5, iterations=2)
+    with pytest.raises(UserError, match=r"3 anomaly score\(s\) are NaN/inf: the generator or discriminator"):
+        mapping.search(torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 16))

@@ -6,7 +6,8 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
 * latent search: image-steps/s of ``LatentMapping.search`` at ``mapping.batch_size`` against a loop
   of batch-size-1 searches over the first images (the guidebook's way), and the largest relative
   difference between their per-image scores (same z0 per image); in fp32 also the search as it was
-  before ``search_copy`` (``"32-true-before"``, ``search_gain_vs_before_fp32``);
+  before ``search_copy`` (``"32-true-before"``, ``search_gain_vs_before_fp32``) and the gain of
+  alpha 0, where D leaves the search loop (``search_alpha0_gain_fp32``, against ``mapping.alpha``);
 * GAN training: images/s of the project's ``GAN`` LightningModule under a Lightning ``Trainer``
   against a plain PyTorch loop of the same step as one would write it (one D step with
   BCE-with-logits on real/fake, then ``g_steps`` G steps, Adam with the same settings), warm-up steps
@@ -204,6 +205,21 @@ def project_search(generator, discriminator, *, alpha, lr, betas):
     return search
 
 
+def alpha_zero_gain(generator, discriminator, x, z, *, steps, rounds, alpha, lr, betas) -> float:
+    """Batched fp32 search throughput at alpha 0 (D left out of the loop) over that at ``alpha``,
+    timed alternately in the same process; the fastest round of each counts."""
+    searches = {a: project_search(generator, discriminator, alpha=a, lr=lr, betas=betas) for a in (0.0, alpha)}
+    for search in searches.values():
+        search(x[:2], z[:2], 1)  # builds the search copies of G and D
+    best = {a: float("inf") for a in searches}
+    for _ in range(rounds):
+        for a, search in searches.items():
+            t0 = time.perf_counter()
+            search(x, z, steps)
+            best[a] = min(best[a], time.perf_counter() - t0)
+    return round(best[alpha] / best[0.0], 2)
+
+
 def search_batch_sweep(generator, discriminator, images, z0, *, sizes, steps, precision, alpha, lr, betas) -> dict:
     """Batched throughput (image-steps/s) at several batch sizes."""
     search = project_search(generator, discriminator, alpha=alpha, lr=lr, betas=betas)
@@ -368,6 +384,9 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
             )
     if default in search:
         res["search_speedup"] = search[default]["speedup"]
+    if "32-true" in search and hp["alpha"] > 0:
+        log.info("%d px: latent search, 32-true, alpha 0 vs alpha %g", image_size, hp["alpha"])
+        res["search_alpha0_gain_fp32"] = alpha_zero_gain(g, disc, x, z, steps=steps, rounds=a.rounds, **hp)
     if a.batch_sweep:
         res["search_batch_sweep_fp32"] = search_batch_sweep(
             g, disc, images, z0, sizes=a.batch_sweep, steps=steps, precision="32-true",

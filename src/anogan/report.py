@@ -25,13 +25,14 @@ from anogan.metrics import to_unit_interval, evaluate, fit_thresholds, ranking_m
 from anogan.scores import complexity, corrected_score, primary_score, resolve_auto  # noqa: E402
 
 log = logging.getLogger(__name__)
-COMPONENTS = ("residual", "discrimination")
 
 
-def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = "none") -> dict[str, np.ndarray]:
-    """One row per scored image, in evaluation order, with everything scores.csv holds:
-    ``score`` is the primary score (``mapping.correction``), ``raw_score`` the scorer's own.
-    ``auto`` is resolved on the validation rows only; ``table["correction"]`` says what was used."""
+def build_table(
+    results: dict[str, torch.Tensor], datamodule, correction: str = "none"
+) -> tuple[dict[str, np.ndarray], str]:
+    """One row per scored image, in evaluation order, with everything scores.csv holds, and the
+    correction used: ``score`` is the primary score (``mapping.correction``, ``auto`` resolved on
+    the validation rows only), ``raw_score`` the scorer's own."""
     dataset = datamodule.eval_set
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
@@ -41,8 +42,7 @@ def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = 
     if correction == "auto":
         val = torch.from_numpy(datamodule.eval_split == "val")
         correction = resolve_auto(results["score"][val], image_complexity[val], dataset.labels[val])
-    return {
-        "correction": correction,
+    table = {
         "id": dataset.ids.numpy(),
         "source": columns["source"],
         "source_index": columns["source_index"],
@@ -56,6 +56,7 @@ def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = 
         "discrimination": results["discrimination"].double().numpy(),
         "complexity": image_complexity.double().numpy(),
     }
+    return table, correction
 
 
 def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
@@ -195,8 +196,7 @@ def write_report(
 ) -> dict:
     folder = Path(folder)
     dataset = datamodule.eval_set
-    table = build_table(results, datamodule, correction)
-    correction = table.pop("correction")
+    table, correction = build_table(results, datamodule, correction)
     write_csv(table, folder / "scores.csv")
     metrics = compute_metrics(table, correction)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -33,7 +33,7 @@ from torch import nn
 
 from anogan.models.dcgan import _n_doublings
 from anogan.gan_store import atomic_save
-from anogan.models.latent_mapping import ScoreCollector, ScoreDivergenceError
+from anogan.models.latent_mapping import ScoreCollector, ScoreDivergenceError, check_finite_scores
 
 ENCODER_ARCH_KEYS = ("latent_dim", "channels", "image_size", "width")
 
@@ -129,9 +129,7 @@ class EncoderScorer(ScoreCollector, L.LightningModule):
     def score_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image score, residual, discrimination and z = E(x), like ``LatentMapping.search``."""
         out = {k: v.detach() for k, v in self.components(x).items()}
-        if not torch.isfinite(out["score"]).all():
-            bad = (~torch.isfinite(out["score"])).sum().item()
-            raise ScoreDivergenceError(f"{bad} anomaly score(s) are NaN/inf: the encoder or GAN weights are broken.")
+        check_finite_scores(out["score"], "the encoder or GAN weights are broken.")
         return out
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
