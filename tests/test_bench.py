@@ -69,7 +69,7 @@ def test_the_speed_ups_keep_the_scores():
     the cached copies follow new weights."""
     import torch
 
-    from anogan.models.latent_mapping import LatentMapping
+    from anogan.scorers import LatentMapping
 
     g, d = bench.build_nets(32, 8, 8, 8, seed=0)
     g.train(), d.train()

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anogan.models import Discriminator, Generator
-from anogan.models.encoder import EncoderScorer, izif_components, load_encoder
+from anogan.scorers.encoder import EncoderScorer, izif_components, load_encoder
 from conftest import tiny_overrides
 from test_train_e2e import read_scores, run_train
 

@@ -3,7 +3,7 @@ import torch
 
 from anogan.errors import UserError
 from anogan.models import Discriminator, Generator
-from anogan.models.latent_mapping import LatentMapping, initial_latents, score_components
+from anogan.scorers import LatentMapping, initial_latents, score_components
 
 
 def _nets(latent=16, size=32, width=8):

@@ -47,7 +47,7 @@ from omegaconf import OmegaConf
 
 from anogan.models import Discriminator, Generator
 from anogan.models.gan import GAN
-from anogan.models.latent_mapping import LatentMapping, score_components
+from anogan.scorers import LatentMapping, score_components
 
 log = logging.getLogger("anogan.bench")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

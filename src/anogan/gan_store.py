@@ -132,8 +132,16 @@ def publish(source: Path, cache_dir: Path, key: str) -> Path:
 
 
 def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discriminator]:
-    """G and D from a GAN stage's output: a Lightning .ckpt, a ``gan/`` folder or a run folder."""
+    """G and D from an earlier run: its scorer file (``scorer.pt``, or a run folder holding one: it
+    carries the exact GAN the run scored with, cached or not), a ``gan/`` folder, or a GAN .ckpt."""
     path = Path(path).expanduser()
+    artifact = path / "scorer.pt" if path.is_dir() else path
+    if artifact.is_file() and artifact.suffix == ".pt":
+        from anogan.artifact import gan_from_artifact, read_artifact
+
+        payload = read_artifact(artifact)
+        _check_arch(payload["gan_arch"], arch, artifact)
+        return gan_from_artifact(payload)
     for folder in (path, path / "gan"):
         if (folder / "gan.json").is_file():
             g, d, meta = load_gan_folder(folder)

@@ -44,8 +44,17 @@ def _cut_points(scores: torch.Tensor, labels: torch.Tensor):
     return s[last_of_value], tp[last_of_value], fp[last_of_value]
 
 
-def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The F1-maximising and the Youden's-J-maximising thresholds on (validation) scores."""
+def fpr_threshold(normal_scores: torch.Tensor, target_fpr: float) -> float:
+    """The threshold that flags at most ``target_fpr`` of these (validation) normals: flagging
+    ``score >= t`` equals flagging conformal ``p_value <= target_fpr`` on them."""
+    s = torch.sort(normal_scores.double(), descending=True).values
+    k = int(target_fpr * (len(s) + 1)) - 1  # p <= a  <=>  1 + #{>= score} <= a (n + 1)
+    return float(s[k]) if k >= 0 else float("inf")
+
+
+def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor, target_fpr: float = 0.05) -> dict[str, float]:
+    """The false-positive-rate, F1-maximising and Youden's-J-maximising thresholds on (validation) scores."""
+    fpr = fpr_threshold(scores[labels == 0], target_fpr)
     _check_both_classes(labels, "the validation split")
     t, tp, fp = _cut_points(scores, labels)
     positives, negatives = labels.sum().double(), (1 - labels).sum().double()
@@ -54,6 +63,7 @@ def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
     youden = recall - fp / negatives
     best_f1, best_j = int(torch.argmax(f1)), int(torch.argmax(youden))
     return {
+        "fpr": fpr,
         "f1": float(t[best_f1]),
         "f1_value": float(f1[best_f1]),
         "youden": float(t[best_j]),
@@ -90,3 +100,33 @@ def threshold_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: flo
 def evaluate(scores: torch.Tensor, labels: torch.Tensor, threshold: float, what: str = "the test split") -> dict:
     """Everything reported for one split at a fixed threshold."""
     return {**ranking_metrics(scores, labels, what), **threshold_metrics(scores, labels, threshold), "threshold": threshold}
+
+
+def conformal_p_values(calibration_normal_scores: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Conformal p-values (Vovk et al. 2005; Bates et al., Ann. Statist. 2023), float64:
+    p = (1 + #{calibration normals scoring >= s}) / (n + 1). For a normal image exchangeable with
+    the n calibration normals, P(p <= alpha) <= alpha."""
+    cal = torch.sort(calibration_normal_scores.double()).values
+    s = scores.double()
+    at_least = len(cal) - torch.searchsorted(cal, s, right=False)
+    return (1.0 + at_least.double()) / (len(cal) + 1.0)
+
+
+THRESHOLD_RULES = ("fpr", "f1", "youden")
+
+
+def resolve_threshold(thresholds: dict, rule: str | float) -> float | None:
+    """The threshold of ``rule``: a fitted rule's name (``fpr``, ``f1``, ``youden``) or a number."""
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        return float(rule)
+    name = str(rule).strip().lower()
+    try:
+        return float(name)
+    except ValueError:
+        pass
+    if name not in THRESHOLD_RULES:
+        raise UserError(f"threshold={rule!r} is not a rule: use fpr, f1, youden or a number.")
+    value = thresholds.get(name)
+    if value is None:
+        raise UserError(f"threshold={name}: the run has no {name} threshold (its validation split holds no anomalous image); use fpr or a number.")
+    return float(value)

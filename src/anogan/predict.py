@@ -1,67 +1,60 @@
-"""Score new images with a finished run:
+"""Score new images with a finished run's scorer file (``anogan-predict`` or ``python predict.py``):
 
-    python predict.py ckpt=<run folder> input=<folder or image> [threshold=<float>] [out=<csv>] [save_images=true]
+    python predict.py ckpt=<run folder or scorer.pt> input=<folder or image> [threshold=fpr|f1|youden|<number>]
+                      [out=<csv>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]
 
-The run folder gives everything: its GAN (``gan/``, or the cache entry named in ``gan_source.txt``,
-or the weights/checkpoint its config pointed at), its encoder (``encoder/``, for
-``mapping.method=encoder`` runs), its config (``config_resolved.yaml`` or ``.hydra/config.yaml``:
-image size, channels, the scorer and its settings, the seed) and its threshold (``metrics.json``
-→ ``threshold.f1``, fitted on the run's validation split). Every PNG/JPEG under ``input`` (recursively)
-is converted and resized exactly as the CIFAR-10 data module does (luma for grey models; bilinear
-antialiased resize of the uint8 image, rounded back to uint8), and scored by the run's own scorer
-with the same per-image starting z (seeded by the run's seed and the image's pixels): an image of
-the run's evaluation set gets the score it got in the run.
+Everything comes from the one scorer file (``anogan.artifact``): networks, scorer settings,
+preprocessing, the correction resolved on the run's validation split, the thresholds of every rule
+and the validation normals' scores for p-values. Images are read by the same reader as training
+(``anogan.data.folder.read_image``) and scored through the same path as the run's stage 2
+(``anogan.inference.run_scorer``: ``Trainer.predict``), so an image of the run's evaluation set
+gets the score it got in the run.
 
-Unreadable or non-square images are skipped with a warning and listed at the end; they never stop
-the batch. Output: a CSV with path, score (the run's primary score, see ``mapping.correction``),
-raw_score, residual, discrimination, complexity, label (1 = anomalous, i.e. score >= threshold;
-empty without a threshold) and, with ``save_images=true``, one original | G(z) | |x − G(z)| PNG
-per image in ``<csv name>_images/``.
+Output (default ``<run folder>/predictions/<input name>.csv``; never the current folder): path,
+score (the run's primary score), p_value (conformal, against the validation normals), label
+(1 = anomalous at the threshold), raw_score, residual, discrimination, complexity, steps. With
+``maps=true``: per image the anomaly map at the image's own size as ``.npy`` (float32) and an
+overlay PNG in ``<csv name>_maps/``; with ``save_images=true``: original | G(z) | |x − G(z)| PNGs.
+Files that cannot be read are skipped and listed with their reason; they never stop the batch.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+import torch.nn.functional as F
 
-from anogan import gan_store
+from anogan.artifact import load_artifact, resolve_path
 from anogan.data.folder import ImageError, list_images, read_image
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
-from anogan.scores import complexity, primary_score
+from anogan.inference import run_scorer
+from anogan.scores import apply_calibration, complexity
 
 log = logging.getLogger("anogan.predict")
 
 USAGE = (
-    "usage: python predict.py ckpt=<run folder> input=<folder or image> "
-    "[threshold=<float>] [out=<csv path>] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]"
+    "usage: anogan-predict ckpt=<run folder or scorer.pt> input=<folder or image> [threshold=fpr|f1|youden|<number>] "
+    "[out=<csv path>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]"
 )
-DEFAULTS = {
-    "ckpt": None,
-    "input": None,
-    "threshold": None,
-    "out": "predictions.csv",
-    "save_images": False,
-    "device": "auto",
-    "batch_size": None,
-}
+DEFAULTS = {"ckpt": None, "input": None, "threshold": None, "out": None, "maps": False, "save_images": False, "device": "auto", "batch_size": None}
+COLUMNS = ("score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps")
 
 
 class PredictError(UserError):
-    """The command line or the run folder cannot be used; the message says how to fix it."""
+    """The command line or the scorer file cannot be used; the message says how to fix it."""
 
 
-# ---------------------------------------------------------------------- command line
-def _bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
+def _bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
     if lowered in ("false", "0", "no", "off"):
@@ -70,7 +63,7 @@ def _bool(key: str, value: str) -> bool:
 
 
 def parse_args(argv: list[str]) -> dict:
-    """``key=value`` arguments (Hydra style) into the settings dict."""
+    """``key=value`` arguments (Hydra style) into the settings dict; ``PredictError`` on a bad one."""
     args = dict(DEFAULTS)
     for item in argv:
         if item in ("-h", "--help", "help"):
@@ -84,219 +77,159 @@ def parse_args(argv: list[str]) -> dict:
     for key in ("ckpt", "input"):
         if not args[key]:
             raise PredictError(f"{key}=... is required. {USAGE}")
-    if args["threshold"] is not None and not isinstance(args["threshold"], float):
+    if args["threshold"] is not None:
+        from anogan.metrics import THRESHOLD_RULES
+
+        t = str(args["threshold"]).strip().lower()
         try:
-            args["threshold"] = float(args["threshold"])
+            args["threshold"] = float(t)
         except ValueError:
-            raise PredictError(f"threshold={args['threshold']!r} is not a number") from None
-    if isinstance(args["save_images"], str):
-        args["save_images"] = _bool("save_images", args["save_images"])
+            if t not in THRESHOLD_RULES:
+                raise PredictError(f"threshold={args['threshold']!r}: use fpr, f1, youden or a number") from None
+            args["threshold"] = t
+    for key in ("maps", "save_images"):
+        args[key] = _bool(key, args[key])
+    if args["device"] not in ("auto", "cpu", "cuda"):
+        raise PredictError(f"device={args['device']!r}: use auto, cpu or cuda")
     if args["batch_size"] is not None:
         try:
             args["batch_size"] = int(args["batch_size"])
-            assert args["batch_size"] >= 1
-        except (ValueError, AssertionError):
+            if args["batch_size"] < 1:
+                raise ValueError
+        except ValueError:
             raise PredictError(f"batch_size={args['batch_size']!r}: use a whole number >= 1") from None
     return args
 
 
-# ---------------------------------------------------------------------- the run
-def load_run_config(run_dir: Path) -> DictConfig:
-    for path in (run_dir / "config_resolved.yaml", run_dir / ".hydra" / "config.yaml"):
-        if path.is_file():
-            return OmegaConf.load(path)
-    raise PredictError(
-        f"ckpt={run_dir} has no config_resolved.yaml nor .hydra/config.yaml: give the folder of a finished train.py run."
-    )
-
-
-def load_gan(run_dir: Path, cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The run's G and D: its gan/ folder, the cache entry it reused, or what its config gave."""
-    arch = {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
-    if (run_dir / "gan" / "gan.json").is_file():
-        return gan_store.load_checkpoint(run_dir, arch)
-    source = run_dir / "gan_source.txt"
-    if source.is_file() and source.read_text().startswith("reused "):
-        return gan_store.load_checkpoint(source.read_text()[len("reused ") :].strip(), arch)
-    if cfg.gan.get("generator"):
-        return gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
-    if cfg.gan.get("checkpoint"):
-        return gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
-    raise PredictError(f"no GAN found for the run {run_dir} (no gan/ folder, gan_source.txt or gan.* setting).")
-
-
-def load_scorer(run_dir: Path, cfg: DictConfig, generator, discriminator):
-    """The run's scorer: a LatentMapping or an EncoderScorer with the run's settings."""
-    method = cfg.mapping.get("method", "latent")
-    if method == "encoder":
-        from anogan.models.encoder import EncoderScorer, load_encoder
-
-        if not (run_dir / "encoder" / "encoder.json").is_file():
-            raise PredictError(f"the run {run_dir} used mapping=encoder but has no encoder/ folder (did it finish?).")
-        encoder, meta = load_encoder(run_dir / "encoder")
-        scorer = EncoderScorer(
-            generator, discriminator, meta["channels"], meta["image_size"], meta["width"], kappa=meta["kappa"]
-        )
-        scorer.encoder = encoder
-    elif method == "latent":
-        from anogan.models.latent_mapping import LatentMapping
-
-        mp = cfg.mapping
-        scorer = LatentMapping(
-            generator, discriminator, alpha=mp.alpha, iterations=mp.iterations, lr=mp.lr, betas=tuple(mp.betas), seed=cfg.seed
-        )
-    else:
-        raise PredictError(f"the run's mapping.method={method!r} is unknown (latent or encoder).")
-    return scorer.eval()
-
-
-def load_threshold(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    return float(json.loads(path.read_text())["threshold"]["f1"])
-
-
-def load_correction(run_dir: Path, cfg: DictConfig) -> str:
-    """The correction the run's scores used: ``auto`` was resolved on its validation split."""
-    path = run_dir / "metrics.json"
-    if path.is_file() and "correction" in (metrics := json.loads(path.read_text())):
-        return metrics["correction"]
-    correction = cfg.mapping.get("correction", "none")  # runs made before the option existed: none
-    if correction == "auto":
-        raise PredictError(f"the run {run_dir} has mapping.correction=auto but no metrics.json: it did not finish.")
-    return correction
-
-
-# ---------------------------------------------------------------------- images
 def find_images(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise PredictError(f"input={path} does not exist: give an image file or a folder of PNG/JPEG images.")
+        raise PredictError(f"input={path} does not exist: give an image file or a folder of images.")
     found = list_images(path)
+    found = found[0] if isinstance(found, tuple) else found
     if not found:
-        raise PredictError(f"input={path} holds no PNG/JPEG image (searched recursively).")
+        raise PredictError(f"input={path} holds no image (searched recursively).")
     return found
 
 
-# ---------------------------------------------------------------------- scoring
-def _autocast(precision: str, device: torch.device):
-    """The autocast Lightning's precision plugin used in the run (scores then match the run's)."""
-    precision = str(precision)
-    if precision.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision.startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+def trainer_settings(device: str, precision: str) -> dict:
+    """Trainer arguments for ``device`` (``auto`` | ``cpu`` | ``cuda``) in the run's precision."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PredictError("device=cuda but this machine has no usable CUDA GPU: use device=cpu (or auto).")
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[device]
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and str(precision).startswith("16"):
+        log.info("the run scored in precision %s, which needs a GPU: scoring in 32-bit on the CPU", precision)
+        precision = "32-true"
+    return {"accelerator": accelerator, "devices": 1, "precision": precision, "enable_model_summary": False}
 
 
-def score_batch(
-    scorer, images_uint8: torch.Tensor, device: torch.device, precision: str, correction: str = "none"
-) -> dict[str, torch.Tensor]:
-    """Per-image score components of uint8 images, through the run's scorer; ``score`` is the
-    primary score (corrected as the run was), ``raw_score`` the scorer's own."""
-    from anogan.models.latent_mapping import LatentMapping, initial_latents
-
-    split = AnomalySplit(images_uint8, np.zeros(len(images_uint8), dtype=np.int64), np.arange(len(images_uint8)), 0)
-    items = [split[i] for i in range(len(split))]
-    x = torch.stack([it["image"] for it in items]).to(device)
-    with _autocast(precision, device):
-        if isinstance(scorer, LatentMapping):
-            keys = torch.tensor([it["key"] for it in items])
-            z0 = initial_latents(keys, scorer.generator.latent_dim, scorer.hparams.seed).to(x)
-            out = scorer.search(x, z0)
-        else:
-            out = scorer.score_batch(x)
-    out = {k: v.detach().float().cpu() for k, v in out.items()}
-    image_complexity = complexity(images_uint8)
-    out["raw_score"], out["complexity"] = out["score"].double(), image_complexity.double()
-    out["score"] = primary_score(out["score"], image_complexity, correction)
-    return out
-
-
-def _image_name(path: Path, root: Path) -> str:
+def _name(path: Path, root: Path) -> str:
     rel = path.relative_to(root) if root.is_dir() and path.is_relative_to(root) else Path(path.name)
-    return "__".join(rel.with_suffix("").parts) + ".png"
+    return "__".join(rel.with_suffix("").parts)
+
+
+def _write_maps(folder: Path, name: str, image_path: Path, amap: torch.Tensor, vmax: float) -> None:
+    """The map at the image's own size as .npy, and an overlay PNG."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageOps
+
+    with Image.open(image_path) as img:
+        img = ImageOps.exif_transpose(img)
+        rgb = img.convert("RGB")
+    w, h = rgb.size
+    full = F.interpolate(amap[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    tmp = folder / f".{name}.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, full.astype(np.float32))
+    os.replace(tmp, folder / f"{name}.npy")
+    heat = (colormaps["jet"](np.clip(full / max(vmax, 1e-12), 0, 1))[..., :3] * 255).astype(np.uint8)
+    overlay = Image.blend(rgb, Image.fromarray(heat), 0.45)
+    tmp = folder / f".{name}_overlay.png.tmp"
+    overlay.save(tmp, format="PNG")
+    os.replace(tmp, folder / f"{name}_overlay.png")
 
 
 def predict(
     ckpt: str | Path,
     input: str | Path,
-    threshold: float | None = None,
-    out: str | Path = "predictions.csv",
+    threshold: str | float | None = None,
+    out: str | Path | None = None,
+    maps: bool = False,
     save_images: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
 ) -> dict:
-    """Score every image under ``input`` with the run in ``ckpt``; write the CSV (and images).
+    """Score every image under ``input`` with the scorer file of ``ckpt``; write the CSV (and maps).
 
     Returns ``{"rows": [...], "skipped": [(path, reason), ...], "threshold": t, "out": csv path}``.
+    Raises ``PredictError`` / ``ArtifactError`` (one line each) for unusable arguments or files.
     """
-    run_dir, root, out = Path(ckpt).expanduser(), Path(input).expanduser(), Path(out).expanduser()
-    if not run_dir.is_dir():
-        raise PredictError(f"ckpt={run_dir} is not a folder: give the folder of a finished train.py run.")
-    cfg = load_run_config(run_dir)
-    generator, discriminator = load_gan(run_dir, cfg)
-    scorer = load_scorer(run_dir, cfg, generator, discriminator)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    scorer.to(dev)
-    precision = cfg.trainer.get("precision", 32)
-    if threshold is None:
-        threshold = load_threshold(run_dir)
-        if threshold is None:
-            log.warning("%s has no metrics.json: no threshold, the label column stays empty (give threshold=...)", run_dir)
-    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
-    correction = load_correction(run_dir, cfg)
-    batch_size = batch_size or int(cfg.mapping.batch_size)
+    artifact = resolve_path(ckpt)
+    root = Path(input).expanduser()
+    out = Path(out).expanduser() if out else artifact.parent / "predictions" / f"{root.stem or 'input'}.csv"
+    scorer, payload = load_artifact(artifact)
+    if batch_size:
+        scorer.hparams.batch_size = batch_size
+    prep, calibration = payload["preprocess"], payload["calibration"]
     paths = find_images(root)
-    log.info("scoring %d image(s) with the %s scorer of %s", len(paths), cfg.mapping.get("method", "latent"), run_dir)
+
+    images, kept, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(read_image(path, prep["image_size"], prep["channels"], **({"resize": prep["resize"]} if prep.get("resize", "stretch") != "stretch" else {})))
+            kept.append(path)
+        except ImageError as err:
+            skipped.append((str(path), str(err)))
+    if skipped:
+        log.warning("skipping %d file(s) that cannot be used (listed at the end)", len(skipped))
+    rows: list[dict] = []
+    t = None
+    if kept:
+        uint8 = torch.stack(images)
+        dataset = AnomalySplit(uint8, np.zeros(len(kept), dtype=np.int64), np.arange(len(kept)), 0)
+        results = run_scorer(scorer, dataset, trainer_settings(device, payload["precision"]), what="images")
+        post = apply_calibration(results["score"], complexity(uint8), calibration, threshold)
+        t = post["threshold"]
+        columns = {
+            "score": post["score"], "p_value": post["p_value"], "label": post["label"], "raw_score": results["score"].double(),
+            "residual": results["residual"], "discrimination": results["discrimination"], "complexity": complexity(uint8),
+            "steps": results.get("steps", torch.zeros(len(kept), dtype=torch.long)),
+        }
+        for i, path in enumerate(kept):
+            rows.append({"path": str(path), **{k: columns[k][i].item() for k in COLUMNS}})
+        if maps and "map" in results:
+            folder = out.with_name(out.stem + "_maps")
+            folder.mkdir(parents=True, exist_ok=True)
+            vmax = float(torch.quantile(results["map"].flatten()[: 10_000_000].float(), 0.99))
+            for i, path in enumerate(kept):
+                _write_maps(folder, _name(path, root), path, results["map"][i], vmax)
+        if save_images:
+            from torchvision.utils import save_image
+
+            from anogan.report import reconstruction_grid
+
+            folder = out.with_name(out.stem + "_images")
+            folder.mkdir(parents=True, exist_ok=True)
+            with torch.no_grad():
+                p = next(scorer.generator.parameters())
+                generated = scorer.generator(results["z"].to(p)).float().cpu()
+            x = uint8.float().div(127.5).sub(1.0)
+            for i, path in enumerate(kept):
+                save_image(reconstruction_grid(x[i : i + 1], generated[i : i + 1]), folder / f"{_name(path, root)}.png")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_dir = out.with_name(out.stem + "_images")
-    if save_images:
-        image_dir.mkdir(exist_ok=True)
-    rows, skipped = [], []
-    with open(out, "w", newline="") as f:
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        columns = ("score", "raw_score", "residual", "discrimination", "complexity")
-        writer.writerow(["path", *columns, "label"])
-        for start in range(0, len(paths), batch_size):
-            batch_paths, images = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    images.append(read_image(path, size, channels))
-                    batch_paths.append(path)
-                except ImageError as err:
-                    log.warning("skipping %s: %s", path, err)
-                    skipped.append((str(path), str(err)))
-            if not images:
-                continue
-            result = score_batch(scorer, torch.stack(images), dev, precision, correction)
-            for i, path in enumerate(batch_paths):
-                row = {"path": str(path), **{k: result[k][i].item() for k in columns}}
-                row["label"] = "" if threshold is None else int(row["score"] >= threshold)
-                rows.append(row)
-                writer.writerow([row["path"], *(f"{row[k]:.9g}" for k in columns), row["label"]])
-            if save_images:
-                from torchvision.utils import save_image
-
-                from anogan.report import reconstruction_grid
-
-                with torch.no_grad():
-                    generated = generator(result["z"].to(dev)).float().cpu()
-                x = torch.stack([im.float().div(127.5).sub(1.0) for im in images])
-                for i, path in enumerate(batch_paths):
-                    save_image(reconstruction_grid(x[i : i + 1], generated[i : i + 1]), image_dir / _image_name(path, root))
-            f.flush()
+        writer.writerow(["path", *COLUMNS])
+        for row in rows:
+            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in COLUMNS)])
+    os.replace(tmp, out)
     n_anom = sum(1 for r in rows if r["label"] == 1)
-    log.info(
-        "scored %d image(s)%s -> %s",
-        len(rows),
-        "" if threshold is None else f", {n_anom} anomalous at threshold {threshold:.6g}",
-        out,
-    )
-    return {"rows": rows, "skipped": skipped, "threshold": threshold, "out": out}
+    log.info("scored %d image(s), %d anomalous at threshold %s -> %s", len(rows), n_anom, f"{t:.6g}" if t is not None else "-", out)
+    return {"rows": rows, "skipped": skipped, "threshold": t, "out": out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     print(f"scores: {result['out']} ({len(result['rows'])} image(s))")
-    if result["skipped"]:
-        print(f"skipped: {len(result['skipped'])} file(s)")
-        for path, reason in result["skipped"]:
-            print(f"  {path}: {reason}")
-    else:
-        print("skipped: none")
+    print(f"skipped: {len(result['skipped'])} file(s)" if result["skipped"] else "skipped: none")
+    for path, reason in result["skipped"]:
+        print(f"  {path}: {reason}")
     return 0 if result["rows"] else 1

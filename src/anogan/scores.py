@@ -50,3 +50,18 @@ def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction:
     if correction == "complexity":
         return corrected_score(raw, image_complexity)
     raise ValueError(f"mapping.correction={correction!r} is not a resolved correction; use none or complexity")
+
+
+def apply_calibration(raw: torch.Tensor, image_complexity: torch.Tensor, calibration: dict, rule: str | float | None = None) -> dict:
+    """The run's post-processing of raw scores, the same in the run's report and in ``predict.py``:
+    primary score (the resolved correction), conformal p-value against the validation normals, and
+    the label at the threshold of ``rule`` (``fpr`` | ``f1`` | ``youden`` | a number; default the
+    run's rule). Returns ``{"score", "p_value", "label", "threshold"}`` (label: 1 = anomalous)."""
+    from anogan.metrics import conformal_p_values, resolve_threshold
+
+    score = primary_score(raw, image_complexity, calibration["correction"])
+    normals = calibration.get("normal_scores")
+    p_value = conformal_p_values(normals, score) if normals is not None and len(normals) else torch.full_like(score, float("nan"))
+    threshold = resolve_threshold(calibration["thresholds"], calibration.get("threshold_rule", "fpr") if rule is None else rule)
+    label = (score >= threshold).long() if threshold is not None else torch.full(score.shape, -1, dtype=torch.long)
+    return {"score": score, "p_value": p_value, "label": label, "threshold": threshold}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,17 +23,20 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import gan_store
-from anogan.callbacks import SampleGrid
 from anogan.config_check import check_config
 from anogan.errors import UserError
 from anogan.models.gan import GAN
-from anogan.models.latent_mapping import LatentMapping
-from anogan.report import write_report
+from anogan.artifact import FILENAME as ARTIFACT
+from anogan.artifact import save_artifact
+from anogan.inference import run_scorer
+from anogan.report import add_dashboard_layout, write_report
+from anogan.scorers import Scorer
+from anogan.io import atomic_write_text
 from anogan.run_info import write_run_info
 from anogan.sweep import run_name
 
@@ -51,14 +55,28 @@ def _arch(cfg: DictConfig) -> dict:
     return {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
 
 
-def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path, extra: dict | None = None) -> Path:
+def instantiate_list(group: DictConfig | None) -> list:
+    """Every entry of a config group that has a ``_target_`` (the lightning-hydra-template pattern):
+    callbacks and loggers are added or removed in ``conf/`` without touching code."""
+    if not group:
+        return []
+    if "_target_" in group:
+        return [instantiate(group)]
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """``conf/trainer`` as keyword arguments of ``lightning.Trainer``."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.pop("_target_", None)
+    return kwargs
+
+
+def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: dict | None = None) -> Path:
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
     model: GAN = instantiate(cfg.model, _convert_="all")
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, **cfg.callbacks.checkpoint
-    )  # one rolling checkpoints/last.ckpt, rewritten atomically by Lightning (temp file + move)
-    callbacks = [checkpoints, SampleGrid(str(run_dir / "samples"), **cfg.callbacks.sample_grid)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    callbacks = instantiate_list(cfg.callbacks)  # checkpoints/last.ckpt, sample grids, ... (conf/callbacks)
+    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks)
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -85,7 +103,7 @@ def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] |
     return None
 
 
-def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """G and D from the cache (same data, model, training settings and seed), or trained now."""
     if not cfg.gan.cache:
         g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
@@ -112,36 +130,26 @@ def obtain_gan(cfg: DictConfig, datamodule, logger, run_dir: Path) -> tuple[torc
     return g, d, "trained"
 
 
-def score(cfg: DictConfig, generator, discriminator, datamodule, logger) -> dict[str, torch.Tensor]:
-    """Stage 2: score validation + test in one Lightning test loop, with the latent search
-    (``mapping.method=latent``) or an encoder fitted first on the training images (``encoder``)."""
-    if cfg.mapping.method == "encoder":
-        from anogan.models.encoder import fit_encoder
-
-        mapping = fit_encoder(cfg, generator, discriminator, datamodule, logger or False)
-    else:
-        mapping = LatentMapping(
-            generator,
-            discriminator,
-            alpha=cfg.mapping.alpha,
-            iterations=cfg.mapping.iterations,
-            lr=cfg.mapping.lr,
-            betas=tuple(cfg.mapping.betas),
-            seed=cfg.seed,
-        )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, inference_mode=False
-    )
-    trainer.test(mapping, dataloaders=datamodule.eval_dataloader(cfg.mapping.batch_size), verbose=False)
-    return mapping.results
+def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
+    """Stage 2: build the scorer of ``conf/mapping`` (``_target_``), fit it if it has a training phase
+    (the encoder, on the normal training images), and score validation + test through the one
+    inference path (``anogan.inference.run_scorer``), resumable from ``<run>/scoring``."""
+    scorer: Scorer = instantiate(cfg.mapping, generator=generator, discriminator=discriminator, seed=cfg.seed, _convert_="all")
+    kwargs = trainer_kwargs(cfg)
+    if scorer.needs_fit:
+        scorer.fit(datamodule.train_dataloader(), {**kwargs, "logger": loggers or False, "callbacks": []})
+    results = run_scorer(scorer, datamodule.eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
+    return scorer, results
 
 
 def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
-    """TensorBoard's HPARAMS tab: the same keys in every run, with the real test metrics."""
+    """TensorBoard's HPARAMS tab: the scorer's own settings and the shared ones, with real metrics
+    (validation and test) and the *resolved* correction."""
+    scorer_keys = {f"mapping/{k}": v for k, v in OmegaConf.to_container(cfg.mapping, resolve=True).items() if k != "_target_"}
     hparams = {
-        "alpha": cfg.mapping.alpha,
-        "iterations": cfg.mapping.iterations,
-        "mapping_lr": cfg.mapping.lr,
+        "scorer": cfg.mapping._target_.rsplit(".", 1)[-1],
+        **{k: (str(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in scorer_keys.items()},
+        "correction": metrics.get("correction", cfg.mapping.correction),
         "latent_dim": cfg.model.latent_dim,
         "gan_lr": cfg.model.lr,
         "g_steps": cfg.model.g_steps,
@@ -149,21 +157,20 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
         "image_size": cfg.data.image_size,
         "normal_class": str(cfg.data.get("normal_class", "folder")),
         "protocol": cfg.data.get("protocol", "folder"),
-        "method": cfg.mapping.method,
-        "correction": cfg.mapping.correction,
         "precision": str(cfg.trainer.precision),
         "seed": cfg.seed,
     }
-    logger.log_hyperparams(
-        hparams,
-        metrics={
-            "hparams/test_auroc": metrics["test"]["auroc"],
-            "hparams/test_ap": metrics["test"]["ap"],
-            "hparams/test_f1": metrics["test"]["f1"],
-            "hparams/val_auroc": metrics["val"]["auroc"],
-        },
-    )
+    values = {"hparams/val_auroc": metrics["val"].get("auroc"), "hparams/test_auroc": metrics["test"].get("auroc"),
+              "hparams/test_ap": metrics["test"].get("ap"), "hparams/test_f1": metrics["test"].get("f1")}
+    logger.log_hyperparams(hparams, metrics={k: v for k, v in values.items() if v is not None})
     logger.finalize("success")
+
+
+def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Path, source: str) -> Path:
+    """The run's one self-contained scorer file (``anogan.artifact``)."""
+    preprocess = {"image_size": int(cfg.data.image_size), "channels": int(cfg.data.channels), "resize": cfg.data.get("resize", "stretch")}
+    provenance = {"run_dir": str(run_dir.resolve()), "gan_source": source, "seed": int(cfg.seed)}
+    return save_artifact(run_dir / ARTIFACT, scorer, _arch(cfg), calibration, preprocess, str(cfg.trainer.precision), provenance)
 
 
 def run(cfg: DictConfig) -> float:
@@ -181,28 +188,36 @@ def run(cfg: DictConfig) -> float:
     datamodule.setup("fit")
     if _is_rank_zero():
         datamodule.write_manifest(run_dir)
-    logger = instantiate(cfg.logger)
+    loggers = instantiate_list(cfg.logger)
+    tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+    if tensorboard is not None and _is_rank_zero():
+        add_dashboard_layout(tensorboard.experiment)
 
     start = time.perf_counter()
-    generator, discriminator, source = given or obtain_gan(cfg, datamodule, logger, run_dir)
+    generator, discriminator, source = given or obtain_gan(cfg, datamodule, loggers, run_dir)
     train_s = time.perf_counter() - start
     log.info("GAN from %s (%.1f s)", source, train_s)
 
     start = time.perf_counter()
-    results = score(cfg, generator, discriminator, datamodule, logger)
+    scorer, results = score(cfg, generator, discriminator, datamodule, loggers, run_dir)
     score_s = time.perf_counter() - start
     if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
         return float("nan")
 
-    writer = logger.experiment if logger else None
-    metrics = write_report(results, datamodule, generator, run_dir, writer, correction=cfg.mapping.correction)
+    writer = tensorboard.experiment if tensorboard is not None else None
+    metrics, calibration = write_report(results, datamodule, scorer, run_dir, writer, cfg.threshold)
+    save_scorer(cfg, scorer, calibration, run_dir, source)
     metrics["gan_source"] = source
+    metrics["scorer_file"] = ARTIFACT
     metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
     metrics["images_scored"] = len(results["score"])
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if logger:
-        log_hparams(cfg, metrics, logger)
-    value = metrics["test"][cfg.optimized_metric.split("/")[-1]]
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    shutil.rmtree(run_dir / "scoring", ignore_errors=True)  # scores.csv and scorer.pt hold it all now
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            log_hparams(cfg, metrics, lg)
+    split, _, name = cfg.optimized_metric.partition("/")
+    value = metrics[split][name]
     log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
     return float(value)
 
