@@ -41,7 +41,7 @@ results: install ## per-class results table, one-class protocol (CLASSES=1 SEEDS
 		'data.normal_class=$(CLASSES)' 'seed=$(SEEDS)' $(ARGS)
 
 bench: install ## speed benchmark, prints one JSON object
-	@$(PY) -m anogan.bench $(ARGS)
+	@$(PY) benchmarks/bench.py $(ARGS)
 
 tensorboard: install ## dashboards of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

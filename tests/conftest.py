@@ -45,8 +45,9 @@ def tiny_cifar(tmp_path_factory) -> Path:
     return write_tiny_cifar(tmp_path_factory.mktemp("cifar"))
 
 
-def tiny_overrides(root: Path, out: Path | None = None) -> list[str]:
-    """Overrides that make any experiment run in seconds on the tiny data."""
+def tiny_overrides(root: Path, out: Path | None = None, mapping: str = "latent") -> list[str]:
+    """Overrides that make any experiment run in seconds on the tiny data, with the scorer
+    ``mapping`` (its own keys only: each scorer's config holds only what it reads)."""
     o = [
         f"data.root={root}",
         "data.verify_checksums=false",
@@ -62,9 +63,13 @@ def tiny_overrides(root: Path, out: Path | None = None) -> list[str]:
         "trainer.precision=32",  # exactness tests compare fp32 scores, whatever the default precision
         "trainer.enable_progress_bar=false",
         "trainer.limit_train_batches=2",
-        "mapping.iterations=3",
         "mapping.batch_size=32",
     ]
+    o += {
+        "latent": ["mapping.iterations=3"],
+        "encoder": ["mapping=encoder", "mapping.epochs=2"],
+        "encoder_search": ["mapping=encoder_search", "mapping.encoder.epochs=1", "mapping.iterations=2"],
+    }[mapping]
     if out is not None:
         o += [f"paths.log_dir={out}", f"hydra.run.dir={out}/run"]
     return o
@@ -73,3 +78,45 @@ def tiny_overrides(root: Path, out: Path | None = None) -> list[str]:
 def compose_config(overrides: list[str]):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def run_train(overrides: list[str], check: bool = True):
+    """``python train.py <overrides>`` in a subprocess (for exit codes, messages and DDP)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True, cwd=REPO, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def train_in_process(overrides: list[str]) -> float:
+    """The real config composed with ``overrides`` and run in this process (``anogan.train.run``),
+    as ``python train.py`` would, minus the interpreter start: returns the optimized metric."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from anogan.train import run
+
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).resolve())
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return run(cfg)
+
+
+def read_scores(run: Path):
+    """scores.csv rows, checked to hold exactly one row per evaluation image of the manifest."""
+    import csv
+    import json
+
+    manifest = json.loads((run / "splits.json").read_text())
+    n_eval = manifest["splits"]["val"]["size"] + manifest["splits"]["test"]["size"]
+    with open(run / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_eval
+    assert sorted(int(r["id"]) for r in rows if r["split"] == "test") == sorted(manifest["splits"]["test"]["ids"])
+    return rows, manifest

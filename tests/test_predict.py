@@ -1,4 +1,4 @@
-"""predict.py: scoring new images with a finished run (a tiny train.py run, made once)."""
+"""predict.py: scoring new images with a finished run's scorer file (a tiny train.py run, made once)."""
 
 import csv
 import json
@@ -17,7 +17,7 @@ from anogan.data.cifar10 import CIFAR10AnomalyDataModule
 from anogan.data.folder import to_model_input
 from anogan.predict import PredictError, parse_args, predict
 from conftest import REPO, tiny_overrides
-from test_train_e2e import run_train
+from conftest import train_in_process as run_train
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def tiny_run(tiny_cifar, tmp_path_factory):
 def tiny_encoder_run(tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict_encoder_run")
     # corrected for complexity: predict must apply the run's correction, as the run did
-    run_train([*tiny_overrides(tiny_cifar, out), "mapping=encoder", "mapping.epochs=2", "mapping.correction=complexity"])
+    run_train([*tiny_overrides(tiny_cifar, out, mapping="encoder"), "mapping.correction=complexity"])
     return out / "run"
 
 
@@ -61,18 +61,49 @@ def test_predict_reproduces_the_runs_test_scores(scorer, request, tmp_path):
         _save_png(images[i], tmp_path / "pngs" / f"row{i:03d}.png")
     result = predict(ckpt=tiny_run, input=tmp_path / "pngs", out=tmp_path / "pred.csv", batch_size=3)
     assert not result["skipped"] and len(result["rows"]) == len(chosen)
-    threshold = json.loads((tiny_run / "metrics.json").read_text())["threshold"]["f1"]
-    assert result["threshold"] == threshold
-    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in result["rows"]}
-    for i in chosen:
-        got, want = by_name[f"row{i:03d}.png"], rows[i]
-        for key in ("score", "raw_score", "residual", "discrimination", "complexity"):
-            assert abs(got[key] - float(want[key])) <= 1e-5 * abs(float(want[key])), (i, key, got[key], want[key])
-        assert got["label"] == int(got["score"] >= threshold)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    rule = metrics["threshold"]["rule"]
+    assert result["threshold"] == metrics["threshold"][rule]
+    _check_rows(result["rows"], rows, chosen)
     with open(tmp_path / "pred.csv") as f:
         written = list(csv.DictReader(f))
-    columns = ["path", "score", "raw_score", "residual", "discrimination", "complexity", "label"]
+    columns = ["path", "score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps"]
     assert list(written[0]) == columns and len(written) == len(chosen)
+
+
+def _check_rows(got_rows, rows, chosen):
+    """predict's rows equal the run's scores.csv rows (score, p-value, label and every component)."""
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in got_rows}
+    for i in chosen:
+        got, want = by_name[f"row{i:03d}.png"], rows[i]
+        for key in ("score", "raw_score", "residual", "discrimination", "complexity", "p_value"):
+            assert abs(got[key] - float(want[key])) <= 1e-5 * abs(float(want[key])), (i, key, got[key], want[key])
+        assert got["label"] == int(want["prediction"]) and got["steps"] == int(want["steps"])
+
+
+def test_predict_needs_only_the_scorer_file(tiny_cifar, tmp_path):
+    """A run whose GAN came from the cache: predict works after the cache (and gan/) are deleted, and
+    from the scorer file copied anywhere; gan.checkpoint accepts the run folder."""
+    import shutil
+
+    out = tmp_path / "cached"
+    cache = tmp_path / "cache"
+    first = [*tiny_overrides(tiny_cifar, out), f"paths.gan_cache_dir={cache}", "gan.cache=true"]
+    run_train(first)
+    run_train([*first[:-2], f"paths.gan_cache_dir={cache}", "gan.cache=true", f"hydra.run.dir={out}/second"])
+    run = out / "second"
+    assert "cache" in json.loads((run / "metrics.json").read_text())["gan_source"]
+    shutil.rmtree(cache)
+    shutil.copy(run / "scorer.pt", tmp_path / "moved.pt")
+    images, rows = _eval_images(run)
+    chosen = list(range(0, len(rows), 9))[:6]
+    for i in chosen:
+        _save_png(images[i], tmp_path / "pngs" / f"row{i:03d}.png")
+    result = predict(ckpt=tmp_path / "moved.pt", input=tmp_path / "pngs", out=tmp_path / "p.csv")
+    _check_rows(result["rows"], rows, chosen)
+    rescored = tmp_path / "rescored"
+    run_train([*tiny_overrides(tiny_cifar, rescored), f"gan.checkpoint={run}"])
+    assert json.loads((rescored / "run" / "metrics.json").read_text())["gan_source"].startswith("checkpoint")
 
 
 def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
@@ -87,7 +118,7 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     (folder / "notes.txt").write_text("ignored: not an image")
     out = tmp_path / "res" / "scores.csv"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "predict.py"), f"ckpt={tiny_run}", f"input={folder}", f"out={out}", "save_images=true", "threshold=0.5"],
+        [sys.executable, str(REPO / "predict.py"), f"ckpt={tiny_run}", f"input={folder}", f"out={out}", "save_images=true", "threshold=0.5", "maps=true"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -100,6 +131,9 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     assert "a.png" not in skipped
     assert "broken.png" in proc.stderr  # the warning log, at the time it was skipped
     assert sorted(p.name for p in (tmp_path / "res" / "scores_images").iterdir()) == ["a.png", "c.png", "sub__b.png"]
+    maps = tmp_path / "res" / "scores_maps"
+    assert sorted(p.name for p in maps.iterdir()) == ["a.npy", "a_overlay.png", "c.npy", "c_overlay.png", "sub__b.npy", "sub__b_overlay.png"]
+    assert np.load(maps / "c.npy").shape == (48, 48) and np.load(maps / "a.npy").dtype == np.float32  # at the image's own size
 
 
 def test_resize_and_grey_match_the_cifar_data_module():
@@ -119,3 +153,21 @@ def test_bad_command_lines_say_what_is_wrong():
         parse_args(["ckpt=run", "input=x", "treshold=1"])
     args = parse_args(["ckpt=run", "input=x", "threshold=0.25", "save_images=true"])
     assert args["threshold"] == 0.25 and args["save_images"] is True
+    assert parse_args(["ckpt=run", "input=x", "threshold=youden"])["threshold"] == "youden"
+    with pytest.raises(PredictError, match="use fpr, f1, youden or a number"):
+        parse_args(["ckpt=run", "input=x", "threshold=best"])
+
+
+def test_predict_errors_are_one_line_with_exit_code_2(tiny_run, tmp_path):
+    cases = [
+        ([f"ckpt={tmp_path / 'nothing'}", f"input={tmp_path}"], "does not exist"),
+        ([f"ckpt={tmp_path}", f"input={tmp_path}"], "holds no scorer.pt"),
+        ([f"ckpt={tiny_run}", f"input={tmp_path / 'missing'}"], "input="),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([f"ckpt={tiny_run}", f"input={tmp_path}", "device=cuda"], "device=cuda"))
+    for argv, message in cases:
+        proc = subprocess.run([sys.executable, str(REPO / "predict.py"), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        errors = [line for line in proc.stderr.splitlines() if "[ERROR]" in line]
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (argv, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr

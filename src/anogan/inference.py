@@ -102,10 +102,12 @@ def run_scorer(
     trainer_kwargs: dict,
     cache_dir: Path | None = None,
     what: str = "images",
+    callbacks: list | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score every item of ``dataset`` (dicts with ``image``, ``key``, ``row``) with
     ``scorer.predict_step``; return the outputs of all rows (``row`` 0..len-1, sorted), gathered
-    across processes. ``trainer_kwargs``: Trainer arguments (accelerator, devices, precision, ...)."""
+    across processes. ``trainer_kwargs``: Trainer arguments (accelerator, devices, precision, ...);
+    ``callbacks``: extra Lightning callbacks for the prediction loop."""
     done: list[dict] = []
     if cache_dir is not None:
         done = _load_cache(Path(cache_dir), fingerprint(scorer, dataset))
@@ -115,9 +117,10 @@ def run_scorer(
         log.info("resuming scoring: %d of %d %s already scored in %s", len(done_rows), len(dataset), what, cache_dir)
     new: list[dict] = []
     if todo:
-        callbacks = [ScoringProgressBar(f"Scoring {len(todo)} {what} ({scorer.summary()})")]
+        bar = ScoringProgressBar(f"Scoring {len(todo)} {what} ({scorer.summary()})")
+        callbacks = [*(callbacks or []), bar] if trainer_kwargs.get("enable_progress_bar", True) else [*(callbacks or [])]
         if cache_dir is not None:
-            callbacks.append(_BatchCache(Path(cache_dir)))
+            callbacks.insert(0, _BatchCache(Path(cache_dir)))
         kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("callbacks", "logger", "enable_checkpointing", "inference_mode")}
         trainer = L.Trainer(**kwargs, logger=False, callbacks=callbacks, enable_checkpointing=False, inference_mode=False)
         subset = dataset if len(todo) == len(dataset) else Subset(dataset, todo)

@@ -173,6 +173,7 @@ def predict(
     if batch_size:
         scorer.hparams.batch_size = batch_size
     prep, calibration = payload["preprocess"], payload["calibration"]
+    settings = trainer_settings(device, payload["precision"])
     paths = find_images(root)
 
     images, kept, skipped = [], [], []
@@ -189,7 +190,7 @@ def predict(
     if kept:
         uint8 = torch.stack(images)
         dataset = AnomalySplit(uint8, np.zeros(len(kept), dtype=np.int64), np.arange(len(kept)), 0)
-        results = run_scorer(scorer, dataset, trainer_settings(device, payload["precision"]), what="images")
+        results = run_scorer(scorer, dataset, settings, what="images")
         post = apply_calibration(results["score"], complexity(uint8), calibration, threshold)
         t = post["threshold"]
         columns = {

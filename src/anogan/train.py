@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from anogan import gan_store
+from anogan import conf_dir, gan_store
 from anogan.config_check import check_config
 from anogan.errors import UserError
 from anogan.models.gan import GAN
@@ -36,13 +36,14 @@ from anogan.artifact import save_artifact
 from anogan.inference import run_scorer
 from anogan.report import add_dashboard_layout, write_report
 from anogan.scorers import Scorer
+from anogan.hardware import warn_if_slow_bf16
 from anogan.io import atomic_write_text
 from anogan.run_info import write_run_info
 from anogan.sweep import run_name
 
 log = logging.getLogger("anogan")
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job folder names
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = conf_dir()
 
 
 def _is_rank_zero() -> bool:
@@ -175,6 +176,8 @@ def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Pat
 
 def run(cfg: DictConfig) -> float:
     check_config(cfg)
+    if _is_rank_zero():
+        warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
     run_start = time.perf_counter()
     given = given_gan(cfg)
     run_dir = Path(cfg.paths.output_dir)

@@ -1,4 +1,4 @@
-"""Speed benchmark: ``python -m anogan.bench [--quick]`` (or ``make bench``) prints one JSON object.
+"""Speed benchmark: ``python benchmarks/bench.py [--quick]`` (or ``make bench``) prints one JSON object.
 
 Measured side by side in one process, on the same freshly initialised networks (fixed seed) and the
 same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in fp32 and bf16-mixed:
@@ -50,7 +50,7 @@ from anogan.models.gan import GAN
 from anogan.scorers import LatentMapping, score_components
 
 log = logging.getLogger("anogan.bench")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
@@ -449,7 +449,7 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
 
 def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> argparse.Namespace:
     d = defaults or project_defaults()
-    p = argparse.ArgumentParser(prog="python -m anogan.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="an even shorter run (fewer steps and images)")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="image sizes; the first is top-level")
     p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), help="32-true and/or bf16-mixed")
@@ -469,6 +469,8 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument("--latent-dim", type=int, default=d["latent_dim"])
     p.add_argument("--width", type=int, default=d["width"], help="G and D widths")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--scorer-images", type=int, default=128, help="images for the end-to-end scorer comparison (0: skip)")
+    p.add_argument("--scorer-steps", type=int, default=200, help="search steps of the latent scorers in that comparison")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
@@ -476,6 +478,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
         a.single_images = min(a.single_images, 4)
         a.train_steps, a.train_steps_large, a.warmup = min(a.train_steps, 3), min(a.train_steps_large, 2), 1
         a.train_batch_size_large = min(a.train_batch_size_large, 32)
+        a.scorer_images, a.scorer_steps = min(a.scorer_images, 32), min(a.scorer_steps, 50)
         a.rounds = 1
     if a.single_images > a.search_batch_size:
         p.error("--single-images must not exceed --search-batch-size")
@@ -513,7 +516,79 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
             result.update(res)
         else:
             result[f"{size}px"] = res
+    if a.scorer_images:
+        result["scorers"] = bench_scorers(a, d)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
+    """End-to-end scoring images/s of every scorer through ``anogan.inference.run_scorer`` (the
+    Trainer.predict path of train.py and predict.py), on the same images and networks, side by side
+    (fastest of ``--rounds``, alternating order): the latent search with and without early stopping
+    and anomaly maps, the encoder with and without maps, the encoder-initialised search, and the
+    encoder exported to ONNX under ONNX Runtime. Untrained networks: speeds, not step counts, are the
+    point here (early stopping stops where a trained GAN's loss flattens; see the README's curve)."""
+    from anogan.data.splits import AnomalySplit
+    from anogan.inference import run_scorer
+    from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping
+
+    size, n, steps = a.sizes[0], a.scorer_images, a.scorer_steps
+    g, dnet = build_nets(size, d["latent_dim"], d["width"], d["d_width"], seed=0)
+    images = ((random_images(n, size, seed=3) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    data = AnomalySplit(images, torch.zeros(n, dtype=torch.long).numpy(), torch.arange(n).numpy(), 0)
+    kw = dict(accelerator="cpu", devices=1, precision="32-true", enable_progress_bar=False, enable_model_summary=False, logger=False)
+    enc = {"width": d["d_width"], "kappa": 1.0, "epochs": 1, "lr": 1e-4, "betas": [0.5, 0.999]}
+    bs = a.search_batch_size
+    stop = {"patience": 10, "rel_tol": 1e-3}
+    scorers = {
+        f"latent_{steps}": LatentMapping(g, dnet, alpha=0.0, iterations=steps, batch_size=bs),
+        f"latent_{steps}_no_maps": LatentMapping(g, dnet, alpha=0.0, iterations=steps, batch_size=bs, maps=False),
+        f"latent_{steps}_early_stop": LatentMapping(g, dnet, alpha=0.0, iterations=steps, batch_size=bs, early_stop=stop),
+        "encoder": EncoderScorer(g, dnet, width=d["d_width"], batch_size=bs),
+        "encoder_no_maps": EncoderScorer(g, dnet, width=d["d_width"], batch_size=bs, maps=False),
+        "encoder_search_10": EncoderSearch(g, dnet, encoder=enc, alpha=0.0, iterations=10, batch_size=bs),
+    }
+    best = {k: float("inf") for k in scorers}
+    used = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(a.rounds):
+            for name in (list(scorers) if r % 2 == 0 else list(scorers)[::-1]):
+                t0 = time.perf_counter()
+                out = run_scorer(scorers[name], data, kw)
+                best[name] = min(best[name], time.perf_counter() - t0)
+                used[name] = float(out["steps"].double().mean())
+    result = {k: {"images_s": round(n / t, 2), "mean_steps": round(used[k], 1)} for k, t in best.items()}
+    result["maps_overhead_latent"] = round(best[f"latent_{steps}"] / best[f"latent_{steps}_no_maps"] - 1, 3)
+    result["maps_overhead_encoder"] = round(best["encoder"] / best["encoder_no_maps"] - 1, 3)
+    try:
+        import tempfile
+
+        import onnxruntime as ort
+
+        from anogan.export import EncoderGraph
+
+        graph = EncoderGraph(scorers["encoder"], "none").eval()
+        x = images.float().div(127.5).sub(1.0)
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            torch.onnx.export(graph, (x[:2],), f"{tmp}/e.onnx", dynamo=False, input_names=["image"], dynamic_axes={"image": {0: "n"}})
+            session = ort.InferenceSession(f"{tmp}/e.onnx", providers=["CPUExecutionProvider"])
+            t_ort, t_pt = float("inf"), float("inf")
+            for _ in range(a.rounds):
+                t0 = time.perf_counter()
+                for chunk in x.split(bs):
+                    session.run(None, {"image": chunk.numpy()})
+                t_ort = min(t_ort, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for chunk in x.split(bs):
+                    graph(chunk)
+                t_pt = min(t_pt, time.perf_counter() - t0)
+        result["encoder_onnxruntime"] = {"images_s": round(n / t_ort, 2)}
+        result["encoder_pytorch_graph"] = {"images_s": round(n / t_pt, 2)}
+    except ImportError:
+        result["encoder_onnxruntime"] = None
+    result.update(images=n, image_size=size, search_batch_size=bs, precision="32-true")
     return result
 
 
