@@ -169,3 +169,28 @@ def test_resize_mask_is_pils_nearest(shape):
     reference = np.asarray(Image.fromarray(mask * 255).resize((width, height), Image.NEAREST)) > 0
     resized = resize_mask(torch.from_numpy(mask)[None], height, width)
     assert resized.dtype == torch.uint8 and np.array_equal(resized[0].numpy(), reference.astype(np.uint8))
+
+
+def test_folder_module_reads_a_mask_folder(mvtec_root):
+    from anogan.data.folder import FolderAnomalyDataModule
+
+    def make(mask_dir):
+        return FolderAnomalyDataModule(
+            root=str(mvtec_root / "widget"), normal_dir="train/good", normal_test_dir="test/good", image_size=32,
+            abnormal_dir=["test/crack", "test/scratch"], mask_dir=mask_dir,
+        )
+
+    dm = make(["ground_truth/crack", "ground_truth/scratch"])
+    dm.prepare_data()
+    dm.setup()
+    names = {"normal": "good", "test/crack": "crack", "test/scratch": "scratch"}
+    for row, name in enumerate(dm.eval_columns()["class_name"]):
+        assert torch.equal(dm.eval_set.masks[row], _expected_mask(names[name], 32)), (row, name)
+    assert dm.manifest["masks"]["val"]["with_mask"] + dm.manifest["masks"]["test"]["with_mask"] == 12
+    without = make(None)
+    without.setup()
+    assert without.eval_set.masks is None and without.manifest["masks"] is None
+    with pytest.raises(DataError, match=r"crack/000\.png has no mask"):
+        make("ground_truth").setup()  # one folder for both: masks are looked up as ground_truth/000_mask.png
+    with pytest.raises(DataError, match="one mask folder per abnormal folder"):
+        make(["ground_truth/crack"])
