@@ -105,6 +105,8 @@ def test_mvtec_missing_mask_and_category_are_one_line_errors(mvtec_root):
     with pytest.raises(DataError, match="found: widget") as err:
         MVTecDataModule(root=str(mvtec_root), category="bottle").prepare_data()
     assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="synthetic_val_anomalies='perlin'"):
+        MVTecDataModule(root=str(mvtec_root), category="widget", synthetic_val_anomalies="perlin").prepare_data()
 
 
 @pytest.mark.parametrize("method", ["cutpaste", "blend"])
@@ -158,6 +160,11 @@ def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["class_name"] for r in rows} == {"good", "crack", "scratch"}
     assert all(r["source"].startswith("test/") for r in rows)
+    manifest = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert manifest["masks"]["test"]["with_mask"] == len(rows) - manifest["splits"]["val"]["size"]
+    failed = run_train([*overrides[:2], "data.category=nope", *overrides[3:]], check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "nope/train/good is not a folder" in failed.stdout + failed.stderr and "found: widget" in failed.stdout + failed.stderr
 
 
 @pytest.mark.parametrize("shape", [(37, 37, 16, 16), (13, 13, 32, 32), (50, 40, 64, 64), (900, 900, 64, 64)])

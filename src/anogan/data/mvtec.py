@@ -69,19 +69,22 @@ class MVTecDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if image_size not in IMAGE_SIZES:
-            raise DataError(f"data.image_size={image_size} is not supported; use one of {IMAGE_SIZES}.")
-        if channels not in (1, 3):
-            raise DataError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour).")
-        if synthetic_val_anomalies not in (None, *METHODS):
-            raise DataError(f"data.synthetic_val_anomalies={synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}.")
-        for key, value in (("val_fraction", val_fraction), ("synthetic_val_fraction", synthetic_val_fraction)):
-            if not 0.0 < value < 1.0:
-                raise DataError(f"data.{key}={value} is not allowed; use a fraction strictly between 0 and 1.")
 
     def _category(self) -> Path:
-        root = Path(self.hparams.root).expanduser()
-        folder = root / self.hparams.category
+        """The category folder, once the settings are checked (here rather than in ``__init__``, whose
+        errors Hydra's ``instantiate`` would wrap into a traceback)."""
+        hp = self.hparams
+        if hp.image_size not in IMAGE_SIZES:
+            raise DataError(f"data.image_size={hp.image_size} is not supported; use one of {IMAGE_SIZES}.")
+        if hp.channels not in (1, 3):
+            raise DataError(f"data.channels={hp.channels} is not supported; use 1 (grey) or 3 (colour).")
+        if hp.synthetic_val_anomalies not in (None, *METHODS):
+            raise DataError(f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}.")
+        for key in ("val_fraction", "synthetic_val_fraction"):
+            if not 0.0 < hp[key] < 1.0:
+                raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")
+        root = Path(hp.root).expanduser()
+        folder = root / hp.category
         for needed in (folder / "train" / "good", folder / "test"):
             if not needed.is_dir():
                 found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()) if root.is_dir() else []
