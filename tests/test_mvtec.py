@@ -201,3 +201,12 @@ def test_folder_module_reads_a_mask_folder(mvtec_root):
         make("ground_truth").setup()  # one folder for both: masks are looked up as ground_truth/000_mask.png
     with pytest.raises(DataError, match="one mask folder per abnormal folder"):
         make(["ground_truth/crack"])
+
+
+def test_config_check_accepts_mvtec_and_names_its_fractions(mvtec_root):
+    from anogan.config_check import ConfigError, check_config
+
+    base = ["data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32"]
+    check_config(compose_config(base))
+    with pytest.raises(ConfigError, match="data.synthetic_val_fraction=1.5"):
+        check_config(compose_config([*base, "data.synthetic_val_fraction=1.5"]))
