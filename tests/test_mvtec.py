@@ -210,3 +210,18 @@ def test_config_check_accepts_mvtec_and_names_its_fractions(mvtec_root):
     check_config(compose_config(base))
     with pytest.raises(ConfigError, match="data.synthetic_val_fraction=1.5"):
         check_config(compose_config([*base, "data.synthetic_val_fraction=1.5"]))
+
+
+def test_a_defect_too_small_for_its_mask_is_counted(mvtec_root, caplog):
+    folder = mvtec_root / "widget"
+    for i in range(2):  # a mask 4x larger than its image, marking one of its pixels not sampled by nearest
+        _grey(folder / "test" / "dot" / f"{i:03d}.png", 120)
+        mask = np.zeros((4 * SIZE, 4 * SIZE), dtype=np.uint8)
+        mask[0, 0] = 255
+        (folder / "ground_truth" / "dot").mkdir(exist_ok=True)
+        Image.fromarray(mask).save(folder / "ground_truth" / "dot" / f"{i:03d}_mask.png")
+    dm = MVTecDataModule(root=str(mvtec_root), category="widget", image_size=32)
+    dm.setup()
+    counts = dm.manifest["masks"]
+    assert counts["val"]["anomalous_with_empty_mask"] == counts["test"]["anomalous_with_empty_mask"] == 1
+    assert "2 defect images have an empty mask" in caplog.text

@@ -89,16 +89,15 @@ def read_mask(mask_path: Path, image_path: Path, image_size: int) -> torch.Tenso
     return resize_mask(mask, image_size, image_size)
 
 
-def mask_counts(masks: torch.Tensor | None, labels: np.ndarray) -> dict:
-    """The manifest's mask summary for some rows: how many have a mask, how many anomalous rows have
-    an empty one (e.g. a defect smaller than a pixel at the model size: invisible to pixel metrics)."""
-    if masks is None:
-        return {"with_mask": 0}
+def mask_counts(masks: torch.Tensor, classes: np.ndarray) -> dict:
+    """The manifest's mask summary for some rows (``masks`` N×1×S×S, ``classes`` N, 0 = normal): how
+    many have a mask, how many masks are not empty, and how many anomalous rows have an empty one
+    (e.g. a defect smaller than a pixel at the model size: invisible to pixel metrics)."""
     nonempty = masks.flatten(1).any(1).numpy()
     return {
         "with_mask": int(len(masks)),
         "nonempty": int(nonempty.sum()),
-        "anomalous_with_empty_mask": int((~nonempty & (labels != 0)).sum()),
+        "anomalous_with_empty_mask": int((~nonempty & (classes != 0)).sum()),
     }
 
 
