@@ -152,7 +152,7 @@ def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
     overrides = [
         "data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32", "data.batch_size=5",
         "model.latent_dim=8", "model.g_width=8", "model.d_width=8", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false", "mapping.iterations=2", f"paths.log_dir={tmp_path}",
+        "mapping.iterations=2", f"paths.log_dir={tmp_path}",
         f"hydra.run.dir={tmp_path}/run",
     ]
     run_train(overrides)
