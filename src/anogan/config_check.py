@@ -98,7 +98,8 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("mapping.lr", "model.lr") if "lr" in mp else ("model.lr",):
         if not _number(cfg, key) > 0:
             _fail(key, _number(cfg, key), "use a positive learning rate")
-    for key in ("data.val_fraction", "data.train_fraction" if cifar else "data.normal_test_fraction"):
+    fractions = ("data.val_fraction", "data.train_fraction", "data.normal_test_fraction", "data.synthetic_val_fraction")
+    for key in (k for k in fractions if k.split(".", 1)[1] in d):  # each data module has some of them
         if not 0.0 < _number(cfg, key) < 1.0:
             _fail(key, _number(cfg, key), "use a fraction strictly between 0 and 1")
     for key in ("data.val_subset", "data.test_subset"):

@@ -6,6 +6,9 @@ Layout (every folder searched recursively for PNG/JPEG; the names are settings):
       <normal_dir>/        normal images: trained on (minus a held-out share when there is no normal_test_dir)
       <normal_test_dir>/   optional: normal images for evaluation only
       <abnormal_dir>/      anomalous images (evaluation only); a list of folders gives one class each
+      <mask_dir>/          optional: ground-truth masks of the anomalous images; the mask of
+                           <abnormal_dir>/<sub>/<name>.<ext> is <mask_dir>/<sub>/<name>.png or <name>_mask.png
+                           (a list: one mask folder per abnormal folder); normal images get all-zero masks
 
 The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous images) is split,
 stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.data.cifar10 import stratified_subset
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +94,20 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         split_seed: int = 0,
+        mask_dir: str | list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
         self.abnormal_dirs = [abnormal_dir] if isinstance(abnormal_dir, str) else list(abnormal_dir)
+        # mask_dir: none, one folder for every abnormal folder, or one per abnormal folder
+        self.mask_dirs = [] if mask_dir is None else [mask_dir] * len(self.abnormal_dirs) if isinstance(mask_dir, str) else list(mask_dir)
+        if self.mask_dirs and len(self.mask_dirs) != len(self.abnormal_dirs):
+            raise DataError(
+                f"data.mask_dir has {len(self.mask_dirs)} folders for {len(self.abnormal_dirs)} data.abnormal_dir folders. "
+                "Fix: give one mask folder per abnormal folder, or one for all."
+            )
         self.train_set: AnomalySplit | None = None
         self.eval_set: AnomalySplit | None = None
         self.eval_split: np.ndarray | None = None  # "val" / "test" per eval row
@@ -109,8 +120,18 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         return folder
 
     def prepare_data(self) -> None:
-        for name in [self.hparams.normal_dir, *self.abnormal_dirs] + ([self.hparams.normal_test_dir] if self.hparams.normal_test_dir else []):
+        for name in [self.hparams.normal_dir, *self.abnormal_dirs, *self.mask_dirs] + ([self.hparams.normal_test_dir] if self.hparams.normal_test_dir else []):
             self._folder(name)
+
+    def _mask(self, c: int, path: Path) -> torch.Tensor:
+        """The mask of ``path``, an image of the c-th abnormal folder (1-based), at the model size."""
+        rel = path.relative_to(self._folder(self.abnormal_dirs[c - 1]))
+        folder = self._folder(self.mask_dirs[c - 1]) / rel.parent
+        candidates = (folder / f"{rel.stem}.png", folder / f"{rel.stem}_mask.png")
+        for mask in candidates:
+            if mask.is_file():
+                return read_mask(mask, path, self.hparams.image_size)
+        raise DataError(f"{path} has no mask: neither {candidates[0]} nor {candidates[1]} exists. Fix: add it, or set data.mask_dir=null.")
 
     def _read(self, paths: list[Path], skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
         kept, images = [], []
@@ -140,9 +161,10 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             held, held_images = [normal[i] for i in held_pos], [normal_images[i] for i in held_pos]
             normal, normal_images = [normal[i] for i in fit], [normal_images[i] for i in fit]
             fit = np.arange(len(normal))
-        abnormal, abnormal_images, abnormal_classes = [], [], []
+        abnormal, abnormal_images, abnormal_classes, abnormal_masks = [], [], [], []
         for c, name in enumerate(self.abnormal_dirs, start=1):
             paths, images = self._read(list_images(self._folder(name)), skipped)
+            abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
             abnormal += paths
             abnormal_images += images
             abnormal_classes += [c] * len(paths)
@@ -170,7 +192,11 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 )
         eval_ids = np.concatenate([val_ids, test_ids])
         self.train_set = AnomalySplit(images[fit], classes[fit], ids[fit], 0)
-        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0)
+        masks = None
+        if self.mask_dirs:  # normal images: all zero
+            normal_masks = torch.zeros(len(files) - len(abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
+            masks = torch.cat([normal_masks, torch.stack(abnormal_masks)])[eval_ids]
+        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks)
         self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
         names = ["normal", *self.abnormal_dirs]
 
@@ -193,6 +219,10 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             "id_scheme": "index into files",
             "files": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
             "skipped": skipped,
+            "masks": None if masks is None else {
+                "val": mask_counts(masks[: len(val_ids)], classes[val_ids]),
+                "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
+            },
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
         }
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})

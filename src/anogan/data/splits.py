@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from anogan.errors import UserError
@@ -25,13 +27,26 @@ def image_key(image_uint8: torch.Tensor) -> int:
 
 
 class AnomalySplit(Dataset):
-    """Images (uint8, N×C×H×W) with their labels, true classes and global ids."""
+    """Images (uint8, N×C×H×W) with their labels, true classes and global ids.
 
-    def __init__(self, images: torch.Tensor, classes: np.ndarray, ids: np.ndarray, normal_class: int):
+    ``masks``: optional ground-truth anomaly masks, uint8 {0, 1}, N×1×H×W at the model resolution,
+    row-aligned with ``images`` (all-zero for normal images); ``None`` when the data has no masks.
+    Masks are not part of ``__getitem__``'s batch (scoring does not need them): read ``split.masks``.
+    Raises ``ValueError`` when ``masks`` does not match the images' rows, height and width.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, classes: np.ndarray, ids: np.ndarray, normal_class: int, masks: torch.Tensor | None = None
+    ):
         self.images = images
         self.classes = torch.as_tensor(classes, dtype=torch.long)
         self.ids = torch.as_tensor(ids, dtype=torch.long)
         self.labels = (self.classes != normal_class).long()
+        if masks is not None:
+            expected = (len(images), 1, *images.shape[2:])
+            if tuple(masks.shape) != expected or masks.dtype != torch.uint8:
+                raise ValueError(f"masks are {masks.dtype} {tuple(masks.shape)}; expected uint8 {expected}, one per image")
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -39,6 +54,51 @@ class AnomalySplit(Dataset):
     def __getitem__(self, i: int) -> dict:
         image = self.images[i].float().div_(127.5).sub_(1.0)
         return {"image": image, "label": self.labels[i], "id": self.ids[i], "row": i, "key": image_key(self.images[i])}
+
+
+def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of a uint8 {0,1} mask (1×h×w or N×1×h×w) to ``height``×``width``,
+    pixel centres aligned (``nearest-exact``, as PIL's NEAREST): no value other than 0 and 1 appears."""
+    if tuple(mask.shape[-2:]) == (height, width):
+        return mask
+    batch = mask[None] if mask.dim() == 3 else mask
+    out = F.interpolate(batch.float(), size=(height, width), mode="nearest-exact").to(torch.uint8)
+    return out[0] if mask.dim() == 3 else out
+
+
+def read_mask(mask_path: Path, image_path: Path, image_size: int) -> torch.Tensor:
+    """The ground-truth mask of ``image_path`` as uint8 {0,1}, 1×``image_size``×``image_size``.
+
+    Foreground: pixel > 0 for 0/1 masks, ≥ 128 for 0/255 masks (MVTec AD's; robust to JPEG noise).
+    A mask of another size than its image is first resized to the image's size, then to the model
+    size, both nearest-neighbour: the image itself is resized (stretched) to the square model size,
+    so mask pixels stay on the image pixels they mark. Raises ``DataError`` naming the file when the
+    mask cannot be read.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(mask_path) as img:
+            data = np.asarray(img.convert("L"), dtype=np.uint8)
+        with Image.open(image_path) as img:
+            width, height = img.size  # header only
+    except Exception as err:  # PIL raises many kinds for broken files
+        raise DataError(f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask.") from None
+    mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
+    mask = resize_mask(mask, height, width)
+    return resize_mask(mask, image_size, image_size)
+
+
+def mask_counts(masks: torch.Tensor, classes: np.ndarray) -> dict:
+    """The manifest's mask summary for some rows (``masks`` N×1×S×S, ``classes`` N, 0 = normal): how
+    many have a mask, how many masks are not empty, and how many anomalous rows have an empty one
+    (e.g. a defect smaller than a pixel at the model size: invisible to pixel metrics)."""
+    nonempty = masks.flatten(1).any(1).numpy()
+    return {
+        "with_mask": int(len(masks)),
+        "nonempty": int(nonempty.sum()),
+        "anomalous_with_empty_mask": int((~nonempty & (classes != 0)).sum()),
+    }
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -52,8 +112,11 @@ class AnomalyDataModule(L.LightningDataModule):
     manifest: dict | None = None
 
     def write_manifest(self, folder: str | Path) -> Path:
+        """``splits.json`` in ``folder``, written atomically (temporary file, then rename)."""
         path = Path(folder) / "splits.json"
-        path.write_text(json.dumps(self.manifest, indent=1))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=1))
+        os.replace(tmp, path)
         return path
 
     def train_dataloader(self) -> DataLoader:
