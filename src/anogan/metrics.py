@@ -145,8 +145,8 @@ def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor, target_fpr: float
     """
     scores, labels = _as_float64(scores, "the validation scores"), torch.as_tensor(labels).long().flatten()
     normals = scores[labels == 0]
-    if len(normals) == 0:
-        _check_both_classes(labels, "the validation split")
+    if len(normals) == 0 and len(labels) > 0:
+        _check_both_classes(labels, "the validation split")  # only anomalies: says so
     t_fpr = fpr_threshold(normals, target_fpr)
     out = {
         "fpr": t_fpr,
