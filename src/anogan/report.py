@@ -164,9 +164,10 @@ def compute_metrics(
         s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())} for s, m in (("val", val), ("test", test))
     }
     n0, n1 = metrics["counts"]["test"]["normal"], metrics["counts"]["test"]["anomalous"]
-    if n0 == 0 or n1 == 0:
+    if n0 == 0 or n1 == 0:  # empty, not None: readers iterate over it
         metrics["complexity_baseline_direction"] = None
-        metrics["test_components_auroc"] = None
+        metrics["test_components_auroc"] = {}
+        metrics["random_baseline_interval"] = None
         return metrics
     # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
     # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
@@ -185,10 +186,11 @@ def compute_metrics(
         "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
     }
     components = {k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()}
-    # a score unrelated to the labels: its expected AUROC and where 95% of such scores would land
+    # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
+    # one number each) the range 95% of such scores would land in for these class counts
     components["random_baseline"] = 0.5
-    components["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
     metrics["test_components_auroc"] = components
+    metrics["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
     return metrics
 
 
