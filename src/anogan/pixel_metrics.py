@@ -105,15 +105,16 @@ def pro_curve(maps, masks, num_thresholds: int | None = None):
     fpr_weight = np.where(g, 0.0, 1.0 / (~g).sum()).ravel()
     pro_weight = np.where(g, 1.0 / (np.maximum(size[regions], 1) * n_regions), 0.0).ravel()
     values = m.ravel()
+    # each pixel is flagged at thresholds[:k], k = #{thresholds <= its value}; the mass flagged at
+    # thresholds[i] is the sum over the pixels with k > i
     if num_thresholds is None:
-        thresholds = np.unique(values)
+        thresholds, position = np.unique(values, return_inverse=True)
+        k = position.ravel() + 1
     else:
         if num_thresholds < 2:
             raise ValueError(f"num_thresholds={num_thresholds} must be at least 2 (or None for every distinct value)")
         thresholds = np.linspace(values.min(), values.max(), num_thresholds)
-    # pixel flagged at thresholds[:k] where k = #{thresholds <= value}; mass flagged at thresholds[i]
-    # is the sum over pixels with k > i
-    k = np.searchsorted(thresholds, values, side="right")
+        k = np.searchsorted(thresholds, values, side="right")
     per_k_fpr = np.bincount(k, weights=fpr_weight, minlength=len(thresholds) + 1)
     per_k_pro = np.bincount(k, weights=pro_weight, minlength=len(thresholds) + 1)
     fpr = np.cumsum(per_k_fpr[::-1])[:-1][::-1]  # at thresholds[i]: sum over k >= i + 1
