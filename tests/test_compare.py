@@ -103,7 +103,8 @@ def test_compare_command(tmp_path, capsys):
     boot = result["paired_bootstrap"]
     assert result["images"] == 120 and result["anomalous"] == 40
     assert abs(boot["auroc_a"] - auroc(a, y)) < 1e-12 and abs(boot["auroc_b"] - auroc(b, y)) < 1e-12
-    assert sentence.startswith(f"run A's AUROC {auroc(a, y):.3f} vs run B's {auroc(b, y):.3f}: difference {boot['difference']:+.3f}, 95% CI [")
+    start = f"run A's AUROC {auroc(a, y):.3f} vs run B's {auroc(b, y):.3f}: difference {boot['difference']:+.3f}, 95% CI ["
+    assert sentence.startswith(start)
     assert ("not significant at 0.05" in sentence) == (not boot["significant"])
     # other images: refused with one line and exit status 2
     write_scores(tmp_path / "c", ids[:-1], y[:-1], b[:-1])

@@ -145,7 +145,8 @@ def test_p_values_match_the_definition_with_ties():
 
 
 def test_fpr_threshold_on_a_known_list():
-    normals = torch.arange(1.0, 20.0, dtype=torch.float64)  # compare in float64, as the metrics do; 19 normals: 0.1 * (19 + 1) = 2 -> at most 1 normal may reach t
+    # 19 normals, compared in float64 as the metrics do: 0.1 * (19 + 1) = 2 -> at most 1 may reach t
+    normals = torch.arange(1.0, 20.0, dtype=torch.float64)
     t = fpr_threshold(normals, 0.1)
     assert 18.0 < t <= 18.0 + 1e-12  # the smallest float above the 2nd largest normal
     assert int((normals >= t).sum()) == 1
@@ -161,7 +162,8 @@ def test_fpr_threshold_is_exactly_flagging_p_values_at_most_alpha(alpha):
         t = fpr_threshold(cal, alpha)
         # every calibration value, its float neighbours, and random points
         up, down = torch.tensor(math.inf, dtype=torch.float64), torch.tensor(-math.inf, dtype=torch.float64)
-        probes = torch.cat([cal, torch.nextafter(cal, up), torch.nextafter(cal, down), torch.randn(200, generator=g, dtype=torch.float64) * 20])
+        noise = torch.randn(200, generator=g, dtype=torch.float64) * 20
+        probes = torch.cat([cal, torch.nextafter(cal, up), torch.nextafter(cal, down), noise])
         if math.isfinite(t):
             probes = torch.cat([probes, torch.tensor([t]), torch.nextafter(torch.tensor([t], dtype=torch.float64), down)])
         assert torch.equal(probes >= t, conformal_p_values(cal, probes) <= alpha)
@@ -200,10 +202,14 @@ def test_calibration_false_positive_rate_over_random_splits(repeats, capsys):
         lo, hi = a - 2.576 * sd, a + 2.576 * sd  # binomial 99% interval (normal approximation)
         naive = naive_flags[i] / repeats
         naive_inside.append(lo <= naive <= hi)
-        lines.append(f"alpha {a:.2f}: observed FPR {observed:.4f} (99% interval [{lo:.4f}, {hi:.4f}]), plain empirical quantile {naive:.4f}")
+        lines.append(
+            f"alpha {a:.2f}: observed FPR {observed:.4f} (99% interval [{lo:.4f}, {hi:.4f}]), "
+            f"plain empirical quantile {naive:.4f}"
+        )
         assert lo <= observed <= hi, lines[-1]
     with capsys.disabled():
-        print(f"\ncalibration over {repeats} random splits (100 validation normals, 1 test normal each):\n  " + "\n  ".join(lines))
+        print(f"\ncalibration over {repeats} random splits (100 validation normals, 1 test normal each):")
+        print("  " + "\n  ".join(lines))
     if repeats >= 20_000:
         assert not naive_inside[1]  # the test has the power to reject a rule off by one normal
 
@@ -255,9 +261,10 @@ def test_weighted_statistics_equal_the_metrics_of_the_replicated_sample():
     for b in range(6):
         reps = np.r_[np.repeat(np.arange(25), w_neg[b].astype(int)), 25 + np.repeat(np.arange(15), w_pos[b].astype(int))]
         rs, ry = s[reps], y[reps]
-        assert abs(_weighted_auroc(s[:25], s[25:], w_neg[b : b + 1], w_pos[b : b + 1])[0] - brute_force_auroc(rs.tolist(), ry.tolist())) < 1e-12
+        row_neg, row_pos = w_neg[b : b + 1], w_pos[b : b + 1]
+        assert abs(_weighted_auroc(s[:25], s[25:], row_neg, row_pos)[0] - brute_force_auroc(rs.tolist(), ry.tolist())) < 1e-12
         ap = float(binary_average_precision(to_unit_interval(torch.from_numpy(rs)), torch.from_numpy(ry)))
-        assert abs(_weighted_ap(s[:25], s[25:], w_neg[b : b + 1], w_pos[b : b + 1])[0] - ap) < 1e-6
+        assert abs(_weighted_ap(s[:25], s[25:], row_neg, row_pos)[0] - ap) < 1e-6
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():

@@ -84,10 +84,13 @@ def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
 def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Adds (or replaces) ``table["p_value"]``: each image's conformal p-value against the scores
     of the validation normals (``metrics.conformal_p_values``; Bates et al., Ann. Statist. 2023).
-    A small p-value: few validation normals score as high. Returns the same table.
+    A small p-value: few validation normals score as high. Test and new images get the guarantee
+    P(p ≤ α) ≤ α; a validation normal counts itself among the calibration scores, so its own
+    p-value is at least 2/(n + 1) (in-sample). Returns the same table.
     Raises ``CalibrationError`` when the validation split has no normal image."""
+    score = np.asarray(table["score"], dtype=np.float64)
     calibration = (table["split"] == "val") & (table["label"] == 0)
-    table["p_value"] = conformal_p_values(table["score"][calibration], torch.from_numpy(np.asarray(table["score"], dtype=np.float64))).numpy()
+    table["p_value"] = conformal_p_values(score[calibration], score).numpy()
     return table
 
 
@@ -161,7 +164,8 @@ def compute_metrics(
             t = thresholds[name]
             metrics[f"{split}_at_{name}"] = None if t is None else _at_threshold(s, y, t)
     metrics["counts"] = {
-        s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())} for s, m in (("val", val), ("test", test))
+        s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())}
+        for s, m in (("val", val), ("test", test))
     }
     n0, n1 = metrics["counts"]["test"]["normal"], metrics["counts"]["test"]["anomalous"]
     if n0 == 0 or n1 == 0:  # empty, not None: readers iterate over it
@@ -214,7 +218,11 @@ def _figure_histogram(table, threshold, split: str, primary: str):
         ax.plot([], [], " ", label=f"{below + above} beyond the axis ({below} below, {above} above)")
     if isinstance(threshold, dict):
         target = threshold.get("fpr_target")
-        what = {"fpr": f"{100 * target:g}% of val normals" if target else "val normals", "f1": "best F1 on val", "youden": "best Youden J on val"}
+        what = {
+            "fpr": f"{100 * target:g}% of val normals" if target else "val normals",
+            "f1": "best F1 on val",
+            "youden": "best Youden J on val",
+        }
         lines = [(name, threshold.get(name), what[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
     else:
         lines = [("threshold", threshold, "fitted on val", False)]
