@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -23,7 +24,20 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from anogan.io import atomic_savefig, atomic_write_text  # noqa: E402
-from anogan.metrics import to_unit_interval, evaluate, fit_thresholds, ranking_metrics  # noqa: E402
+from anogan.metrics import (  # noqa: E402
+    THRESHOLD_RULES,
+    bootstrap_statistics,
+    conformal_p_values,
+    evaluate,
+    fit_thresholds,
+    one_class_metrics,
+    percentile_interval,
+    random_auroc_interval,
+    ranking_metrics,
+    resolve_threshold,
+    threshold_metrics,
+    to_unit_interval,
+)
 from anogan.scores import complexity, corrected_score, primary_score, resolve_auto  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -75,31 +89,105 @@ def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def compute_metrics(table: dict[str, np.ndarray], correction: str, target_fpr: float = 0.05, threshold_rule: str = "fpr") -> dict:
+def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds (or replaces) ``table["p_value"]``: each image's conformal p-value against the scores
+    of the validation normals (``metrics.conformal_p_values``; Bates et al., Ann. Statist. 2023).
+    A small p-value: few validation normals score as high. Test and new images get the guarantee
+    P(p ≤ α) ≤ α; a validation normal counts itself among the calibration scores, so its own
+    p-value is at least 2/(n + 1) (in-sample). Returns the same table.
+    Raises ``CalibrationError`` when the validation split has no normal image."""
+    score = np.asarray(table["score"], dtype=np.float64)
+    calibration = (table["split"] == "val") & (table["label"] == 0)
+    table["p_value"] = conformal_p_values(score[calibration], score).numpy()
+    return table
+
+
+def _split_metrics(score: torch.Tensor, label: torch.Tensor, threshold: float, what: str, n_resamples: int, seed: int) -> dict:
+    """One split at the chosen threshold: ranking metrics with their bootstrap intervals when it
+    holds both classes, else the observed false-positive rate (normals) or recall (anomalies)."""
+    if not 0 < int(label.sum()) < len(label):
+        return {**one_class_metrics(score, label, threshold), "auroc_ci": None, "ap_ci": None}
+    out = evaluate(score, label, threshold, what)
+    boot = bootstrap_statistics(score.numpy(), label.numpy(), ("auroc", "ap"), n_resamples, seed)
+    out["auroc_ci"] = list(percentile_interval(boot["auroc"], CI_LEVEL))
+    out["ap_ci"] = list(percentile_interval(boot["ap"], CI_LEVEL))
+    return out
+
+
+def _at_threshold(score: torch.Tensor, label: torch.Tensor, threshold: float) -> dict:
+    if not 0 < int(label.sum()) < len(label):
+        return one_class_metrics(score, label, threshold)
+    return {**threshold_metrics(score, label, threshold), "threshold": threshold}
+
+
+CI_LEVEL = 0.95
+
+
+def compute_metrics(
+    table: dict[str, np.ndarray],
+    correction: str,
+    target_fpr: float = 0.05,
+    threshold_rule: str | float = "fpr",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
-    made ``table["score"]`` (none or complexity)."""
+    made ``table["score"]`` (none or complexity).
+
+    Thresholds are fitted on the validation rows (``fit_thresholds``: the false-positive-rate one
+    at ``target_fpr`` on the validation normals, F1 and Youden when validation has anomalies);
+    ``threshold_rule`` (fpr | f1 | youden | a number) picks the one behind ``metrics["test"]`` and
+    ``metrics["val"]``; ``{split}_at_{rule}`` give every rule's. A split of normals only reports its
+    observed false-positive rate, with AUROC/AP None and a note. AUROC and AP carry stratified
+    bootstrap 95% intervals (``n_resamples``, ``seed``). Adds ``table["p_value"]`` (conformal, on
+    the validation normals) unless the table has one. Raises ``CalibrationError`` without
+    validation normals, ``ThresholdRuleError`` for an unusable ``threshold_rule``."""
     val, test = table["split"] == "val", table["split"] == "test"
-    score, label = torch.from_numpy(table["score"]), torch.from_numpy(table["label"])
+    score = torch.from_numpy(np.asarray(table["score"], dtype=np.float64))
+    label = torch.from_numpy(np.asarray(table["label"], dtype=np.int64))
+    if "p_value" not in table:
+        add_p_values(table)
     thresholds = fit_thresholds(score[val], label[val], target_fpr)
-    thresholds["rule"] = threshold_rule
+    chosen = resolve_threshold(thresholds, threshold_rule)
+    n_cal = int((label[val] == 0).sum())
     metrics = {
         "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
         "correction": correction,
-        "threshold": thresholds,
-        "val": evaluate(score[val], label[val], thresholds[threshold_rule], "the validation split"),
-        "test": evaluate(score[test], label[test], thresholds[threshold_rule]),
-        "test_at_f1": evaluate(score[test], label[test], thresholds["f1"]),
-        "test_at_youden": evaluate(score[test], label[test], thresholds["youden"]),
-        "counts": {
-            s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())}
-            for s, m in (("val", val), ("test", test))
+        "threshold": {
+            **thresholds,
+            "rule": str(threshold_rule) if str(threshold_rule) in THRESHOLD_RULES else "number",
+            "value": chosen,
         },
+        "p_value": {"calibration": "validation normals", "n_calibration": n_cal, "smallest_possible": 1 / (n_cal + 1)},
     }
+    if math.isinf(thresholds["fpr"]):
+        metrics["threshold"]["note"] = (
+            f"{n_cal} validation normals are too few for a false-positive rate of {target_fpr:g}: "
+            f"at least {math.ceil(1 / target_fpr) - 1} are needed; the fpr threshold flags nothing"
+        )
+    for split, mask, what in (("val", val, "the validation split"), ("test", test, "the test split")):
+        s, y = score[mask], label[mask]
+        metrics[split] = _split_metrics(s, y, chosen, what, n_resamples, seed)
+        for name in THRESHOLD_RULES:
+            t = thresholds[name]
+            metrics[f"{split}_at_{name}"] = None if t is None else _at_threshold(s, y, t)
+    metrics["counts"] = {
+        s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())}
+        for s, m in (("val", val), ("test", test))
+    }
+    n0, n1 = metrics["counts"]["test"]["normal"], metrics["counts"]["test"]["anomalous"]
+    if n0 == 0 or n1 == 0:  # empty, not None: readers iterate over it
+        metrics["complexity_baseline_direction"] = None
+        metrics["test_components_auroc"] = {}
+        metrics["random_baseline_interval"] = None
+        return metrics
     # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
     # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
-    # airplanes: high = anomalous): the baseline takes the direction that ranks validation better.
+    # airplanes: high = anomalous): the baseline takes the direction that ranks validation better
+    # (low = anomalous when validation has no anomaly to tell).
     c, raw = torch.from_numpy(table["complexity"]), torch.from_numpy(table["raw_score"])
-    low_is_anomalous = ranking_metrics(-c[val], label[val], "the validation split")["auroc"] >= 0.5
+    val_has_both = 0 < int(label[val].sum()) < int(val.sum())
+    low_is_anomalous = not val_has_both or ranking_metrics(-c[val], label[val], "the validation split")["auroc"] >= 0.5
     metrics["complexity_baseline_direction"] = "low = anomalous" if low_is_anomalous else "high = anomalous"
     alternatives = {
         "raw_score": raw,
@@ -108,24 +196,57 @@ def compute_metrics(table: dict[str, np.ndarray], correction: str, target_fpr: f
         "discrimination": torch.from_numpy(table["discrimination"]),
         "complexity_baseline": -c if low_is_anomalous else c,
         "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
-        "random_baseline": torch.rand(len(c), generator=torch.Generator().manual_seed(0), dtype=torch.float64),
     }
-    metrics["test_components_auroc"] = {
-        k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()
-    }
+    components = {k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()}
+    # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
+    # one number each) the range 95% of such scores would land in for these class counts
+    components["random_baseline"] = 0.5
+    metrics["test_components_auroc"] = components
+    metrics["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
     return metrics
 
 
-def _figure_histogram(table, threshold: float, split: str, primary: str):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _figure_histogram(table, threshold, split: str, primary: str):
+    """Histogram of one split's scores by class, the x axis clipped to the bulk (0.5–99.5
+    percentiles) with the scores beyond it counted in the legend. ``threshold``: one value, or
+    ``metrics["threshold"]`` (every fitted rule drawn as a dashed, labelled line, the one in use
+    marked in the legend)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     m = table["split"] == split
-    s, y = table["score"][m], table["label"][m]
-    bins = np.linspace(s.min(), s.max(), 50)
-    ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label=f"normal ({(y == 0).sum()})")
-    ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label=f"anomalous ({(y == 1).sum()})")
-    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4g} (fitted on val)")
+    s, y = np.asarray(table["score"][m], dtype=np.float64), table["label"][m]
+    lo, hi = np.percentile(s, [0.5, 99.5]) if len(s) else (0.0, 1.0)
+    if hi <= lo:  # all (or nearly all) scores equal
+        lo, hi = lo - 0.5 * max(abs(lo), 1.0), hi + 0.5 * max(abs(hi), 1.0)
+    bins = np.linspace(lo, hi, 50)
+    for cls, name in ((0, "normal"), (1, "anomalous")):
+        if (y == cls).any():
+            ax.hist(s[y == cls], bins=bins, alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
+    below, above = int((s < lo).sum()), int((s > hi).sum())
+    if below + above:
+        ax.plot([], [], " ", label=f"{below + above} beyond the axis ({below} below, {above} above)")
+    if isinstance(threshold, dict):
+        target = threshold.get("fpr_target")
+        what = {
+            "fpr": f"{100 * target:g}% of val normals" if target else "val normals",
+            "f1": "best F1 on val",
+            "youden": "best Youden J on val",
+        }
+        lines = [(name, threshold.get(name), what[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
+    else:
+        lines = [("threshold", threshold, "fitted on val", False)]
+    colours = {"fpr": "tab:red", "f1": "tab:green", "youden": "tab:purple", "threshold": "k"}
+    for name, value, what, used in lines:
+        if value is None:
+            continue
+        shown = lo <= value <= hi
+        if shown:
+            ax.axvline(value, color=colours[name], linestyle="--", linewidth=1.2)
+        where = "" if shown else (", off the axis" if math.isfinite(value) else ", flags nothing")
+        label = f"{name} threshold {value:.4g} ({what}{where})" + (", used" if used else "")
+        ax.plot([], [], color=colours[name], linestyle="--", label=label)
+    ax.set_xlim(lo, hi)
     ax.set(xlabel=f"anomaly score ({primary})", ylabel="density", title=f"{split} scores")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -173,13 +294,13 @@ def _figure_curves(table, metrics: dict):
 def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> None:
     """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
     figures.mkdir(exist_ok=True)
-    threshold, primary = metrics["threshold"][metrics["threshold"]["rule"]], metrics["primary_score"]
-    pictures = {
-        "histogram_test": _figure_histogram(table, threshold, "test", primary),
-        "histogram_val": _figure_histogram(table, threshold, "val", primary),
-        "roc_pr_test": _figure_curves(table, metrics),
-        "components_test": _figure_components(table, metrics),
-    }
+    thresholds, primary = metrics["threshold"], metrics["primary_score"]
+    pictures = {f"histogram_{split}": _figure_histogram(table, thresholds, split, primary)
+                for split in ("test", "val") if (table["split"] == split).any()}
+    test_labels = table["label"][table["split"] == "test"]
+    if 0 < test_labels.sum() < len(test_labels):  # ranking pictures need both classes
+        pictures["roc_pr_test"] = _figure_curves(table, metrics)
+        pictures["components_test"] = _figure_components(table, metrics)
     for name, fig in pictures.items():
         atomic_savefig(fig, figures / f"{name}.png", dpi=100)
         if tb_writer is not None:
@@ -285,6 +406,28 @@ def add_dashboard_layout(tb_writer) -> None:
     tb_writer._get_file_writer().add_summary(custom_scalars(layout))
 
 
+def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
+    """With ground-truth masks (MVTec layout, or folder data with a mask folder): pixel AUROC and
+    AUPRO (up to a pixel FPR of 0.3, Bergmann et al., IJCV 2021) of the anomaly maps on the test
+    rows, and the image AUROC of each defect type against all test normals."""
+    from anogan.pixel_metrics import aupro, per_defect_auroc, pixel_auroc
+
+    masks = getattr(datamodule.eval_set, "masks", None)
+    test = table["split"] == "test"
+    labels = table["label"][test]
+    out: dict = {}
+    if not (0 < labels.sum() < len(labels)):
+        return out
+    if len(set(table["class_name"][test][labels == 1])) > 1 or masks is not None:
+        out["test_per_defect_auroc"] = per_defect_auroc(table["score"][test], labels, table["class_name"][test])
+    if masks is not None and "map" in results:
+        maps, gt = results["map"][torch.from_numpy(test)].numpy(), masks[torch.from_numpy(test)][:, 0].numpy()
+        if gt.any():
+            out["pixel"] = {"auroc": pixel_auroc(maps, gt), "aupro": aupro(maps, gt, fpr_limit=0.3), "aupro_fpr_limit": 0.3,
+                            "images": int(test.sum()), "resolution": list(maps.shape[1:])}
+    return out
+
+
 def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: Path, tb_writer=None, threshold_cfg=None) -> tuple[dict, dict]:
     """scores.csv, metrics.json, figures and TensorBoard images of a scored evaluation set.
 
@@ -299,6 +442,7 @@ def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: P
     target_fpr = float(threshold_cfg.target_fpr) if threshold_cfg is not None else 0.05
     table, correction = build_table(results, datamodule, scorer.hparams.correction)
     metrics = compute_metrics(table, correction, target_fpr=target_fpr, threshold_rule=rule)
+    metrics.update(pixel_and_defect_metrics(table, results, datamodule))
     val_normal = (table["split"] == "val") & (table["label"] == 0)
     calibration = {
         "correction": correction,
@@ -308,9 +452,8 @@ def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: P
         "normal_scores": torch.from_numpy(np.sort(table["score"][val_normal])),
     }
     post = apply_calibration(torch.from_numpy(table["raw_score"]), torch.from_numpy(table["complexity"]), calibration)
-    if not np.allclose(post["score"].numpy(), table["score"]):
-        raise RuntimeError("the calibration does not reproduce the table's primary score")
-    table["p_value"] = post["p_value"].numpy()
+    if not (np.array_equal(post["score"].numpy(), table["score"]) and np.array_equal(post["p_value"].numpy(), table["p_value"])):
+        raise RuntimeError("the calibration does not reproduce the table's primary score and p-values")
     table["prediction"] = post["label"].numpy()
     write_csv(table, folder / "scores.csv")
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
@@ -319,8 +462,12 @@ def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: P
     write_example_figures(table, results, datamodule, scorer, figures, tb_writer)
     test = metrics["test"]
     if test.get("auroc") is not None:
-        log.info("test AUROC %.4f  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
-                 test["auroc"], test["ap"], test["f1"], rule, metrics["threshold"][rule])
+        log.info("test AUROC %.4f [%.4f, %.4f]  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
+                 test["auroc"], *test["auroc_ci"], test["ap"], test["f1"], rule, calibration["thresholds"][rule])
+    else:
+        log.info("%s: false-positive rate on the validation normals %.3f, on the test normals %s, at the %s threshold",
+                 test.get("note", "no anomalous image"), metrics["val"].get("false_positive_rate", float("nan")),
+                 test.get("false_positive_rate"), rule)
     return metrics, calibration
 
 

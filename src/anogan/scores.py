@@ -63,5 +63,5 @@ def apply_calibration(raw: torch.Tensor, image_complexity: torch.Tensor, calibra
     normals = calibration.get("normal_scores")
     p_value = conformal_p_values(normals, score) if normals is not None and len(normals) else torch.full_like(score, float("nan"))
     threshold = resolve_threshold(calibration["thresholds"], calibration.get("threshold_rule", "fpr") if rule is None else rule)
-    label = (score >= threshold).long() if threshold is not None else torch.full(score.shape, -1, dtype=torch.long)
+    label = (score >= threshold).long()
     return {"score": score, "p_value": p_value, "label": label, "threshold": threshold}

@@ -220,7 +220,7 @@ def run(cfg: DictConfig) -> float:
         if isinstance(lg, TensorBoardLogger):
             log_hparams(cfg, metrics, lg)
     split, _, name = cfg.optimized_metric.partition("/")
-    value = metrics[split][name]
+    value = metrics[split][name] if metrics[split].get(name) is not None else float("nan")
     log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
     return float(value)
 
