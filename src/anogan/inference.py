@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from anogan.console import quiet_lightning
+
 log = logging.getLogger(__name__)
-
-
 class ScoringProgressBar(TQDMProgressBar):
     """The prediction bar says what it does ("Scoring 3000 images: latent search, 200 steps")."""
 
@@ -122,7 +122,8 @@ def run_scorer(
         if cache_dir is not None:
             callbacks.insert(0, _BatchCache(Path(cache_dir)))
         kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("callbacks", "logger", "enable_checkpointing", "inference_mode")}
-        trainer = L.Trainer(**kwargs, logger=False, callbacks=callbacks, enable_checkpointing=False, inference_mode=False)
+        with quiet_lightning():
+            trainer = L.Trainer(**kwargs, logger=False, callbacks=callbacks, enable_checkpointing=False, inference_mode=False)
         subset = dataset if len(todo) == len(dataset) else Subset(dataset, todo)
         loader = DataLoader(subset, batch_size=int(scorer.hparams.batch_size), shuffle=False)
         new = trainer.predict(scorer, dataloaders=loader, return_predictions=True) or []

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from anogan.console import quiet_lightning
 from anogan.scorers.base import Scorer, ScoreDivergenceError, check_finite_scores
 
 
@@ -109,7 +110,8 @@ def train_encoder(encoder: Encoder, generator, discriminator, train_loader, trai
         p.requires_grad_(False)
     encoder.requires_grad_(True)
     module = _EncoderTraining(encoder, generator, discriminator, kappa, lr, betas)
-    trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False})
+    with quiet_lightning():
+        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False})
     with warnings.catch_warnings():  # G and D are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         L.seed_everything(seed, workers=True, verbose=False)
