@@ -5,13 +5,7 @@ import torch
 
 from anogan.metrics import OneClassSplitError, evaluate, fit_thresholds
 from anogan.scores import complexity, primary_score, resolve_auto
-
-
-def brute_force_auroc(scores, labels):
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
-    return wins / (len(pos) * len(neg))
+from conftest import brute_force_auroc
 
 
 def brute_force_best_f1(scores, labels):

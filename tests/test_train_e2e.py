@@ -5,29 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, tiny_overrides
-from test_metrics import brute_force_auroc
-
-
-def run_train(overrides, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True, cwd=REPO, timeout=600
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def read_scores(run):
-    """scores.csv rows, checked to hold exactly one row per evaluation image of the manifest."""
-    manifest = json.loads((run / "splits.json").read_text())
-    n_eval = manifest["splits"]["val"]["size"] + manifest["splits"]["test"]["size"]
-    with open(run / "scores.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == n_eval
-    assert {r["split"] for r in rows} == {"val", "test"}
-    assert sorted(int(r["id"]) for r in rows if r["split"] == "test") == sorted(manifest["splits"]["test"]["ids"])
-    return rows, manifest
+from conftest import REPO, brute_force_auroc, read_scores, run_train, tiny_overrides, train_in_process
 
 
 def test_train_end_to_end(tiny_cifar, tmp_path):
@@ -36,9 +14,22 @@ def test_train_end_to_end(tiny_cifar, tmp_path):
     rows, manifest = read_scores(run)
     n_eval = len(rows)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["auroc"] <= 1.0 and metrics["images_scored"] == n_eval
+    assert metrics["images_scored"] == n_eval
+    test = [r for r in rows if r["split"] == "test"]
+    labels = [int(r["label"]) for r in test]
+    assert abs(metrics["test"]["auroc"] - brute_force_auroc([float(r["score"]) for r in test], labels)) < 1e-6
+    low, high = metrics["test"]["auroc_ci"]
+    assert low <= metrics["test"]["auroc"] <= high and low < high
     assert metrics["counts"]["test"]["normal"] == manifest["splits"]["test"]["normal"]
-    for name in ("histogram_test", "roc_pr_test", "components_test", "reconstructions_normal", "reconstructions_anomalous"):
+    # the label column follows the run's threshold rule; p-values against the validation normals
+    t = metrics["threshold"][metrics["threshold"]["rule"]]
+    assert all(int(r["prediction"]) == int(float(r["score"]) >= t) for r in rows)
+    normals = sorted(float(r["score"]) for r in rows if r["split"] == "val" and r["label"] == "0")
+    for r in test[:10]:
+        want = (1 + sum(v >= float(r["score"]) for v in normals)) / (len(normals) + 1)
+        assert abs(float(r["p_value"]) - want) < 1e-9
+    assert (run / "scorer.pt").is_file() and metrics["scorer_file"] == "scorer.pt"
+    for name in ("histogram_test", "roc_pr_test", "components_test", "examples_most_anomalous", "examples_least_anomalous"):
         assert (run / "figures" / f"{name}.png").is_file()
     assert (run / "gan" / "generator.pt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "samples").glob("epoch_*.png"))
@@ -50,7 +41,7 @@ def test_train_end_to_end(tiny_cifar, tmp_path):
 
 
 def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny_cifar, tmp_path):
-    run_train([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=complexity"])
+    train_in_process([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=complexity"])
     run = tmp_path / "run"
     rows, _ = read_scores(run)
     for r in rows:
@@ -78,7 +69,7 @@ def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny
 
 
 def test_auto_correction_is_chosen_on_validation_only(tiny_cifar, tmp_path):
-    run_train([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=auto"])
+    train_in_process([*tiny_overrides(tiny_cifar, tmp_path), "mapping.correction=auto"])
     run = tmp_path / "run"
     rows, _ = read_scores(run)
     val = [r for r in rows if r["split"] == "val"]
