@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -66,13 +67,14 @@ def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out[0] if mask.dim() == 3 else out
 
 
-def read_mask(mask_path: Path, image_path: Path, image_size: int) -> torch.Tensor:
+def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = "stretch") -> torch.Tensor:
     """The ground-truth mask of ``image_path`` as uint8 {0,1}, 1×``image_size``×``image_size``.
 
     Foreground: pixel > 0 for 0/1 masks, ≥ 128 for 0/255 masks (MVTec AD's; robust to JPEG noise).
     A mask of another size than its image is first resized to the image's size, then to the model
-    size, both nearest-neighbour: the image itself is resized (stretched) to the square model size,
-    so mask pixels stay on the image pixels they mark. Raises ``DataError`` naming the file when the
+    size, both nearest-neighbour, after the image's ``resize`` policy (stretch; crop: the centred
+    square; pad: a border of 0 = normal, see ``anogan.data.images.make_square``), so mask pixels stay
+    on the image pixels they mark. Raises ``DataError`` naming the file when the
     mask cannot be read.
     """
     from PIL import Image
@@ -86,6 +88,10 @@ def read_mask(mask_path: Path, image_path: Path, image_size: int) -> torch.Tenso
         raise DataError(f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask.") from None
     mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
     mask = resize_mask(mask, height, width)
+    if resize != "stretch":
+        from anogan.data.images import make_square
+
+        mask = torch.from_numpy(make_square(mask.permute(1, 2, 0).numpy(), resize)).permute(2, 0, 1).contiguous()
     return resize_mask(mask, image_size, image_size)
 
 
@@ -101,27 +107,57 @@ def mask_counts(masks: torch.Tensor, classes: np.ndarray) -> dict:
     }
 
 
+class RepeatedSplit(Dataset):
+    """``split`` seen ``repeats`` times per epoch (item ``i`` is ``split[i % len(split)]``): a small
+    folder then gets enough optimiser steps per epoch. Shuffling mixes the copies."""
+
+    def __init__(self, split: AnomalySplit, repeats: int):
+        self.split, self.repeats = split, int(repeats)
+
+    def __len__(self) -> int:
+        return len(self.split) * self.repeats
+
+    def __getitem__(self, i: int) -> dict:
+        return self.split[i % len(self.split)]
+
+
+def write_json_atomic(data, path: str | Path) -> Path:
+    """``data`` as indented JSON at ``path``, via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """What every data module shares once ``setup`` has filled ``train_set``, ``eval_set``,
     ``eval_split`` ("val"/"test" per eval row) and ``manifest``: the loaders and the manifest file.
-    Subclasses also provide ``eval_columns()`` (source and class name per eval row)."""
+    Subclasses also provide ``eval_columns()`` (source and class name per eval row), and may set
+    ``train_batch_size`` (the global batch actually used, when it differs from ``data.batch_size``)
+    and ``train_repeats`` (passes over the training images per epoch)."""
 
     train_set: AnomalySplit | None = None
     eval_set: AnomalySplit | None = None
     eval_split: np.ndarray | None = None
     manifest: dict | None = None
+    train_batch_size: int | None = None
+    train_repeats: int = 1
 
     def write_manifest(self, folder: str | Path) -> Path:
         """``splits.json`` in ``folder``, written atomically (temporary file, then rename)."""
-        path = Path(folder) / "splits.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(self.manifest, Path(folder) / "splits.json")
 
     def train_dataloader(self) -> DataLoader:
         """Batches of ``data.batch_size / world_size`` per process: ``data.batch_size`` is the global
-        batch, the same GAN updates on one device or many (Lightning adds the DistributedSampler)."""
+        batch, the same GAN updates on one device or many (Lightning adds the DistributedSampler).
+        A subclass's ``train_batch_size`` replaces it (rounded down to a multiple of the processes),
+        and ``train_repeats`` > 1 shows each training image that many times per epoch."""
         batch_size, world_size = self.hparams.batch_size, self.trainer.world_size if self.trainer else 1
         if batch_size % world_size:
             raise DataError(
@@ -129,11 +165,14 @@ class AnomalyDataModule(L.LightningDataModule):
                 f"{world_size} processes (trainer.devices x trainer.num_nodes). Fix: set data.batch_size to a "
                 f"multiple of {world_size}, e.g. {max(world_size, batch_size // world_size * world_size)}."
             )
+        if self.train_batch_size is not None:
+            batch_size = max(world_size, self.train_batch_size // world_size * world_size)
+        dataset = self.train_set if self.train_repeats <= 1 else RepeatedSplit(self.train_set, self.train_repeats)
         return DataLoader(
-            self.train_set,
+            dataset,
             batch_size=batch_size // world_size,
             shuffle=True,
-            drop_last=len(self.train_set) > batch_size,  # each process holds len/world_size images
+            drop_last=len(dataset) > batch_size,  # each process holds len/world_size images
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
