@@ -97,3 +97,158 @@ def test_train_py_runs_on_a_folder_of_images(image_root, tmp_path):
     assert len(rows) == manifest["splits"]["val"]["size"] + manifest["splits"]["test"]["size"]
     assert all(r["source"].endswith(".png") for r in rows)
     assert {r["class_name"] for r in rows} == {"normal", "abnormal"}
+
+
+# ---------------------------------------------------------------------- every file accounted for
+def _rgb(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_every_file_found_is_used_or_skipped_with_its_reason(tmp_path, caplog):
+    import logging
+    import os
+
+    from PIL import features
+
+    normal = tmp_path / "normal"
+    for i in range(8):
+        _write(normal, 1, 60, start=i)  # img00..img07.png, 40x40 RGB PNG
+    Image.fromarray(_rgb(40, 40, 1)).save(normal / "x.bmp")
+    Image.fromarray(_rgb(40, 40, 2)).save(normal / "UPPER.TIF")
+    Image.fromarray(_rgb(40, 40, 3)).save(normal / "png_named.dat", format="PNG")
+    Image.fromarray(np.linspace(0, 65535, 1600).astype(np.uint16).reshape(40, 40)).save(normal / "g16.png")
+    Image.fromarray(_rgb(40, 40, 4)).save(normal / "anim.gif", save_all=True, append_images=[Image.fromarray(_rgb(40, 40, 5))])
+    if features.check("webp"):
+        Image.fromarray(_rgb(40, 40, 6)).save(normal / "x.webp", lossless=True)
+    (normal / "notes.txt").write_text("not an image")
+    png = (normal / "img00.png").read_bytes()
+    (normal / "truncated.png").write_bytes(png[: len(png) // 2])
+    os.symlink(normal / "img00.png", normal / "link_to_img00.png")
+    os.symlink(tmp_path / "nowhere.png", normal / "broken.png")
+    os.symlink(normal / "loop_b.png", normal / "loop_a.png")
+    os.symlink(normal / "loop_a.png", normal / "loop_b.png")
+    readable = 8 + 5 + int(features.check("webp"))
+
+    dm = FolderAnomalyDataModule(root=str(tmp_path), abnormal_dir=None, image_size=32, normal_test_fraction=0.25)
+    with caplog.at_level(logging.INFO, logger="anogan.data.folder"):
+        dm.setup()
+    m = json.loads(dm.write_manifest(tmp_path).read_text())
+    assert sorted(m["files"]) == sorted(
+        [f"normal/img{i:02d}.png" for i in range(8)] + ["normal/x.bmp", "normal/UPPER.TIF", "normal/png_named.dat", "normal/g16.png", "normal/anim.gif"]
+        + (["normal/x.webp"] if features.check("webp") else [])
+    )
+    reasons = {s["file"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"normal/notes.txt", "normal/truncated.png", "normal/link_to_img00.png", "normal/broken.png", "normal/loop_a.png", "normal/loop_b.png"}
+    assert reasons["normal/notes.txt"].startswith("not an image")
+    assert reasons["normal/truncated.png"].startswith("unreadable")
+    assert reasons["normal/link_to_img00.png"].startswith("duplicate")
+    assert reasons["normal/broken.png"].startswith("broken symlink")
+    assert reasons["normal/loop_a.png"].startswith("looping symlink")
+    assert m["resize"] == "stretch" and len(dm.train_set) + len(dm.eval_set) == readable
+    summaries = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert summaries == [f"skipped 6 of {readable + 6} files: 2 looping symlink, 1 broken symlink, 1 duplicate, 1 not an image, 1 unreadable; see splits.json"]
+    # the 16-bit gradient is read as a gradient, not as 255 wherever it is not 0
+    g16 = m["files"].index("normal/g16.png")
+    where = dm.train_set if g16 in dm.train_set.ids.tolist() else dm.eval_set
+    pixels = where.images[where.ids.tolist().index(g16)]
+    assert len(torch.unique(pixels)) > 100
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_folder_and_read_image_give_the_same_pixels(tmp_path, resize):
+    from anogan.data.images import read_image
+
+    for i in range(6):
+        path = tmp_path / "normal" / f"w{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(_rgb(32, 48, i)).save(path)  # 48 wide, 32 high
+    dm = FolderAnomalyDataModule(root=str(tmp_path), abnormal_dir=None, image_size=32, resize=resize, normal_test_fraction=0.4)
+    dm.setup()
+    assert dm.manifest["resize"] == resize and dm.manifest["skipped"] == []
+    for split in (dm.train_set, dm.eval_set):
+        for image, i in zip(split.images, split.ids.tolist()):
+            assert torch.equal(image, read_image(tmp_path / dm.manifest["files"][i], 32, 3, resize))
+    assert tuple(dm.train_set.images.shape[1:]) == (3, 32, 32)
+
+
+def test_resize_is_a_config_key_and_a_bad_policy_names_it(tmp_path):
+    cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=pad", "data.abnormal_dir=null"])
+    dm = instantiate(cfg.data)
+    assert dm.hparams.resize == "pad" and dm.normal_only
+    with pytest.raises(DataError, match="data.resize"):
+        FolderAnomalyDataModule(root=str(tmp_path), resize="fit")
+
+
+# ---------------------------------------------------------------------- normal-only data
+@pytest.mark.parametrize("abnormal_dir", [None, []])
+def test_a_normal_only_folder_sets_up_with_normal_validation(image_root, abnormal_dir):
+    dm = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=abnormal_dir)
+    dm.setup()
+    s = dm.manifest["splits"]
+    assert dm.has_anomalies is False and dm.manifest["has_anomalies"] is False and dm.manifest["classes"] == ["normal"]
+    assert s["train"]["size"] == 20 and s["val"]["size"] + s["test"]["size"] == 5
+    assert s["val"]["size"] == round(5 * 0.5) and s["val"]["anomalous"] == 0 and s["test"]["anomalous"] == 0
+    assert (dm.eval_set.labels == 0).all() and set(dm.eval_split) == {"val", "test"}
+    assert set(dm.eval_columns()["class_name"]) == {"normal"}
+
+
+def test_normal_only_via_the_config(image_root):
+    cfg = compose_config(["data=folder", f"data.root={image_root}", "data.image_size=32", "data.abnormal_dir=null"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    assert not dm.has_anomalies and (dm.eval_set.labels == 0).all()
+
+
+def test_with_anomalies_has_anomalies_is_true_and_missing_classes_still_fail(image_root):
+    dm = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir="abnormal")
+    dm.setup()
+    assert dm.has_anomalies is True and dm.manifest["splits"]["val"]["anomalous"] >= 1
+    with pytest.raises(DataError, match="split has only anomalous images"):
+        FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir="abnormal", val_subset=1).setup()
+    (image_root / "empty").mkdir()
+    (image_root / "empty" / "readme.txt").write_text("nothing here")
+    with pytest.raises(DataError, match="abnormal_dir=null"):
+        FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir="empty").setup()
+
+
+def test_normal_only_with_too_few_held_out_images_says_so(tmp_path):
+    _write(tmp_path / "normal", 3, 60)
+    with pytest.raises(DataError, match="no image"):
+        FolderAnomalyDataModule(root=str(tmp_path), image_size=32, abnormal_dir=None).setup()
+
+
+# ---------------------------------------------------------------------- small folders
+def test_small_folder_batch_and_steps_follow_the_data(image_root):
+    from anogan.data.folder import MIN_AUTO_BATCH
+
+    dm = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=None, batch_size=128, min_steps_per_epoch=10)
+    dm.setup()
+    assert len(dm.train_set) == 20
+    assert dm.train_batch_size == MIN_AUTO_BATCH == 8  # a quarter of 20 is 5, never below 8
+    batches = list(dm.train_dataloader())
+    assert len(batches) == dm.train_steps_per_epoch >= 10 and all(len(b["image"]) == 8 for b in batches)
+    assert dm.manifest["training"] == {"batch_size": 8, "requested_batch_size": 128, "repeats_per_epoch": dm.train_repeats, "steps_per_epoch": len(batches)}
+    ids = torch.cat([b["id"] for b in batches])
+    assert set(ids.tolist()) <= set(dm.train_set.ids.tolist()) and len(ids) > len(dm.train_set)  # images repeat
+
+    plain = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=None, batch_size=128, max_batch_fraction=None, min_steps_per_epoch=None)
+    plain.setup()
+    assert plain.train_batch_size == 128 and plain.train_repeats == 1 and len(list(plain.train_dataloader())) == 1
+    assert "trainer.max_epochs=500" in plain.steps_warning(max_epochs=200)
+    assert dm.steps_warning(max_epochs=50) is None  # 50 epochs x >= 10 steps
+
+
+def test_effective_batch_and_steps_rules():
+    from anogan.data.folder import effective_batch_size, epoch_repeats, steps_per_epoch, training_steps_warning
+
+    assert effective_batch_size(142, 128, 0.25) == 35 and effective_batch_size(10_000, 128, 0.25) == 128
+    assert effective_batch_size(10, 128, 0.25) == 8 and effective_batch_size(142, 128, None) == 128
+    assert steps_per_epoch(142, 35) == 4 and steps_per_epoch(20, 128) == 1 and steps_per_epoch(0, 8) == 0
+    k = epoch_repeats(142, 35, 20)
+    assert steps_per_epoch(142 * k, 35) >= 20 and steps_per_epoch(142 * (k - 1), 35) < 20  # the smallest k
+    assert epoch_repeats(142, 35, None) == 1 and epoch_repeats(10_000, 128, 10) == 1
+    msg = training_steps_warning(142, 128, 200)
+    assert msg is not None and "200 optimiser steps" in msg and "trainer.max_epochs=500" in msg
+    assert training_steps_warning(142, 35, 200) is None  # 200 x 4 = 800 steps
+    assert training_steps_warning(142, 35, 100) is not None and training_steps_warning(142, 35, 100, repeats=2) is None

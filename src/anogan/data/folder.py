@@ -332,7 +332,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             n_found = len(files) + len(skipped) - kinds["not in the subset"]  # subset files are in files too
             log.warning(
                 "skipped %d of %d files: %s; see splits.json",
-                len(skipped), n_found, ", ".join(f"{n} {k}" for k, n in kinds.most_common()),
+                len(skipped), n_found, ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
         log.info("splits: %s%s", {k: v["size"] for k, v in self.manifest["splits"].items()}, "" if self.has_anomalies else " (normal images only)")
 
