@@ -114,7 +114,7 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     big = torch.nn.functional.interpolate(images[2:3].float(), size=(48, 48), mode="nearest")[0].to(torch.uint8)
     Image.fromarray(big.permute(1, 2, 0).numpy()).save(folder / "c.jpg", quality=95)  # resized to 32 px
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(folder / "wide.png")  # not square
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(folder / "wide.png")  # not square: stretched (data.resize default)
     (folder / "notes.txt").write_text("ignored: not an image")
     out = tmp_path / "res" / "scores.csv"
     proc = subprocess.run(
@@ -124,15 +124,17 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["a.png", "b.png", "c.jpg"]
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["a.png", "b.png", "c.jpg", "wide.png"]
     assert all(r["label"] == str(int(float(r["score"]) >= 0.5)) for r in rows)
     skipped = proc.stdout.split("skipped:", 1)[1]
-    assert "broken.png" in skipped and "wide.png" in skipped and "notes.txt" not in skipped
+    assert "broken.png" in skipped and "wide.png" not in skipped and "notes.txt" not in skipped
     assert "a.png" not in skipped
     assert "broken.png" in proc.stderr  # the warning log, at the time it was skipped
-    assert sorted(p.name for p in (tmp_path / "res" / "scores_images").iterdir()) == ["a.png", "c.png", "sub__b.png"]
+    assert sorted(p.name for p in (tmp_path / "res" / "scores_images").iterdir()) == ["a.png", "c.png", "sub__b.png", "wide.png"]
     maps = tmp_path / "res" / "scores_maps"
-    assert sorted(p.name for p in maps.iterdir()) == ["a.npy", "a_overlay.png", "c.npy", "c_overlay.png", "sub__b.npy", "sub__b_overlay.png"]
+    assert sorted(p.name for p in maps.iterdir()) == [
+        "a.npy", "a_overlay.png", "c.npy", "c_overlay.png", "sub__b.npy", "sub__b_overlay.png", "wide.npy", "wide_overlay.png"
+    ]
     assert np.load(maps / "c.npy").shape == (48, 48) and np.load(maps / "a.npy").dtype == np.float32  # at the image's own size
 
 
