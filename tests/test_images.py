@@ -248,10 +248,10 @@ def test_pad_centres_the_image_on_a_black_square(tmp_path):
     image, path = _wide(tmp_path)
     got = read_image(path, 48, 3, resize="pad")  # 48 px: no resize, so exact
     assert got.shape == (3, 48, 48)
-    assert (got[:, :8] == PAD_FILL).all() and (got[:, 40:] == PAD_FILL).all()
+    assert PAD_FILL == 0 and (got[:, :8] == 0).all() and (got[:, 40:] == 0).all()  # documented: black
     assert torch.equal(got[:, 8:40], torch.from_numpy(image).permute(2, 0, 1))
     small = read_image(path, 32, 3, resize="pad")
-    assert small.shape == (3, 32, 32) and (small[:, :4] == PAD_FILL).all() and small[:, 16].max() > 200
+    assert small.shape == (3, 32, 32) and (small[:, :4] == 0).all() and small[:, 16].max() > 200
 
 
 def test_stretch_keeps_the_whole_width(tmp_path):

@@ -261,7 +261,10 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                     "thresholds and AUROC need both. Fix: add images, or change data.val_fraction / "
                     "data.normal_test_fraction / data.val_subset / data.test_subset."
                 )
-        rel = lambda p: str(p.relative_to(root)) if Path(p).is_relative_to(root) else str(p)  # noqa: E731
+
+        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
+            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
         for i in np.setdiff1d(np.concatenate([val_all, test_all]), np.concatenate([val_ids, test_ids])):
             skipped.append({"file": str(files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
         skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped]
