@@ -252,3 +252,29 @@ def test_effective_batch_and_steps_rules():
     assert msg is not None and "200 optimiser steps" in msg and "trainer.max_epochs=500" in msg
     assert training_steps_warning(142, 35, 200) is None  # 200 x 4 = 800 steps
     assert training_steps_warning(142, 35, 100) is not None and training_steps_warning(142, 35, 100, repeats=2) is None
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+def test_masks_follow_the_resize_policy(tmp_path, resize):
+    for i in range(8):
+        (tmp_path / "normal").mkdir(exist_ok=True)
+        Image.fromarray(_rgb(32, 48, i)).save(tmp_path / "normal" / f"n{i}.png")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(4):
+        Image.fromarray(_rgb(32, 48, 10 + i)).save(tmp_path / "bad" / f"b{i}.png")
+        mask = np.zeros((32, 48), np.uint8)
+        mask[:, 20:28] = 255  # columns 20..27 of the 48-wide image
+        Image.fromarray(mask).save(tmp_path / "masks" / f"b{i}_mask.png")
+    dm = FolderAnomalyDataModule(root=str(tmp_path), abnormal_dir="bad", mask_dir="masks", image_size=32, resize=resize, normal_test_fraction=0.5)
+    dm.setup()
+    anomalous = dm.eval_set.labels == 1
+    masks = dm.eval_set.masks[anomalous][:, 0]
+    assert masks.shape[1:] == (32, 32) and len(masks) == 4
+    cols = masks.any(1).any(0).nonzero().flatten().tolist()
+    rows = masks.any(2).any(0).nonzero().flatten().tolist()
+    if resize == "crop":  # columns 8..39 kept: the mask moves to 12..19, every row
+        assert cols == list(range(12, 20)) and rows == list(range(32))
+    else:  # 48x48 with 8 black rows above and below, then 48 -> 32 (x 2/3)
+        assert 13 <= cols[0] <= 14 and 18 <= cols[-1] <= 19 and 5 <= rows[0] <= 6 and 26 <= rows[-1] <= 27
+    assert (dm.eval_set.masks[~anomalous] == 0).all()

@@ -97,7 +97,9 @@ class MVTecDataModule(AnomalyDataModule):
     def prepare_data(self) -> None:
         self._category()
 
-    def _read(self, paths: list[Path], skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
+    def _read(self, folder: Path, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
+        paths, listing_skips = list_images(folder)  # (candidate files, broken links / duplicates / text files)
+        skipped += listing_skips
         kept, images = [], []
         for path in paths:
             try:
@@ -123,14 +125,14 @@ class MVTecDataModule(AnomalyDataModule):
         hp = self.hparams
         folder = self._category()
         size, skipped = hp.image_size, []
-        train_files, train_images = self._read(list_images(folder / "train" / "good"), skipped)
+        train_files, train_images = self._read(folder / "train" / "good", skipped)
         if not train_files:
             raise DataError(f"no usable training image in {folder / 'train' / 'good'}. Fix: check data.root and data.category.")
         defects = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good")
         names = ["good", *defects]
         test_files, test_images, test_masks, test_classes = [], [], [], []
         for c, defect in enumerate(names):
-            paths, images = self._read(list_images(folder / "test" / defect), skipped)
+            paths, images = self._read(folder / "test" / defect, skipped)
             test_files += paths
             test_images += images
             test_classes += [c] * len(paths)
