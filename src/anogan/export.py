@@ -65,11 +65,13 @@ class EncoderGraph(nn.Module):
 def _check_images(scorer, payload: dict, input: Path | None, n: int = 32) -> torch.Tensor:
     prep = payload["preprocess"]
     if input is not None:
-        from anogan.predict import find_images
-        from anogan.data.folder import read_image
+        from anogan.data.images import list_images, read_image
 
-        paths = find_images(Path(input))[:n]
-        return torch.stack([read_image(p, prep["image_size"], prep["channels"]) for p in paths]).float().div(127.5).sub(1.0)
+        paths = list_images(Path(input))[0][:n] if Path(input).is_dir() else [Path(input)]
+        if not paths:
+            raise ExportError(f"input={input} holds no image to check the export on.")
+        return torch.stack([read_image(p, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch"))
+                            for p in paths]).float().div(127.5).sub(1.0)
     with torch.no_grad():  # quantised like real images
         fake = scorer.generator(torch.randn(n, scorer.latent_dim, 1, 1, generator=torch.Generator().manual_seed(0)))
     return ((fake + 1) * 127.5).round().clamp(0, 255).div(127.5).sub(1.0)

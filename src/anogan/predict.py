@@ -6,7 +6,7 @@
 Everything comes from the one scorer file (``anogan.artifact``): networks, scorer settings,
 preprocessing, the correction resolved on the run's validation split, the thresholds of every rule
 and the validation normals' scores for p-values. Images are read by the same reader as training
-(``anogan.data.folder.read_image``) and scored through the same path as the run's stage 2
+(``anogan.data.images.read_image``, with the run's resize policy) and scored through the same path as the run's stage 2
 (``anogan.inference.run_scorer``: ``Trainer.predict``), so an image of the run's evaluation set
 gets the score it got in the run.
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.artifact import load_artifact, resolve_path
-from anogan.data.folder import ImageError, list_images, read_image
+from anogan.data.images import ImageError, list_images, read_image
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
 from anogan.inference import run_scorer
@@ -101,16 +101,17 @@ def parse_args(argv: list[str]) -> dict:
     return args
 
 
-def find_images(path: Path) -> list[Path]:
+def find_images(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The candidate image files under ``path`` (or ``path`` itself) and the files skipped while
+    listing (broken or looping links, duplicates, non-images) with their reasons."""
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise PredictError(f"input={path} does not exist: give an image file or a folder of images.")
-    found = list_images(path)
-    found = found[0] if isinstance(found, tuple) else found
+    found, skipped = list_images(path)
     if not found:
         raise PredictError(f"input={path} holds no image (searched recursively).")
-    return found
+    return found, [(entry["file"], entry["reason"]) for entry in skipped]
 
 
 def trainer_settings(device: str, precision: str) -> dict:
@@ -174,12 +175,12 @@ def predict(
         scorer.hparams.batch_size = batch_size
     prep, calibration = payload["preprocess"], payload["calibration"]
     settings = trainer_settings(device, payload["precision"])
-    paths = find_images(root)
+    paths, skipped = find_images(root)
 
-    images, kept, skipped = [], [], []
+    images, kept = [], []
     for path in paths:
         try:
-            images.append(read_image(path, prep["image_size"], prep["channels"], **({"resize": prep["resize"]} if prep.get("resize", "stretch") != "stretch" else {})))
+            images.append(read_image(path, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch")))
             kept.append(path)
         except ImageError as err:
             skipped.append((str(path), str(err)))

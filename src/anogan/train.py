@@ -191,6 +191,9 @@ def run(cfg: DictConfig) -> float:
     datamodule.setup("fit")
     if _is_rank_zero():
         datamodule.write_manifest(run_dir)
+        warning = getattr(datamodule, "steps_warning", lambda epochs: None)(cfg.trainer.max_epochs)
+        if warning and not given:
+            log.warning("%s", warning)
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None and _is_rank_zero():
