@@ -172,3 +172,35 @@ def test_predict_errors_are_one_line_with_exit_code_2(tiny_run, tmp_path):
         errors = [line for line in proc.stderr.splitlines() if "[ERROR]" in line]
         assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (argv, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, tmp_path):
+    import onnxruntime as ort
+
+    from anogan.export import export
+
+    images, rows = _eval_images(tiny_encoder_run)
+    chosen = list(range(0, len(rows), 7))[:12]
+    for i in chosen:
+        _save_png(images[i], tmp_path / "pngs" / f"row{i:03d}.png")
+    result = export(tiny_encoder_run, out=tmp_path / "export", input=tmp_path / "pngs")
+    assert result["max_relative_difference"] <= 1e-4
+    meta = json.loads(result["json"].read_text())
+    assert meta["correction"] == "complexity" and meta["thresholds"]["fpr"] is not None
+    session = ort.InferenceSession(str(result["onnx"]), providers=["CPUExecutionProvider"])
+    x = images[chosen].float().div(127.5).sub(1.0).numpy()
+    score, raw, maps = session.run(None, {"image": x})
+    assert maps.shape == (len(chosen), 32, 32)
+    for k, i in enumerate(chosen):  # the run's own scores.csv rows (primary = corrected score)
+        assert abs(score[k] - float(rows[i]["score"])) <= 1e-4 * abs(float(rows[i]["score"])), (i, score[k], rows[i]["score"])
+        assert abs(raw[k] - float(rows[i]["raw_score"])) <= 1e-4 * abs(float(rows[i]["raw_score"]))
+    # p-values from the exported normal scores, as the JSON documents, equal the run's
+    normals = np.array(meta["normal_scores"])
+    for k, i in enumerate(chosen):
+        p = (1 + (normals >= float(rows[i]["score"])).sum()) / (len(normals) + 1)
+        assert abs(p - float(rows[i]["p_value"])) < 1e-12
+
+
+def test_export_refuses_a_search_scorer_in_one_line(tiny_run, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "anogan.export", f"ckpt={tiny_run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "stays PyTorch-only" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,33 @@
+"""What Lightning prints: its advertising tips never, its per-Trainer banner once per run."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+_LIGHTNING_INFO = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertising tips ("💡 Tip: ... litlogger") are dropped: not printed at all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+logging.getLogger(_LIGHTNING_INFO[0]).addFilter(_NoTips())
+
+
+@contextmanager
+def quiet_lightning():
+    """Lightning's per-Trainer banner ("GPU available: ...") is printed once, by the GAN stage's
+    Trainer; the later Trainers of a run (scoring, encoder) stay quiet."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,229 @@
+"""CIFAR-10 as a one-class anomaly-detection problem.
+
+One class is "normal" (label 0), every other class is "anomalous" (label 1). Two protocols:
+
+* ``seed``: the guidebook's construction. Train on the first ``train_fraction`` (80%) of the
+  normal class's training images in dataset order; everything else (held-out normals, all other
+  training images, the whole test set) is the evaluation pool. A stratified ``val_fraction`` of
+  that pool is the validation split, the rest is the test split.
+* ``one_class``: the literature's protocol. Train on the normal class's training images minus a
+  validation slice; validation anomalies come from the other classes' *training* images; test is
+  the CIFAR-10 test set (1,000 normal / 9,000 anomalous).
+
+Images are decoded once, resized once and kept as uint8 tensors; ``__getitem__`` only converts
+to float in [-1, 1] (the range of the generator's Tanh).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10
+
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PROTOCOLS = ("seed", "one_class")
+IMAGE_SIZES = (32, 64, 128)
+# A global id per CIFAR-10 image: training images keep their index, test images are offset.
+TEST_ID_OFFSET = 50_000
+
+
+def class_index(normal_class: int | str) -> int:
+    """Accept a class index (1) or name ("automobile", also "car")."""
+    if isinstance(normal_class, str):
+        name = normal_class.strip().lower()
+        if name.isdigit():
+            return class_index(int(name))
+        name = {"car": "automobile", "plane": "airplane"}.get(name, name)
+        if name not in CLASSES:
+            raise ValueError(f"data.normal_class={normal_class!r} is not a CIFAR-10 class; use 0-9 or one of {CLASSES}")
+        return CLASSES.index(name)
+    if not 0 <= int(normal_class) <= 9:
+        raise ValueError(f"data.normal_class={normal_class} is out of range; use 0-9 or one of {CLASSES}")
+    return int(normal_class)
+
+
+def stratified_subset(classes: np.ndarray, size: int | float | None, seed: int) -> np.ndarray:
+    """Positions of a seeded subset with each class in proportion (largest-remainder rounding)."""
+    n = len(classes)
+    if size is None:
+        return np.arange(n)
+    count = int(round(size * n)) if isinstance(size, float) and size <= 1.0 else int(size)
+    if count >= n:
+        return np.arange(n)
+    if count < 1:
+        return np.arange(0)
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(classes, return_counts=True)
+    exact = counts * count / n
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: count - take.sum()]] += 1
+    chosen = [rng.choice(np.flatnonzero(classes == v), k, replace=False) for v, k in zip(values, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+class _UnverifiedCIFAR10(CIFAR10):
+    """torchvision's loader with the md5 checks replaced by presence checks (re-created copies)."""
+
+    train_list = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in CIFAR10.test_list]
+    meta = {**CIFAR10.meta, "md5": None}
+
+
+class CIFAR10AnomalyDataModule(AnomalyDataModule):
+    def __init__(
+        self,
+        root: str = "data/cifar10",
+        download: bool = True,
+        verify_checksums: bool = True,
+        normal_class: int | str = 1,
+        protocol: str = "one_class",
+        image_size: int = 64,
+        channels: int = 3,
+        train_fraction: float = 0.8,
+        val_fraction: float = 0.1,
+        val_anomaly_ratio: float = 9.0,
+        val_subset: int | float | None = None,
+        test_subset: int | float | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.normal_class = class_index(normal_class)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol={protocol!r} is not supported; use one of {PROTOCOLS}")
+        if image_size not in IMAGE_SIZES:
+            raise ValueError(f"data.image_size={image_size} is not supported; use one of {IMAGE_SIZES}")
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, train: bool) -> CIFAR10:
+        root = Path(self.hparams.root).expanduser()
+        folder = root / CIFAR10.base_folder
+        cls = CIFAR10 if self.hparams.verify_checksums else _UnverifiedCIFAR10
+        if not self.hparams.verify_checksums:
+            warnings.warn(f"data.verify_checksums=false: loading CIFAR-10 from {folder} without torchvision's md5 check")
+        try:
+            return cls(str(root), train=train, download=bool(self.hparams.download) and train)
+        except Exception as err:  # torchvision raises bare RuntimeError / URLError here
+            have = folder.is_dir() and any(folder.iterdir())
+            hint = (
+                "the files exist but fail torchvision's md5 check: if this is a re-created copy, set "
+                "data.verify_checksums=false"
+                if have
+                else "set data.root to the folder that contains cifar-10-batches-py, "
+                "or data.download=true on a machine with internet access"
+            )
+            raise DataError(f"CIFAR-10 could not be loaded from {folder} ({err}). Fix: {hint}.") from None
+
+    def prepare_data(self) -> None:
+        self._load(train=True)
+        self._load(train=False)
+
+    def _resize(self, data: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # N, 3, 32, 32 uint8
+        if self.hparams.channels == 1:  # ITU-R 601-2 luma, as PIL's convert("L")
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        size = self.hparams.image_size
+        if size != images.shape[-1]:
+            out = []
+            for chunk in images.split(4096):  # bounded memory for the 56k-image seed pool
+                up = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                out.append(up.round().clamp(0, 255).to(torch.uint8))
+            images = torch.cat(out)
+        return images
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        train, test = self._load(train=True), self._load(train=False)
+        train_classes, test_classes = np.asarray(train.targets), np.asarray(test.targets)
+        # Pool train + test; below, "ids" are positions in the pool, turned into global ids at the end.
+        classes = np.concatenate([train_classes, test_classes])
+        global_ids = np.concatenate([np.arange(len(train_classes)), TEST_ID_OFFSET + np.arange(len(test_classes))])
+        ids = np.arange(len(classes))
+        train_ids = ids[: len(train_classes)]
+        test_ids = ids[len(train_classes) :]
+        normal_train = train_ids[train_classes == self.normal_class]  # dataset order
+        rng = np.random.default_rng(hp.split_seed)
+
+        if hp.protocol == "seed":
+            n_fit = int(len(normal_train) * hp.train_fraction)
+            fit_ids = normal_train[:n_fit]
+            pool = np.setdiff1d(ids, fit_ids)
+            val_pos = stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)
+            val_ids = pool[val_pos]
+            test_pool = np.setdiff1d(pool, val_ids)
+        else:
+            n_val_normal = int(round(len(normal_train) * hp.val_fraction))
+            val_normal = np.sort(rng.choice(normal_train, n_val_normal, replace=False))
+            fit_ids = np.setdiff1d(normal_train, val_normal)
+            others = train_ids[train_classes != self.normal_class]
+            n_val_anom = int(round(n_val_normal * hp.val_anomaly_ratio))
+            val_anom = others[stratified_subset(classes[others], n_val_anom, hp.split_seed + 1)]
+            val_ids = np.sort(np.concatenate([val_normal, val_anom]))
+            test_pool = test_ids
+
+        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
+        test_ids_final = test_pool[stratified_subset(classes[test_pool], hp.test_subset, hp.split_seed + 3)]
+        for name, chosen in (("validation", val_ids), ("test", test_ids_final)):
+            labels = classes[chosen] != self.normal_class
+            if labels.all() or not labels.any():
+                raise DataError(
+                    f"the {name} split has only {'anomalous' if labels.any() else 'normal'} images "
+                    f"({len(chosen)}); thresholds and AUROC need both. Fix: raise data.val_subset/"
+                    f"data.test_subset or data.val_fraction/data.val_anomaly_ratio."
+                )
+
+        all_data = np.concatenate([train.data, test.data])
+        eval_ids = np.concatenate([val_ids, test_ids_final])
+        self.train_set = AnomalySplit(self._resize(all_data[fit_ids]), classes[fit_ids], global_ids[fit_ids], self.normal_class)
+        self.eval_set = AnomalySplit(self._resize(all_data[eval_ids]), classes[eval_ids], global_ids[eval_ids], self.normal_class)
+        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids_final))
+        self.manifest = self._manifest(classes, global_ids, fit_ids, val_ids, test_ids_final)
+        log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
+
+    def _manifest(self, classes, global_ids, fit_ids, val_ids, test_ids) -> dict:
+        def describe(chosen: np.ndarray) -> dict:
+            counts = np.bincount(classes[chosen], minlength=10)
+            n_anom = int((classes[chosen] != self.normal_class).sum())
+            return {
+                "size": int(len(chosen)),
+                "normal": int(len(chosen) - n_anom),
+                "anomalous": n_anom,
+                "class_counts": {CLASSES[c]: int(counts[c]) for c in range(10)},
+                "ids": [int(i) for i in global_ids[chosen]],
+            }
+
+        return {
+            "dataset": "CIFAR10",
+            "protocol": self.hparams.protocol,
+            "normal_class": self.normal_class,
+            "normal_class_name": CLASSES[self.normal_class],
+            "id_scheme": f"training image i -> i; test image i -> {TEST_ID_OFFSET} + i",
+            "labels": {"normal": 0, "anomalous": 1},
+            "splits": {"train": describe(fit_ids), "val": describe(val_ids), "test": describe(test_ids)},
+        }
+
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: where the image comes from and its class name (for scores.csv)."""
+        ids = self.eval_set.ids.numpy()
+        return {
+            "source": np.where(ids >= TEST_ID_OFFSET, "test", "train"),
+            "source_index": np.where(ids >= TEST_ID_OFFSET, ids - TEST_ID_OFFSET, ids),
+            "class_name": np.array([CLASSES[c] for c in self.eval_set.classes.tolist()]),
+        }

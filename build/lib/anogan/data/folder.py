@@ -1,0 +1,359 @@
+"""Your own images as a one-class anomaly-detection problem (like anomalib's ``Folder``).
+
+Layout (every folder searched recursively; the names are settings)::
+
+    <root>/
+      <normal_dir>/        normal images: trained on (minus a held-out share when there is no normal_test_dir)
+      <normal_test_dir>/   optional: normal images for evaluation only
+      <abnormal_dir>/      anomalous images (evaluation only); a list of folders gives one class each;
+                           null (or []) when you only have normal images
+      <mask_dir>/          optional: ground-truth masks of the anomalous images; the mask of
+                           <abnormal_dir>/<sub>/<name>.<ext> is <mask_dir>/<sub>/<name>.png or <name>_mask.png
+                           (a list: one mask folder per abnormal folder); normal images get all-zero masks.
+                           Masks follow the image's ``resize`` policy (crop / pad / stretch).
+
+Which files are images and how they are read (formats, bit depths, alpha, EXIF, ``resize`` policy for
+non-square images) is ``anogan.data.images``: the same reader ``predict.py`` uses. Every file found
+but not used is listed under ``skipped`` in ``splits.json`` with its reason, and one summary line is
+logged.
+
+The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous images) is split,
+stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
+fitted there) and test. With anomalies, both splits must hold both classes (else ``DataError``).
+Normal-only data (``abnormal_dir: null``): validation and test hold only normals, ``has_anomalies``
+is False (thresholds then come from the normals alone; AUROC needs anomalous images).
+
+Small folders: the training batch is at most ``max_batch_fraction`` of the training images (never
+below ``MIN_AUTO_BATCH``), and the training images are repeated within an epoch so that an epoch has
+at least ``min_steps_per_epoch`` optimiser steps (batches). ``training_steps_warning`` says when the
+GAN still gets too few steps in total.
+
+Splits are the same ``AnomalySplit`` as CIFAR-10's (uint8 images, decoded and resized once), with a
+``splits.json`` manifest listing every file. Classes: 0 = normal, i = the i-th abnormal folder
+(1-based); labels: normal 0, anomalous 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anogan.data.cifar10 import stratified_subset
+from anogan.data.images import ImageError, check_resize, list_images, read_image, to_model_input
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask
+
+__all__ = [
+    "FolderAnomalyDataModule", "ImageError", "list_images", "read_image", "to_model_input",
+    "effective_batch_size", "steps_per_epoch", "epoch_repeats", "training_steps_warning",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_AUTO_BATCH = 8  # max_batch_fraction never shrinks the batch below this
+WARN_BELOW_STEPS = 500  # training_steps_warning: fewer optimiser steps than this in all are too few
+
+
+# ---------------------------------------------------------------------- training length
+def effective_batch_size(n_train: int, batch_size: int, max_batch_fraction: float | None) -> int:
+    """The global training batch: ``min(batch_size, max(MIN_AUTO_BATCH, floor(n_train * fraction)))``;
+    ``batch_size`` unchanged when ``max_batch_fraction`` is None."""
+    if max_batch_fraction is None:
+        return int(batch_size)
+    return int(min(batch_size, max(MIN_AUTO_BATCH, math.floor(n_train * max_batch_fraction))))
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Optimiser steps (batches) in one pass over ``n_images``: the last partial batch is dropped when
+    there is more than one batch (as ``train_dataloader`` does), so ``n // batch`` or 1."""
+    if n_images <= 0:
+        return 0
+    return n_images // batch_size if n_images > batch_size else 1
+
+
+def epoch_repeats(n_train: int, batch_size: int, min_steps_per_epoch: int | None) -> int:
+    """Passes over the ``n_train`` training images per epoch so that an epoch has at least
+    ``min_steps_per_epoch`` steps of ``batch_size``: the smallest k with ``steps_per_epoch(k * n_train)
+    >= min_steps_per_epoch`` (1 when None or 0)."""
+    if not min_steps_per_epoch or n_train <= 0:
+        return 1
+    return max(1, math.ceil(min_steps_per_epoch * batch_size / n_train))
+
+
+def training_steps_warning(
+    n_train: int, batch_size: int, max_epochs: int, repeats: int = 1, min_steps: int = WARN_BELOW_STEPS
+) -> str | None:
+    """A one-line warning when GAN training gets fewer than ``min_steps`` optimiser steps in all
+    (``max_epochs`` x ``steps_per_epoch(n_train * repeats, batch_size)``), else None.
+
+    ``n_train``: training images; ``batch_size``: the global batch actually used (the data module's
+    ``train_batch_size``); ``repeats``: its ``train_repeats``. ``FolderAnomalyDataModule.steps_warning``
+    passes all three for you.
+    """
+    per_epoch = steps_per_epoch(n_train * repeats, batch_size)
+    total = int(max_epochs) * per_epoch
+    if total >= min_steps:
+        return None
+    need = math.ceil(min_steps / max(per_epoch, 1))
+    return (
+        f"the GAN gets only {total} optimiser steps ({max_epochs} epochs x {per_epoch} batches of {batch_size} "
+        f"from {n_train} training images{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below "
+        f"{min_steps} the generator usually stays noise. Fix: set trainer.max_epochs={need} (or more), raise "
+        "data.min_steps_per_epoch, or use experiment=folder_small."
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """The short kind of a skip reason for the summary line: "unreadable (OSError: ...)" -> "unreadable"."""
+    return reason.split(" (", 1)[0]
+
+
+class FolderAnomalyDataModule(AnomalyDataModule):
+    """Images from folders (see the module docstring). After ``setup``: ``train_set``, ``eval_set``,
+    ``eval_split``, ``manifest`` (``splits.json``), ``has_anomalies`` (validation holds both
+    classes), ``train_batch_size`` and ``train_repeats`` (what ``train_dataloader`` uses)."""
+
+    def __init__(
+        self,
+        root: str = "data/my_images",
+        normal_dir: str = "normal",
+        abnormal_dir: str | list[str] | None = "abnormal",
+        normal_test_dir: str | None = None,
+        normal_test_fraction: float = 0.2,
+        val_fraction: float = 0.5,
+        image_size: int = 64,
+        channels: int = 3,
+        resize: str = "stretch",
+        val_subset: int | float | None = None,
+        test_subset: int | float | None = None,
+        batch_size: int = 128,
+        max_batch_fraction: float | None = 0.25,
+        min_steps_per_epoch: int | None = 10,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        mask_dir: str | list[str] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
+        check_resize(resize)
+        if max_batch_fraction is not None and not 0.0 < max_batch_fraction <= 1.0:
+            raise DataError(f"data.max_batch_fraction={max_batch_fraction!r}: use a fraction in (0, 1], or null for no cap.")
+        if min_steps_per_epoch is not None and (not isinstance(min_steps_per_epoch, int) or min_steps_per_epoch < 0):
+            raise DataError(f"data.min_steps_per_epoch={min_steps_per_epoch!r}: use a whole number >= 0, or null for no minimum.")
+        if abnormal_dir is None or abnormal_dir == "":
+            self.abnormal_dirs: list[str] = []
+        else:
+            self.abnormal_dirs = [abnormal_dir] if isinstance(abnormal_dir, str) else list(abnormal_dir)
+        # mask_dir: none, one folder for every abnormal folder, or one per abnormal folder
+        self.mask_dirs = [] if mask_dir is None else [mask_dir] * len(self.abnormal_dirs) if isinstance(mask_dir, str) else list(mask_dir)
+        if self.mask_dirs and len(self.mask_dirs) != len(self.abnormal_dirs):
+            raise DataError(
+                f"data.mask_dir has {len(self.mask_dirs)} folders for {len(self.abnormal_dirs)} data.abnormal_dir folders. "
+                "Fix: give one mask folder per abnormal folder, or one for all."
+            )
+        self.train_set: AnomalySplit | None = None
+        self.eval_set: AnomalySplit | None = None
+        self.eval_split: np.ndarray | None = None  # "val" / "test" per eval row
+        self.manifest: dict | None = None
+        self.has_anomalies: bool = bool(self.abnormal_dirs)  # confirmed by setup
+
+    @property
+    def normal_only(self) -> bool:
+        """True when no abnormal folder is configured (``data.abnormal_dir: null`` or ``[]``)."""
+        return not self.abnormal_dirs
+
+    def _folder(self, name: str) -> Path:
+        folder = Path(self.hparams.root).expanduser() / name
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder. Fix: set data.root and data.*_dir to your image folders.")
+        return folder
+
+    def prepare_data(self) -> None:
+        for name in [self.hparams.normal_dir, *self.abnormal_dirs, *self.mask_dirs] + ([self.hparams.normal_test_dir] if self.hparams.normal_test_dir else []):
+            self._folder(name)
+
+    def _mask(self, c: int, path: Path) -> torch.Tensor:
+        """The mask of ``path``, an image of the c-th abnormal folder (1-based), at the model size."""
+        rel = path.relative_to(self._folder(self.abnormal_dirs[c - 1]))
+        folder = self._folder(self.mask_dirs[c - 1]) / rel.parent
+        candidates = (folder / f"{rel.stem}.png", folder / f"{rel.stem}_mask.png")
+        for mask in candidates:
+            if mask.is_file():
+                return read_mask(mask, path, self.hparams.image_size, self.hparams.resize)
+        raise DataError(f"{path} has no mask: neither {candidates[0]} nor {candidates[1]} exists. Fix: add it, or set data.mask_dir=null.")
+
+    def _read(self, folder: Path, seen: dict, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
+        """Every usable image under ``folder``; what is not usable goes to ``skipped`` with its reason."""
+        hp = self.hparams
+        paths, listing_skips = list_images(folder, seen)
+        skipped += listing_skips
+        kept, images = [], []
+        for path in paths:
+            try:
+                images.append(read_image(path, hp.image_size, hp.channels, hp.resize))
+                kept.append(path)
+            except ImageError as err:
+                log.debug("skipping %s: %s", path, err)
+                skipped.append({"file": str(path), "reason": str(err)})
+        return kept, images
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        root = Path(hp.root).expanduser()
+        skipped: list[dict] = []
+        seen: dict = {}  # one file reached from two folders counts once (in the first folder read)
+        normal, normal_images = self._read(self._folder(hp.normal_dir), seen, skipped)
+        if hp.normal_test_dir:
+            held, held_images = self._read(self._folder(hp.normal_test_dir), seen, skipped)
+            fit = np.arange(len(normal))
+        else:
+            order = np.random.default_rng(hp.split_seed).permutation(len(normal))
+            n_held = int(round(len(normal) * hp.normal_test_fraction))
+            held_pos, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
+            held, held_images = [normal[i] for i in held_pos], [normal_images[i] for i in held_pos]
+            normal, normal_images = [normal[i] for i in fit], [normal_images[i] for i in fit]
+            fit = np.arange(len(normal))
+        abnormal, abnormal_images, abnormal_classes, abnormal_masks = [], [], [], []
+        for c, name in enumerate(self.abnormal_dirs, start=1):
+            paths, images = self._read(self._folder(name), seen, skipped)
+            if not paths:
+                raise DataError(
+                    f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
+                    "or set data.abnormal_dir=null if you only have normal images."
+                )
+            abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
+            abnormal += paths
+            abnormal_images += images
+            abnormal_classes += [c] * len(paths)
+        if not len(fit):
+            raise DataError(f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped).")
+
+        # One id per file: training normals, then evaluation normals, then anomalies.
+        files = normal + held + abnormal
+        images = torch.stack(normal_images + held_images + abnormal_images)
+        classes = np.array([0] * (len(normal) + len(held)) + abnormal_classes, dtype=np.int64)
+        ids = np.arange(len(files))
+        pool = ids[len(normal) :]
+        val_pos = stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)
+        val_ids = pool[val_pos]
+        test_ids = np.setdiff1d(pool, val_ids)
+        val_all, test_all = val_ids, test_ids
+        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
+        test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
+        for name, chosen in (("validation", val_ids), ("test", test_ids)):
+            labels = classes[chosen] != 0
+            if self.normal_only and not len(chosen):
+                raise DataError(
+                    f"the {name} split has no image: too few held-out normal images ({len(pool)}). Fix: add normal "
+                    "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
+                )
+            if not self.normal_only and (labels.all() or not labels.any()):
+                raise DataError(
+                    f"the {name} split has only {'anomalous' if labels.any() else 'normal'} images ({len(chosen)}); "
+                    "thresholds and AUROC need both. Fix: add images, or change data.val_fraction / "
+                    "data.normal_test_fraction / data.val_subset / data.test_subset."
+                )
+
+        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
+            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+        for i in np.setdiff1d(np.concatenate([val_all, test_all]), np.concatenate([val_ids, test_ids])):
+            skipped.append({"file": str(files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
+        skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped]
+        self.has_anomalies = bool((classes[val_ids] != 0).any() and (classes[val_ids] == 0).any())
+
+        n_train = len(fit)
+        self.train_batch_size = effective_batch_size(n_train, hp.batch_size, hp.max_batch_fraction)
+        self.train_repeats = epoch_repeats(n_train, self.train_batch_size, hp.min_steps_per_epoch)
+        per_epoch = steps_per_epoch(n_train * self.train_repeats, self.train_batch_size)
+        if self.train_batch_size < hp.batch_size:
+            log.info(
+                "training batch %d instead of data.batch_size=%d: at most data.max_batch_fraction=%s of the %d training images",
+                self.train_batch_size, hp.batch_size, hp.max_batch_fraction, n_train,
+            )
+        if self.train_repeats > 1:
+            log.info(
+                "each epoch shows the %d training images %d times (%d steps per epoch; data.min_steps_per_epoch=%s)",
+                n_train, self.train_repeats, per_epoch, hp.min_steps_per_epoch,
+            )
+
+        eval_ids = np.concatenate([val_ids, test_ids])
+        self.train_set = AnomalySplit(images[fit], classes[fit], ids[fit], 0)
+        masks = None
+        if self.mask_dirs:  # normal images: all zero
+            normal_masks = torch.zeros(len(files) - len(abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
+            masks = torch.cat([normal_masks, torch.stack(abnormal_masks)])[eval_ids]
+        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks)
+        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
+        names = ["normal", *self.abnormal_dirs]
+
+        def describe(chosen: np.ndarray) -> dict:
+            n_anom = int((classes[chosen] != 0).sum())
+            counts = np.bincount(classes[chosen], minlength=len(names))
+            return {
+                "size": int(len(chosen)),
+                "normal": int(len(chosen) - n_anom),
+                "anomalous": n_anom,
+                "class_counts": {n: int(counts[c]) for c, n in enumerate(names)},
+                "ids": [int(i) for i in chosen],
+            }
+
+        self.manifest = {
+            "dataset": "folder",
+            "root": str(root.resolve()),
+            "classes": names,
+            "labels": {"normal": 0, "anomalous": 1},
+            "has_anomalies": self.has_anomalies,
+            "resize": hp.resize,
+            "image_size": int(hp.image_size),
+            "channels": int(hp.channels),
+            "training": {
+                "batch_size": int(self.train_batch_size),
+                "requested_batch_size": int(hp.batch_size),
+                "repeats_per_epoch": int(self.train_repeats),
+                "steps_per_epoch": int(per_epoch),
+            },
+            "id_scheme": "index into files",
+            "files": [rel(p) for p in files],
+            "skipped": skipped,
+            "masks": None if masks is None else {
+                "val": mask_counts(masks[: len(val_ids)], classes[val_ids]),
+                "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
+            },
+            "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
+        }
+        if skipped:
+            kinds = Counter(_reason_kind(s["reason"]) for s in skipped)
+            n_found = len(files) + len(skipped) - kinds["not in the subset"]  # subset files are in files too
+            log.warning(
+                "skipped %d of %d files: %s; see splits.json",
+                len(skipped), n_found, ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
+            )
+        log.info("splits: %s%s", {k: v["size"] for k, v in self.manifest["splits"].items()}, "" if self.has_anomalies else " (normal images only)")
+
+    @property
+    def train_steps_per_epoch(self) -> int:
+        """Optimiser steps (batches) per training epoch, after ``setup``."""
+        return steps_per_epoch(len(self.train_set) * self.train_repeats, self.train_batch_size)
+
+    def steps_warning(self, max_epochs: int) -> str | None:
+        """``training_steps_warning`` for this module's training images, batch and repeats (after ``setup``)."""
+        return training_steps_warning(len(self.train_set), self.train_batch_size, max_epochs, self.train_repeats)
+
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: the image file and its class (folder) name, for scores.csv."""
+        ids = self.eval_set.ids.numpy()
+        names = self.manifest["classes"]
+        return {
+            "source": np.array([self.manifest["files"][i] for i in ids]),
+            "source_index": ids,
+            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+        }

@@ -1,0 +1,266 @@
+"""Reading your own image files: the one reader used by training, evaluation and ``predict.py``.
+
+Which files (``list_images``)
+    Every regular file under a folder (recursively, symlinked folders followed once) is a candidate;
+    whether it is an image is decided by opening it with Pillow, not by its extension (a PNG named
+    ``.dat`` is read; ``.PNG`` and ``.png`` are the same). Not candidates:
+
+    * hidden files and folders (name starting with ``.``, e.g. ``.DS_Store``): ignored silently;
+    * text and metadata files by extension (``NOT_IMAGE_SUFFIXES``: ``.txt``, ``.json``, ``.csv``, ...):
+      skipped with reason "not an image";
+    * broken symlinks, looping symlinks, files that cannot be stat'ed: skipped with the reason;
+    * a second path to a file already listed (a symlink or hard link to it, a folder reached twice):
+      skipped as a duplicate; the real path is preferred over the symlink.
+
+How pixels are read (``load_pixels``)
+    * first frame of multi-page (TIFF) and animated (GIF, WEBP, APNG) files;
+    * EXIF orientation applied (``ImageOps.exif_transpose``), so a phone photo stands upright;
+    * grey modes (``1``, ``L``, ``LA``, ``I;16*``, ``I``, ``F``) give 1 channel, everything else 3 (RGB);
+    * 8-bit data is used as is; 16-bit (``I;16``, ``I;16L``, ``I;16B``) is scaled by its bit depth:
+      ``round(v * 255 / 65535)`` (65535 -> 255, 32768 -> 128; a gradient stays a gradient, nothing is
+      clipped). 16-bit colour PNGs are read by Pillow as 8-bit RGB (high byte);
+    * 32-bit integer ``I``: if every value lies in [0, 65535] it is taken as 16-bit data (as above);
+      otherwise it is min-max scaled to [0, 255] per image;
+    * 32-bit float ``F``: if every value lies in [0, 1] it is taken as intensity in [0, 1]
+      (``round(v * 255)``); otherwise it is min-max scaled to [0, 255] per image. NaN or infinite
+      pixels make the file unusable (skipped). A constant image under min-max becomes all 0.
+      Per-image min-max loses absolute brightness: store such data as 16-bit or [0, 1] floats if
+      brightness matters for your anomalies;
+    * alpha (``LA``, ``RGBA``, ``PA``, palette or grey/RGB with a transparent colour) is composited
+      on black: ``round(value * alpha / 255)``; fully transparent pixels become 0;
+    * palette (``P``) images are expanded to RGB; CMYK / YCbCr are converted to RGB by Pillow.
+
+Non-square images (``make_square``, the ``data.resize`` policy)
+    * ``stretch`` (default, as anomalib): the whole image is resized to size x size (aspect changes);
+    * ``crop``: the centred square of side min(H, W) is kept (top/left offset ``(H - side) // 2``,
+      ``(W - side) // 2``), then resized;
+    * ``pad``: the image is centred on a black (``PAD_FILL`` = 0) square of side max(H, W) (offset
+      ``(side - H) // 2``, ``(side - W) // 2``), then resized.
+
+Then ``to_model_input`` gives the model its input exactly as the CIFAR-10 module does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anogan.data.splits import DataError
+
+RESIZE_POLICIES = ("stretch", "crop", "pad")
+PAD_FILL = 0  # the value of the border that ``pad`` adds (black), in every channel
+# Files skipped by name: text and metadata that often sit beside images. Everything else is opened.
+NOT_IMAGE_SUFFIXES = frozenset(
+    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".rst", ".yaml", ".yml", ".xml", ".html", ".htm",
+     ".log", ".ini", ".cfg", ".toml", ".py", ".ipynb", ".sh", ".pdf", ".zip", ".gz", ".tar", ".npy", ".npz",
+     ".pt", ".pth", ".ckpt", ".pkl"}
+)
+GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageError(Exception):
+    """One file cannot be used as an image; ``str(err)`` is the reason. It is skipped, the rest go on."""
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it is a known policy, else ``DataError`` naming ``data.resize`` and the choices."""
+    if resize not in RESIZE_POLICIES:
+        raise DataError(f"data.resize={resize!r} is not a policy: use one of {', '.join(RESIZE_POLICIES)}.")
+    return resize
+
+
+# ---------------------------------------------------------------------- listing files
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _stat_problem(path: Path, err: OSError) -> str:
+    if path.is_symlink():
+        if err.errno == errno.ELOOP:
+            return "looping symlink (it points back to itself)"
+        return f"broken symlink (its target {os.readlink(path)} does not exist)"
+    return f"cannot be read ({err.strerror or err})"
+
+
+def list_images(folder: str | Path, seen: dict | None = None) -> tuple[list[Path], list[dict]]:
+    """Candidate image files under ``folder`` (recursively) and the entries skipped while listing.
+
+    Returns ``(files, skipped)``: ``files`` sorted paths (each file once), ``skipped`` a list of
+    ``{"file": str, "reason": str}`` for broken/looping symlinks, duplicates (the same file reached by
+    a second path: symlink, hard link, folder linked twice) and files named like text/metadata
+    (``NOT_IMAGE_SUFFIXES``). Hidden entries (``.name``) are ignored silently. Whether a candidate is
+    a readable image is decided later by ``read_image``.
+
+    ``seen`` (optional, updated in place) maps a file's identity to the path it was listed under:
+    pass the same dict for several folders to count a file shared between them once.
+    """
+    folder = Path(folder)
+    seen = {} if seen is None else seen
+    skipped: list[dict] = []
+    candidates: list[tuple[Path, os.stat_result]] = []
+    visited: set[tuple[int, int]] = set()
+    real_dirs, linked_dirs = deque([folder]), deque()  # real folders first: their paths are preferred
+    while real_dirs or linked_dirs:
+        current = real_dirs.popleft() if real_dirs else linked_dirs.popleft()
+        try:
+            key = _identity(current.stat())
+        except OSError as err:
+            skipped.append({"file": str(current), "reason": _stat_problem(current, err)})
+            continue
+        if key in visited:
+            skipped.append({"file": str(current), "reason": "duplicate (a folder already searched under another path)"})
+            continue
+        visited.add(key)
+        try:
+            entries = sorted(current.iterdir())
+        except OSError as err:
+            skipped.append({"file": str(current), "reason": f"folder cannot be listed ({err.strerror or err})"})
+            continue
+        for path in entries:
+            if path.name.startswith("."):
+                continue
+            try:
+                st = path.stat()  # follows symlinks
+            except OSError as err:
+                skipped.append({"file": str(path), "reason": _stat_problem(path, err)})
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                (linked_dirs if path.is_symlink() else real_dirs).append(path)
+            elif not stat.S_ISREG(st.st_mode):
+                skipped.append({"file": str(path), "reason": "not a regular file"})
+            elif path.suffix.lower() in NOT_IMAGE_SUFFIXES:
+                skipped.append({"file": str(path), "reason": f"not an image ({path.suffix} file)"})
+            else:
+                candidates.append((path, st))
+    files = []
+    for path, st in sorted(candidates, key=lambda c: (c[0].is_symlink(), str(c[0]))):
+        key = _identity(st)
+        if key in seen:
+            skipped.append({"file": str(path), "reason": f"duplicate (the same file as {seen[key]})"})
+        else:
+            seen[key] = path
+            files.append(path)
+    return sorted(files), skipped
+
+
+# ---------------------------------------------------------------------- decoding
+def _scale(values: np.ndarray, top: float) -> np.ndarray:
+    return np.rint(values.astype(np.float64) * (255.0 / top)).clip(0, 255).astype(np.uint8)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.zeros(values.shape, np.uint8)
+    return _scale(values.astype(np.float64) - low, high - low)
+
+
+def _on_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    out = np.rint(colour.astype(np.float64) * (alpha.astype(np.float64)[..., None] / 255.0))
+    return out.astype(np.uint8)
+
+
+def _to_uint8(img) -> np.ndarray:
+    """A loaded Pillow image as uint8 H×W×C (C = 1 for grey modes, else 3), by the module's rules."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return _scale(np.asarray(img), 65535)[..., None]
+    if mode == "I":
+        values = np.asarray(img)
+        in_16_bit = values.size and values.min() >= 0 and values.max() <= 65535
+        return (_scale(values, 65535) if in_16_bit else _min_max(values))[..., None]
+    if mode == "F":
+        values = np.asarray(img)
+        if not np.isfinite(values).all():
+            raise ImageError("unreadable (float image with NaN or infinite pixel values)")
+        in_unit = values.size and values.min() >= 0.0 and values.max() <= 1.0
+        return (_scale(values, 1.0) if in_unit else _min_max(values))[..., None]
+    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
+    if mode in ("1", "L", "LA", "La"):
+        if not has_alpha:
+            return np.asarray(img.convert("L"))[..., None]
+        grey_alpha = np.asarray(img.convert("LA"))
+        return _on_black(grey_alpha[..., :1], grey_alpha[..., 1])
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        return _on_black(rgba[..., :3], rgba[..., 3])
+    return np.asarray(img.convert("RGB"))
+
+
+def load_pixels(path: str | Path) -> np.ndarray:
+    """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
+    applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
+    reason) when Pillow cannot open or decode the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            pixels = _to_uint8(upright)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify the file)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"unreadable (too large to read safely: {err})") from None
+    except Exception as err:  # Pillow raises many kinds for truncated or corrupt files
+        raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageError("unreadable (empty image: 0 pixels)")
+    return np.ascontiguousarray(pixels)
+
+
+def make_square(pixels: np.ndarray, resize: str = "stretch") -> np.ndarray:
+    """uint8 H×W×C -> the array ``to_model_input`` resizes: unchanged for ``stretch`` (H×W×C),
+    the centred min(H, W) square for ``crop``, the image centred on a max(H, W) square filled with
+    ``PAD_FILL`` for ``pad``. Raises ``DataError`` for an unknown policy."""
+    check_resize(resize)
+    h, w = pixels.shape[:2]
+    if resize == "stretch" or h == w:
+        return pixels
+    if resize == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return pixels[top : top + side, left : left + side]
+    side = max(h, w)
+    out = np.full((side, side, pixels.shape[2]), PAD_FILL, dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = pixels
+    return out
+
+
+def to_model_input(image_hwc: np.ndarray, image_size: int, channels: int) -> torch.Tensor:
+    """uint8 H×W×C (C = 1 or 3) -> uint8 channels×size×size, exactly as the CIFAR-10 module does:
+    ITU-R 601-2 luma for grey models, grey copied to 3 channels for colour models, bilinear
+    antialiased resize (to size×size whatever H and W are) rounded back to uint8."""
+    image = torch.from_numpy(np.array(image_hwc, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].contiguous()
+    if channels == 1 and image.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        image = (image.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif channels == 3 and image.shape[1] == 1:
+        image = image.expand(-1, 3, -1, -1).contiguous()
+    if tuple(image.shape[-2:]) != (image_size, image_size):
+        image = F.interpolate(image.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        image = image.round().clamp(0, 255).to(torch.uint8)
+    return image[0]
+
+
+def read_image(path: str | Path, image_size: int, channels: int, resize: str = "stretch") -> torch.Tensor:
+    """An image file as the model's input: uint8 tensor channels×image_size×image_size.
+
+    ``load_pixels`` (first frame, EXIF orientation, bit depth, alpha on black), then ``make_square``
+    (``resize``: stretch | crop | pad), then ``to_model_input`` (grey/colour, antialiased resize).
+    Raises ``ImageError`` (the reason) when the file cannot be used, ``DataError`` for an unknown
+    ``resize``.
+    """
+    check_resize(resize)
+    return to_model_input(make_square(load_pixels(path), resize), image_size, channels)

@@ -1,0 +1,253 @@
+"""One MVTec AD category as a one-class anomaly-detection problem with ground-truth masks (data=mvtec).
+
+MVTec AD (Bergmann, Fauser, Sattlegger, Steger, "MVTec AD — A Comprehensive Real-World Dataset for
+Unsupervised Anomaly Detection", CVPR 2019), one category folder as published::
+
+    <root>/<category>/
+      train/good/*.png                      normal images: trained on
+      test/good/*.png                       normal test images (all-zero masks)
+      test/<defect>/*.png                   anomalous test images, one folder per defect type
+      ground_truth/<defect>/<name>_mask.png the defect's pixels (0/255), one mask per defect image
+
+MVTec AD has no validation split, and the threshold must be fitted on images that are not tested:
+
+* ``synthetic_val_anomalies: null`` (default): a stratified (by defect type, good included), seeded
+  ``val_fraction`` of ``test/`` is the validation split, the rest is the test split. Validation has
+  real defects of the same types as test; test metrics are on the remaining share of ``test/``, so
+  they are not directly comparable with numbers published on the whole test set.
+* ``synthetic_val_anomalies: cutpaste | blend``: ``synthetic_val_fraction`` of ``train/good`` is held
+  out (not trained on) as validation normals, and each of them also gives one synthetic anomaly
+  (``anogan.data.synthetic``, class ``synthetic_<method>``); test is the whole ``test/`` folder as
+  published. The threshold is then fitted on synthetic defects, which may not look like real ones.
+
+Classes: 0 = ``good``, i = the i-th defect folder in name order, then ``synthetic_<method>``; labels:
+normal 0, anomalous 1. Images and masks are read once at the model size (``image_size``, square,
+``channels`` 1 or 3: grey categories such as grid, screw and zipper are repeated to 3 channels, colour
+ones converted to luma for 1). Masks are resized nearest-neighbour (``anogan.data.splits.read_mask``)
+and kept in ``eval_set.masks``. Unreadable images are skipped with a warning and listed in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anogan.data.cifar10 import IMAGE_SIZES, stratified_subset
+from anogan.data.folder import ImageError, list_images, read_image
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask
+from anogan.data.synthetic import METHODS, class_name, synthetic_anomalies
+
+log = logging.getLogger(__name__)
+
+
+class MVTecDataModule(AnomalyDataModule):
+    """One MVTec AD category (see the module docstring for the layout and how validation is made).
+
+    After ``setup``: ``train_set`` (train/good minus held-out images, ``masks`` None), ``eval_set``
+    (validation rows then test rows, ``masks`` uint8 {0,1} N×1×S×S), ``eval_split`` and ``manifest``.
+    Raises ``DataError`` for a missing category folder, a defect image without its mask, or a split
+    without both normal and anomalous images.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/mvtec",
+        category: str = "bottle",
+        image_size: int = 64,
+        channels: int = 3,
+        val_fraction: float = 0.5,
+        synthetic_val_anomalies: str | None = None,
+        synthetic_val_fraction: float = 0.1,
+        val_subset: int | float | None = None,
+        test_subset: int | float | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def _category(self) -> Path:
+        """The category folder, once the settings are checked (here rather than in ``__init__``, whose
+        errors Hydra's ``instantiate`` would wrap into a traceback)."""
+        hp = self.hparams
+        if hp.image_size not in IMAGE_SIZES:
+            raise DataError(f"data.image_size={hp.image_size} is not supported; use one of {IMAGE_SIZES}.")
+        if hp.channels not in (1, 3):
+            raise DataError(f"data.channels={hp.channels} is not supported; use 1 (grey) or 3 (colour).")
+        if hp.synthetic_val_anomalies not in (None, *METHODS):
+            raise DataError(f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}.")
+        for key in ("val_fraction", "synthetic_val_fraction"):
+            if not 0.0 < hp[key] < 1.0:
+                raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")
+        root = Path(hp.root).expanduser()
+        folder = root / hp.category
+        for needed in (folder / "train" / "good", folder / "test"):
+            if not needed.is_dir():
+                found = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()) if root.is_dir() else []
+                raise DataError(
+                    f"{needed} is not a folder. Fix: set data.root to the MVTec AD folder and data.category to "
+                    f"one of its categories (found: {', '.join(found) or 'none'})."
+                )
+        return folder
+
+    def prepare_data(self) -> None:
+        self._category()
+
+    def _read(self, folder: Path, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
+        paths, listing_skips = list_images(folder)  # (candidate files, broken links / duplicates / text files)
+        skipped += listing_skips
+        kept, images = [], []
+        for path in paths:
+            try:
+                images.append(read_image(path, self.hparams.image_size, self.hparams.channels))
+                kept.append(path)
+            except ImageError as err:
+                log.warning("skipping %s: %s", path, err)
+                skipped.append({"file": str(path), "reason": str(err)})
+        return kept, images
+
+    def _mask(self, folder: Path, defect: str, image_path: Path) -> torch.Tensor:
+        path = folder / "ground_truth" / defect / f"{image_path.stem}_mask.png"
+        if not path.is_file():
+            raise DataError(
+                f"{image_path} has no mask: {path} is missing. Fix: restore ground_truth/{defect}/ from the "
+                f"MVTec AD archive, or move the image out of test/{defect}/."
+            )
+        return read_mask(path, image_path, self.hparams.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        folder = self._category()
+        size, skipped = hp.image_size, []
+        train_files, train_images = self._read(folder / "train" / "good", skipped)
+        if not train_files:
+            raise DataError(f"no usable training image in {folder / 'train' / 'good'}. Fix: check data.root and data.category.")
+        defects = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good")
+        names = ["good", *defects]
+        test_files, test_images, test_masks, test_classes = [], [], [], []
+        for c, defect in enumerate(names):
+            paths, images = self._read(folder / "test" / defect, skipped)
+            test_files += paths
+            test_images += images
+            test_classes += [c] * len(paths)
+            test_masks += [torch.zeros(1, size, size, dtype=torch.uint8) if c == 0 else self._mask(folder, defect, p) for p in paths]
+
+        # One id per file (training files, then test files); synthetic rows follow the files.
+        files = train_files + test_files
+        n_train = len(train_files)
+        images = torch.stack(train_images + test_images)
+        masks = torch.zeros(len(files), 1, size, size, dtype=torch.uint8)  # train/good: all zero
+        if test_masks:
+            masks[n_train:] = torch.stack(test_masks)
+        classes = np.array([0] * n_train + test_classes, dtype=np.int64)
+        ids = np.arange(len(files))
+        pool = ids[n_train:]
+        synthetic = None
+        if hp.synthetic_val_anomalies is None:
+            fit = ids[:n_train]
+            val_ids = pool[stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)]
+            test_ids = np.setdiff1d(pool, val_ids)
+            validation = f"a stratified {hp.val_fraction} of test/ (by defect type); test is the rest of test/"
+        else:
+            order = np.random.default_rng(hp.split_seed).permutation(n_train)
+            n_held = int(round(n_train * hp.synthetic_val_fraction))
+            if not 1 <= n_held < n_train:
+                raise DataError(
+                    f"data.synthetic_val_fraction={hp.synthetic_val_fraction} holds out {n_held} of the {n_train} "
+                    "training images; at least one must be held out and one trained on. Fix: change data.synthetic_val_fraction."
+                )
+            held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
+            method = hp.synthetic_val_anomalies
+            fake_images, fake_masks = synthetic_anomalies(images[held], method, hp.split_seed + 4)
+            fake_ids = len(files) + np.arange(n_held)
+            names.append(class_name(method))
+            images = torch.cat([images, fake_images])
+            masks = torch.cat([masks, fake_masks])
+            classes = np.concatenate([classes, np.full(n_held, len(names) - 1)])
+            val_ids, test_ids = np.concatenate([held, fake_ids]), pool
+            rel = [self._relative(folder, files[i]) for i in held]
+            synthetic = {
+                "method": method,
+                "class_name": class_name(method),
+                "seed": hp.split_seed + 4,
+                "rows": [{"id": int(i), "source": s, "synthetic": True} for i, s in zip(fake_ids, rel)],
+            }
+            validation = (
+                f"{n_held} held-out train/good images ({hp.synthetic_val_fraction}) and one {method} anomaly made "
+                "from each; test is the whole test/ folder"
+            )
+        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
+        test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
+        for name, chosen in (("validation", val_ids), ("test", test_ids)):
+            labels = classes[chosen] != 0
+            if labels.all() or not labels.any():
+                raise DataError(
+                    f"the {name} split of {folder} has only {'anomalous' if labels.any() else 'normal'} images ({len(chosen)}); "
+                    "thresholds and AUROC need both. Fix: change data.val_fraction / data.val_subset / data.test_subset, "
+                    "or check that test/ holds good and defect folders."
+                )
+
+        eval_ids = np.concatenate([val_ids, test_ids])
+        self.train_set = AnomalySplit(images[fit], classes[fit], fit, 0)
+        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks[eval_ids])
+        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
+        is_synthetic = np.arange(len(classes)) >= len(files)
+
+        def describe(chosen: np.ndarray) -> dict:
+            n_anom = int((classes[chosen] != 0).sum())
+            counts = np.bincount(classes[chosen], minlength=len(names))
+            return {
+                "size": int(len(chosen)),
+                "normal": int(len(chosen) - n_anom),
+                "anomalous": n_anom,
+                "synthetic": int(is_synthetic[chosen].sum()),
+                "class_counts": {n: int(counts[c]) for c, n in enumerate(names)},
+                "ids": [int(i) for i in chosen],
+            }
+
+        self.manifest = {
+            "dataset": "mvtec",
+            "root": str(Path(hp.root).expanduser().resolve()),
+            "category": hp.category,
+            "classes": names,
+            "labels": {"normal": 0, "anomalous": 1},
+            "validation": validation,
+            "id_scheme": "index into files; ids from len(files) on are synthetic rows (see synthetic.rows)",
+            "files": [self._relative(folder, p) for p in files],
+            "masks": {
+                "source": "ground_truth/<defect>/<name>_mask.png; test/good and train/good: all zero",
+                "resize": "nearest-neighbour, to the image's size then to image_size",
+                "val": mask_counts(masks[val_ids], classes[val_ids]),
+                "test": mask_counts(masks[test_ids], classes[test_ids]),
+            },
+            "synthetic": synthetic,
+            "skipped": skipped,
+            "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
+        }
+        empty = self.manifest["masks"]["val"]["anomalous_with_empty_mask"] + self.manifest["masks"]["test"]["anomalous_with_empty_mask"]
+        if empty:
+            log.warning("%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size)
+        log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
+
+    @staticmethod
+    def _relative(folder: Path, path: Path) -> str:
+        return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: the image file (for a synthetic row, the file it was made from) and its
+        class name: ``good``, the defect folder name (e.g. ``crack``) or ``synthetic_<method>``."""
+        ids = self.eval_set.ids.numpy()
+        files = self.manifest["files"]
+        synthetic = {r["id"]: r["source"] for r in (self.manifest["synthetic"] or {}).get("rows", [])}
+        names = self.manifest["classes"]
+        return {
+            "source": np.array([files[i] if i < len(files) else synthetic[i] for i in ids]),
+            "source_index": ids,
+            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+        }

@@ -1,0 +1,182 @@
+"""What every data module shares: the in-memory split, the loaders, the per-image key that seeds z."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from anogan.errors import UserError
+
+
+class DataError(UserError):
+    """Data cannot be loaded as configured; the message says how to fix it."""
+
+
+def image_key(image_uint8: torch.Tensor) -> int:
+    """A 63-bit key of an image's pixels, independent of where the image comes from."""
+    digest = hashlib.blake2b(image_uint8.contiguous().numpy().tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class AnomalySplit(Dataset):
+    """Images (uint8, N×C×H×W) with their labels, true classes and global ids.
+
+    ``masks``: optional ground-truth anomaly masks, uint8 {0, 1}, N×1×H×W at the model resolution,
+    row-aligned with ``images`` (all-zero for normal images); ``None`` when the data has no masks.
+    Masks are not part of ``__getitem__``'s batch (scoring does not need them): read ``split.masks``.
+    Raises ``ValueError`` when ``masks`` does not match the images' rows, height and width.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, classes: np.ndarray, ids: np.ndarray, normal_class: int, masks: torch.Tensor | None = None
+    ):
+        self.images = images
+        self.classes = torch.as_tensor(classes, dtype=torch.long)
+        self.ids = torch.as_tensor(ids, dtype=torch.long)
+        self.labels = (self.classes != normal_class).long()
+        if masks is not None:
+            expected = (len(images), 1, *images.shape[2:])
+            if tuple(masks.shape) != expected or masks.dtype != torch.uint8:
+                raise ValueError(f"masks are {masks.dtype} {tuple(masks.shape)}; expected uint8 {expected}, one per image")
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.images[i].float().div_(127.5).sub_(1.0)
+        return {"image": image, "label": self.labels[i], "id": self.ids[i], "row": i, "key": image_key(self.images[i])}
+
+
+def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of a uint8 {0,1} mask (1×h×w or N×1×h×w) to ``height``×``width``,
+    pixel centres aligned (``nearest-exact``, as PIL's NEAREST): no value other than 0 and 1 appears."""
+    if tuple(mask.shape[-2:]) == (height, width):
+        return mask
+    batch = mask[None] if mask.dim() == 3 else mask
+    out = F.interpolate(batch.float(), size=(height, width), mode="nearest-exact").to(torch.uint8)
+    return out[0] if mask.dim() == 3 else out
+
+
+def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = "stretch") -> torch.Tensor:
+    """The ground-truth mask of ``image_path`` as uint8 {0,1}, 1×``image_size``×``image_size``.
+
+    Foreground: pixel > 0 for 0/1 masks, ≥ 128 for 0/255 masks (MVTec AD's; robust to JPEG noise).
+    A mask of another size than its image is first resized to the image's size, then to the model
+    size, both nearest-neighbour, after the image's ``resize`` policy (stretch; crop: the centred
+    square; pad: a border of 0 = normal, see ``anogan.data.images.make_square``), so mask pixels stay
+    on the image pixels they mark. Raises ``DataError`` naming the file when the
+    mask cannot be read.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(mask_path) as img:
+            data = np.asarray(img.convert("L"), dtype=np.uint8)
+        with Image.open(image_path) as img:
+            width, height = img.size  # header only
+    except Exception as err:  # PIL raises many kinds for broken files
+        raise DataError(f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask.") from None
+    mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
+    mask = resize_mask(mask, height, width)
+    if resize != "stretch":
+        from anogan.data.images import make_square
+
+        mask = torch.from_numpy(make_square(mask.permute(1, 2, 0).numpy(), resize)).permute(2, 0, 1).contiguous()
+    return resize_mask(mask, image_size, image_size)
+
+
+def mask_counts(masks: torch.Tensor, classes: np.ndarray) -> dict:
+    """The manifest's mask summary for some rows (``masks`` N×1×S×S, ``classes`` N, 0 = normal): how
+    many have a mask, how many masks are not empty, and how many anomalous rows have an empty one
+    (e.g. a defect smaller than a pixel at the model size: invisible to pixel metrics)."""
+    nonempty = masks.flatten(1).any(1).numpy()
+    return {
+        "with_mask": int(len(masks)),
+        "nonempty": int(nonempty.sum()),
+        "anomalous_with_empty_mask": int((~nonempty & (classes != 0)).sum()),
+    }
+
+
+class RepeatedSplit(Dataset):
+    """``split`` seen ``repeats`` times per epoch (item ``i`` is ``split[i % len(split)]``): a small
+    folder then gets enough optimiser steps per epoch. Shuffling mixes the copies."""
+
+    def __init__(self, split: AnomalySplit, repeats: int):
+        self.split, self.repeats = split, int(repeats)
+
+    def __len__(self) -> int:
+        return len(self.split) * self.repeats
+
+    def __getitem__(self, i: int) -> dict:
+        return self.split[i % len(self.split)]
+
+
+def write_json_atomic(data, path: str | Path) -> Path:
+    """``data`` as indented JSON at ``path``, via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """What every data module shares once ``setup`` has filled ``train_set``, ``eval_set``,
+    ``eval_split`` ("val"/"test" per eval row) and ``manifest``: the loaders and the manifest file.
+    Subclasses also provide ``eval_columns()`` (source and class name per eval row), and may set
+    ``train_batch_size`` (the global batch actually used, when it differs from ``data.batch_size``)
+    and ``train_repeats`` (passes over the training images per epoch)."""
+
+    train_set: AnomalySplit | None = None
+    eval_set: AnomalySplit | None = None
+    eval_split: np.ndarray | None = None
+    manifest: dict | None = None
+    train_batch_size: int | None = None
+    train_repeats: int = 1
+
+    def write_manifest(self, folder: str | Path) -> Path:
+        """``splits.json`` in ``folder``, written atomically (temporary file, then rename)."""
+        return write_json_atomic(self.manifest, Path(folder) / "splits.json")
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches of ``data.batch_size / world_size`` per process: ``data.batch_size`` is the global
+        batch, the same GAN updates on one device or many (Lightning adds the DistributedSampler).
+        A subclass's ``train_batch_size`` replaces it (rounded down to a multiple of the processes),
+        and ``train_repeats`` > 1 shows each training image that many times per epoch."""
+        batch_size, world_size = self.hparams.batch_size, self.trainer.world_size if self.trainer else 1
+        if batch_size % world_size:
+            raise DataError(
+                f"data.batch_size={batch_size} is the global batch and must split evenly over the "
+                f"{world_size} processes (trainer.devices x trainer.num_nodes). Fix: set data.batch_size to a "
+                f"multiple of {world_size}, e.g. {max(world_size, batch_size // world_size * world_size)}."
+            )
+        if self.train_batch_size is not None:
+            batch_size = max(world_size, self.train_batch_size // world_size * world_size)
+        dataset = self.train_set if self.train_repeats <= 1 else RepeatedSplit(self.train_set, self.train_repeats)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size // world_size,
+            shuffle=True,
+            drop_last=len(dataset) > batch_size,  # each process holds len/world_size images
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def eval_dataloader(self, batch_size: int) -> DataLoader:
+        """Validation and test rows in one pass; ``eval_split`` says which row is which."""
+        return DataLoader(self.eval_set, batch_size=batch_size, shuffle=False, num_workers=self.hparams.num_workers)

@@ -1,0 +1,3 @@
+from anogan.models.dcgan import Discriminator, Generator
+
+__all__ = ["Discriminator", "Generator"]

@@ -1,0 +1,521 @@
+"""Turn per-image scores into the run's report: scores.csv, metrics.json, figures, TensorBoard.
+
+The threshold is fitted on the validation rows only and applied unchanged to the test rows.
+``python -m anogan.report <run folder> ...`` recomputes metrics.json and the score figures of
+finished runs from their scores.csv (e.g. after a metric was added), without the GAN.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
+
+from anogan.io import atomic_savefig, atomic_write_text  # noqa: E402
+from anogan.metrics import (  # noqa: E402
+    THRESHOLD_RULES,
+    bootstrap_statistics,
+    conformal_p_values,
+    evaluate,
+    fit_thresholds,
+    one_class_metrics,
+    percentile_interval,
+    random_auroc_interval,
+    ranking_metrics,
+    resolve_threshold,
+    threshold_metrics,
+    to_unit_interval,
+)
+from anogan.scores import complexity, corrected_score, primary_score, resolve_auto  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def build_table(
+    results: dict[str, torch.Tensor], datamodule, correction: str = "none"
+) -> tuple[dict[str, np.ndarray], str]:
+    """One row per scored image, in evaluation order, with everything scores.csv holds, and the
+    correction used: ``score`` is the primary score (``mapping.correction``, ``auto`` resolved on
+    the validation rows only), ``raw_score`` the scorer's own."""
+    dataset = datamodule.eval_set
+    rows = results["row"].numpy()
+    if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
+        raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
+    columns = datamodule.eval_columns()
+    image_complexity = complexity(dataset.images)
+    if correction == "auto":
+        val = torch.from_numpy(datamodule.eval_split == "val")
+        correction = resolve_auto(results["score"][val], image_complexity[val], dataset.labels[val])
+    table = {
+        "id": dataset.ids.numpy(),
+        "source": columns["source"],
+        "source_index": columns["source_index"],
+        "split": datamodule.eval_split,
+        "class": dataset.classes.numpy(),
+        "class_name": columns["class_name"],
+        "label": dataset.labels.numpy(),
+        "score": primary_score(results["score"], image_complexity, correction).numpy(),
+        "raw_score": results["score"].double().numpy(),
+        "residual": results["residual"].double().numpy(),
+        "discrimination": results["discrimination"].double().numpy(),
+        "complexity": image_complexity.double().numpy(),
+    }
+    if "steps" in results:
+        table["steps"] = results["steps"].long().numpy()
+    return table, correction
+
+
+def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
+    """``table`` as CSV, one row per image, written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table.keys())
+        for values in zip(*table.values()):
+            writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)])
+    os.replace(tmp, path)
+
+
+def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds (or replaces) ``table["p_value"]``: each image's conformal p-value against the scores
+    of the validation normals (``metrics.conformal_p_values``; Bates et al., Ann. Statist. 2023).
+    A small p-value: few validation normals score as high. Test and new images get the guarantee
+    P(p ≤ α) ≤ α; a validation normal counts itself among the calibration scores, so its own
+    p-value is at least 2/(n + 1) (in-sample). Returns the same table.
+    Raises ``CalibrationError`` when the validation split has no normal image."""
+    score = np.asarray(table["score"], dtype=np.float64)
+    calibration = (table["split"] == "val") & (table["label"] == 0)
+    table["p_value"] = conformal_p_values(score[calibration], score).numpy()
+    return table
+
+
+def _split_metrics(score: torch.Tensor, label: torch.Tensor, threshold: float, what: str, n_resamples: int, seed: int) -> dict:
+    """One split at the chosen threshold: ranking metrics with their bootstrap intervals when it
+    holds both classes, else the observed false-positive rate (normals) or recall (anomalies)."""
+    if not 0 < int(label.sum()) < len(label):
+        return {**one_class_metrics(score, label, threshold), "auroc_ci": None, "ap_ci": None}
+    out = evaluate(score, label, threshold, what)
+    boot = bootstrap_statistics(score.numpy(), label.numpy(), ("auroc", "ap"), n_resamples, seed)
+    out["auroc_ci"] = list(percentile_interval(boot["auroc"], CI_LEVEL))
+    out["ap_ci"] = list(percentile_interval(boot["ap"], CI_LEVEL))
+    return out
+
+
+def _at_threshold(score: torch.Tensor, label: torch.Tensor, threshold: float) -> dict:
+    if not 0 < int(label.sum()) < len(label):
+        return one_class_metrics(score, label, threshold)
+    return {**threshold_metrics(score, label, threshold), "threshold": threshold}
+
+
+CI_LEVEL = 0.95
+
+
+def compute_metrics(
+    table: dict[str, np.ndarray],
+    correction: str,
+    target_fpr: float = 0.05,
+    threshold_rule: str | float = "fpr",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
+    made ``table["score"]`` (none or complexity).
+
+    Thresholds are fitted on the validation rows (``fit_thresholds``: the false-positive-rate one
+    at ``target_fpr`` on the validation normals, F1 and Youden when validation has anomalies);
+    ``threshold_rule`` (fpr | f1 | youden | a number) picks the one behind ``metrics["test"]`` and
+    ``metrics["val"]``; ``{split}_at_{rule}`` give every rule's. A split of normals only reports its
+    observed false-positive rate, with AUROC/AP None and a note. AUROC and AP carry stratified
+    bootstrap 95% intervals (``n_resamples``, ``seed``). Adds ``table["p_value"]`` (conformal, on
+    the validation normals) unless the table has one. Raises ``CalibrationError`` without
+    validation normals, ``ThresholdRuleError`` for an unusable ``threshold_rule``."""
+    val, test = table["split"] == "val", table["split"] == "test"
+    score = torch.from_numpy(np.asarray(table["score"], dtype=np.float64))
+    label = torch.from_numpy(np.asarray(table["label"], dtype=np.int64))
+    if "p_value" not in table:
+        add_p_values(table)
+    thresholds = fit_thresholds(score[val], label[val], target_fpr)
+    chosen = resolve_threshold(thresholds, threshold_rule)
+    n_cal = int((label[val] == 0).sum())
+    metrics = {
+        "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
+        "correction": correction,
+        "threshold": {
+            **thresholds,
+            "rule": str(threshold_rule) if str(threshold_rule) in THRESHOLD_RULES else "number",
+            "value": chosen,
+        },
+        "p_value": {"calibration": "validation normals", "n_calibration": n_cal, "smallest_possible": 1 / (n_cal + 1)},
+    }
+    if math.isinf(thresholds["fpr"]):
+        metrics["threshold"]["note"] = (
+            f"{n_cal} validation normals are too few for a false-positive rate of {target_fpr:g}: "
+            f"at least {math.ceil(1 / target_fpr) - 1} are needed; the fpr threshold flags nothing"
+        )
+    for split, mask, what in (("val", val, "the validation split"), ("test", test, "the test split")):
+        s, y = score[mask], label[mask]
+        metrics[split] = _split_metrics(s, y, chosen, what, n_resamples, seed)
+        for name in THRESHOLD_RULES:
+            t = thresholds[name]
+            metrics[f"{split}_at_{name}"] = None if t is None else _at_threshold(s, y, t)
+    metrics["counts"] = {
+        s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())}
+        for s, m in (("val", val), ("test", test))
+    }
+    n0, n1 = metrics["counts"]["test"]["normal"], metrics["counts"]["test"]["anomalous"]
+    if n0 == 0 or n1 == 0:  # empty, not None: readers iterate over it
+        metrics["complexity_baseline_direction"] = None
+        metrics["test_components_auroc"] = {}
+        metrics["random_baseline_interval"] = None
+        return metrics
+    # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
+    # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
+    # airplanes: high = anomalous): the baseline takes the direction that ranks validation better
+    # (low = anomalous when validation has no anomaly to tell).
+    c, raw = torch.from_numpy(table["complexity"]), torch.from_numpy(table["raw_score"])
+    val_has_both = 0 < int(label[val].sum()) < int(val.sum())
+    low_is_anomalous = not val_has_both or ranking_metrics(-c[val], label[val], "the validation split")["auroc"] >= 0.5
+    metrics["complexity_baseline_direction"] = "low = anomalous" if low_is_anomalous else "high = anomalous"
+    alternatives = {
+        "raw_score": raw,
+        "complexity_corrected": corrected_score(raw, c),
+        "residual": torch.from_numpy(table["residual"]),
+        "discrimination": torch.from_numpy(table["discrimination"]),
+        "complexity_baseline": -c if low_is_anomalous else c,
+        "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
+    }
+    components = {k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()}
+    # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
+    # one number each) the range 95% of such scores would land in for these class counts
+    components["random_baseline"] = 0.5
+    metrics["test_components_auroc"] = components
+    metrics["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
+    return metrics
+
+
+def _figure_histogram(table, threshold, split: str, primary: str):
+    """Histogram of one split's scores by class, the x axis clipped to the bulk (0.5–99.5
+    percentiles) with the scores beyond it counted in the legend. ``threshold``: one value, or
+    ``metrics["threshold"]`` (every fitted rule drawn as a dashed, labelled line, the one in use
+    marked in the legend)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    m = table["split"] == split
+    s, y = np.asarray(table["score"][m], dtype=np.float64), table["label"][m]
+    lo, hi = np.percentile(s, [0.5, 99.5]) if len(s) else (0.0, 1.0)
+    if hi <= lo:  # all (or nearly all) scores equal
+        lo, hi = lo - 0.5 * max(abs(lo), 1.0), hi + 0.5 * max(abs(hi), 1.0)
+    bins = np.linspace(lo, hi, 50)
+    for cls, name in ((0, "normal"), (1, "anomalous")):
+        if (y == cls).any():
+            ax.hist(s[y == cls], bins=bins, alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
+    below, above = int((s < lo).sum()), int((s > hi).sum())
+    if below + above:
+        ax.plot([], [], " ", label=f"{below + above} beyond the axis ({below} below, {above} above)")
+    if isinstance(threshold, dict):
+        target = threshold.get("fpr_target")
+        what = {
+            "fpr": f"{100 * target:g}% of val normals" if target else "val normals",
+            "f1": "best F1 on val",
+            "youden": "best Youden J on val",
+        }
+        lines = [(name, threshold.get(name), what[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
+    else:
+        lines = [("threshold", threshold, "fitted on val", False)]
+    colours = {"fpr": "tab:red", "f1": "tab:green", "youden": "tab:purple", "threshold": "k"}
+    for name, value, what, used in lines:
+        if value is None:
+            continue
+        shown = lo <= value <= hi
+        if shown:
+            ax.axvline(value, color=colours[name], linestyle="--", linewidth=1.2)
+        where = "" if shown else (", off the axis" if math.isfinite(value) else ", flags nothing")
+        label = f"{name} threshold {value:.4g} ({what}{where})" + (", used" if used else "")
+        ax.plot([], [], color=colours[name], linestyle="--", label=label)
+    ax.set_xlim(lo, hi)
+    ax.set(xlabel=f"anomaly score ({primary})", ylabel="density", title=f"{split} scores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _figure_components(table, metrics: dict):
+    """Test histograms of the raw score, the image's complexity and the corrected score: shows
+    whether the raw score measures the class or merely how detailed an image is."""
+    m = table["split"] == "test"
+    y, raw, c = table["label"][m], table["raw_score"][m], table["complexity"][m]
+    panels = (
+        ("raw_score", raw, "raw score (higher = anomalous)"),
+        ("complexity_baseline", c, f"input complexity (baseline: {metrics['complexity_baseline_direction']})"),
+        ("complexity_corrected", corrected_score(torch.from_numpy(raw), torch.from_numpy(c)).numpy(), "raw score / complexity"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (key, s, xlabel) in zip(axes, panels):
+        bins = np.linspace(*np.percentile(s, [0.5, 99.5]), 50)  # a few flat images would stretch the axis
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        used = " (primary)" if key == metrics["primary_score"] else ""
+        ax.set(xlabel=xlabel, ylabel="density", title=f"test AUROC {metrics['test_components_auroc'][key]:.3f}{used}")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _figure_curves(table, metrics: dict):
+    m = table["split"] == "test"
+    preds, target = to_unit_interval(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
+    fpr, tpr, _ = binary_roc(preds, target)
+    precision, recall, _ = binary_precision_recall_curve(preds, target)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(fpr, tpr, label=f"AUROC {metrics['test']['auroc']:.3f}")
+    a.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    a.set(xlabel="false positive rate", ylabel="true positive rate", title="test ROC")
+    a.legend()
+    b.plot(recall, precision, label=f"AP {metrics['test']['ap']:.3f}")
+    b.axhline(float(target.float().mean()), color="k", linestyle=":", linewidth=0.8, label="chance")
+    b.set(xlabel="recall", ylabel="precision", title="test precision-recall")
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> None:
+    """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
+    figures.mkdir(exist_ok=True)
+    thresholds, primary = metrics["threshold"], metrics["primary_score"]
+    pictures = {f"histogram_{split}": _figure_histogram(table, thresholds, split, primary)
+                for split in ("test", "val") if (table["split"] == split).any()}
+    test_labels = table["label"][table["split"] == "test"]
+    if 0 < test_labels.sum() < len(test_labels):  # ranking pictures need both classes
+        pictures["roc_pr_test"] = _figure_curves(table, metrics)
+        pictures["components_test"] = _figure_components(table, metrics)
+    for name, fig in pictures.items():
+        atomic_savefig(fig, figures / f"{name}.png", dpi=100)
+        if tb_writer is not None:
+            tb_writer.add_figure(f"scores/{name}", fig)
+        plt.close(fig)
+
+
+@torch.no_grad()
+def reconstruction_grid(images: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """Rows of original | G(z) | |x − G(z)|, all in [0, 1] (images and G(z) in [-1, 1])."""
+    x, g = (images.float() + 1) / 2, (generated.float() + 1) / 2
+    triplets = torch.stack([x, g, (x - g).abs()], 1).flatten(0, 1)
+    return make_grid(triplets, nrow=3, padding=2, pad_value=1.0)
+
+
+def _show(ax, image_chw: np.ndarray) -> None:
+    img = np.clip((image_chw.transpose(1, 2, 0) + 1) / 2, 0, 1)
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+
+
+def figure_examples(images, generated, maps, titles: list[str], pixel_threshold: float | None, masks=None):
+    """One row per image: original | G(z) | anomaly-map overlay | segmentation at ``pixel_threshold``
+    (| ground-truth mask, when given). Images and G(z): N×C×S×S in [-1, 1]; maps: N×S×S."""
+    n = len(images)
+    cols = 4 + (masks is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.3 * n), squeeze=False)
+    vmax = float(np.percentile(maps, 99)) if maps.size else 1.0
+    for i in range(n):
+        _show(axes[i, 0], images[i])
+        axes[i, 0].set_title(titles[i], fontsize=7, loc="left")
+        _show(axes[i, 1], generated[i])
+        _show(axes[i, 2], images[i])
+        axes[i, 2].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=vmax, interpolation="bilinear")
+        _show(axes[i, 3], images[i])
+        if pixel_threshold is not None:
+            seg = np.ma.masked_where(maps[i] < pixel_threshold, np.ones_like(maps[i]))
+            axes[i, 3].imshow(seg, cmap="autumn", alpha=0.6, vmin=0, vmax=1, interpolation="nearest")
+        if masks is not None:
+            axes[i, 4].imshow(masks[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for j, name in enumerate(["image", "G(z)", "anomaly map", "segmentation", "ground truth"][:cols]):
+        axes[0, j].set_xlabel(name)
+        axes[-1, j].set_xlabel(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def pixel_threshold_from_validation(maps: np.ndarray, normal_rows: np.ndarray, quantile: float = 0.99) -> float | None:
+    """A pixel threshold for the segmentation pictures: the ``quantile`` of the validation normals'
+    map values (so about 1% of a normal image's pixels are marked)."""
+    if not len(normal_rows):
+        return None
+    return float(np.quantile(maps[normal_rows].ravel(), quantile))
+
+
+@torch.no_grad()
+def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_writer=None, n: int = 6) -> None:
+    """The most and least anomalous test images (by the primary score) with their reconstruction,
+    anomaly map and segmentation, labelled with class, score and p-value."""
+    if "map" not in results:
+        return
+    dataset = datamodule.eval_set
+    maps = results["map"].numpy()
+    val_normal = np.flatnonzero((table["split"] == "val") & (table["label"] == 0))
+    pix_t = pixel_threshold_from_validation(maps, val_normal)
+    test = np.flatnonzero(table["split"] == "test")
+    if not len(test):
+        return
+    order = test[np.argsort(-table["score"][test], kind="stable")]
+    masks = getattr(dataset, "masks", None)
+    device = next(scorer.generator.parameters()).device
+    for kind, rows in (("most_anomalous", order[:n]), ("least_anomalous", order[::-1][:n].copy())):
+        images = dataset.images[rows].float().div(127.5).sub(1.0)
+        z = results["z"][rows].to(device)
+        generated = scorer.generator(z.to(next(scorer.generator.parameters()).dtype)).float().cpu()
+        titles = [
+            f"{table['class_name'][r]} ({'anomalous' if table['label'][r] else 'normal'})\nscore {table['score'][r]:.4g}"
+            + (f", p {table['p_value'][r]:.3g}" if "p_value" in table else "")
+            for r in rows
+        ]
+        m = masks[rows][:, 0].numpy() if masks is not None else None
+        fig = figure_examples(images.numpy(), generated.numpy(), maps[rows], titles, pix_t, m)
+        atomic_savefig(fig, figures / f"examples_{kind}.png", dpi=100)
+        if tb_writer is not None:
+            tb_writer.add_figure(f"examples/{kind}", fig)
+        plt.close(fig)
+
+
+def add_dashboard_layout(tb_writer) -> None:
+    """TensorBoard's CUSTOM SCALARS tab: related curves on one chart (losses; D(x) against D(G(z)))."""
+    from tensorboard.summary.v1 import custom_scalar_pb  # noqa: F401  (tensorboard is a dependency)
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    layout = {
+        "GAN": {
+            "losses (per step)": ["Multiline", ["train/loss_d_step", "train/loss_g_step"]],
+            "losses (per epoch)": ["Multiline", ["train/loss_d_epoch", "train/loss_g_epoch"]],
+            "D(x) vs D(G(z)) (per epoch)": ["Multiline", ["train/d_real_epoch", "train/d_fake_epoch"]],
+        }
+    }
+    tb_writer._get_file_writer().add_summary(custom_scalars(layout))
+
+
+def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
+    """With ground-truth masks (MVTec layout, or folder data with a mask folder): pixel AUROC and
+    AUPRO (up to a pixel FPR of 0.3, Bergmann et al., IJCV 2021) of the anomaly maps on the test
+    rows, and the image AUROC of each defect type against all test normals."""
+    from anogan.pixel_metrics import aupro, per_defect_auroc, pixel_auroc
+
+    masks = getattr(datamodule.eval_set, "masks", None)
+    test = table["split"] == "test"
+    labels = table["label"][test]
+    out: dict = {}
+    if not (0 < labels.sum() < len(labels)):
+        return out
+    if len(set(table["class_name"][test][labels == 1])) > 1 or masks is not None:
+        out["test_per_defect_auroc"] = per_defect_auroc(table["score"][test], labels, table["class_name"][test])
+    if masks is not None and "map" in results:
+        maps, gt = results["map"][torch.from_numpy(test)].numpy(), masks[torch.from_numpy(test)][:, 0].numpy()
+        if gt.any():
+            out["pixel"] = {"auroc": pixel_auroc(maps, gt), "aupro": aupro(maps, gt, fpr_limit=0.3), "aupro_fpr_limit": 0.3,
+                            "images": int(test.sum()), "resolution": list(maps.shape[1:])}
+    return out
+
+
+def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: Path, tb_writer=None, threshold_cfg=None) -> tuple[dict, dict]:
+    """scores.csv, metrics.json, figures and TensorBoard images of a scored evaluation set.
+
+    Returns ``(metrics, calibration)``: the calibration (resolved correction, every rule's threshold,
+    the validation normals' scores) is fitted on validation rows only and travels in the scorer file,
+    so ``predict.py`` post-processes new images exactly as scores.csv's rows were."""
+    from anogan.metrics import THRESHOLD_RULES
+    from anogan.scores import apply_calibration
+
+    folder = Path(folder)
+    rule = threshold_cfg.rule if threshold_cfg is not None else "fpr"
+    target_fpr = float(threshold_cfg.target_fpr) if threshold_cfg is not None else 0.05
+    table, correction = build_table(results, datamodule, scorer.hparams.correction)
+    metrics = compute_metrics(table, correction, target_fpr=target_fpr, threshold_rule=rule)
+    metrics.update(pixel_and_defect_metrics(table, results, datamodule))
+    val_normal = (table["split"] == "val") & (table["label"] == 0)
+    calibration = {
+        "correction": correction,
+        "thresholds": {k: metrics["threshold"].get(k) for k in THRESHOLD_RULES},
+        "threshold_rule": rule,
+        "target_fpr": target_fpr,
+        "normal_scores": torch.from_numpy(np.sort(table["score"][val_normal])),
+    }
+    post = apply_calibration(torch.from_numpy(table["raw_score"]), torch.from_numpy(table["complexity"]), calibration)
+    if not (np.array_equal(post["score"].numpy(), table["score"]) and np.array_equal(post["p_value"].numpy(), table["p_value"])):
+        raise RuntimeError("the calibration does not reproduce the table's primary score and p-values")
+    table["prediction"] = post["label"].numpy()
+    write_csv(table, folder / "scores.csv")
+    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
+    figures = folder / "figures"
+    write_score_figures(table, metrics, figures, tb_writer)
+    write_example_figures(table, results, datamodule, scorer, figures, tb_writer)
+    test = metrics["test"]
+    if test.get("auroc") is not None:
+        log.info("test AUROC %.4f [%.4f, %.4f]  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
+                 test["auroc"], *test["auroc_ci"], test["ap"], test["f1"], rule, calibration["thresholds"][rule])
+    else:
+        log.info("%s: false-positive rate on the validation normals %.3f, on the test normals %s, at the %s threshold",
+                 test.get("note", "no anomalous image"), metrics["val"].get("false_positive_rate", float("nan")),
+                 test.get("false_positive_rate"), rule)
+    return metrics, calibration
+
+
+TEXT_COLUMNS = ("source", "split", "class_name")
+INT_COLUMNS = ("id", "source_index", "class", "label")
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """scores.csv back into the table ``write_csv`` wrote."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    table = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        kind = str if key in TEXT_COLUMNS else (np.int64 if key in INT_COLUMNS else np.float64)
+        table[key] = np.array(values) if kind is str else np.array(values).astype(kind)
+    return table
+
+
+def rereport(run_dir: Path) -> dict:
+    """Recompute a finished run's metrics.json and score figures from its scores.csv, with this
+    version's metrics (no GAN, no search): for runs scored before a metric was added or changed."""
+    run_dir = Path(run_dir)
+    table = read_csv(run_dir / "scores.csv")
+    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    if "raw_score" not in table:  # scored before mapping.correction existed: the score was the raw one
+        table["raw_score"] = table["score"]
+    correction = old.get("correction", "none")
+    metrics = compute_metrics(table, correction)
+    metrics.update({k: old[k] for k in ("gan_source", "wall_time_s", "images_scored") if k in old})
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_score_figures(table, metrics, run_dir / "figures")
+    return metrics
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Recompute metrics.json and score figures of finished runs from scores.csv.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (each holds scores.csv)")
+    for run_dir in parser.parse_args().run_dirs:
+        if not (run_dir / "scores.csv").is_file():
+            raise SystemExit(f"{run_dir} has no scores.csv: give the folder of a finished train.py run")
+        metrics = rereport(run_dir)
+        print(f"{run_dir}: test AUROC {metrics['test']['auroc']:.4f} ({metrics['primary_score']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Scorers: one family, chosen by ``_target_`` in ``conf/mapping/<name>.yaml``.
+
+* ``LatentMapping`` (``mapping=latent``): AnoGAN's per-image latent search from a random z.
+* ``EncoderScorer`` (``mapping=encoder``): f-AnoGAN's izi_f encoder, one forward pass.
+* ``EncoderSearch`` (``mapping=encoder_search``): z starts at E(x), then a few search steps.
+"""
+
+from anogan.scorers.base import Scorer, ScoreDivergenceError, anomaly_map, check_finite_scores
+from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
+from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
+
+__all__ = [
+    "Encoder", "EncoderScorer", "EncoderSearch", "LatentMapping", "Scorer", "ScoreDivergenceError",
+    "anomaly_map", "check_finite_scores", "initial_latents", "izif_components", "score_components", "search_copy",
+]

@@ -1,0 +1,241 @@
+"""The one command: train (or reuse) the GAN, score every evaluation image, report.
+
+    python train.py experiment=cifar_car_cpu data.root=../shared/data/cifar10 data.verify_checksums=false
+
+Stage 1 fits the GAN LightningModule on normal images (skipped when ``gan.checkpoint``,
+``gan.generator``/``gan.discriminator`` or a cache entry provides one). Stage 2 runs the
+LatentMapping LightningModule over validation + test, fits the threshold on validation only and
+writes scores.csv, metrics.json, figures and TensorBoard dashboards into the run folder.
+Returns the test metric named by ``optimized_metric`` (for Hydra sweepers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from anogan import conf_dir, gan_store
+from anogan.config_check import check_config
+from anogan.errors import UserError
+from anogan.models.gan import GAN
+from anogan.artifact import FILENAME as ARTIFACT
+from anogan.artifact import save_artifact
+from anogan.inference import run_scorer
+from anogan.report import add_dashboard_layout, write_report
+from anogan.scorers import Scorer
+from anogan.hardware import warn_if_slow_bf16
+from anogan.io import atomic_write_text
+from anogan.run_info import write_run_info
+from anogan.sweep import run_name
+
+log = logging.getLogger("anogan")
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job folder names
+CONF_DIR = conf_dir()
+
+
+def _is_rank_zero() -> bool:
+    """Global rank 0, also before any Trainer exists. Lightning's guess then comes from RANK,
+    LOCAL_RANK or SLURM_PROCID; a process started by hand on another node has only NODE_RANK."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _arch(cfg: DictConfig) -> dict:
+    return {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
+
+
+def instantiate_list(group: DictConfig | None) -> list:
+    """Every entry of a config group that has a ``_target_`` (the lightning-hydra-template pattern):
+    callbacks and loggers are added or removed in ``conf/`` without touching code."""
+    if not group:
+        return []
+    if "_target_" in group:
+        return [instantiate(group)]
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """``conf/trainer`` as keyword arguments of ``lightning.Trainer``."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.pop("_target_", None)
+    return kwargs
+
+
+def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: dict | None = None) -> Path:
+    """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
+    model: GAN = instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_list(cfg.callbacks)  # checkpoints/last.ckpt, sample grids, ... (conf/callbacks)
+    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+        log.info("resuming from %s" if ckpt_path else "ckpt_path=last but %s does not exist: starting from scratch", last)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    folder = run_dir / "gan"
+    if trainer.is_global_zero:
+        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder, extra)
+    trainer.strategy.barrier()
+    return folder
+
+
+def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
+    """G and D the user handed in (weights or a checkpoint), loaded before any data so that a
+    wrong file or a mismatched architecture fails in seconds."""
+    arch = _arch(cfg)
+    if cfg.gan.generator:
+        g, d = gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
+        return g, d, f"weights {cfg.gan.generator}"
+    if cfg.gan.checkpoint:
+        g, d = gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
+        return g, d, f"checkpoint {cfg.gan.checkpoint}"
+    return None
+
+
+def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """G and D from the cache (same data, model, training settings and seed), or trained now."""
+    if not cfg.gan.cache:
+        g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
+        return g, d, "trained"
+    key, spec = gan_store.cache_key(cfg)
+    cache_dir = Path(cfg.paths.gan_cache_dir)
+    zero = _is_rank_zero()
+    # DDP: only rank 0 locks and publishes. The other ranks must not wait for the lock: rank 0
+    # holds it while it trains, and its training needs them. Under the lock the entry cannot
+    # appear, so they make the same reuse-or-train choice as rank 0.
+    with gan_store.cache_lock(cache_dir, key) if zero else nullcontext():
+        entry = cache_dir / key
+        if (entry / "gan.json").is_file():
+            log.info("reusing the cached GAN %s (same data, model, training settings and seed)", entry)
+            g, d, _ = gan_store.load_gan_folder(entry)
+            if zero:
+                (run_dir / "gan_source.txt").write_text(f"reused {entry.resolve()}\n")
+            return g, d, f"cache {key}"
+        folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
+        if zero:
+            gan_store.publish(folder, cache_dir, key)
+            log.info("trained a new GAN, cached as %s", cache_dir / key)
+    g, d, _ = gan_store.load_gan_folder(folder)
+    return g, d, "trained"
+
+
+def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
+    """Stage 2: build the scorer of ``conf/mapping`` (``_target_``), fit it if it has a training phase
+    (the encoder, on the normal training images), and score validation + test through the one
+    inference path (``anogan.inference.run_scorer``), resumable from ``<run>/scoring``."""
+    scorer: Scorer = instantiate(cfg.mapping, generator=generator, discriminator=discriminator, seed=cfg.seed, _convert_="all")
+    kwargs = trainer_kwargs(cfg)
+    if scorer.needs_fit:
+        scorer.fit(datamodule.train_dataloader(), {**kwargs, "logger": loggers or False, "callbacks": []})
+    results = run_scorer(scorer, datamodule.eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
+    return scorer, results
+
+
+def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
+    """TensorBoard's HPARAMS tab: the scorer's own settings and the shared ones, with real metrics
+    (validation and test) and the *resolved* correction."""
+    scorer_keys = {f"mapping/{k}": v for k, v in OmegaConf.to_container(cfg.mapping, resolve=True).items() if k != "_target_"}
+    hparams = {
+        "scorer": cfg.mapping._target_.rsplit(".", 1)[-1],
+        **{k: (str(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in scorer_keys.items()},
+        "correction": metrics.get("correction", cfg.mapping.correction),
+        "latent_dim": cfg.model.latent_dim,
+        "gan_lr": cfg.model.lr,
+        "g_steps": cfg.model.g_steps,
+        "epochs": cfg.trainer.max_epochs,
+        "image_size": cfg.data.image_size,
+        "normal_class": str(cfg.data.get("normal_class", "folder")),
+        "protocol": cfg.data.get("protocol", "folder"),
+        "precision": str(cfg.trainer.precision),
+        "seed": cfg.seed,
+    }
+    values = {"hparams/val_auroc": metrics["val"].get("auroc"), "hparams/test_auroc": metrics["test"].get("auroc"),
+              "hparams/test_ap": metrics["test"].get("ap"), "hparams/test_f1": metrics["test"].get("f1")}
+    logger.log_hyperparams(hparams, metrics={k: v for k, v in values.items() if v is not None})
+    logger.finalize("success")
+
+
+def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Path, source: str) -> Path:
+    """The run's one self-contained scorer file (``anogan.artifact``)."""
+    preprocess = {"image_size": int(cfg.data.image_size), "channels": int(cfg.data.channels), "resize": cfg.data.get("resize", "stretch")}
+    provenance = {"run_dir": str(run_dir.resolve()), "gan_source": source, "seed": int(cfg.seed)}
+    return save_artifact(run_dir / ARTIFACT, scorer, _arch(cfg), calibration, preprocess, str(cfg.trainer.precision), provenance)
+
+
+def run(cfg: DictConfig) -> float:
+    check_config(cfg)
+    if _is_rank_zero():
+        warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
+    run_start = time.perf_counter()
+    given = given_gan(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
+        write_run_info(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if _is_rank_zero():
+        datamodule.write_manifest(run_dir)
+        warning = getattr(datamodule, "steps_warning", lambda epochs: None)(cfg.trainer.max_epochs)
+        if warning and not given:
+            log.warning("%s", warning)
+    loggers = instantiate_list(cfg.logger)
+    tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+    if tensorboard is not None and _is_rank_zero():
+        add_dashboard_layout(tensorboard.experiment)
+
+    start = time.perf_counter()
+    generator, discriminator, source = given or obtain_gan(cfg, datamodule, loggers, run_dir)
+    train_s = time.perf_counter() - start
+    log.info("GAN from %s (%.1f s)", source, train_s)
+
+    start = time.perf_counter()
+    scorer, results = score(cfg, generator, discriminator, datamodule, loggers, run_dir)
+    score_s = time.perf_counter() - start
+    if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
+        return float("nan")
+
+    writer = tensorboard.experiment if tensorboard is not None else None
+    metrics, calibration = write_report(results, datamodule, scorer, run_dir, writer, cfg.threshold)
+    save_scorer(cfg, scorer, calibration, run_dir, source)
+    metrics["gan_source"] = source
+    metrics["scorer_file"] = ARTIFACT
+    metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
+    metrics["images_scored"] = len(results["score"])
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    shutil.rmtree(run_dir / "scoring", ignore_errors=True)  # scores.csv and scorer.pt hold it all now
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            log_hparams(cfg, metrics, lg)
+    split, _, name = cfg.optimized_metric.partition("/")
+    value = metrics[split][name] if metrics[split].get(name) is not None else float("nan")
+    log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
+    return float(value)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
