@@ -27,9 +27,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import gan_store
-from anogan.callbacks import SampleGrid
+from anogan.callbacks import RandomStateCheckpoint, SampleGrid
 from anogan.config_check import check_config
 from anogan.errors import UserError
+from anogan.io import AtomicCheckpointIO
 from anogan.models.gan import GAN
 from anogan.models.latent_mapping import LatentMapping
 from anogan.report import write_report
@@ -56,9 +57,9 @@ def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path, extra: dict | No
     model: GAN = instantiate(cfg.model, _convert_="all")
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False, **cfg.callbacks.checkpoint
-    )  # one rolling checkpoints/last.ckpt, rewritten atomically by Lightning (temp file + move)
-    callbacks = [checkpoints, SampleGrid(str(run_dir / "samples"), **cfg.callbacks.sample_grid)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    )  # one rolling checkpoints/last.ckpt, rewritten atomically (AtomicCheckpointIO: temp file beside it + rename)
+    callbacks = [checkpoints, SampleGrid(str(run_dir / "samples"), **cfg.callbacks.sample_grid), RandomStateCheckpoint()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"

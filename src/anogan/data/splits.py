@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from anogan.errors import UserError
+from anogan.io import atomic_write_text
 
 
 class DataError(UserError):
@@ -52,9 +53,12 @@ class AnomalyDataModule(L.LightningDataModule):
     manifest: dict | None = None
 
     def write_manifest(self, folder: str | Path) -> Path:
-        path = Path(folder) / "splits.json"
-        path.write_text(json.dumps(self.manifest, indent=1))
-        return path
+        """Write the split manifest to ``folder/splits.json`` (atomically).
+
+        Raises:
+            anogan.io.WriteError: the folder is read-only or the disk is full.
+        """
+        return atomic_write_text(Path(folder) / "splits.json", json.dumps(self.manifest, indent=1))
 
     def train_dataloader(self) -> DataLoader:
         """Batches of ``data.batch_size / world_size`` per process: ``data.batch_size`` is the global
