@@ -28,12 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan import gan_store
 from anogan.callbacks import RandomStateCheckpoint, SampleGrid
-from anogan.config_check import check_config
+from anogan.config_check import check_config, check_run_environment
 from anogan.errors import UserError
 from anogan.io import AtomicCheckpointIO
 from anogan.models.gan import GAN
 from anogan.models.latent_mapping import LatentMapping
 from anogan.report import write_report
+from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
 from anogan.sweep import run_name
 
@@ -174,6 +175,8 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
+        check_run_folder(cfg, run_dir)  # another or a finished run there: refused (or cleared: overwrite=true)
+        check_run_environment(cfg, run_dir)  # writable folders, a loadable checkpoint to resume from
         write_run_info(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -208,13 +211,32 @@ def run(cfg: DictConfig) -> float:
     return float(value)
 
 
+_job_started = False  # set once Hydra has composed the config and calls the job
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
+    global _job_started
+    _job_started = True
+    # a run that fails before producing anything leaves no empty run folder behind
+    with removed_if_unused(Path(cfg.paths.output_dir), enabled=_is_rank_zero()):
+        try:
+            return run(cfg)
+        except UserError as err:
+            log.error("%s", err)
+            raise SystemExit(2) from None
+
+
+def main() -> float | None:
+    """The command line. Input errors end with exit code 2: ours (one line, see config_check)
+    and Hydra's own (a bad override or config group option: Hydra prints its message, which lists
+    the valid options, and exits with 1 before the job starts; that 1 becomes 2 here)."""
     try:
-        return run(cfg)
-    except UserError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
+        return _hydra_main()
+    except SystemExit as stop:
+        if stop.code == 1 and not _job_started:
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":
