@@ -84,23 +84,26 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
 
 
-def _train(tiny_cifar, run_dir: Path, *extra: str) -> dict:
-    """Stage 1 of train.run, in this process: seed, data, fit_gan; returns the generator's weights."""
+def _train(tiny_cifar, datamodule, run_dir: Path, *extra: str) -> dict:
+    """Stage 1 of train.run, in this process: seed, fit_gan; returns the generator's weights.
+    (The split does not use the global seed, so one data module serves every run.)"""
     cfg = compose_config([*tiny_overrides(tiny_cifar), f"paths.output_dir={run_dir}", "data.batch_size=8",
                           "trainer.limit_train_batches=null", "trainer.enable_model_summary=false", *extra])
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
     folder = fit_gan(cfg, datamodule, False, run_dir)
     return torch.load(folder / "generator.pt")
 
 
+@pytest.mark.slow  # about 20 s on 2 idle cores (three short fits)
 def test_stopped_and_resumed_training_gives_bit_identical_weights(tiny_cifar, tmp_path):
-    full = _train(tiny_cifar, tmp_path / "full", "trainer.max_epochs=3")
-    _train(tiny_cifar, tmp_path / "split", "trainer.max_epochs=1")
+    """Stopped after epoch 1 of 3 (2 shuffled batches per epoch), resumed with ckpt_path=last."""
+    datamodule = instantiate(compose_config([*tiny_overrides(tiny_cifar), "data.batch_size=8"]).data, _convert_="all")
+    datamodule.setup("fit")
+    full = _train(tiny_cifar, datamodule, tmp_path / "full", "trainer.max_epochs=3")
+    _train(tiny_cifar, datamodule, tmp_path / "split", "trainer.max_epochs=1")
     ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)  # plain tensors and lists
     assert "torch" in ckpt["callbacks"]["RandomStateCheckpoint"]
-    resumed = _train(tiny_cifar, tmp_path / "split", "trainer.max_epochs=3", "ckpt_path=last")
+    resumed = _train(tiny_cifar, datamodule, tmp_path / "split", "trainer.max_epochs=3", "ckpt_path=last")
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
