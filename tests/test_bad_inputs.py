@@ -171,3 +171,16 @@ def test_good_overrides_pass_the_key_check(tiny_cifar):
     for extra in (["+trainer.gradient_clip_val=1.0"], ["trainer=ddp"], ["mapping=encoder"], ["experiment=cifar_car_cpu"],
                   ["debug=fast"], ["+callbacks.checkpoint.save_last=true"], ["data.val_subset=2.0"], ["data.test_subset=0.5"]):
         check_config(compose_config([*tiny_overrides(tiny_cifar), *extra]))
+
+
+def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
+    """The load-time message (data.download=true without internet ends here too) names data.root,
+    data.download=true (needs internet) and data.verify_checksums=false at once."""
+    from anogan.data.cifar10 import CIFAR10AnomalyDataModule
+    from anogan.data.splits import DataError
+
+    with pytest.raises(DataError) as err:
+        CIFAR10AnomalyDataModule(root=str(tmp_path), download=False).prepare_data()
+    message = str(err.value)
+    assert "\n" not in message
+    assert all(w in message for w in ("data.root", "cifar-10-batches-py", "data.download=true", "internet", "data.verify_checksums=false"))

@@ -50,6 +50,7 @@ RESUME_IRRELEVANT_KEYS = (
     "ckpt_path", "overwrite", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "data.root", "data.download", "data.verify_checksums", "data.num_workers",
     "paths.data_dir", "paths.log_dir", "paths.gan_cache_dir", "paths.output_dir", "gan.cache",
+    "trainer.default_root_dir", "logger.save_dir",  # the run folder itself (a moved folder still resumes)
 )
 HYDRA_FILES = (".hydra",)
 
