@@ -38,7 +38,7 @@ PASSED_TO = {"callbacks.checkpoint": "lightning.pytorch.callbacks.ModelCheckpoin
 
 
 class ConfigError(UserError):
-    pass
+    """A configuration value, key, folder or checkpoint is unusable; the message names it and the fix."""
 
 
 def _fail(key: str, value, allowed: str) -> None:
