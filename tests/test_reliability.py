@@ -115,7 +115,7 @@ def _final_step(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_step_count(tiny_cifar, tmp_path):
+def test_killed_training_resumes_to_the_same_weights(tiny_cifar, tmp_path):
     common = [*tiny_overrides(tiny_cifar), "trainer.max_epochs=12", "trainer.limit_train_batches=null", "gan.cache=false"]
     run_train([*common, f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/full"])
 
@@ -135,3 +135,8 @@ def test_killed_training_resumes_to_the_same_step_count(tiny_cifar, tmp_path):
     assert interrupted_step < _final_step(run_dir)[0]
     assert _final_step(run_dir) == _final_step(tmp_path / "full")
     assert (run_dir / "metrics.json").exists()
+    # exact resume (RandomStateCheckpoint): the same generator, bit for bit, and the same scores
+    full_g = torch.load(tmp_path / "full" / "gan" / "generator.pt")
+    resumed_g = torch.load(run_dir / "gan" / "generator.pt")
+    assert all(torch.equal(full_g[k], resumed_g[k]) for k in full_g)
+    assert (run_dir / "scores.csv").read_text() == (tmp_path / "full" / "scores.csv").read_text()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
+
+from anogan.io import atomic_save_image
 
 
 class SampleGrid(L.Callback):
@@ -26,7 +31,46 @@ class SampleGrid(L.Callback):
         images = pl_module.sample().float().cpu()
         grid = make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1))
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self.folder / f"epoch_{epoch:04d}.png")
+        atomic_save_image(grid, self.folder / f"epoch_{epoch:04d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("gan/samples", grid, global_step=epoch)
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Exact resume: the random-number states travel with every checkpoint.
+
+    Saved (``state_dict``, called when Lightning writes a checkpoint): the global torch CPU
+    generator, every CUDA generator (if CUDA is available), numpy's global state and Python's
+    ``random``. Restored as soon as Lightning hands the checkpoint's callback state back
+    (``load_state_dict``, during ``trainer.fit(ckpt_path=...)``'s restore). That is the right
+    moment: the resumed run's first DataLoader iterator is created right after it (in
+    ``FitLoop.setup_data``, even before ``on_train_start``), and nothing draws random numbers in
+    between, so the next epoch's shuffle and its z draws are the ones the uninterrupted run made.
+    The data order needs no state of its own: the training DataLoader draws its sampler seed from
+    the global torch generator when each epoch's iterator is created, and DDP's DistributedSampler
+    is seeded by (seed, epoch). States are stored as tensors, numbers and lists, so a
+    ``weights_only`` load accepts them. Under DDP every rank restores rank 0's states, then
+    ``GAN.on_train_start`` re-offsets ranks > 0: exact resume is guaranteed for one process.
+    """
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        cuda = state_dict["cuda"]
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        n = state_dict["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        p = state_dict["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from anogan.errors import UserError
+from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,25 @@ class GANLoadError(UserError):
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through a temporary file in the same folder (see :mod:`anogan.io`).
+
+    Raises:
+        anogan.io.WriteError: disk full or read-only folder (the previous file is kept).
+    """
+    atomic_torch_save(obj, path)
 
 
 def save_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, arch: dict, folder: Path, extra: dict | None = None) -> Path:
+    """Write G, D and ``gan.json`` into ``folder``, each file atomically, ``gan.json`` last.
+
+    Raises:
+        anogan.io.WriteError: disk full or read-only folder.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save(generator.state_dict(), folder / "generator.pt")
     atomic_save(discriminator.state_dict(), folder / "discriminator.pt")
-    tmp = folder / ".gan.json.tmp"
-    tmp.write_text(json.dumps({**arch, **(extra or {})}, indent=1))
-    os.replace(tmp, folder / "gan.json")  # written last: its presence means "complete"
+    # written last: its presence means "complete"
+    atomic_write_text(folder / "gan.json", json.dumps({**arch, **(extra or {})}, indent=1))
     return folder
 
 

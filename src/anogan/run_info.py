@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from anogan.io import atomic_write_text
+
 LIBRARIES = ("anogan", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics", "tensorboard", "numpy")
 
 
@@ -33,11 +35,16 @@ def git_commit() -> str | None:
 
 
 def write_run_info(cfg: DictConfig, folder: Path) -> None:
-    (folder / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    """Write ``config_resolved.yaml`` and ``run_info.json`` into ``folder`` (each atomically).
+
+    Raises:
+        anogan.io.WriteError: the folder is read-only or the disk is full.
+    """
+    atomic_write_text(folder / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     info = {
         "command": sys.argv,
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "versions": {name: _version(name) for name in LIBRARIES},
     }
-    (folder / "run_info.json").write_text(json.dumps(info, indent=1))
+    atomic_write_text(folder / "run_info.json", json.dumps(info, indent=1))

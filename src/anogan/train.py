@@ -28,16 +28,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir, gan_store
-from anogan.config_check import check_config
+from anogan.config_check import check_config, check_run_environment
 from anogan.errors import UserError
+from anogan.io import AtomicCheckpointIO
 from anogan.models.gan import GAN
 from anogan.artifact import FILENAME as ARTIFACT
 from anogan.artifact import save_artifact
-from anogan.inference import run_scorer
-from anogan.report import add_dashboard_layout, write_report
-from anogan.scorers import Scorer
 from anogan.hardware import warn_if_slow_bf16
+from anogan.inference import run_scorer
 from anogan.io import atomic_write_text
+from anogan.report import add_dashboard_layout, write_report
+from anogan.run_folder import check_run_folder, removed_if_unused
+from anogan.scorers import Scorer
 from anogan.run_info import write_run_info
 from anogan.sweep import run_name
 
@@ -76,8 +78,10 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
 def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: dict | None = None) -> Path:
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
     model: GAN = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_list(cfg.callbacks)  # checkpoints/last.ckpt, sample grids, ... (conf/callbacks)
-    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks)
+    # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
+    callbacks = instantiate_list(cfg.callbacks)
+    # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
+    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -120,8 +124,6 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
         if (entry / "gan.json").is_file():
             log.info("reusing the cached GAN %s (same data, model, training settings and seed)", entry)
             g, d, _ = gan_store.load_gan_folder(entry)
-            if zero:
-                (run_dir / "gan_source.txt").write_text(f"reused {entry.resolve()}\n")
             return g, d, f"cache {key}"
         folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
         if zero:
@@ -183,6 +185,8 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
+        check_run_folder(cfg, run_dir)  # another or a finished run there: refused (or cleared: overwrite=true)
+        check_run_environment(cfg, run_dir)  # writable folders, a loadable checkpoint to resume from
         write_run_info(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -228,13 +232,32 @@ def run(cfg: DictConfig) -> float:
     return float(value)
 
 
+_job_started = False  # set once Hydra has composed the config and calls the job
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
+    global _job_started
+    _job_started = True
+    # a run that fails before producing anything leaves no empty run folder behind
+    with removed_if_unused(Path(cfg.paths.output_dir), enabled=_is_rank_zero()):
+        try:
+            return run(cfg)
+        except UserError as err:
+            log.error("%s", err)
+            raise SystemExit(2) from None
+
+
+def main() -> float | None:
+    """The command line. Input errors end with exit code 2: ours (one line, see config_check)
+    and Hydra's own (a bad override or config group option: Hydra prints its message, which lists
+    the valid options, and exits with 1 before the job starts; that 1 becomes 2 here)."""
     try:
-        return run(cfg)
-    except UserError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
+        return _hydra_main()
+    except SystemExit as stop:
+        if stop.code == 1 and not _job_started:
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":

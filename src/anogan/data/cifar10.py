@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PROTOCOLS = ("seed", "one_class")
 IMAGE_SIZES = (32, 64, 128)
+# Everything a missing or unreadable CIFAR-10 copy may need, in one message (config_check and _load).
+MISSING_DATA_FIX = (
+    "point data.root at the folder that holds cifar-10-batches-py (e.g. data.root=../shared/data/cifar10); "
+    "data.download=true downloads it there but needs internet access; "
+    "a copy re-created from other files (not torchvision's download) also needs data.verify_checksums=false"
+)
 # A global id per CIFAR-10 image: training images keep their index, test images are offset.
 TEST_ID_OFFSET = 50_000
 
@@ -119,14 +125,9 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
             return cls(str(root), train=train, download=bool(self.hparams.download) and train)
         except Exception as err:  # torchvision raises bare RuntimeError / URLError here
             have = folder.is_dir() and any(folder.iterdir())
-            hint = (
-                "the files exist but fail torchvision's md5 check: if this is a re-created copy, set "
-                "data.verify_checksums=false"
-                if have
-                else "set data.root to the folder that contains cifar-10-batches-py, "
-                "or data.download=true on a machine with internet access"
-            )
-            raise DataError(f"CIFAR-10 could not be loaded from {folder} ({err}). Fix: {hint}.") from None
+            found = "the files there fail torchvision's md5 check" if have else "no usable cifar-10-batches-py there"
+            reason = " ".join(str(err).split())  # one line
+            raise DataError(f"CIFAR-10 could not be loaded from {folder}: {found} ({reason}). Fix: {MISSING_DATA_FIX}.") from None
 
     def prepare_data(self) -> None:
         self._load(train=True)

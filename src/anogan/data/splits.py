@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from anogan.errors import UserError
+from anogan.io import atomic_write_text
 
 
 class DataError(UserError):
@@ -150,8 +151,12 @@ class AnomalyDataModule(L.LightningDataModule):
     train_repeats: int = 1
 
     def write_manifest(self, folder: str | Path) -> Path:
-        """``splits.json`` in ``folder``, written atomically (temporary file, then rename)."""
-        return write_json_atomic(self.manifest, Path(folder) / "splits.json")
+        """Write the split manifest to ``folder/splits.json`` (atomically).
+
+        Raises:
+            anogan.io.WriteError: the folder is read-only or the disk is full.
+        """
+        return atomic_write_text(Path(folder) / "splits.json", json.dumps(self.manifest, indent=1))
 
     def train_dataloader(self) -> DataLoader:
         """Batches of ``data.batch_size / world_size`` per process: ``data.batch_size`` is the global

@@ -1,0 +1,186 @@
+"""Every bad input ends with one line naming the key or file and the fix, exit code 2, no traceback,
+before any data is loaded (train.py run as a subprocess, as a user would)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, compose_config, tiny_overrides
+
+GPU = torch.cuda.is_available()
+
+
+def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
+    """(id, overrides, words the error line must contain), run as subprocesses (>= 20 with HYDRA_CASES)."""
+    a_file = tmp / "a_file"
+    a_file.write_text("not a folder")
+    junk = tmp / "junk.ckpt"
+    junk.write_bytes(b"PK\x03\x04 truncated")
+    cases = [
+        ("alpha_text", ["mapping.alpha=abc"], ["mapping.alpha='abc'", "[0, 1]"]),
+        ("alpha_range", ["mapping.alpha=1.5"], ["mapping.alpha=1.5"]),
+        ("model_lr_text", ["model.lr=abc"], ["model.lr='abc'"]),
+        ("mapping_lr_huge", ["mapping.lr=1e38"], ["mapping.lr=1e+38", "<= 1"]),
+        ("ckpt_missing", ["ckpt_path=/missing.ckpt"], ["ckpt_path='/missing.ckpt'"]),
+        ("ckpt_corrupt", [f"ckpt_path={junk}"], ["ckpt_path=", "damaged"]),
+        ("precision", ["trainer.precision=nonsense"], ["trainer.precision='nonsense'", "bf16-mixed"]),
+        ("devices_zero", ["trainer.devices=0"], ["trainer.devices=0"]),
+        ("unknown_key", ["+mapping.alpah=0.5"], ["mapping.alpah", "did you mean mapping.alpha"]),
+        ("unknown_trainer_key", ["+trainer.max_epoch=3"], ["trainer.max_epoch"]),
+        ("max_epochs_zero", ["trainer.max_epochs=0"], ["trainer.max_epochs=0", "untrained"]),
+        ("limit_batches_zero", ["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0"]),
+        ("val_subset_fraction", ["data.val_subset=1.5"], ["data.val_subset=1.5", "whole count"]),
+        ("batch_size_text", ["data.batch_size=abc"], ["data.batch_size='abc'"]),
+        ("seed_text", ["seed=abc"], ["seed='abc'"]),
+        ("overwrite_text", ["overwrite=maybe"], ["overwrite='maybe'"]),
+        ("cache_not_folder", [f"paths.gan_cache_dir={a_file}/cache"], ["paths.gan_cache_dir", "Not a directory"]),
+        ("run_dir_not_folder", [f"hydra.run.dir={a_file}/run"], ["hydra.run.dir", "not a folder"]),
+        ("missing_data", [f"data.root={tmp}/nowhere"], ["data.root=", "cifar-10-batches-py", "data.download=true", "data.verify_checksums=false"]),
+    ]
+    if not GPU:
+        cases.append(("gpu_without_gpu", ["trainer=gpu"], ["trainer.accelerator=gpu", "trainer=cpu"]))
+    return cases
+
+
+# More bad configuration values, checked in this process (the subprocess table above shows that
+# any ConfigError ends as one line with exit code 2).
+IN_PROCESS_CASES = [
+    (["model.lr=0"], "model.lr=0"),
+    (["model.lr=abc"], "model.lr='abc'"),
+    (["mapping.lr=1e38"], "mapping.lr=1e+38"),
+    (["mapping.alpha=abc"], "mapping.alpha='abc'"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator='quantum'"),
+    (["+trainer.num_nodes=0"], "trainer.num_nodes=0"),
+    (["trainer.devices=[]"], "trainer.devices"),
+    (["trainer.max_epochs=-1"], "training would never end"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5"),
+    (["data.test_subset=abc"], "data.test_subset='abc'"),
+    (["data.test_subset=2.5"], "data.test_subset=2.5"),
+    (["data.val_subset=0"], "data.val_subset=0"),
+    (["mapping.iterations=0"], "mapping.iterations=0"),
+    (["mapping.iterations=true"], "mapping.iterations=True"),
+    (["model.weight_decay=-1"], "model.weight_decay=-1"),
+    (["data.val_anomaly_ratio=abc"], "data.val_anomaly_ratio='abc'"),
+    (["data.normal_class=[1]"], "data.normal_class"),
+    (["+gan.chekpoint=x"], "gan.chekpoint"),
+    (["+data.normal_clas=1"], "data.normal_clas"),
+    (["+callbacks.checkpoint.every_n_epoch=2"], "callbacks.checkpoint.every_n_epoch"),
+    (["+seeed=1"], "seeed is not a setting"),
+    (["trainer.precision=nonsense"], "trainer.precision='nonsense'"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", IN_PROCESS_CASES, ids=[c[0][0] for c in IN_PROCESS_CASES])
+def test_bad_values_in_process(overrides, message, tiny_cifar):
+    from anogan.config_check import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as err:
+        check_config(compose_config([*tiny_overrides(tiny_cifar), *overrides]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# Hydra's own errors (before our code runs): its message lists the valid options over several
+# lines; we only turn its exit code 1 into 2.
+HYDRA_CASES = [
+    ("unknown_group_option", ["trainer=nonsense"], ["trainer/nonsense"]),
+    ("override_of_missing_key", ["mapping.alpah=0.5"], ["mapping.alpah"]),
+]
+
+
+def _run(overrides: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+@pytest.mark.slow  # ~11 s of CPU per case (importing torch and Lightning): about 2 minutes on 2 idle cores
+def test_bad_inputs_one_line_exit_2_no_traceback(tiny_cifar, tmp_path):
+    cases = _cases(tmp_path)
+    runs = {name: tmp_path / "runs" / name for name, _, _ in cases}
+    commands = [
+        [*tiny_overrides(tiny_cifar, tmp_path), *(["data.download=false"] if name == "missing_data" else []),
+         f"hydra.run.dir={runs[name]}", *overrides]
+        for name, overrides, _ in cases
+    ]
+    commands += [[*tiny_overrides(tiny_cifar, tmp_path), *overrides] for _, overrides, _ in HYDRA_CASES]
+    with ThreadPoolExecutor(2) as pool:
+        procs = list(pool.map(_run, commands))
+    failures = []
+    for (name, _, words), proc in zip(cases + HYDRA_CASES, procs):
+        out = proc.stdout + proc.stderr
+        errors = [line for line in out.splitlines() if "error" in line.lower()]
+        problems = []
+        if proc.returncode != 2:
+            problems.append(f"exit code {proc.returncode}")
+        if "Traceback" in out:
+            problems.append("traceback")
+        if name not in dict((n, 0) for n, _, _ in HYDRA_CASES):
+            if len(errors) != 1:
+                problems.append(f"{len(errors)} error lines")
+            missing = [w for w in words if not any(w in line for line in errors)]
+            if missing:
+                problems.append(f"error line lacks {missing}")
+            if runs[name].exists():
+                problems.append("left a run folder behind")
+        elif not all(w in out for w in words):
+            problems.append(f"output lacks {words}")
+        if problems:
+            failures.append(f"{name}: {', '.join(problems)}\n{out[-1500:]}")
+    assert not failures, "\n\n".join(failures)
+    assert len(cases) + len(HYDRA_CASES) >= 20
+
+
+def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path):
+    from anogan.config_check import ConfigError, check_run_environment
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a truncated zip
+    cfg = compose_config([*tiny_overrides(tiny_cifar), f"paths.output_dir={run_dir}", "ckpt_path=last", f"paths.gan_cache_dir={tmp_path}/cache"])
+    with pytest.raises(ConfigError, match="ckpt_path=last: .*last.ckpt is damaged") as err:
+        check_run_environment(cfg, run_dir)
+    assert "\n" not in str(err.value)
+
+
+def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from anogan import config_check
+
+    def refuse(code):
+        def mkstemp(*args, **kwargs):
+            raise OSError(code, "Read-only file system" if code == errno.EROFS else "No space left on device")
+        return mkstemp
+
+    monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.EROFS))
+    with pytest.raises(config_check.ConfigError, match=f"paths.gan_cache_dir: {tmp_path} is read-only"):
+        config_check.probe_writable(tmp_path, "paths.gan_cache_dir")
+    monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.ENOSPC))
+    with pytest.raises(config_check.ConfigError, match=f"hydra.run.dir: disk full writing to {tmp_path}"):
+        config_check.probe_writable(tmp_path, "hydra.run.dir")
+
+
+def test_good_overrides_pass_the_key_check(tiny_cifar):
+    from anogan.config_check import check_config
+
+    for extra in (["+trainer.gradient_clip_val=1.0"], ["trainer=ddp"], ["mapping=encoder"], ["experiment=cifar_car_cpu"],
+                  ["debug=fast"], ["+callbacks.checkpoint.save_last=true"], ["data.val_subset=2.0"], ["data.test_subset=0.5"]):
+        check_config(compose_config([*tiny_overrides(tiny_cifar), *extra]))
+
+
+def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
+    """The load-time message (data.download=true without internet ends here too) names data.root,
+    data.download=true (needs internet) and data.verify_checksums=false at once."""
+    from anogan.data.cifar10 import CIFAR10AnomalyDataModule
+    from anogan.data.splits import DataError
+
+    with pytest.raises(DataError) as err:
+        CIFAR10AnomalyDataModule(root=str(tmp_path), download=False).prepare_data()
+    message = str(err.value)
+    assert "\n" not in message
+    assert all(w in message for w in ("data.root", "cifar-10-batches-py", "data.download=true", "internet", "data.verify_checksums=false"))
