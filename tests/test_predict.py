@@ -198,7 +198,7 @@ def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, t
     normals = np.array(meta["normal_scores"])
     for k, i in enumerate(chosen):
         p = (1 + (normals >= float(rows[i]["score"])).sum()) / (len(normals) + 1)
-        assert abs(p - float(rows[i]["p_value"])) < 1e-12
+        assert abs(p - float(rows[i]["p_value"])) < 1e-8  # scores.csv holds 9 significant digits
 
 
 def test_export_refuses_a_search_scorer_in_one_line(tiny_run, tmp_path):
