@@ -1,10 +1,16 @@
-"""A 2 x 2 sweep over alpha and latent_dim trains exactly two GANs, and a rerun trains none."""
+"""Sweeps: a 2 x 2 sweep trains exactly two GANs (a rerun none), job folders are unique for any
+override (paths, lists), summaries select on validation, Optuna and the launcher presets."""
 
 import csv
 import json
+import shutil
 
-from anogan.sweep import aggregate_seeds, run_name, swept_keys
-from conftest import tiny_overrides
+import pytest
+import yaml
+
+from anogan.errors import UserError
+from anogan.sweep import aggregate_seeds, parse_optimized_metric, run_name, summarize, sweep_keys
+from conftest import compose_config, tiny_overrides
 from test_train_e2e import run_train
 
 
@@ -37,11 +43,43 @@ def test_sweep_reuses_gans_and_writes_a_summary(tiny_cifar, tmp_path):
 
 
 def test_run_name_shows_the_swept_keys_only():
-    dirname = "data.image_size=32,mapping.alpha=0.1,model.latent_dim=64"
-    swept = swept_keys(["data.image_size=32", "mapping.alpha=0.1,0.5", "model.latent_dim=range(64,129,64)"])
-    assert swept == {"mapping.alpha", "model.latent_dim"}
-    assert run_name(dirname, swept) == "alpha=0.1,latent_dim=64"
-    assert run_name("+gan.checkpoint=a/b", set()) == "checkpoint=a_b" and run_name("", set()) == "default"
+    overrides = ["data.image_size=32", "mapping.alpha=0.1", "model.latent_dim=64"]
+    swept = sweep_keys(["data.image_size=32", "mapping.alpha=0.1,0.5", "model.latent_dim=range(64,129,64)"], {"seed": "0,1"})
+    assert swept == {"mapping.alpha", "model.latent_dim", "seed"}
+    assert run_name(overrides, [], swept) == "alpha=0.1,latent_dim=64"
+    assert run_name([], [], set()) == "default"
+
+
+def test_run_names_are_unique_and_valid_for_paths_lists_and_unknown_sweeps():
+    safe = lambda name: name and "/" not in name and "[" not in name and len(name) <= 90  # noqa: E731
+    a, b = (run_name([f"data.root={r}"], ["data.root"], {"data.root"}) for r in ("/x/a/b", "/x/c/b"))
+    assert a != b and safe(a) and safe(b) and a.startswith("root=a_b-")
+    lists = [run_name([f"data.abnormal_dir={v}"], [], {"data.abnormal_dir"}) for v in ("[crack,scratch]", "crack+scratch")]
+    assert lists[0] != lists[1] and lists[0].startswith("abnormal_dir=crack+scratch-") and all(map(safe, lists))
+    # swept keys unknown: excluded keys are left out, but a hash of all overrides keeps jobs apart
+    c, d = (run_name([f"data.root={r}", "mapping.alpha=0.1"], ["data.root"], set()) for r in ("/a", "/b"))
+    assert c != d and c.startswith("alpha=0.1-")
+    long = run_name([f"data.k{i}=value{i}" for i in range(20)], [], None)
+    assert len(long) == 87 and safe(long)
+    # two keys that end alike stay in full
+    assert run_name(["data.root=x", "paths.root=y"], [], {"data.root", "paths.root"}) == "data.root=x,paths.root=y"
+
+
+def test_optimized_metric_names_a_split_and_a_metric():
+    assert parse_optimized_metric("val/auroc") == ("val", "auroc") and parse_optimized_metric("test/ap") == ("test", "ap")
+    for bad in ("auroc", "train/auroc", "val/auc"):
+        with pytest.raises(UserError, match="optimized_metric="):
+            parse_optimized_metric(bad)
+    assert compose_config([]).optimized_metric == "val/auroc"
+
+
+def test_launcher_presets_compose():
+    local = compose_config(["launcher=local_parallel"])
+    assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.threads == "auto" and local.hydra.launcher.n_jobs == 2
+    slurm = compose_config(["launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.partition == "gpu"
+    optuna = compose_config(["hparams_search=optuna"])
+    assert optuna.hydra.sweeper.direction == "maximize" and optuna.hydra.sweeper.sampler.seed == 0
 
 
 def test_seed_aggregation():
@@ -64,3 +102,59 @@ def test_results_sweep_writes_a_per_class_table_with_published_columns(tiny_cifa
     assert float(rows["automobile"]["published_anogan"]) == 0.547 and float(rows["ship"]["published_deep_svdd"]) == 0.759
     assert all(r["seeds"] == "1" and 0 <= float(r["test_auroc_mean"]) <= 1 for r in rows.values())
     assert (tmp_path / "results" / "normal_class=1,seed=0" / "metrics.json").is_file()
+
+
+def test_summary_marks_the_best_by_validation_and_shows_intervals(tmp_path):
+    for name, val, test in (("a", 0.9, 0.6), ("b", 0.7, 0.8)):
+        job = tmp_path / name
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"mapping.alpha={val}"]))
+        (job / ".hydra" / "config.yaml").write_text("data: {}\n")
+        metrics = {
+            "val": {"auroc": val, "ap": 0.5, "f1": 0.5, "auroc_ci": [val - 0.05, val + 0.05]},
+            "test": {"auroc": test, "ap": 0.5, "f1": 0.5, "auroc_ci": [0.69, 0.73], "ap_ci": [0.4, 0.6]},
+            "test_components_auroc": {"random_baseline": 0.5, "random_baseline_interval": [0.45, 0.55]},
+            "threshold": {"f1": 1.0},
+        }
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    text = summarize(tmp_path)
+    best = next(line for line in text.splitlines() if line.endswith("| **best** |"))
+    assert "| 0.9 |" in best  # validation 0.9 beats validation 0.7, whatever test says
+    assert "0.6000 [0.69, 0.73]" in best and "0.5000 [0.45, 0.55]" in best
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["test_auroc_ci_low"]) == 0.69 and rows[0]["val_auroc"] == "0.9"
+
+
+def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_path):
+    """data.root is an excluded key and a path, mapping.betas a list: 2 x 2 jobs, 4 folders, run
+    side by side by the local parallel launcher (names and threads in its worker processes)."""
+    copy = shutil.copytree(tiny_cifar, tmp_path / "copy" / "cifar")
+    overrides = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("data.root")]
+    run_train(
+        ["-m", "launcher=local_parallel", *overrides, f"data.root={tiny_cifar},{copy}", "mapping.betas=[0.9,0.999],[0.5,0.99]",
+         f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    )
+    jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(jobs) == 4 and all(j.startswith("betas=0.") and ",root=" in j for j in jobs), jobs
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and len({(r["root"], r["betas"]) for r in rows}) == 4
+    assert "torch CPU threads: 1 (threads=auto)" in (tmp_path / "sweep" / jobs[0] / "train.log").read_text()
+
+
+def test_optuna_sweep_optimises_the_validation_metric(tiny_cifar, tmp_path):
+    overrides = [o for o in tiny_overrides(tiny_cifar) if not o.startswith(("model.latent_dim", "trainer.max_epochs", "mapping.iterations"))]
+    run_train(
+        ["hparams_search=optuna", *overrides, "hydra.sweeper.n_trials=3", "model.latent_dim=choice(8,16)", "trainer.max_epochs=1",
+         "mapping.iterations=choice(2,3)", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'optuna'}"]
+    )
+    found = yaml.safe_load((tmp_path / "optuna" / "optimization_results.yaml").read_text())
+    with open(tmp_path / "optuna" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["job"].startswith(("0_", "1_", "2_")) for r in rows)
+    assert abs(found["best_value"] - max(float(r["val_auroc"]) for r in rows)) < 1e-9  # what Optuna maximised: validation
+    assert set(found["best_params"]) == {"mapping.alpha", "mapping.iterations", "mapping.lr", "model.latent_dim"}
+    for row in rows:  # each trial returned its validation AUROC
+        assert f"val/auroc = {float(row['val_auroc']):.4f}" in (tmp_path / "optuna" / row["job"] / "train.log").read_text()
+    assert "Optuna (optimization_results.yaml)" in (tmp_path / "optuna" / "summary.md").read_text()

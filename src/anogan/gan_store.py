@@ -3,21 +3,25 @@
 A GAN folder holds ``generator.pt``, ``discriminator.pt`` (plain state dicts, so any pretrained
 pair can be dropped in) and ``gan.json`` (the architecture, plus the cache key when cached).
 Files are written to a temporary name and renamed, so a reader never sees half a file; cache
-entries are published by renaming a whole folder, under a lock, so parallel sweep jobs never
-train the same GAN twice nor read a half-written one.
+entries are published by renaming a whole folder, under a lock (``filelock``), so parallel sweep
+jobs never train the same GAN twice nor read a half-written one. A cache entry is checked when it
+is opened (gan.json, its key, both weight files): a damaged one is moved aside as
+``<key>.broken-<timestamp>`` and the GAN is trained again. The key includes the version of the
+training code and the number of training processes (see ``cache_key``; docs/sweeps.md).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width")
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
+# The source files whose content defines "the training code" in the cache key: the GAN and its
+# networks, and the data modules (they choose and preprocess the training images).
+TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "data/*.py")
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class GANLoadError(UserError):
@@ -99,8 +107,34 @@ def load_gan_folder(folder: Path) -> tuple[Generator, Discriminator, dict]:
     return g, d, meta
 
 
+def training_code_version() -> str:
+    """A hash of the training code's source files (TRAINING_CODE): any edit there, including one
+    that comes with a new git commit or package version, gives new cache keys."""
+    digest = hashlib.sha256()
+    for pattern in TRAINING_CODE:
+        for path in sorted(PACKAGE_DIR.glob(pattern)):
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def world_size(cfg: DictConfig) -> int | str:
+    """Training processes: trainer.devices x trainer.num_nodes (devices as a count, a list or a
+    "0,1" string of ids; "auto" / -1 resolved on GPUs to the visible count, on CPU to 1)."""
+    devices = cfg.trainer.get("devices", 1)
+    if isinstance(devices, str) and devices not in ("auto", "-1"):
+        devices = len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, int):
+        devices = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else -1
+    if devices == -1:  # "auto" or -1: every device of the accelerator
+        gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpu else 1
+    return devices * int(cfg.trainer.get("num_nodes", 1) or 1)
+
+
 def cache_key(cfg: DictConfig) -> tuple[str, dict]:
-    """A hash of everything that determines the trained GAN (and nothing that does not)."""
+    """A hash of everything that determines the trained GAN (and nothing that does not): the data
+    it is trained on, the model, the training settings, the seed, the training code's version and
+    the world size (the per-process batch and the data order depend on it)."""
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in EVAL_ONLY_DATA_KEYS}
     data["root"] = str(Path(data["root"]).expanduser().resolve())
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -109,6 +143,8 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "training": {k: trainer.get(k) for k in ("max_epochs", "max_steps", "precision", "limit_train_batches")},
         "seed": cfg.seed,
+        "code": training_code_version(),
+        "world_size": world_size(cfg),
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digest, spec
@@ -116,26 +152,74 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
 
 @contextmanager
 def cache_lock(cache_dir: Path, key: str):
-    """An exclusive lock per cache entry: a second job waits, then finds the entry trained."""
+    """An exclusive lock per cache entry (``filelock.FileLock`` on ``<key>.lock``): a second job
+    waits, then finds the entry trained. Where the filesystem refuses locks, jobs go on without
+    one (a warning): publishing stays atomic, at worst two jobs train the same GAN."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f"{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = filelock.FileLock(str(cache_dir / f"{key}.lock"))
+    try:
+        lock.acquire()
+    except (OSError, NotImplementedError) as err:
+        log.warning("cannot lock %s (%s): going on without the lock; two jobs may train this GAN", cache_dir / f"{key}.lock", err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-def publish(source: Path, cache_dir: Path, key: str) -> Path:
-    """Copy a finished GAN folder into the cache under ``key`` (temp folder + rename)."""
+def set_aside(entry: Path, reason: str) -> Path:
+    """Move a damaged cache entry to ``<key>.broken-<timestamp>`` (kept for inspection)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = entry.with_name(f"{entry.name}.broken-{stamp}")
+    n = 1
+    while target.exists():
+        target, n = entry.with_name(f"{entry.name}.broken-{stamp}-{n}"), n + 1
+    os.replace(entry, target)
+    log.warning("damaged GAN cache entry %s (%s): moved to %s; the GAN is trained again", entry, reason, target)
+    return target
+
+
+def load_cache_entry(entry: Path, key: str, arch: dict, move_damaged: bool = True) -> tuple[Generator, Discriminator] | None:
+    """G and D from the cache entry ``entry``, or None when there is none or it is damaged (no or
+    unreadable gan.json, another key in it, a missing, truncated or unloadable weight file). A
+    damaged entry is moved aside with a log line when ``move_damaged`` (one process only)."""
+    if not entry.exists():
+        return None
+    try:
+        meta = json.loads((entry / "gan.json").read_text())
+        if meta.get("cache_key") != key:
+            raise GANLoadError(f"gan.json has cache_key {meta.get('cache_key')!r}, not {key!r}")
+        g, d = load_weights(entry / "generator.pt", entry / "discriminator.pt", arch)
+    except (OSError, ValueError, GANLoadError) as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        if move_damaged:
+            set_aside(entry, reason)
+        else:
+            log.warning("damaged GAN cache entry %s (%s)", entry, reason)
+        return None
+    return g, d
+
+
+def publish(source: Path, cache_dir: Path, key: str) -> Path | None:
+    """Copy a finished GAN folder into the cache under ``key`` (temp folder + rename). Returns the
+    entry, or None when it was not published (another job published it first, or the copy
+    failed: a warning; the run goes on with its own GAN)."""
     target = cache_dir / key
     tmp = cache_dir / f".{key}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if target.exists():
-        shutil.rmtree(tmp)
-    else:
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        if target.exists():
+            log.info("the GAN cache entry %s appeared meanwhile (another job): keeping it", target)
+            shutil.rmtree(tmp)
+            return None
         os.replace(tmp, target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not cache the GAN as %s (%s: %s)", target, type(err).__name__, err)
+        return None
     return target
 
 

@@ -6,7 +6,7 @@ Stage 1 fits the GAN LightningModule on normal images (skipped when ``gan.checkp
 ``gan.generator``/``gan.discriminator`` or a cache entry provides one). Stage 2 runs the
 LatentMapping LightningModule over validation + test, fits the threshold on validation only and
 writes scores.csv, metrics.json, figures and TensorBoard dashboards into the run folder.
-Returns the test metric named by ``optimized_metric`` (for Hydra sweepers).
+Returns the metric named by ``optimized_metric`` (default val/auroc: select on validation) for Hydra sweepers.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from anogan.report import add_dashboard_layout, write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.scorers import Scorer
 from anogan.run_info import write_run_info
-from anogan.sweep import run_name
+from anogan.sweep import parse_optimized_metric, run_name, set_job_threads
 
 log = logging.getLogger("anogan")
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job folder names
@@ -121,13 +121,13 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
     # appear, so they make the same reuse-or-train choice as rank 0.
     with gan_store.cache_lock(cache_dir, key) if zero else nullcontext():
         entry = cache_dir / key
-        if (entry / "gan.json").is_file():
-            log.info("reusing the cached GAN %s (same data, model, training settings and seed)", entry)
-            g, d, _ = gan_store.load_gan_folder(entry)
+        cached = gan_store.load_cache_entry(entry, key, _arch(cfg), move_damaged=zero)  # damaged: moved aside, None
+        if cached:
+            log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", entry)
+            g, d = cached
             return g, d, f"cache {key}"
         folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
-        if zero:
-            gan_store.publish(folder, cache_dir, key)
+        if zero and gan_store.publish(folder, cache_dir, key):
             log.info("trained a new GAN, cached as %s", cache_dir / key)
     g, d, _ = gan_store.load_gan_folder(folder)
     return g, d, "trained"
@@ -178,6 +178,8 @@ def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Pat
 
 def run(cfg: DictConfig) -> float:
     check_config(cfg)
+    split, metric = parse_optimized_metric(cfg.optimized_metric)  # a config error before any data loads
+    set_job_threads(cfg)  # threads: null | auto | N (launcher presets)
     if _is_rank_zero():
         warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
     run_start = time.perf_counter()
@@ -226,8 +228,7 @@ def run(cfg: DictConfig) -> float:
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             log_hparams(cfg, metrics, lg)
-    split, _, name = cfg.optimized_metric.partition("/")
-    value = metrics[split][name] if metrics[split].get(name) is not None else float("nan")
+    value = metrics[split][metric] if metrics[split].get(metric) is not None else float("nan")
     log.info("%s = %.4f  (run folder: %s)", cfg.optimized_metric, value, run_dir)
     return float(value)
 
