@@ -4,8 +4,6 @@ the GAN trained again; the key changes with the training code and the world size
 import json
 import re
 
-from omegaconf import OmegaConf
-
 from anogan import gan_store
 from conftest import compose_config, tiny_overrides
 from test_train_e2e import run_train
@@ -36,13 +34,11 @@ def test_damaged_cache_entries_are_set_aside_and_retrained(tiny_cifar, tmp_path)
 
 
 def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
-    cfg = compose_config(["data.root=/data"])
-    OmegaConf.resolve(cfg)  # as in a job
+    cfg = compose_config(["data.root=/data", "trainer.default_root_dir=/run"])
     key, spec = gan_store.cache_key(cfg)
     assert spec["world_size"] == 1 and len(spec["code"]) == 12
-    cfg.trainer.devices, cfg.trainer.num_nodes = 2, 2
-    assert gan_store.cache_key(cfg)[1]["world_size"] == 4 and gan_store.cache_key(cfg)[0] != key
-    cfg.trainer.devices, cfg.trainer.num_nodes = 1, 1
+    ddp = compose_config(["data.root=/data", "trainer.default_root_dir=/run", "trainer=ddp", "trainer.num_nodes=2", "trainer.accelerator=cpu"])
+    assert gan_store.cache_key(ddp)[1]["world_size"] == 4 and gan_store.cache_key(ddp)[0] != key
     source = tmp_path / "models" / "gan.py"
     source.parent.mkdir()
     source.write_text("# edited training code\n")
