@@ -136,7 +136,7 @@ def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_pa
          f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     )
     jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
-    assert len(jobs) == 4 and all(j.startswith("betas=0.") and ",root=" in j for j in jobs), jobs
+    assert len(jobs) == 4 and all(j.startswith("root=") and ",betas=0." in j for j in jobs), jobs
     with open(tmp_path / "sweep" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and len({(r["root"], r["betas"]) for r in rows}) == 4
