@@ -231,7 +231,7 @@ def collect(sweep_dir: Path) -> list[dict]:
                 if key in components:
                     interval = components.get(f"{key}_interval", m.get(f"{key}_interval"))
                     _with_interval(row, column, components[key], interval)
-            row["threshold"] = m["threshold"]["f1"]
+            row["threshold"] = m["threshold"][m["threshold"].get("rule", "f1")]  # the rule behind the labels
             row["wall_time_s"] = m.get("wall_time_s", {}).get("total")
             row["gan"] = "reused" if str(m.get("gan_source", "")).startswith("cache") else m.get("gan_source", "")
         else:
