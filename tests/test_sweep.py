@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from anogan.errors import UserError
-from anogan.sweep import aggregate_seeds, parse_optimized_metric, run_name, summarize, sweep_keys
+from anogan.sweep import aggregate_seeds, job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
 from conftest import compose_config, tiny_overrides
 from test_train_e2e import run_train
 
@@ -71,6 +72,14 @@ def test_optimized_metric_names_a_split_and_a_metric():
         with pytest.raises(UserError, match="optimized_metric="):
             parse_optimized_metric(bad)
     assert compose_config([]).optimized_metric == "val/auroc"
+
+
+def test_threads_setting():
+    assert job_threads(OmegaConf.create({"threads": None})) is None
+    assert job_threads(OmegaConf.create({"threads": 3})) == 3
+    assert job_threads(OmegaConf.create({"threads": "auto"})) >= 1  # outside a Hydra job: all usable cores
+    with pytest.raises(UserError, match="threads="):
+        job_threads(OmegaConf.create({"threads": 0}))
 
 
 def test_launcher_presets_compose():

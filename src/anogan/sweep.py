@@ -147,9 +147,10 @@ def run_name(overrides, exclude_keys=(), swept: set[str] | None = None) -> str:
     """A job folder name from its overrides, e.g. "alpha=0.1,latent_dim=64".
 
     Shows the swept keys (all non-excluded overrides when the swept keys are unknown), with short
-    keys and folder-safe values (floats to 4 significant digits). Where that text could collide or is cut to MAX_NAME characters (a
-    value changed to be folder-safe, e.g. a path or a list; an override left out), a 6-character
-    hash of all the job's overrides is appended, so two different jobs never share a folder.
+    keys and folder-safe values (floats to 4 significant digits). Where that text could collide (a
+    value changed to be folder-safe, e.g. a path or a list; an override left out) or is cut to
+    MAX_NAME characters, a 6-character hash of all the job's overrides is appended, so two
+    different jobs never share a folder.
     """
     parsed = _parse(overrides)
     swept = current_swept_keys() if swept is None else swept
