@@ -232,7 +232,8 @@ def collect(sweep_dir: Path) -> list[dict]:
                 if key in components:
                     interval = components.get(f"{key}_interval", m.get(f"{key}_interval"))
                     _with_interval(row, column, components[key], interval)
-            row["threshold"] = m["threshold"][m["threshold"].get("rule", "f1")]  # the rule behind the labels
+            threshold = m.get("threshold") or {}
+            row["threshold"] = threshold.get("value", threshold.get("f1"))  # the one behind the labels
             row["wall_time_s"] = m.get("wall_time_s", {}).get("total")
             row["gan"] = "reused" if str(m.get("gan_source", "")).startswith("cache") else m.get("gan_source", "")
         else:
@@ -259,13 +260,13 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
         for metric in METRICS:
             for split in SPLITS:
                 column = f"{split}_{metric}"
-                if all(column in m for m in members):
-                    values = [m[column] for m in members]
+                values = [m.get(column) for m in members]
+                if all(isinstance(v, (int, float)) for v in values):
                     agg[f"{column}_mean"] = statistics.fmean(values)
                     agg[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
                     _mean_interval(agg, f"{column}_mean", members, column)
         for column in BASELINES.values():
-            if all(column in m for m in members):
+            if all(isinstance(m.get(column), (int, float)) for m in members):
                 agg[f"{column}_mean"] = statistics.fmean(m[column] for m in members)
                 _mean_interval(agg, f"{column}_mean", members, column)
         agg["wall_time_s_mean"] = statistics.fmean(m.get("wall_time_s") or 0.0 for m in members)
@@ -278,7 +279,7 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
 
 
 def _mean_interval(agg: dict, target: str, members: list[dict], column: str) -> None:
-    if all(f"{column}_ci_low" in m for m in members):
+    if all(isinstance(m.get(f"{column}_ci_low"), (int, float)) for m in members):
         for bound in ("low", "high"):
             agg[f"{target}_ci_{bound}"] = statistics.fmean(m[f"{column}_ci_{bound}"] for m in members)
 
@@ -307,7 +308,8 @@ def _markdown(rows: list[dict], best_key: str | None) -> str:
     shown_in_cell = {k for k in every if k.endswith("_std") and f"{k[:-4]}_mean" in every}
     shown_in_cell |= {k for k in every if k.endswith(("_ci_low", "_ci_high")) and k.rsplit("_ci_", 1)[0] in every}
     keys = [k for k in every if k not in shown_in_cell]
-    best = max((r for r in rows if best_key in r), key=lambda r: r[best_key], default=None) if best_key else None
+    scored = [r for r in rows if isinstance(r.get(best_key), (int, float))]
+    best = max(scored, key=lambda r: r[best_key], default=None)
     lines = ["| " + " | ".join(keys) + " | best |", "|" + " --- |" * (len(keys) + 1)]
     lines += ["| " + " | ".join(_cell(r, k) for k in keys) + f" | {'**best**' if r is best else ''} |" for r in rows]
     return "\n".join(lines) + "\n"
