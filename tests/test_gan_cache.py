@@ -5,8 +5,7 @@ import json
 import re
 
 from anogan import gan_store
-from conftest import compose_config, tiny_overrides
-from test_train_e2e import run_train
+from conftest import compose_config, run_train, tiny_overrides
 
 
 def entries(cache):

@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 
 from anogan.errors import UserError
 from anogan.sweep import aggregate_seeds, job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
-from conftest import compose_config, tiny_overrides
-from test_train_e2e import run_train
+from conftest import compose_config, run_train, tiny_overrides
 
 
 def sweep(tiny_cifar, log_dir, sweep_dir):
