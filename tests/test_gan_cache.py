@@ -20,12 +20,12 @@ def test_damaged_cache_entries_are_set_aside_and_retrained(tiny_cifar, tmp_path)
     generator = entry / "generator.pt"
     generator.write_bytes(generator.read_bytes()[:100])  # truncated
 
-    for damage in ("truncated generator.pt", "no gan.json"):
-        proc = run_train(overrides)
+    for i, damage in enumerate(("truncated generator.pt", "no gan.json")):
+        proc = run_train([*overrides, f"hydra.run.dir={tmp_path}/run{i}"])  # a new run folder each time
         log = proc.stdout + proc.stderr
         assert re.search(r"damaged GAN cache entry .* moved to .*\.broken-", log), (damage, log[-2000:])
         assert "cached as" in log
-        assert json.loads((tmp_path / "run" / "metrics.json").read_text())["gan_source"] == "trained"
+        assert json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())["gan_source"] == "trained"
         (entry,) = entries(cache)
         assert (entry / "gan.json").is_file()
         (entry / "gan.json").unlink()  # the next damage
