@@ -168,9 +168,11 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
 def test_good_overrides_pass_the_key_check(tiny_cifar):
     from anogan.config_check import check_config
 
-    for extra in (["+trainer.gradient_clip_val=1.0"], ["trainer=ddp"], ["mapping=encoder"], ["experiment=cifar_car_cpu"],
+    for extra in (["+trainer.gradient_clip_val=1.0"], ["trainer=ddp"], ["experiment=cifar_car_cpu"],
                   ["debug=fast"], ["+callbacks.checkpoint.save_last=true"], ["data.val_subset=2.0"], ["data.test_subset=0.5"]):
         check_config(compose_config([*tiny_overrides(tiny_cifar), *extra]))
+    for mapping in ("encoder", "encoder_search"):
+        check_config(compose_config(tiny_overrides(tiny_cifar, mapping=mapping)))
 
 
 def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):

@@ -82,7 +82,7 @@ def test_folder_errors_say_what_to_fix(image_root):
 def test_train_py_runs_on_a_folder_of_images(image_root, tmp_path):
     import csv
 
-    from test_train_e2e import run_train
+    from conftest import run_train
 
     overrides = [
         "data=folder", f"data.root={image_root}", "data.image_size=32", "data.batch_size=8",

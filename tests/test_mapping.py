@@ -87,5 +87,6 @@ def test_broken_weights_stop_the_search_with_a_message():
     with torch.no_grad():
         next(g.parameters()).fill_(float("nan"))
     mapping = LatentMapping(g, d, alpha=0.5, iterations=2)
-    with pytest.raises(UserError, match=r"3 anomaly score\(s\) are NaN/inf: the generator or discriminator"):
-        mapping.search(torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 16))
+    batch = {"image": torch.rand(3, 3, 32, 32) * 2 - 1, "key": torch.arange(3), "row": torch.arange(3)}
+    with pytest.raises(UserError, match=r"3 anomaly score\(s\) are NaN/inf: the GAN"):
+        mapping.predict_step(batch)

@@ -147,7 +147,7 @@ def test_mvtec_synthetic_validation_never_reaches_test(mvtec_root, method):
 def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
     import csv
 
-    from test_train_e2e import run_train
+    from conftest import run_train
 
     overrides = [
         "data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32", "data.batch_size=5",
@@ -162,7 +162,7 @@ def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
     assert all(r["source"].startswith("test/") for r in rows)
     manifest = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert manifest["masks"]["test"]["with_mask"] == len(rows) - manifest["splits"]["val"]["size"]
-    failed = run_train([*overrides[:2], "data.category=nope", *overrides[3:]], check=False)
+    failed = run_train([*overrides[:2], "data.category=nope", *overrides[3:-1], f"hydra.run.dir={tmp_path}/failed"], check=False)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert "nope/train/good is not a folder" in failed.stdout + failed.stderr and "found: widget" in failed.stdout + failed.stderr
 

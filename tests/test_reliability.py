@@ -17,7 +17,7 @@ from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN, DivergenceError
 from anogan.train import given_gan
 from conftest import REPO, compose_config, tiny_overrides
-from test_train_e2e import run_train
+from conftest import run_train
 
 
 @pytest.fixture(scope="module")

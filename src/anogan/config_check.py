@@ -125,7 +125,7 @@ def check_config(cfg: DictConfig) -> None:
         ("data.batch_size", 1),
         ("data.num_workers", 0),
     ]
-    whole += [("mapping.iterations", 0)] * ("iterations" in mp) + [("mapping.epochs", 1)] * ("epochs" in mp)
+    whole += [("mapping.iterations", 1)] * ("iterations" in mp) + [("mapping.epochs", 1)] * ("epochs" in mp)
     for key, low in whole:
         value = _number(cfg, key)
         if not _is_whole(value) or value < low:
