@@ -1,0 +1,93 @@
+"""Data for the README's demonstrations, written as a user's files would be:
+
+    python benchmarks/make_demo_data.py mvtec <out>            # an MVTec AD-layout category "tiles" with masks
+    python benchmarks/make_demo_data.py car-folder <out> --cifar <root of cifar-10-batches-py> [--n 1500]
+
+``mvtec``: 64×64 grey-textured tiles (seeded smooth noise plus stripes), 120 training images, 30 good
+test images and 30 per defect type: ``scratch`` (a thin bright line) and ``stain`` (a dark blob), each
+with its 0/255 mask in ``ground_truth/<defect>/<name>_mask.png``.
+``car-folder``: the first ``n`` automobile images of the CIFAR-10 training set as PNGs in
+``<out>/normal/`` (a normal-only folder: no anomalous images at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 64
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    coarse = rng.normal(0, 1, (8, 8))
+    smooth = np.array(Image.fromarray(coarse.astype(np.float32), mode="F").resize((SIZE, SIZE), Image.BICUBIC))
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    stripes = np.sin((x + y * rng.uniform(0.2, 0.4)) / 3.0)
+    img = 128 + 25 * smooth + 18 * stripes + rng.normal(0, 4, (SIZE, SIZE))
+    return np.clip(img, 0, 255)
+
+
+def _save(img: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+
+
+def mvtec(out: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    root = out / "tiles"
+    for i in range(120):
+        _save(_texture(rng), root / "train" / "good" / f"{i:03d}.png")
+    for i in range(30):
+        _save(_texture(rng), root / "test" / "good" / f"{i:03d}.png")
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    for i in range(30):
+        img = _texture(rng)
+        x0, y0 = rng.integers(8, 40, 2)
+        length, angle = rng.integers(14, 24), rng.uniform(0, np.pi)
+        t = np.linspace(0, 1, 200)
+        mask = np.zeros((SIZE, SIZE), bool)
+        xs, ys = (x0 + t * length * np.cos(angle)).astype(int), (y0 + t * length * np.sin(angle)).astype(int)
+        for dx in (0, 1):
+            mask[np.clip(ys, 0, SIZE - 1), np.clip(xs + dx, 0, SIZE - 1)] = True
+        img[mask] = 235
+        _save(img, root / "test" / "scratch" / f"{i:03d}.png")
+        _save(mask * 255.0, root / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    for i in range(30):
+        img = _texture(rng)
+        cy, cx = rng.integers(12, 52, 2)
+        r = rng.uniform(4, 8)
+        mask = (y - cy) ** 2 + (x - cx) ** 2 <= r**2
+        img[mask] = img[mask] * 0.35
+        _save(img, root / "test" / "stain" / f"{i:03d}.png")
+        _save(mask * 255.0, root / "ground_truth" / "stain" / f"{i:03d}_mask.png")
+    print(f"wrote {root}: train/good 120, test/good 30, test/scratch 30, test/stain 30, masks in ground_truth/")
+
+
+def car_folder(out: Path, cifar: Path, n: int) -> None:
+    images = []
+    for b in range(1, 6):
+        with open(cifar / "cifar-10-batches-py" / f"data_batch_{b}", "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        images += [img for img, label in zip(data, batch["labels"]) if label == 1]
+    for i, img in enumerate(images[:n]):
+        _save(img, out / "normal" / f"car_{i:05d}.png")
+    print(f"wrote {min(n, len(images))} car images to {out / 'normal'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["mvtec", "car-folder"])
+    p.add_argument("out", type=Path)
+    p.add_argument("--cifar", type=Path, default=Path("data/cifar10"))
+    p.add_argument("--n", type=int, default=1500)
+    a = p.parse_args()
+    mvtec(a.out) if a.what == "mvtec" else car_folder(a.out, a.cifar, a.n)
+
+
+if __name__ == "__main__":
+    main()
