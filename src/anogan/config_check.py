@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, PROTOCOLS, class_index
 from anogan.errors import UserError
+from anogan.models.gan import check_gan_options
 from anogan.scores import CORRECTIONS
 
 
@@ -38,6 +39,7 @@ def _is_multirun() -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     d, mp = cfg.data, cfg.mapping
+    check_gan_options(cfg.model)  # the GAN's training options (objective, norms, EMA, selection, ...)
     cifar = "normal_class" in d  # data=cifar10; data=folder checks its folders when it loads them
     if cifar:
         try:

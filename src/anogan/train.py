@@ -67,7 +67,10 @@ def fit_gan(cfg: DictConfig, datamodule, logger, run_dir: Path, extra: dict | No
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     folder = run_dir / "gan"
     if trainer.is_global_zero:
-        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder, extra)
+        # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
+        selection = model.selection_summary()
+        extra = {**(extra or {}), **({"selection": selection} if selection else {})}
+        gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
 
