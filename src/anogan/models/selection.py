@@ -60,10 +60,13 @@ class CheckpointSelection(L.Callback):
     # --- the criterion ---------------------------------------------------------------------------
     def validation_rows(self, datamodule) -> np.ndarray:
         """Positions in ``datamodule.eval_set`` of the fixed stratified validation subset (sorted)."""
-        split = np.asarray(datamodule.eval_split)
-        val = np.flatnonzero(split == "val")
+        split = getattr(datamodule, "eval_split", None)
+        val = np.flatnonzero(np.asarray(split) == "val") if split is not None else np.arange(0)
         if len(val) == 0:
-            raise UserError("model.selection.every_n_epochs is set but the data has no validation rows: set it to null, or give validation images.")
+            raise UserError(
+                "model.selection.every_n_epochs is set but the GAN is fitted without validation rows (a data module with eval_split 'val'): "
+                "set it to null, or give validation images."
+            )
         classes = datamodule.eval_set.classes[torch.as_tensor(val)].numpy()
         return val[stratified_subset(classes, self.images, self.seed)]
 
