@@ -321,3 +321,12 @@ def test_train_end_to_end_with_every_option(tiny_cifar, tmp_path):
     sel = meta["selection"]
     assert sel["best_epoch"] in (0, 1) and [h["epoch"] for h in sel["history"]] == [0, 1]
     assert sel["best_criterion"] == max(h["criterion"] for h in sel["history"])
+
+
+def test_selection_without_validation_rows_is_a_user_error():
+    data = FakeData([1, 0, 2], ["test", "test", "test"])
+    with pytest.raises(UserError, match="model.selection.every_n_epochs"):
+        CheckpointSelection(**SELECTION).validation_rows(data)
+    with pytest.raises(UserError, match="model.selection.every_n_epochs"):
+        CheckpointSelection(**SELECTION).validation_rows(None)  # fitted on plain dataloaders
+    assert data.eval_set.read == []
