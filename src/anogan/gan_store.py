@@ -82,8 +82,8 @@ def load_weights(generator_path: Path, discriminator_path: Path, arch: dict) -> 
             shapes = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
             raise GANLoadError(
                 f"the {what} weights in {path} do not fit the configured model "
-                f"({', '.join(f'{k}={arch[k]}' for k in ARCH_KEYS)}): {shapes}. "
-                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width to the values it was trained with."
+                f"({', '.join(f'{k}={arch.get(k, ARCH_DEFAULTS.get(k))}' for k in ARCH_KEYS)}): {shapes}. "
+                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm to the values it was trained with."
             ) from None
     return g, d
 
