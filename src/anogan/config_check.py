@@ -28,6 +28,7 @@ from anogan import conf_dir
 from anogan.errors import UserError
 from anogan.io import describe_os_error
 from anogan.metrics import THRESHOLD_RULES
+from anogan.models.gan import check_gan_options
 from anogan.scores import CORRECTIONS
 
 CONF_DIR = Path(conf_dir())
@@ -95,6 +96,7 @@ def check_config(cfg: DictConfig) -> None:
     """
     check_known_keys(cfg)
     d, mp = cfg.data, cfg.mapping
+    check_gan_options(cfg.model)  # the GAN's training options (objective, norms, EMA, selection, ...)
     cifar = "normal_class" in d  # data=cifar10; data=folder checks its folders when it loads them
     if cifar:
         try:

@@ -31,7 +31,9 @@ from anogan.models.dcgan import Discriminator, Generator
 
 log = logging.getLogger(__name__)
 
-ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width")
+ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm")
+# Values of architecture keys added later, for GAN folders and checkpoints saved before them.
+ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
 # The source files whose content defines "the training code" in the cache key: the GAN and its
@@ -80,8 +82,9 @@ def _load_state(path: Path, what: str) -> dict:
 
 
 def build_networks(arch: dict) -> tuple[Generator, Discriminator]:
+    arch = {**ARCH_DEFAULTS, **arch}
     g = Generator(arch["latent_dim"], arch["channels"], arch["image_size"], arch["g_width"])
-    d = Discriminator(arch["channels"], arch["image_size"], arch["d_width"])
+    d = Discriminator(arch["channels"], arch["image_size"], arch["d_width"], norm=arch["d_norm"], spectral_norm=arch["spectral_norm"])
     return g, d
 
 
@@ -95,8 +98,8 @@ def load_weights(generator_path: Path, discriminator_path: Path, arch: dict) -> 
             shapes = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
             raise GANLoadError(
                 f"the {what} weights in {path} do not fit the configured model "
-                f"({', '.join(f'{k}={arch[k]}' for k in ARCH_KEYS)}): {shapes}. "
-                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width to the values it was trained with."
+                f"({', '.join(f'{k}={arch.get(k, ARCH_DEFAULTS.get(k))}' for k in ARCH_KEYS)}): {shapes}. "
+                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm to the values it was trained with."
             ) from None
     return g, d
 
@@ -251,15 +254,17 @@ def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discrimina
         hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     except Exception as err:
         raise GANLoadError(f"gan.checkpoint={path} is not a Lightning checkpoint of the GAN stage ({type(err).__name__}: {err}).") from None
-    _check_arch({k: hparams.get(k) for k in ARCH_KEYS}, arch, path)
+    _check_arch({k: hparams[k] for k in ARCH_KEYS if k in hparams}, arch, path)
     g, d = build_networks(arch)
-    g.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
+    # the EMA generator when the GAN kept one (model.ema_decay): the one the run scores with
+    g_prefix = "generator_ema.module." if any(k.startswith("generator_ema.module.") for k in state) else "generator."
+    g.load_state_dict({k[len(g_prefix):]: v for k, v in state.items() if k.startswith(g_prefix)})
     d.load_state_dict({k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")})
     return g, d
 
 
 def _check_arch(found: dict, wanted: dict, where: Path) -> None:
-    diff = {k: (found.get(k), wanted[k]) for k in ARCH_KEYS if found.get(k) != wanted[k]}
+    diff = {k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         raise GANLoadError(f"the GAN in {where} does not match the configured model ({detail}). Fix: set those config values to the checkpoint's.")

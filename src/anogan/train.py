@@ -90,7 +90,10 @@ def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: di
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     folder = run_dir / "gan"
     if trainer.is_global_zero:
-        gan_store.save_gan(model.generator, model.discriminator, _arch(cfg), folder, extra)
+        # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
+        selection = model.selection_summary()
+        extra = {**(extra or {}), **({"selection": selection} if selection else {})}
+        gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
 
@@ -220,6 +223,9 @@ def run(cfg: DictConfig) -> float:
     metrics, calibration = write_report(results, datamodule, scorer, run_dir, writer, cfg.threshold)
     save_scorer(cfg, scorer, calibration, run_dir, source)
     metrics["gan_source"] = source
+    gan_meta = run_dir / "gan" / "gan.json"
+    if source == "trained" and gan_meta.is_file() and "selection" in (meta := json.loads(gan_meta.read_text())):
+        metrics["gan_selection"] = meta["selection"]  # the epoch chosen on validation (model.selection)
     metrics["scorer_file"] = ARTIFACT
     metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
     metrics["images_scored"] = len(results["score"])

@@ -3,6 +3,21 @@
 Sizes 32/64/128 px and 1 or 3 channels. The discriminator exposes ``features(x)``, the
 feature stack f(·) used by the discrimination (feature-matching) loss, and returns *logits*
 (the seed's Sigmoid is folded into BCEWithLogits, which is the same loss, stable in bf16).
+
+Two discriminator options (architecture keys, saved in ``gan.json`` so a saved GAN rebuilds exactly):
+
+* ``norm``: the normalisation after each feature conv. ``batch`` (the guidebook's BatchNorm),
+  ``layer`` (``GroupNorm(1, C)``: mean/variance over C×H×W of each image, per-channel affine, the
+  conv form of layer normalisation used by Gulrajani et al. 2017's critic), ``instance``
+  (``InstanceNorm2d(affine=True)``) or ``none``. A gradient penalty is per image, so it needs a
+  per-image critic: BatchNorm (which mixes the images of a batch) is refused with it.
+* ``spectral_norm``: every conv weight of D (features and head) is divided by its largest singular
+  value, estimated by one power iteration per training forward (Miyato et al., ICLR 2018,
+  "Spectral normalization for generative adversarial networks";
+  ``torch.nn.utils.parametrizations.spectral_norm``). The state dict then holds
+  ``parametrizations.weight.original`` and the power-iteration vectors ``_u``/``_v`` instead of
+  ``weight``. Refused with ``norm=batch``: SN-GAN's discriminator has no BatchNorm, and the scorer
+  folds Conv→BatchNorm pairs into one conv, which a spectrally normalised conv does not allow.
 """
 
 from __future__ import annotations
@@ -11,8 +26,12 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from anogan.errors import UserError
 
 SUPPORTED_SIZES = (32, 64, 128)
+D_NORMS = ("batch", "layer", "instance", "none")
 
 
 def _n_doublings(image_size: int) -> int:
@@ -22,12 +41,34 @@ def _n_doublings(image_size: int) -> int:
 
 
 def init_weights(module: nn.Module) -> None:
-    """The seed's init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
+    """The seed's init: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0.
+    (GroupNorm/InstanceNorm keep PyTorch's weight 1, bias 0.)"""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+def check_discriminator_options(norm: str, spectral_norm: bool) -> None:
+    """Raise ``UserError`` naming the config key for an unknown norm or SN with BatchNorm."""
+    if norm not in D_NORMS:
+        raise UserError(f"model.d_norm={norm!r} is not allowed: use one of {', '.join(D_NORMS)}.")
+    if spectral_norm and norm == "batch":
+        raise UserError(
+            "model.spectral_norm=true needs a discriminator without BatchNorm (Miyato et al. 2018): "
+            "set model.d_norm=none (or layer / instance)."
+        )
+
+
+def _norm_layer(norm: str, width: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(width)
+    if norm == "layer":
+        return nn.GroupNorm(1, width)
+    if norm == "instance":
+        return nn.InstanceNorm2d(width, affine=True)
+    return nn.Identity()
 
 
 class Generator(nn.Module):
@@ -52,19 +93,28 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> logit. ``features`` halves the size down to 4×4 with widths W, 2W, 4W, ..."""
+    """image (N×C×S×S) -> logit (N,). ``features`` halves the size down to 4×4 with widths W, 2W, 4W, ...
 
-    def __init__(self, channels: int = 3, image_size: int = 64, width: int = 64):
+    ``norm`` and ``spectral_norm``: see the module docstring; raises ``UserError`` for a norm
+    outside ``D_NORMS`` or spectral norm with BatchNorm.
+    """
+
+    def __init__(self, channels: int = 3, image_size: int = 64, width: int = 64, norm: str = "batch", spectral_norm: bool = False):
         super().__init__()
+        check_discriminator_options(norm, spectral_norm)
         k = _n_doublings(image_size)
         layers, w_in = [], channels
         for i in range(k):
             w_out = width * 2**i
-            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False), _norm_layer(norm, w_out), nn.LeakyReLU(0.2, True)]
             w_in = w_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(w_in, 1, 4, 1, 0, bias=False)
         self.apply(init_weights)
+        if spectral_norm:  # after the init: SN's `original` starts from the N(0, 0.02) weights
+            for module in list(self.modules()):
+                if isinstance(module, nn.Conv2d):
+                    _spectral_norm(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).flatten()

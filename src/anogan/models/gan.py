@@ -1,24 +1,126 @@
-"""Stage 1: the DCGAN as a LightningModule with manual optimization.
+"""Stage 1: the GAN as a LightningModule with manual optimization.
 
-Per batch (the guidebook's ``train_G_D``): one discriminator step on BCE(D(x), 1) + BCE(D(G(z)), 0),
-then ``g_steps`` generator steps on BCE(D(G(z)), 1) with the same z.
+Per batch: one discriminator (critic) step; every ``critic_steps``-th batch (and on an epoch's last
+batch) then ``g_steps`` generator steps with the same z. The defaults (``objective=bce``,
+``critic_steps=1``, ``g_steps=3``) are the guidebook's ``train_G_D``: one D step on
+BCE(D(x), 1) + BCE(D(G(z)), 0), then 3 G steps on BCE(D(G(z)), 1).
+
+Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and what it measured):
+
+* ``objective=wgan_gp``: the Wasserstein loss with gradient penalty (Gulrajani et al., NeurIPS 2017,
+  "Improved training of Wasserstein GANs", Algorithm 1; f-AnoGAN's choice): critic loss
+  E[D(G(z))] − E[D(x)] + λ·E[(‖∇D(x̂)‖₂ − 1)²] with x̂ = εx + (1 − ε)G(z), ε ~ U(0, 1) per image,
+  λ = ``gp_weight``; generator loss −E[D(G(z))]. The paper's n_critic = 5 is ``critic_steps=5``
+  with ``g_steps=1`` (each critic step on a fresh real batch), Adam lr 1e-4, betas (0, 0.9):
+  ``experiment=cifar_car_cpu_wgan_gp``. ``gp_weight > 0`` with ``objective=bce`` adds the same
+  penalty to the BCE discriminator loss.
+* ``d_norm`` / ``spectral_norm``: the discriminator's normalisation (see ``dcgan.py``).
+* ``diffaugment``: DiffAugment (Zhao et al. 2020) on real and fake before D, in D and G steps.
+* ``ema_decay``: an exponential moving average of G's weights, updated after every G step
+  (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; BatchNorm running
+  statistics are copied from G, not averaged). ``scoring_generator`` is then the EMA copy: it makes
+  the sample grids, is what checkpoint selection scores and what the run saves as its generator.
+* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
+* ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
+  |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
+  (epoch means D(x) > 1 − ``saturation`` and D(G(z)) < ``saturation``) for ``saturated_epochs``
+  epochs in a row, where G's gradient vanishes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from anogan.errors import UserError
-from anogan.models.dcgan import Discriminator, Generator
+from anogan.models.augment import diff_augment, parse_policy
+from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
+
+OBJECTIVES = ("bce", "wgan_gp")
+SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
+DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
+DEFAULT_DIVERGENCE = {"max_abs_loss": 1.0e4, "saturation": 0.01, "saturated_epochs": 10}
 
 
 class DivergenceError(UserError, FloatingPointError):
-    """A loss became NaN/inf; training stops so the last good checkpoint is kept."""
+    """Training stopped because a loss diverged or D saturated; the message says what is kept."""
+
+
+def _whole(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_gan_options(model: Mapping) -> None:
+    """Check the training options of ``model.*`` (a config node or dict); raise ``UserError`` with a
+    one-line message naming the key and the fix. Called by ``GAN.__init__`` and by the config check."""
+    objective = model.get("objective", "bce")
+    if objective not in OBJECTIVES:
+        raise UserError(f"model.objective={objective!r} is not allowed: use one of {', '.join(OBJECTIVES)}.")
+    gp_weight = model.get("gp_weight", 0.0)
+    if not (isinstance(gp_weight, (int, float)) and gp_weight >= 0):
+        raise UserError(f"model.gp_weight={gp_weight!r} is not allowed: use a number >= 0 (Gulrajani et al. use 10).")
+    if objective == "wgan_gp" and gp_weight <= 0:
+        raise UserError("model.objective=wgan_gp needs model.gp_weight > 0 (the critic is unbounded without it): use 10.")
+    d_norm = model.get("d_norm", "batch")
+    if gp_weight > 0 and d_norm == "batch":
+        raise UserError(
+            "model.gp_weight > 0 needs a per-image critic, and BatchNorm mixes the images of a batch: "
+            "set model.d_norm=layer (Gulrajani et al.), instance or none."
+        )
+    check_discriminator_options(d_norm, bool(model.get("spectral_norm", False)))
+    for key in ("critic_steps", "g_steps"):
+        if not _whole(model.get(key, 1), 1):
+            raise UserError(f"model.{key}={model.get(key)!r} is not allowed: use a whole number >= 1.")
+    ema = model.get("ema_decay")
+    if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
+        raise UserError(f"model.ema_decay={ema!r} is not allowed: use null (off) or a decay in (0, 1), e.g. 0.999.")
+    parse_policy(model.get("diffaugment"))
+    div = model.get("divergence") or DEFAULT_DIVERGENCE
+    if set(div) != set(DIVERGENCE_KEYS):
+        raise UserError(f"model.divergence must have exactly the keys {', '.join(DIVERGENCE_KEYS)}; it has {', '.join(div)}.")
+    if not div["max_abs_loss"] > 0:
+        raise UserError(f"model.divergence.max_abs_loss={div['max_abs_loss']!r} is not allowed: use a positive number, e.g. 1.0e4.")
+    if not 0.0 < div["saturation"] < 0.5:
+        raise UserError(f"model.divergence.saturation={div['saturation']!r} is not allowed: use a probability in (0, 0.5), e.g. 0.01.")
+    if div["saturated_epochs"] is not None and not _whole(div["saturated_epochs"], 1):
+        raise UserError(
+            f"model.divergence.saturated_epochs={div['saturated_epochs']!r} is not allowed: use null (no check) or a whole number >= 1."
+        )
+    sel = model.get("selection")
+    if sel is None:
+        return
+    if set(sel) != set(SELECTION_KEYS):
+        raise UserError(f"model.selection must have exactly the keys {', '.join(SELECTION_KEYS)}; it has {', '.join(sel)}.")
+    if sel["every_n_epochs"] is not None and not _whole(sel["every_n_epochs"], 1):
+        raise UserError(f"model.selection.every_n_epochs={sel['every_n_epochs']!r} is not allowed: use null (off) or a whole number >= 1.")
+    for key in ("images", "steps"):
+        if not _whole(sel[key], 1):
+            raise UserError(f"model.selection.{key}={sel[key]!r} is not allowed: use a whole number >= 1.")
+    if not sel["lr"] > 0:
+        raise UserError(f"model.selection.lr={sel['lr']!r} is not allowed: use a positive learning rate, e.g. 0.01.")
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """E[(‖∇ₓ̂ D(x̂)‖₂ − 1)²] over the batch, x̂ = εx + (1 − ε)x̃ with ε ~ U(0, 1) per image
+    (Gulrajani et al. 2017, eq. 3). real, fake: N×C×H×W; returns a scalar with a graph to D's
+    weights (``create_graph``), so it can be minimised. ``generator`` seeds ε (CPU generator)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).float().norm(dim=1) - 1.0) ** 2).mean()
 
 
 class GAN(L.LightningModule):
+    """G and D trained on normal images; ``scoring_generator`` is the G the run scores with.
+
+    Raises ``UserError`` (via ``check_gan_options``) for an invalid option combination.
+    """
+
     def __init__(
         self,
         latent_dim: int = 128,
@@ -35,18 +137,56 @@ class GAN(L.LightningModule):
         scheduler_t_mult: int = 2,
         n_samples: int = 64,
         sample_seed: int = 1234,
+        objective: str = "bce",
+        gp_weight: float = 0.0,
+        critic_steps: int = 1,
+        d_norm: str = "batch",
+        spectral_norm: bool = False,
+        diffaugment: str | None = None,
+        ema_decay: float | None = None,
+        divergence: dict | None = None,
+        selection: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_gan_options(self.hparams)
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, image_size, g_width)
-        self.discriminator = Discriminator(channels, image_size, d_width)
+        self.discriminator = Discriminator(channels, image_size, d_width, norm=d_norm, spectral_norm=spectral_norm)
+        self.generator_ema = None
+        if ema_decay is not None:
+            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
+            self.generator_ema.requires_grad_(False)
+        self.augment_policy = parse_policy(diffaugment)
+        self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
+        self.selection_callback = None  # made by configure_callbacks when selection.every_n_epochs is set
+        self._saturated_epochs = 0
+        self._saved_epoch: int | None = None  # epoch of the last checkpoint written (for DivergenceError)
         # Fixed noise: the sample grid of every epoch shows the same z, so epochs compare.
         noise = torch.randn(n_samples, latent_dim, 1, 1, generator=torch.Generator().manual_seed(sample_seed))
         self.register_buffer("fixed_noise", noise, persistent=False)
 
+    @property
+    def scoring_generator(self) -> torch.nn.Module:
+        """The EMA generator when ``ema_decay`` is set, else the trained one."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z)
+        return self.scoring_generator(z)
+
+    def configure_callbacks(self):
+        sel = self.hparams.selection
+        if not sel or sel["every_n_epochs"] is None:
+            return []
+        from anogan.models.selection import CheckpointSelection
+
+        self.selection_callback = CheckpointSelection(**sel)
+        return [self.selection_callback]
+
+    def selection_summary(self) -> dict | None:
+        """``{"best_epoch", "best_criterion", "history"}`` of checkpoint selection, or None when off."""
+        cb = self.selection_callback
+        return None if cb is None else cb.summary()
 
     def setup(self, stage: str) -> None:
         # On CPU, oneDNN's convolutions are faster in channels_last memory format: +17% images/s
@@ -73,50 +213,93 @@ class GAN(L.LightningModule):
     def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
-    def _check_finite(self, name: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value):
-            raise DivergenceError(
-                f"{name} is {value.item()} at epoch {self.current_epoch}, step {self.global_step}: the GAN diverged. "
-                "The last checkpoint of a finished epoch is kept; lower model.lr or try trainer.precision=32."
-            )
+    def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.hparams.objective == "wgan_gp":
+            return d_fake.float().mean() - d_real.float().mean()
+        return self._bce(d_real, 1.0) + self._bce(d_fake, 0.0)
+
+    def _g_loss(self, d_gen: torch.Tensor) -> torch.Tensor:
+        if self.hparams.objective == "wgan_gp":
+            return -d_gen.float().mean()
+        return self._bce(d_gen, 1.0)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.augment_policy) if self.augment_policy else x
+
+    def _kept(self) -> str:
+        """What survives a stop now, in words (for DivergenceError)."""
+        trainer = self._trainer
+        paths = [Path(cb.best_model_path) for cb in (trainer.checkpoint_callbacks if trainer else []) if cb.best_model_path]
+        paths = [p for p in paths if p.is_file()]
+        if paths and self._saved_epoch is not None:
+            return f"kept: {paths[0]}, written at the end of epoch {self._saved_epoch} (no gan/ folder is written for this run)"
+        return "nothing is kept: no checkpoint was written before this point, and no gan/ folder is written for this run"
+
+    def _diverged(self, what: str, fix: str = "lower model.lr, or try trainer.precision=32") -> DivergenceError:
+        return DivergenceError(f"{what} at epoch {self.current_epoch}, step {self.global_step}: the GAN diverged; {self._kept()}. Fix: {fix}.")
+
+    def _check_loss(self, name: str, value: torch.Tensor) -> None:
+        v = float(value.detach())
+        if v != v or abs(v) == float("inf"):
+            raise self._diverged(f"{name} is {v}")
+        if abs(v) > self.divergence["max_abs_loss"]:
+            raise self._diverged(f"|{name}| = {abs(v):.3g} > model.divergence.max_abs_loss={self.divergence['max_abs_loss']:g}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._saved_epoch = checkpoint.get("epoch")
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
         opt_g, opt_d = self.optimizers()
         x = batch["image"]
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)  # as the weights (see setup)
-        z = torch.randn(x.shape[0], self.hparams.latent_dim, 1, 1, device=x.device, dtype=x.dtype)
+        z = torch.randn(x.shape[0], hp.latent_dim, 1, 1, device=x.device, dtype=x.dtype)
 
         self.toggle_optimizer(opt_d)  # G's weights need no gradients here
-        d_real = self.discriminator(x)
-        d_fake = self.discriminator(self.generator(z).detach())
-        loss_d = self._bce(d_real, 1.0) + self._bce(d_fake, 0.0)
-        self._check_finite("discriminator loss", loss_d)
+        real_in, fake_in = self._augment(x), self._augment(self.generator(z).detach())
+        d_real = self.discriminator(real_in)
+        d_fake = self.discriminator(fake_in)
+        loss_d = self._d_loss(d_real, d_fake)
+        values = {}
+        if hp.gp_weight > 0:
+            penalty = gradient_penalty(self.discriminator, real_in, fake_in)
+            loss_d = loss_d + hp.gp_weight * penalty
+            values["train/gradient_penalty"] = penalty.detach()
+        self._check_loss("discriminator loss", loss_d)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        for _ in range(self.hparams.g_steps):
-            d_gen = self.discriminator(self.generator(z))
-            loss_g = self._bce(d_gen, 1.0)
-            self._check_finite("generator loss", loss_g)
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
-        self.untoggle_optimizer(opt_g)
+        # G steps after every critic_steps-th D step; an epoch's last batch too, so that a short
+        # epoch (or limit_train_batches) never leaves G untrained.
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if (batch_idx + 1) % hp.critic_steps == 0 or last:
+            self.toggle_optimizer(opt_g)
+            for _ in range(hp.g_steps):
+                d_gen = self.discriminator(self._augment(self.generator(z)))
+                loss_g = self._g_loss(d_gen)
+                self._check_loss("generator loss", loss_g)
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)
+                opt_g.step()
+                if self.generator_ema is not None:
+                    self.generator_ema.update_parameters(self.generator)
+            self.untoggle_optimizer(opt_g)
+            values["train/loss_g"] = loss_g.detach()
 
-        values = {
-            "train/loss_d": loss_d.detach(),
-            "train/loss_g": loss_g.detach(),
-            "train/d_real": torch.sigmoid(d_real.detach().float()).mean(),
-            "train/d_fake": torch.sigmoid(d_fake.detach().float()).mean(),
-        }
+        wgan = hp.objective == "wgan_gp"  # critic values are unbounded scores, not probabilities
+        values["train/loss_d"] = loss_d.detach()
+        values["train/d_real"] = (d_real if wgan else torch.sigmoid(d_real)).detach().float().mean()
+        values["train/d_fake"] = (d_fake if wgan else torch.sigmoid(d_fake)).detach().float().mean()
         # Step values are this process's own (no communication at every step); epoch means are
         # averaged over all DDP processes once per epoch (sync_dist on an epoch-only log).
-        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False, prog_bar=True)
-        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        # Everything goes to the logger; the progress bar shows the two losses only (it fits 100 columns).
+        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
+        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=True)
+        bar = {name: values[key] for name, key in (("d", "train/loss_d"), ("g", "train/loss_g")) if key in values}
+        self.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
     def on_train_start(self) -> None:
         # seed_everything gives every DDP process the same seed, so each would draw the same z and
@@ -132,13 +315,26 @@ class GAN(L.LightningModule):
         metrics = self.trainer.callback_metrics
         for key in ("train/loss_d_epoch", "train/loss_g_epoch"):
             if key in metrics:
-                self._check_finite(key, metrics[key])
+                self._check_loss(key, metrics[key])
+        patience = self.divergence["saturated_epochs"]
+        if self.hparams.objective != "bce" or patience is None or "train/d_real_epoch" not in metrics:
+            return
+        s = self.divergence["saturation"]
+        real, fake = float(metrics["train/d_real_epoch"]), float(metrics["train/d_fake_epoch"])
+        self._saturated_epochs = self._saturated_epochs + 1 if (real > 1 - s and fake < s) else 0
+        if self._saturated_epochs >= patience:
+            raise self._diverged(
+                f"D saturated: mean D(x) > {1 - s:g} and mean D(G(z)) < {s:g} for {patience} epochs in a row "
+                f"(model.divergence.saturated_epochs; now {real:.4f} / {fake:.4f}), so G's gradient vanishes",
+                fix="try model.diffaugment, model.spectral_norm=true or experiment=cifar_car_cpu_wgan_gp, or raise model.divergence.saturated_epochs",
+            )
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Images from the fixed noise (or ``z``) with the generator in eval mode."""
-        was_training = self.generator.training
-        self.generator.eval()
-        images = self.generator(self.fixed_noise if z is None else z)
-        self.generator.train(was_training)
+        """Images (N×C×S×S in [−1, 1]) from the fixed noise (or ``z``) with the scoring generator in eval mode."""
+        generator = self.scoring_generator
+        was_training = generator.training
+        generator.eval()
+        images = generator(self.fixed_noise if z is None else z)
+        generator.train(was_training)
         return images

@@ -1,3 +1,0 @@
-from anogan.models.dcgan import Discriminator, Generator
-
-__all__ = ["Discriminator", "Generator"]
