@@ -204,3 +204,17 @@ def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, t
 def test_export_refuses_a_search_scorer_in_one_line(tiny_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "anogan.export", f"ckpt={tiny_run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "stays PyTorch-only" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_follows_a_run_folder_rerun_with_other_settings(tiny_cifar, tmp_path):
+    """A folder rerun with overwrite=true and another search: predict gives the new scores.csv's scores."""
+    out = tmp_path / "rerun"
+    run_train(tiny_overrides(tiny_cifar, out))
+    run_train([*tiny_overrides(tiny_cifar, out), "mapping.iterations=5", "overwrite=true"])
+    run = out / "run"
+    images, rows = _eval_images(run)
+    assert {r["steps"] for r in rows} == {"5"}
+    chosen = list(range(0, len(rows), 11))[:5]
+    for i in chosen:
+        _save_png(images[i], tmp_path / "pngs" / f"row{i:03d}.png")
+    _check_rows(predict(ckpt=run, input=tmp_path / "pngs", out=tmp_path / "p.csv")["rows"], rows, chosen)
