@@ -225,3 +225,15 @@ def test_train_end_to_end_with_each_scorer(tiny_cifar, tmp_path):
             assert max(steps) <= 2 and min(steps) >= 1
         assert (run / "figures" / "examples_most_anomalous.png").is_file()
         assert not (run / "scoring").exists()  # the resumable cache is dropped once scores.csv is written
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scoring_on_a_gpu_matches_the_cpu():
+    g, d = _nets()
+    data = _dataset(8)
+    cpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, CPU)
+    gpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, {**CPU, "accelerator": "gpu"})
+    torch.testing.assert_close(gpu["score"], cpu["score"], rtol=1e-3, atol=1e-3)
+    bf16 = run_scorer(LatentMapping(g, d, alpha=0.0, iterations=5, lr=0.05, batch_size=4), data, {**CPU, "accelerator": "gpu", "precision": "bf16-true"})
+    assert bf16["z"].dtype == torch.float32
