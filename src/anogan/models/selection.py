@@ -31,10 +31,10 @@ import torch
 from anogan.data.cifar10 import stratified_subset
 from anogan.errors import UserError
 from anogan.metrics import ranking_metrics
-from anogan.models.latent_mapping import LatentMapping, initial_latents
+from anogan.scorers.latent import LatentMapping, initial_latents
 from anogan.scores import complexity, corrected_score
 
-CHUNK = 256  # images per search batch (bounds memory; the search is exact per image, see latent_mapping.py)
+CHUNK = 256  # images per search batch (bounds memory; the search is exact per image, see anogan.scorers.latent)
 
 
 class CheckpointSelection(L.Callback):
@@ -84,6 +84,7 @@ class CheckpointSelection(L.Callback):
             iterations=self.steps,
             lr=self.lr,
             seed=self.seed,
+            maps=False,
         )
         device = pl_module.device
         scorer.to(device)
