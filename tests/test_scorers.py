@@ -81,24 +81,6 @@ def test_encoder_scores_through_the_inference_path_equal_the_formula():
     assert res["map"].shape == (10, 32, 32)
 
 
-def test_search_follows_torch_adam_exactly():
-    g, d = _nets()
-    scorer = LatentMapping(g, d, alpha=0.0, iterations=12, lr=0.05, map_sigma=0)
-    x = torch.rand(3, 3, 32, 32) * 2 - 1
-    z0 = torch.randn(3, 16)
-    out = scorer.search(x, z0)
-    gen, _ = scorer.search_networks(channels_last=True)
-    z = z0.clone().view(3, -1, 1, 1).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.05)
-    for _ in range(12):
-        loss = (x.contiguous(memory_format=torch.channels_last) - gen(z)).abs().flatten(1).sum(1, dtype=torch.float32).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.testing.assert_close(out["z"], z.detach().flatten(1), rtol=1e-6, atol=1e-7)
-    assert out["steps"].tolist() == [12, 12, 12]
-
-
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_early_stopping_is_exact_per_image_and_stops_early(alpha):
     g, d = _nets()

@@ -208,8 +208,7 @@ def predict(
             for i, path in enumerate(kept):
                 _write_maps(folder, _name(path, root), path, results["map"][i], vmax)
         if save_images:
-            from torchvision.utils import save_image
-
+            from anogan.io import atomic_save_image
             from anogan.report import reconstruction_grid
 
             folder = out.with_name(out.stem + "_images")
@@ -219,7 +218,7 @@ def predict(
                 generated = scorer.generator(results["z"].to(p)).float().cpu()
             x = uint8.float().div(127.5).sub(1.0)
             for i, path in enumerate(kept):
-                save_image(reconstruction_grid(x[i : i + 1], generated[i : i + 1]), folder / f"{_name(path, root)}.png")
+                atomic_save_image(reconstruction_grid(x[i : i + 1], generated[i : i + 1]), folder / f"{_name(path, root)}.png")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -120,20 +118,6 @@ class RepeatedSplit(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.split[i % len(self.split)]
-
-
-def write_json_atomic(data, path: str | Path) -> Path:
-    """``data`` as indented JSON at ``path``, via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class AnomalyDataModule(L.LightningDataModule):
