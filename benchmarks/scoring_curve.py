@@ -2,6 +2,7 @@
 
     python benchmarks/scoring_curve.py outputs/multirun/<sweep>/seed=0 outputs/multirun/<sweep>/seed=1 ... \
         [--steps 50 100 200 400] [--hybrid 5 10 25 50] [--encoder-epochs 20] [--out docs/figures/scoring_curve]
+    python benchmarks/scoring_curve.py --combine seed0.json seed1.json seed2.json --out docs/figures/scoring_curve
 
 Each argument is a finished train.py run folder: its scorer file gives the GAN (and its seed), its
 config the data (the same validation and test images). Per run, the f-AnoGAN encoder is trained once
@@ -32,6 +33,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from anogan.artifact import gan_from_artifact, read_artifact  # noqa: E402
 from anogan.inference import run_scorer  # noqa: E402
+from anogan.io import atomic_savefig, atomic_write_text  # noqa: E402
 from anogan.report import build_table, compute_metrics  # noqa: E402
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping  # noqa: E402
 
@@ -106,16 +108,22 @@ def summarise(rows: list[dict]) -> list[dict]:
 def write(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
-    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
-    base = next((s for s in summary if s["scorer"] == "latent" and s["K"] == 200 and not s["early_stop"]), None)
-    lines = ["| scorer | steps (K) | early stop | mean steps used | val AUROC | test AUROC | scoring s | + encoder fit s | cost vs 200-step search |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "summary": summary}, indent=1))
+    # Cost ratios are taken per run (the same process, side by side), then averaged over runs.
+    base_s = {r["run"]: r["scoring_s"] for r in rows if r["scorer"] == "latent" and r["K"] == 200 and not r["early_stop"]}
+    lines = ["| scorer | steps (K) | early stop | mean steps used | val AUROC | test AUROC | scoring s | "
+             "scoring time vs 200-step search | + encoder training s | incl. encoder training |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:
-        ratio = f"{(s['scoring_s'][0] + s['extra_fit_s'][0]) / base['scoring_s'][0]:.2f}×" if base else "-"
+        rs = [r for r in rows if (r["scorer"], r["K"], r["early_stop"]) == (s["scorer"], s["K"], s["early_stop"]) and r["run"] in base_s]
+        ratio = with_fit = "-"
+        if rs:
+            ratio = f"{statistics.mean(r['scoring_s'] / base_s[r['run']] for r in rs):.3f}×"
+            with_fit = f"{statistics.mean((r['scoring_s'] + r['extra_fit_s']) / base_s[r['run']] for r in rs):.2f}×"
         lines.append(f"| {s['scorer']} | {s['K']} | {'yes' if s['early_stop'] else 'no'} | {s['mean_steps'][0]:.1f} | "
                      f"{s['val_auroc'][0]:.3f} ± {s['val_auroc'][1]:.3f} | {s['test_auroc'][0]:.3f} ± {s['test_auroc'][1]:.3f} | "
-                     f"{s['scoring_s'][0]:.1f} | {s['extra_fit_s'][0]:.1f} | {ratio} |")
-    (out.with_suffix(".md")).write_text("\n".join(lines) + "\n")
+                     f"{s['scoring_s'][0]:.1f} | {ratio} | {s['extra_fit_s'][0]:.1f} | {with_fit} |")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, split in zip(axes, ("val_auroc", "test_auroc")):
         for kind, marker in (("latent", "o"), ("hybrid", "s"), ("encoder", "*")):
@@ -131,12 +139,14 @@ def write(rows: list[dict], out: Path) -> None:
     axes[0].set_ylabel("AUROC (mean ± std over runs)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=100)
+    atomic_savefig(fig, out.with_suffix(".png"), dpi=100)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="finished train.py run folders (one per seed)")
+    p.add_argument("runs", nargs="*", type=Path, help="finished train.py run folders (one per seed)")
+    p.add_argument("--combine", type=Path, nargs="*", default=[],
+                   help="<out>.json files of earlier calls (e.g. one process per seed) whose rows are added")
     p.add_argument("--steps", type=int, nargs="*", default=[50, 100, 200, 400], help="random-start search steps")
     p.add_argument("--hybrid", type=int, nargs="*", default=[5, 10, 25, 50], help="refinement steps K after E(x)")
     p.add_argument("--encoder-epochs", type=int, default=20)
@@ -144,7 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--correction", default=None, help="override the runs' mapping.correction")
     p.add_argument("--out", type=Path, default=Path("outputs/scoring_curve"))
     a = p.parse_args(argv)
-    rows = [r for run in a.runs for r in curve_for_run(run, a)]
+    rows = [r for f in a.combine for r in json.loads(f.read_text())["rows"]]
+    for run in a.runs:
+        rows += curve_for_run(run, a)
+        write(rows, a.out)  # after every run: an interruption keeps the finished runs
+    if not rows:
+        p.error("give run folders or --combine files")
     write(rows, a.out)
     print((a.out.with_suffix(".md")).read_text())
 

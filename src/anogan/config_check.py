@@ -217,7 +217,7 @@ def _check_trainer(cfg: DictConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------- unknown keys
-def _group_choices(cfg: DictConfig) -> dict | None:
+def group_choices(cfg: DictConfig) -> dict | None:
     """The selected option of each config group (``data: cifar10``, ...), or None if unknown."""
     try:
         return dict(HydraConfig.get().runtime.choices)
@@ -291,7 +291,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     Raises:
         ConfigError: the first unknown keys, with the closest declared name.
     """
-    choices = _group_choices(cfg)
+    choices = group_choices(cfg)
     if choices is None:
         return
     declared = yaml.safe_load((CONF_DIR / "config.yaml").read_text())

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir, gan_store
-from anogan.config_check import check_config, check_run_environment
+from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.errors import UserError
 from anogan.io import AtomicCheckpointIO
 from anogan.models.gan import GAN
@@ -202,6 +202,8 @@ def run(cfg: DictConfig) -> float:
         datamodule.write_manifest(run_dir)
         warning = getattr(datamodule, "steps_warning", lambda epochs: None)(cfg.trainer.max_epochs)
         if warning and not given:
+            if (group_choices(cfg) or {}).get("experiment") != "folder_small":
+                warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)

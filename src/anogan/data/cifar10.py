@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, split_summary
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +200,7 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
 
     def _manifest(self, classes, global_ids, fit_ids, val_ids, test_ids) -> dict:
         def describe(chosen: np.ndarray) -> dict:
-            counts = np.bincount(classes[chosen], minlength=10)
-            n_anom = int((classes[chosen] != self.normal_class).sum())
-            return {
-                "size": int(len(chosen)),
-                "normal": int(len(chosen) - n_anom),
-                "anomalous": n_anom,
-                "class_counts": {CLASSES[c]: int(counts[c]) for c in range(10)},
-                "ids": [int(i) for i in global_ids[chosen]],
-            }
+            return split_summary(chosen, classes, list(CLASSES), self.normal_class, ids=global_ids)
 
         return {
             "dataset": "CIFAR10",

@@ -45,7 +45,7 @@ import torch
 
 from anogan.data.cifar10 import stratified_subset
 from anogan.data.images import ImageError, check_resize, list_images, read_image, to_model_input
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
 
 __all__ = [
     "FolderAnomalyDataModule", "ImageError", "list_images", "read_image", "to_model_input",
@@ -102,8 +102,8 @@ def training_steps_warning(
     return (
         f"the GAN gets only {total} optimiser steps ({max_epochs} epochs x {per_epoch} batches of {batch_size} "
         f"from {n_train} training images{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below "
-        f"{min_steps} the generator usually stays noise. Fix: set trainer.max_epochs={need} (or more), raise "
-        "data.min_steps_per_epoch, or use experiment=folder_small."
+        f"{min_steps} the generator usually stays noise. Fix: set trainer.max_epochs={need} (or more) or raise "
+        "data.min_steps_per_epoch."
     )
 
 
@@ -296,15 +296,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         names = ["normal", *self.abnormal_dirs]
 
         def describe(chosen: np.ndarray) -> dict:
-            n_anom = int((classes[chosen] != 0).sum())
-            counts = np.bincount(classes[chosen], minlength=len(names))
-            return {
-                "size": int(len(chosen)),
-                "normal": int(len(chosen) - n_anom),
-                "anomalous": n_anom,
-                "class_counts": {n: int(counts[c]) for c, n in enumerate(names)},
-                "ids": [int(i) for i in chosen],
-            }
+            return split_summary(chosen, classes, names)
 
         self.manifest = {
             "dataset": "folder",

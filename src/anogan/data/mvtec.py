@@ -37,7 +37,7 @@ import torch
 
 from anogan.data.cifar10 import IMAGE_SIZES, stratified_subset
 from anogan.data.folder import ImageError, list_images, read_image
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
 from anogan.data.synthetic import METHODS, class_name, synthetic_anomalies
 
 log = logging.getLogger(__name__)
@@ -200,16 +200,7 @@ class MVTecDataModule(AnomalyDataModule):
         is_synthetic = np.arange(len(classes)) >= len(files)
 
         def describe(chosen: np.ndarray) -> dict:
-            n_anom = int((classes[chosen] != 0).sum())
-            counts = np.bincount(classes[chosen], minlength=len(names))
-            return {
-                "size": int(len(chosen)),
-                "normal": int(len(chosen) - n_anom),
-                "anomalous": n_anom,
-                "synthetic": int(is_synthetic[chosen].sum()),
-                "class_counts": {n: int(counts[c]) for c, n in enumerate(names)},
-                "ids": [int(i) for i in chosen],
-            }
+            return split_summary(chosen, classes, names, synthetic=is_synthetic)
 
         self.manifest = {
             "dataset": "mvtec",

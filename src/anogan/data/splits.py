@@ -94,6 +94,27 @@ def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = 
     return resize_mask(mask, image_size, image_size)
 
 
+def split_summary(
+    chosen: np.ndarray, classes: np.ndarray, names: list[str], normal: int = 0,
+    ids: np.ndarray | None = None, synthetic: np.ndarray | None = None,
+) -> dict:
+    """The manifest entry of one split (``splits.json``): its size, normal / anomalous counts, images
+    per class and the ids of its rows.
+
+    ``chosen``: row indices (K) into ``classes`` (N, class index per row, ``normal`` the normal one),
+    ``names``: class names by index; ``ids``: N stable ids to report (default: the row indices);
+    ``synthetic``: N booleans, when some rows are synthetic anomalies (their count is added).
+    """
+    counts = np.bincount(classes[chosen], minlength=len(names))
+    n_anom = int((classes[chosen] != normal).sum())
+    out = {"size": int(len(chosen)), "normal": int(len(chosen) - n_anom), "anomalous": n_anom}
+    if synthetic is not None:
+        out["synthetic"] = int(synthetic[chosen].sum())
+    out["class_counts"] = {n: int(counts[c]) for c, n in enumerate(names)}
+    out["ids"] = [int(i) for i in (chosen if ids is None else ids[chosen])]
+    return out
+
+
 def mask_counts(masks: torch.Tensor, classes: np.ndarray) -> dict:
     """The manifest's mask summary for some rows (``masks`` N×1×S×S, ``classes`` N, 0 = normal): how
     many have a mask, how many masks are not empty, and how many anomalous rows have an empty one
