@@ -134,6 +134,23 @@ def test_summary_marks_the_best_by_validation_and_shows_intervals(tmp_path):
     assert float(rows[0]["test_auroc_ci_low"]) == 0.69 and rows[0]["val_auroc"] == "0.9"
 
 
+def test_run_only_overrides_are_not_settings(tmp_path):
+    # A seed sweep finished in two calls, one with the parallel launcher: still one setting, 2 seeds.
+    for seed, extra in ((0, []), (1, ["launcher=local_parallel", "threads=1"])):
+        job = tmp_path / f"seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", *extra]))
+        (job / ".hydra" / "config.yaml").write_text("data: {}\n")
+        (job / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.6 + seed / 10}, "test": {"auroc": 0.6}}))
+    summarize(tmp_path)
+    with open(tmp_path / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert "seed" in header and "launcher" not in header and "threads" not in header
+    with open(tmp_path / "seeds_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["seeds"] == "2"
+
+
 def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_path):
     """data.root is an excluded key and a path, mapping.betas a list: 2 x 2 jobs, 4 folders, run
     side by side by the local parallel launcher (names and threads in its worker processes)."""

@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
 from anogan.errors import UserError
+from anogan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ METRICS = ("auroc", "ap", "f1")
 # Keys of metrics.json "val" / "test" that optimized_metric may name.
 OPTIMIZABLE = ("auroc", "ap", "f1", "precision", "recall", "accuracy")
 # Baselines on the same test images (metrics.json "test_components_auroc"): what the GAN adds.
+# Overrides that change how jobs run, not what they compute: never a column of a summary.
+RUN_ONLY_KEYS = {"launcher", "threads", "trainer.enable_progress_bar"}
 BASELINES = {"raw_score": "auroc_raw_score", "complexity_corrected": "auroc_complexity_corrected", "complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
 # Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
 # (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
@@ -212,7 +215,8 @@ def collect(sweep_dir: Path) -> list[dict]:
     Validation and test metrics side by side, with their 95% intervals where metrics.json has them."""
     jobs = sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml"))
     overrides = {job: _overrides(job) for job in jobs}
-    varying = sorted({k for o in overrides.values() for k, v in o.items() if any(p.get(k) != v for p in overrides.values())})
+    varying = sorted({k for o in overrides.values() for k, v in o.items()
+                      if k not in RUN_ONLY_KEYS and any(p.get(k) != v for p in overrides.values())})
     names = short_keys(varying)
     rows = []
     for job in jobs:
@@ -315,12 +319,6 @@ def _markdown(rows: list[dict], best_key: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(rows: list[dict]) -> str:
     import io
 
@@ -345,7 +343,7 @@ def summarize(sweep_dir: str | Path) -> str:
     folder; the best row is marked by validation AUROC."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    _atomic_write(sweep_dir / "summary.csv", _csv_text(rows))
+    atomic_write_text(sweep_dir / "summary.csv", _csv_text(rows))
     text = (
         f"# Sweep {sweep_dir}\n\nValidation and test side by side; **best** = highest validation AUROC "
         f"(selection never looks at test). [low, high]: 95% bootstrap interval.\n\n{_markdown(rows, 'val_auroc')}"
@@ -353,12 +351,12 @@ def summarize(sweep_dir: str | Path) -> str:
     text += _optuna_note(sweep_dir)
     if any("seed" in r for r in rows) or len({r.get("normal_class") for r in rows}) > 1:  # seeds or classes vary
         seeds = aggregate_seeds(rows)
-        _atomic_write(sweep_dir / "seeds_summary.csv", _csv_text(seeds))
+        atomic_write_text(sweep_dir / "seeds_summary.csv", _csv_text(seeds))
         text += (
             "\n## Mean ± std over seeds\n\n[low, high]: the mean over seeds of each run's 95% interval "
             f"(test-set uncertainty of one run).\n\n{_markdown(seeds, 'val_auroc_mean')}"
         )
-    _atomic_write(sweep_dir / "summary.md", text)
+    atomic_write_text(sweep_dir / "summary.md", text)
     return text
 
 
