@@ -39,6 +39,20 @@ def test_debug_config_composes(tiny_cifar):
     assert cfg.trainer.max_epochs == 1
 
 
+def test_cpu_experiment_scores_with_the_measured_hybrid(tiny_cifar):
+    """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps); mapping=latent_cpu gives back the
+    200-step search the README's car table used, with none of the hybrid's keys."""
+    from anogan.config_check import check_config
+
+    cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])
+    check_config(cfg)
+    assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0 and cfg.mapping.correction == "auto"
+    cfg = compose_config(["experiment=cifar_car_cpu"])
+    assert cfg.mapping.iterations == 5 and cfg.mapping.encoder.epochs == 20
+    cfg = compose_config(["experiment=cifar_car_cpu", "mapping=latent_cpu"])
+    assert cfg.mapping._target_ == "anogan.scorers.LatentMapping" and cfg.mapping.iterations == 200 and "encoder" not in cfg.mapping
+
+
 def test_sweep_config_holds_the_grid():
     cfg = compose_config(["hparams_search=alpha_latent", "experiment=cifar_car_cpu"])
     assert dict(cfg.hydra.sweeper.params) == {"mapping.alpha": "0.1,0.5,0.9", "model.latent_dim": "64,128"}
