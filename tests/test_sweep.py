@@ -151,6 +151,19 @@ def test_run_only_overrides_are_not_settings(tmp_path):
     assert len(rows) == 1 and rows[0]["seeds"] == "2"
 
 
+def test_summary_shortens_long_setting_values_in_markdown_only(tmp_path):
+    for i, lr in enumerate(("0.04734989304499478", "0.001")):
+        job = tmp_path / f"{i}_lr"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"mapping.lr={lr}", "data.root=/a/b.c/d"]))
+        (job / ".hydra" / "config.yaml").write_text("data: {}\n")
+        (job / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.6}, "test": {"auroc": 0.6}}))
+    text = summarize(tmp_path)
+    assert "| 0.04735 |" in text and "| 0.001 |" in text and "0.0473498" not in text
+    with open(tmp_path / "summary.csv") as f:
+        assert {r["lr"] for r in csv.DictReader(f)} == {"0.04734989304499478", "0.001"}
+
+
 def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_path):
     """data.root is an excluded key and a path, mapping.betas a list: 2 x 2 jobs, 4 folders, run
     side by side by the local parallel launcher (names and threads in its worker processes)."""

@@ -289,7 +289,17 @@ def _mean_interval(agg: dict, target: str, members: list[dict], column: str) -> 
 
 
 def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+    """A markdown cell: metrics with 4 decimals, a setting given with more than 4 significant digits
+    (Optuna's 0.04734989304499478) with 4 (the CSV keeps every digit)."""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, str) and "." in v:
+        try:
+            short = f"{float(v):.4g}"
+        except ValueError:
+            return v
+        return short if len(short) < len(v) else v
+    return "" if v is None else str(v)
 
 
 def _cell(row: dict, key: str) -> str:
