@@ -39,7 +39,7 @@ def test_debug_config_composes(tiny_cifar):
     assert cfg.trainer.max_epochs == 1
 
 
-def test_cpu_experiment_scores_with_the_measured_hybrid(tiny_cifar):
+def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
     """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps); mapping=latent_cpu gives back the
     200-step search the README's car table used, with none of the hybrid's keys."""
     from anogan.config_check import check_config
@@ -49,6 +49,11 @@ def test_cpu_experiment_scores_with_the_measured_hybrid(tiny_cifar):
     assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0 and cfg.mapping.correction == "auto"
     cfg = compose_config(["experiment=cifar_car_cpu"])
     assert cfg.mapping.iterations == 5 and cfg.mapping.encoder.epochs == 20
+    # ... and its GAN trains with DiffAugment (docs/gan_training.md); the guidebook's cifar_car and the
+    # WGAN-GP preset (the paper's recipe alone) do not.
+    assert cfg.model.diffaugment == "color,translation,cutout"
+    assert compose_config(["experiment=cifar_car"]).model.diffaugment is None
+    assert compose_config(["experiment=cifar_car_cpu_wgan_gp"]).model.diffaugment is None
     cfg = compose_config(["experiment=cifar_car_cpu", "mapping=latent_cpu"])
     assert cfg.mapping._target_ == "anogan.scorers.LatentMapping" and cfg.mapping.iterations == 200 and "encoder" not in cfg.mapping
 
