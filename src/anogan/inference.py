@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from anogan.console import quiet_lightning
+from anogan.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 class ScoringProgressBar(TQDMProgressBar):
@@ -51,9 +51,7 @@ class _BatchCache(L.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         path = self.folder / f"part-r{trainer.global_rank}-{int(outputs['row'][0]):08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(outputs, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(outputs, path)
 
 
 def fingerprint(scorer: L.LightningModule, dataset: Dataset) -> str:
@@ -69,15 +67,22 @@ def fingerprint(scorer: L.LightningModule, dataset: Dataset) -> str:
 
 
 def _load_cache(folder: Path, key: str) -> list[dict]:
-    stamp = folder / "fingerprint.txt"
-    if stamp.is_file() and stamp.read_text().strip() != key:
-        log.info("scoring cache %s belongs to another scorer or image set: starting afresh", folder)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not stamp.is_file():
-        tmp = folder / ".fingerprint.txt.tmp"
-        tmp.write_text(key + "\n")
-        os.replace(tmp, stamp)
+    """The cached batches of ``folder`` if its fingerprint is ``key`` (else the folder is cleared).
+
+    Under DDP (a process group already set up, as after the GAN's fit) only global rank 0 clears
+    and stamps the folder, then every rank reads the same parts after a barrier: two ranks
+    clearing or stamping one folder at once raced (CI, stop 21)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        stamp = folder / "fingerprint.txt"
+        if stamp.is_file() and stamp.read_text().strip() != key:
+            log.info("scoring cache %s belongs to another scorer or image set: starting afresh", folder)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not stamp.is_file():
+            atomic_write_text(stamp, key + "\n")
+    if distributed:
+        torch.distributed.barrier()
     parts = []
     for path in sorted(folder.glob("part-*.pt")):
         try:
