@@ -1,8 +1,10 @@
-"""What Lightning prints: its advertising tips never, its per-Trainer banner once per run."""
+"""What Lightning prints: its advertising tips never, its per-Trainer banner once per run, and no
+warning about its own code that a user cannot act on."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 
 _LIGHTNING_INFO = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
@@ -16,6 +18,9 @@ class _NoTips(logging.Filter):
 
 
 logging.getLogger(_LIGHTNING_INFO[0]).addFilter(_NoTips())
+# Lightning's own pytree helper builds torch's deprecated LeafSpec (torch 2.14, FutureWarning):
+# printed once per run, about Lightning's code, not the user's.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 @contextmanager
