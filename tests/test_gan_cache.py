@@ -43,3 +43,66 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
     source.write_text("# edited training code\n")
     monkeypatch.setattr(gan_store, "PACKAGE_DIR", tmp_path)
     assert gan_store.cache_key(cfg)[0] != key
+
+
+def test_encoder_cache_key_covers_what_changes_the_encoder(tmp_path):
+    """The key moves with the GAN's weights, the training images and the encoder's settings, not
+    with the search settings or the evaluation subsets (a sweep over those reuses the encoder)."""
+    import torch
+    from types import SimpleNamespace
+
+    def key(overrides=(), settings=None, g_bias=0.0):
+        cfg = compose_config(["data.root=/data", "trainer.default_root_dir=/run", *overrides])
+        g, d = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(g.weight, 1.0)
+        torch.nn.init.constant_(g.bias, g_bias)
+        torch.nn.init.constant_(d.weight, 2.0)
+        torch.nn.init.constant_(d.bias, 0.0)
+        settings = settings or {"width": 8, "kappa": 1.0, "epochs": 20, "lr": 1e-4, "betas": [0.5, 0.999], "seed": 0}
+        return gan_store.encoder_cache_key(cfg, SimpleNamespace(generator=g, discriminator=d, fit_settings=lambda: settings))
+
+    base = key()
+    assert key(["data.test_subset=17", "mapping.iterations=3", "data.num_workers=3"]) == base
+    assert key(g_bias=1e-3) != base
+    assert key(["data.normal_class=3"]) != base
+    assert key(["trainer.precision=bf16-mixed"]) != base
+    assert key(settings={"width": 8, "kappa": 1.0, "epochs": 21, "lr": 1e-4, "betas": [0.5, 0.999], "seed": 0}) != base
+    assert key(settings={"width": 8, "kappa": 1.0, "epochs": 20, "lr": 1e-4, "betas": [0.5, 0.999], "seed": 1}) != base
+
+
+def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_cifar, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import anogan.scorers.latent as latent
+    from conftest import read_scores, train_in_process
+
+    overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search")
+    train_in_process(overrides)
+    (entry,) = (tmp_path / "gan_cache" / "encoders").glob("*.pt")
+    first = {r["id"]: r["score"] for r in read_scores(tmp_path / "run")[0]}
+
+    real = latent.train_encoder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached encoder should have been used")
+
+    monkeypatch.setattr(latent, "train_encoder", refuse)
+    with caplog.at_level(logging.INFO, logger="anogan"):
+        train_in_process([*overrides, f"hydra.run.dir={tmp_path}/run2"])  # same settings: same scores
+        train_in_process([*overrides, "mapping.iterations=3", f"hydra.run.dir={tmp_path}/run3"])  # search settings only
+    assert sum("reusing the cached encoder" in r.getMessage() for r in caplog.records) == 2
+    assert {r["id"]: r["score"] for r in read_scores(tmp_path / "run2")[0]} == first
+
+    monkeypatch.setattr(latent, "train_encoder", real)
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="anogan"):
+        train_in_process([*overrides, f"hydra.run.dir={tmp_path}/run4"])
+        train_in_process([*overrides, "mapping.encoder.epochs=2", f"hydra.run.dir={tmp_path}/run5"])  # another encoder
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("damaged encoder cache entry" in m for m in messages)
+    assert sum("trained the encoder, cached as" in m for m in messages) == 2
+    assert len(list((tmp_path / "gan_cache" / "encoders").glob("*.pt"))) == 2
+    import torch
+
+    assert torch.load(entry, weights_only=True)["key"] == entry.stem

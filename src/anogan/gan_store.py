@@ -8,6 +8,11 @@ jobs never train the same GAN twice nor read a half-written one. A cache entry i
 is opened (gan.json, its key, both weight files): a damaged one is moved aside as
 ``<key>.broken-<timestamp>`` and the GAN is trained again. The key includes the version of the
 training code and the number of training processes (see ``cache_key``; docs/sweeps.md).
+
+The encoders of the f-AnoGAN scorers (``mapping=encoder``, ``encoder_search``) are cached beside
+them, in ``encoders/<key>.pt``, keyed by the GAN's weights, the training images and the encoder's
+own settings (``encoder_cache_key``): a sweep over the scorer's search settings, or a rerun of the
+same run, trains its encoder once.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "
 # The source files whose content defines "the training code" in the cache key: the GAN and its
 # networks, and the data modules (they choose and preprocess the training images).
 TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "data/*.py")
+# The same for a cached encoder: its training (izi_f) and the data modules.
+ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -110,11 +117,12 @@ def load_gan_folder(folder: Path) -> tuple[Generator, Discriminator, dict]:
     return g, d, meta
 
 
-def training_code_version() -> str:
-    """A hash of the training code's source files (TRAINING_CODE): any edit there, including one
-    that comes with a new git commit or package version, gives new cache keys."""
+def training_code_version(patterns: tuple[str, ...] = TRAINING_CODE) -> str:
+    """A hash of the training code's source files (``patterns`` under the package: TRAINING_CODE
+    for GANs, ENCODER_CODE for encoders): any edit there, including one that comes with a new git
+    commit or package version, gives new cache keys."""
     digest = hashlib.sha256()
-    for pattern in TRAINING_CODE:
+    for pattern in patterns:
         for path in sorted(PACKAGE_DIR.glob(pattern)):
             digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
@@ -224,6 +232,54 @@ def publish(source: Path, cache_dir: Path, key: str) -> Path | None:
         log.warning("could not cache the GAN as %s (%s: %s)", target, type(err).__name__, err)
         return None
     return target
+
+
+def encoder_cache_key(cfg: DictConfig, scorer) -> str:
+    """A hash of everything that determines a scorer's trained encoder: the weights of its G and D
+    (wherever the GAN came from: trained, cached or given), the training images and their batches
+    (``cfg.data`` as in ``cache_key``), precision, batch limit and world size, the encoder's own
+    settings and seed (``scorer.fit_settings()``) and the encoder code's version. The scorer's
+    search settings (steps, lr, alpha, ...) are not in it: they do not change the encoder."""
+    gan_spec = cache_key(cfg)[1]
+    spec = {
+        "data": gan_spec["data"],
+        "training": {k: gan_spec["training"][k] for k in ("precision", "limit_train_batches")},
+        "world_size": gan_spec["world_size"],
+        "encoder": scorer.fit_settings(),
+        "code": training_code_version(ENCODER_CODE),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    for prefix, net in (("generator.", scorer.generator), ("discriminator.", scorer.discriminator)):
+        for name, tensor in sorted(net.state_dict().items()):
+            digest.update((prefix + name).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_encoder(path: Path, key: str, encoder: torch.nn.Module) -> bool:
+    """Load the cached encoder ``path`` into ``encoder``; False when there is none or it is damaged
+    (unreadable, another key, weights that do not fit: a warning, and it is trained again)."""
+    if not path.is_file():
+        return False
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            raise ValueError(f"it holds key {entry.get('key') if isinstance(entry, dict) else None!r}, not {key!r}")
+        encoder.load_state_dict(entry["state_dict"])
+    except Exception as err:  # any damage means: train it again, never fail the run
+        log.warning("damaged encoder cache entry %s (%s): the encoder is trained again", path, f"{type(err).__name__}: {err}".splitlines()[0][:300])
+        return False
+    encoder.requires_grad_(False)
+    return True
+
+
+def publish_encoder(encoder: torch.nn.Module, path: Path, key: str) -> None:
+    """Write the trained ``encoder`` to the cache as ``path`` (atomically); a failure is a warning."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"key": key, "state_dict": encoder.state_dict()}, path)
+    except (OSError, UserError) as err:
+        log.warning("could not cache the encoder as %s (%s)", path, err)
 
 
 def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discriminator]:

@@ -136,6 +136,26 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
     return g, d, "trained"
 
 
+def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> None:
+    """Train the scorer's encoder on the normal training images, or load it from the cache
+    (``<gan_cache_dir>/encoders``, with ``gan.cache``; key: ``gan_store.encoder_cache_key``).
+    DDP: as for the GAN, only rank 0 locks and publishes; every rank makes the same choice."""
+    if not cfg.gan.cache:
+        scorer.fit(datamodule.train_dataloader(), kwargs)
+        return
+    key = gan_store.encoder_cache_key(cfg, scorer)
+    folder = Path(cfg.paths.gan_cache_dir) / "encoders"
+    zero = _is_rank_zero()
+    with gan_store.cache_lock(folder, key) if zero else nullcontext():
+        if gan_store.load_encoder(folder / f"{key}.pt", key, scorer.encoder):
+            log.info("reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt")
+            return
+        scorer.fit(datamodule.train_dataloader(), kwargs)
+        if zero:
+            gan_store.publish_encoder(scorer.encoder, folder / f"{key}.pt", key)
+            log.info("trained the encoder, cached as %s", folder / f"{key}.pt")
+
+
 def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
     """Stage 2: build the scorer of ``conf/mapping`` (``_target_``), fit it if it has a training phase
     (the encoder, on the normal training images), and score validation + test through the one
@@ -143,7 +163,7 @@ def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, 
     scorer: Scorer = instantiate(cfg.mapping, generator=generator, discriminator=discriminator, seed=cfg.seed, _convert_="all")
     kwargs = trainer_kwargs(cfg)
     if scorer.needs_fit:
-        scorer.fit(datamodule.train_dataloader(), {**kwargs, "logger": loggers or False, "callbacks": []})
+        fit_scorer(cfg, scorer, datamodule, {**kwargs, "logger": loggers or False, "callbacks": []})
     results = run_scorer(scorer, datamodule.eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
     return scorer, results
 

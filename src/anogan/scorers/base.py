@@ -73,8 +73,10 @@ def anomaly_map(
 
 
 class Scorer(L.LightningModule):
-    """Base of every scorer. Subclasses implement ``infer``; those with a training phase set
-    ``needs_fit = True`` and implement ``fit(train_loader, trainer_kwargs)``.
+    """Base of every scorer. Subclasses implement ``infer``; those with a training phase (an
+    encoder, ``self.encoder``) set ``needs_fit = True`` and implement ``fit(train_loader,
+    trainer_kwargs)`` and ``fit_settings()`` (what, besides G, D and the images, determines what
+    ``fit`` learns: the key of the encoder cache, ``anogan.gan_store.encoder_cache_key``).
 
     Args:
         generator, discriminator: the trained GAN (frozen here, always in eval mode).

@@ -154,6 +154,10 @@ class EncoderScorer(Scorer):
     def summary(self) -> str:
         return "f-AnoGAN encoder, one forward pass"
 
+    def fit_settings(self) -> dict:
+        hp = self.hparams
+        return {"width": hp.width, "kappa": hp.kappa, "epochs": hp.epochs, "lr": hp.lr, "betas": list(hp.betas), "seed": hp.seed}
+
     def fit(self, train_loader, trainer_kwargs: dict) -> None:
         hp = self.hparams
         train_encoder(self.encoder, self.generator, self.discriminator, train_loader, trainer_kwargs,

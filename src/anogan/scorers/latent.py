@@ -232,6 +232,10 @@ class EncoderSearch(LatentMapping):
     def summary(self) -> str:
         return f"encoder + {self.hparams.iterations} search steps" + (" (early stopping)" if self.hparams.early_stop else "")
 
+    def fit_settings(self) -> dict:
+        e = self.hparams.encoder
+        return {"width": e["width"], "kappa": e["kappa"], "epochs": e["epochs"], "lr": e["lr"], "betas": list(e["betas"]), "seed": self.hparams.seed}
+
     def fit(self, train_loader, trainer_kwargs: dict) -> None:
         e = self.hparams.encoder
         train_encoder(self.encoder, self.generator, self.discriminator, train_loader, trainer_kwargs,
