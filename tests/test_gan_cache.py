@@ -1,11 +1,17 @@
 """The GAN cache: a damaged entry (truncated weights, no gan.json, another key) is moved aside and
-the GAN trained again; the key changes with the training code and the world size."""
+the GAN trained again; the key changes with the training code and the world size. The encoder
+cache: trained once, reused across search settings, retrained when damaged."""
 
 import json
+import logging
 import re
+from types import SimpleNamespace
 
+import torch
+
+import anogan.scorers.latent as latent
 from anogan import gan_store
-from conftest import compose_config, run_train, tiny_overrides
+from conftest import compose_config, read_scores, run_train, tiny_overrides, train_in_process
 
 
 def entries(cache):
@@ -48,8 +54,6 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
 def test_encoder_cache_key_covers_what_changes_the_encoder(tmp_path):
     """The key moves with the GAN's weights, the training images and the encoder's settings, not
     with the search settings or the evaluation subsets (a sweep over those reuses the encoder)."""
-    import torch
-    from types import SimpleNamespace
 
     def key(overrides=(), settings=None, g_bias=0.0):
         cfg = compose_config(["data.root=/data", "trainer.default_root_dir=/run", *overrides])
@@ -71,11 +75,6 @@ def test_encoder_cache_key_covers_what_changes_the_encoder(tmp_path):
 
 
 def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_cifar, tmp_path, monkeypatch, caplog):
-    import logging
-
-    import anogan.scorers.latent as latent
-    from conftest import read_scores, train_in_process
-
     overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search")
     train_in_process(overrides)
     (entry,) = (tmp_path / "gan_cache" / "encoders").glob("*.pt")
@@ -103,6 +102,4 @@ def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_
     assert any("damaged encoder cache entry" in m for m in messages)
     assert sum("trained the encoder, cached as" in m for m in messages) == 2
     assert len(list((tmp_path / "gan_cache" / "encoders").glob("*.pt"))) == 2
-    import torch
-
     assert torch.load(entry, weights_only=True)["key"] == entry.stem
