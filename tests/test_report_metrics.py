@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anogan.metrics import CalibrationError, ThresholdRuleError, auroc, fit_thresholds
-from anogan.report import _figure_histogram, add_p_values, compute_metrics
+from anogan.report import _figure_histogram, add_p_values, compute_metrics, read_csv, rereport, write_csv
 
 matplotlib.use("Agg")
 
@@ -46,6 +46,7 @@ def test_normal_only_metrics_on_a_hand_built_table():
         assert m[split]["note"] == "AUROC needs anomalous images"
     assert m["test_at_fpr"]["false_positive_rate"] == 3 / 4
     assert m["test_components_auroc"] == {} and m["random_baseline_interval"] is None
+    assert m["versus_complexity_baseline"] == {}
     assert m["counts"] == {"val": {"normal": 19, "anomalous": 0}, "test": {"normal": 4, "anomalous": 0}}
     # p-values added to the table: (1 + #{val normals >= s}) / 20
     assert table["p_value"][19:].tolist() == [20 / 20, 2 / 20, 1 / 20, 1 / 20]
@@ -114,6 +115,54 @@ def test_metrics_with_anomalies_report_every_rule():
     assert fixed["threshold"]["rule"] == "number" and fixed["test"]["threshold"] == 5.5
     with pytest.raises(ThresholdRuleError, match="neither a rule"):
         compute_metrics(table, "none", threshold_rule="median")
+
+
+def test_the_score_is_compared_with_the_complexity_baseline_on_the_same_images():
+    """metrics.json says whether the score beats input complexity alone, per split, by DeLong's
+    paired test; a score that is the baseline itself differs by exactly 0."""
+    table = both_classes_table()
+    val, test = table["split"] == "val", table["split"] == "test"
+    rng = np.random.default_rng(5)
+    # complexity low for anomalies (the car case): the baseline ranks by -complexity
+    table["complexity"] = 1.0 + rng.random(len(table["score"])) - 0.4 * table["label"]
+    m = compute_metrics(table, "none", n_resamples=100)
+    versus = m["versus_complexity_baseline"]
+    assert set(versus) == {"val", "test"} and m["complexity_baseline_direction"] == "low = anomalous"
+    t = versus["test"]
+    y = table["label"][test]
+    assert abs(t["auroc"] - m["test"]["auroc"]) < 1e-6
+    assert abs(t["auroc_complexity_only"] - m["test_components_auroc"]["complexity_baseline"]) < 1e-6
+    assert abs(t["auroc_complexity_only"] - auroc(-table["complexity"][test], y)) < 1e-6
+    assert abs(t["difference"] - (t["auroc"] - t["auroc_complexity_only"])) < 1e-12
+    assert t["ci"][0] < t["difference"] < t["ci"][1] and 0 <= t["p_value"] <= 1
+    # the baseline against itself: no difference, p = 1
+    table["score"] = -table["complexity"]
+    table.pop("p_value")
+    same = compute_metrics(table, "none", n_resamples=100)["versus_complexity_baseline"]
+    assert same["test"]["difference"] == 0.0 and same["test"]["p_value"] == 1.0 and same["val"]["difference"] == 0.0
+    # validation without anomalies: only the test split is compared
+    table["label"][val] = 0
+    table.pop("p_value")
+    assert set(compute_metrics(table, "none", n_resamples=100)["versus_complexity_baseline"]) == {"test"}
+
+
+def test_rereport_keeps_the_runs_threshold_rule_and_what_scores_csv_cannot_give(tmp_path):
+    """python -m anogan.report recomputes metrics.json from scores.csv with the run's own threshold
+    rule and target, adds new metrics, and keeps keys it cannot recompute (pixel metrics, scorer file)."""
+    table = both_classes_table()
+    table["class_name"] = np.array(["n"] * len(table["score"]))
+    write_csv(table, tmp_path / "scores.csv")
+    saved = read_csv(tmp_path / "scores.csv")
+    first = compute_metrics(saved, "none", target_fpr=0.1, threshold_rule="youden")
+    del first["versus_complexity_baseline"]  # a metric this run was scored before
+    kept = {"scorer_file": "scorer.pt", "pixel": {"auroc": 0.9}, "wall_time_s": {"total": 1.0}}
+    (tmp_path / "metrics.json").write_text(json.dumps({**first, **kept}))
+    again = rereport(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(again))
+    assert again["threshold"]["rule"] == "youden" and again["threshold"]["fpr_target"] == 0.1
+    assert again["threshold"] == first["threshold"] and again["test"] == first["test"]
+    assert all(again[k] == v for k, v in kept.items()) and set(again["versus_complexity_baseline"]) == {"val", "test"}
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 
 def test_a_p_value_column_in_the_table_is_kept():

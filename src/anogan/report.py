@@ -8,10 +8,10 @@ finished runs from their scores.csv (e.g. after a metric was added), without the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from anogan.compare import delong  # noqa: E402
 from anogan.io import atomic_savefig, atomic_write_text  # noqa: E402
 from anogan.metrics import (  # noqa: E402
     THRESHOLD_RULES,
@@ -79,14 +80,12 @@ def build_table(
 
 def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
     """``table`` as CSV, one row per image, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(table.keys())
-        for values in zip(*table.values()):
-            writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(table.keys())
+    for values in zip(*table.values()):
+        writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)])
+    atomic_write_text(path, text.getvalue())
 
 
 def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -180,6 +179,7 @@ def compute_metrics(
         metrics["complexity_baseline_direction"] = None
         metrics["test_components_auroc"] = {}
         metrics["random_baseline_interval"] = None
+        metrics["versus_complexity_baseline"] = {}
         return metrics
     # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
     # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
@@ -203,7 +203,23 @@ def compute_metrics(
     components["random_baseline"] = 0.5
     metrics["test_components_auroc"] = components
     metrics["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
+    metrics["versus_complexity_baseline"] = {
+        split: versus_baseline(score[m], alternatives["complexity_baseline"][m], label[m])
+        for split, m in (("val", val), ("test", test))
+        if 0 < int(label[m].sum()) < int(m.sum())
+    }
     return metrics
+
+
+def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Tensor) -> dict:
+    """Does the run's score beat the complexity-only baseline on the same images? DeLong's paired
+    test (``anogan.compare.delong``; DeLong et al. 1988): ``{"auroc", "auroc_complexity_only",
+    "difference", "ci" (95%), "p_value"}``. All inputs shape (n,), ``label`` 1 = anomalous with both
+    classes present. The baseline's direction was chosen on validation, so on validation it is
+    slightly favoured; the test figure is the honest one."""
+    d = delong(score.numpy(), baseline.numpy(), label.numpy(), CI_LEVEL)
+    return {"auroc": d["auroc_a"], "auroc_complexity_only": d["auroc_b"], "difference": d["difference"],
+            "ci": d["ci"], "p_value": d["p_value"]}
 
 
 def _figure_histogram(table, threshold, split: str, primary: str):
@@ -464,6 +480,10 @@ def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: P
     if test.get("auroc") is not None:
         log.info("test AUROC %.4f [%.4f, %.4f]  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
                  test["auroc"], *test["auroc_ci"], test["ap"], test["f1"], rule, calibration["thresholds"][rule])
+        versus = metrics.get("versus_complexity_baseline", {}).get("test")
+        if versus:
+            log.info("test AUROC against complexity only (%.4f, same images): %+.4f [%+.4f, %+.4f], DeLong p %.3g",
+                     versus["auroc_complexity_only"], versus["difference"], *versus["ci"], versus["p_value"])
     else:
         log.info("%s: false-positive rate on the validation normals %.3f, on the test normals %s, at the %s threshold",
                  test.get("note", "no anomalous image"), metrics["val"].get("false_positive_rate", float("nan")),
@@ -498,8 +518,12 @@ def rereport(run_dir: Path) -> dict:
     if "raw_score" not in table:  # scored before mapping.correction existed: the score was the raw one
         table["raw_score"] = table["score"]
     correction = old.get("correction", "none")
-    metrics = compute_metrics(table, correction)
-    metrics.update({k: old[k] for k in ("gan_source", "wall_time_s", "images_scored") if k in old})
+    threshold = old.get("threshold", {})
+    rule = threshold.get("rule", "fpr")
+    metrics = compute_metrics(table, correction, target_fpr=threshold.get("fpr_target", 0.05),
+                              threshold_rule=threshold["value"] if rule == "number" else rule)
+    # what scores.csv cannot give back (pixel metrics need the maps; wall times, the scorer file) is kept
+    metrics = {**old, **metrics}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     write_score_figures(table, metrics, run_dir / "figures")
     return metrics
