@@ -4,6 +4,7 @@ override (paths, lists), summaries select on validation, Optuna and the launcher
 import csv
 import json
 import shutil
+import statistics
 
 import pytest
 import yaml
@@ -149,6 +150,29 @@ def test_run_only_overrides_are_not_settings(tmp_path):
     with open(tmp_path / "seeds_summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["seeds"] == "2"
+
+
+def test_seeds_summary_averages_the_difference_to_the_complexity_baseline(tmp_path):
+    """Each run's test AUROC minus the complexity-only baseline's (metrics.json
+    versus_complexity_baseline) is a result column, averaged over seeds with its std."""
+    for seed, diff in ((0, 0.02), (1, 0.04), (2, -0.01)):
+        job = tmp_path / f"seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+        (job / ".hydra" / "config.yaml").write_text("data: {}\n")
+        versus = {"test": {"auroc": 0.7 + diff, "auroc_complexity_only": 0.7, "difference": diff,
+                           "ci": [diff - 0.03, diff + 0.03], "p_value": 0.2}}
+        (job / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.6}, "test": {"auroc": 0.7 + diff},
+                                                      "versus_complexity_baseline": versus}))
+    summarize(tmp_path)
+    with open(tmp_path / "summary.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f)}
+    assert float(rows["1"]["test_auroc_minus_complexity_only"]) == 0.04
+    assert abs(float(rows["2"]["test_auroc_minus_complexity_only_ci_low"]) + 0.04) < 1e-12
+    with open(tmp_path / "seeds_summary.csv") as f:
+        (agg,) = list(csv.DictReader(f))
+    assert agg["seeds"] == "3" and abs(float(agg["test_auroc_minus_complexity_only_mean"]) - 0.05 / 3) < 1e-12
+    assert abs(float(agg["test_auroc_minus_complexity_only_std"]) - statistics.stdev([0.02, 0.04, -0.01])) < 1e-12
 
 
 def test_summary_shortens_long_setting_values_in_markdown_only(tmp_path):

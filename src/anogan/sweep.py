@@ -43,6 +43,9 @@ OPTIMIZABLE = ("auroc", "ap", "f1", "precision", "recall", "accuracy")
 # Overrides that change how jobs run, not what they compute: never a column of a summary.
 RUN_ONLY_KEYS = {"launcher", "threads", "trainer.enable_progress_bar"}
 BASELINES = {"raw_score": "auroc_raw_score", "complexity_corrected": "auroc_complexity_corrected", "complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
+# The primary score's test AUROC minus the complexity-only baseline's, with DeLong's 95% interval
+# (metrics.json "versus_complexity_baseline"): mean ± std over seeds in seeds_summary.
+VERSUS = "test_auroc_minus_complexity_only"
 # Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
 # (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
 PUBLISHED = {
@@ -205,7 +208,7 @@ def _with_interval(row: dict, column: str, value, interval) -> None:
 
 def result_columns() -> set[str]:
     """Every result column collect() may write (the rest of a row describes the job's setting)."""
-    cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | set(BASELINES.values())
+    cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | set(BASELINES.values()) | {VERSUS}
     cols |= {f"{c}_ci_{b}" for c in list(cols) for b in ("low", "high")}
     return cols | {"threshold", "wall_time_s", "gan", "job", "status", "seed"}
 
@@ -236,6 +239,9 @@ def collect(sweep_dir: Path) -> list[dict]:
                 if key in components:
                     interval = components.get(f"{key}_interval", m.get(f"{key}_interval"))
                     _with_interval(row, column, components[key], interval)
+            versus = (m.get("versus_complexity_baseline") or {}).get("test")
+            if versus:
+                _with_interval(row, VERSUS, versus["difference"], versus["ci"])
             threshold = m.get("threshold") or {}
             row["threshold"] = threshold.get("value", threshold.get("f1"))  # the one behind the labels
             row["wall_time_s"] = m.get("wall_time_s", {}).get("total")
@@ -261,14 +267,12 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
     out = []
     for setting, members in groups.items():
         agg = dict(setting)
-        for metric in METRICS:
-            for split in SPLITS:
-                column = f"{split}_{metric}"
-                values = [m.get(column) for m in members]
-                if all(isinstance(v, (int, float)) for v in values):
-                    agg[f"{column}_mean"] = statistics.fmean(values)
-                    agg[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-                    _mean_interval(agg, f"{column}_mean", members, column)
+        for column in [f"{split}_{metric}" for metric in METRICS for split in SPLITS] + [VERSUS]:
+            values = [m.get(column) for m in members]
+            if all(isinstance(v, (int, float)) for v in values):
+                agg[f"{column}_mean"] = statistics.fmean(values)
+                agg[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+                _mean_interval(agg, f"{column}_mean", members, column)
         for column in BASELINES.values():
             if all(isinstance(m.get(column), (int, float)) for m in members):
                 agg[f"{column}_mean"] = statistics.fmean(m[column] for m in members)
