@@ -9,7 +9,7 @@ CLASSES ?= range(0,10)
 SEEDS ?= 0,1,2
 DATA ?= ../shared/data/cifar10
 
-.PHONY: help install test test-slow test-all train train-guidebook results bench tensorboard clean
+.PHONY: help install lint format test test-slow test-all train train-guidebook results bench tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -20,6 +20,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+lint: install ## style, import order and formatting (ruff)
+	$(VENV)/bin/ruff check src tests benchmarks train.py predict.py
+	$(VENV)/bin/ruff format --check src tests benchmarks train.py predict.py
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py
+	$(VENV)/bin/ruff format src tests benchmarks train.py predict.py
 
 test: install ## the fast test suite (minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"

@@ -1,6 +1,6 @@
 """Score your own images with a finished run (see README.md):
 
-    python predict.py ckpt=outputs/runs/<run> input=<folder or image> [threshold=0.5] [out=scores.csv] [save_images=true]
+python predict.py ckpt=outputs/runs/<run> input=<folder or image> [threshold=0.5] [out=scores.csv] [save_images=true]
 """
 
 import sys

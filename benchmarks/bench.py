@@ -25,6 +25,7 @@ step time after the warm-up steps. Memory is the peak resident set size (VmHWM, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
@@ -108,10 +109,8 @@ def _proc_kib(field: str) -> int | None:
 def peak_memory(out: dict, key: str):
     """out[key] = peak RSS above the RSS at entry, in MiB (None where unsupported)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so the baseline is honest
-    except (OSError, AttributeError):
-        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         resettable = True
@@ -263,8 +262,15 @@ def _loader(images: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoade
 def make_gan(image_size: int, d: dict, seed: int) -> GAN:
     torch.manual_seed(seed)
     return GAN(
-        latent_dim=d["latent_dim"], channels=3, image_size=image_size, g_width=d["width"], d_width=d["d_width"],
-        lr=d["lr"], betas=d["betas"], weight_decay=d["weight_decay"], g_steps=d["g_steps"],
+        latent_dim=d["latent_dim"],
+        channels=3,
+        image_size=image_size,
+        g_width=d["width"],
+        d_width=d["d_width"],
+        lr=d["lr"],
+        betas=d["betas"],
+        weight_decay=d["weight_decay"],
+        g_steps=d["g_steps"],
     )
 
 
@@ -272,10 +278,17 @@ def bench_train_lightning(model: GAN, images, *, batch_size, warmup, precision) 
     clock, out = _BatchClock(), {}
     n_batches = len(images) // batch_size
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=1,
         max_steps=n_batches * (1 + model.hparams.g_steps),  # manual optimization counts every opt.step()
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[clock], num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        num_sanity_val_steps=0,
     )
     with peak_memory(out, "peak_rss_mib"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -287,8 +300,19 @@ def bench_train_lightning(model: GAN, images, *, batch_size, warmup, precision) 
 
 
 def bench_train_plain(
-    generator, discriminator, images, *, batch_size, warmup, precision, lr, betas, weight_decay, g_steps,
-    latent_dim, matched: bool = False,
+    generator,
+    discriminator,
+    images,
+    *,
+    batch_size,
+    warmup,
+    precision,
+    lr,
+    betas,
+    weight_decay,
+    g_steps,
+    latent_dim,
+    matched: bool = False,
 ) -> dict:
     """The training step as a plain loop. ``matched``: also what the module does beyond the recipe."""
     g, d = copy.deepcopy(generator).train(), copy.deepcopy(discriminator).train()
@@ -361,7 +385,11 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
         log.info("%d px: latent search, 32-true, the search before search_copy", image_size)
         ref = bench_search(
             lambda xx, zz, it: reference_search(g, disc, xx, zz, iterations=it, **hp),
-            x, z, steps=steps, single_images=a.single_images, rounds=a.rounds,
+            x,
+            z,
+            steps=steps,
+            single_images=a.single_images,
+            rounds=a.rounds,
         )
         new = search["32-true"]
         ref["max_rel_diff_to_current"] = ((new["scores"] - ref["scores"]).abs() / ref["scores"].abs()).max().item()
@@ -389,8 +417,16 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
         res["search_alpha0_gain_fp32"] = alpha_zero_gain(g, disc, x, z, steps=steps, rounds=a.rounds, **hp)
     if a.batch_sweep:
         res["search_batch_sweep_fp32"] = search_batch_sweep(
-            g, disc, images, z0, sizes=a.batch_sweep, steps=steps, precision="32-true",
-            alpha=d["mapping_alpha"], lr=d["mapping_lr"], betas=d["mapping_betas"],
+            g,
+            disc,
+            images,
+            z0,
+            sizes=a.batch_sweep,
+            steps=steps,
+            precision="32-true",
+            alpha=d["mapping_alpha"],
+            lr=d["mapping_lr"],
+            betas=d["mapping_betas"],
         )
 
     if a.train_steps > 0:
@@ -400,11 +436,18 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
         timg = random_images(tb * n_batches, image_size, a.seed + 3)
         train = {}
         common = dict(
-            batch_size=tb, warmup=a.warmup, lr=d["lr"], betas=d["betas"], weight_decay=d["weight_decay"],
-            g_steps=d["g_steps"], latent_dim=d["latent_dim"],
+            batch_size=tb,
+            warmup=a.warmup,
+            lr=d["lr"],
+            betas=d["betas"],
+            weight_decay=d["weight_decay"],
+            g_steps=d["g_steps"],
+            latent_dim=d["latent_dim"],
         )
         for p in precisions:
-            log.info("%d px: GAN training, %s, batch %d, %d+%d steps, %d round(s)", image_size, p, tb, a.warmup, train_steps, a.rounds)
+            log.info(
+                "%d px: GAN training, %s, batch %d, %d+%d steps, %d round(s)", image_size, p, tb, a.warmup, train_steps, a.rounds
+            )
             runs: dict[str, list[dict]] = {"lightning": [], "plain": [], "plain_matched": []}
             for r in range(a.rounds):
                 model = make_gan(image_size, d, a.seed)
@@ -416,9 +459,7 @@ def bench_size(image_size: int, a: argparse.Namespace, d: dict) -> dict:
                     if kind == "lightning":
                         runs[kind].append(bench_train_lightning(model, timg, batch_size=tb, warmup=a.warmup, precision=p))
                     else:
-                        runs[kind].append(
-                            bench_train_plain(g0, d0, timg, precision=p, matched=kind == "plain_matched", **common)
-                        )
+                        runs[kind].append(bench_train_plain(g0, d0, timg, precision=p, matched=kind == "plain_matched", **common))
             train[p] = {}
             for kind, rs in runs.items():
                 if rs:
@@ -537,7 +578,9 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
     g, dnet = build_nets(size, d["latent_dim"], d["width"], d["d_width"], seed=0)
     images = ((random_images(n, size, seed=3) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     data = AnomalySplit(images, torch.zeros(n, dtype=torch.long).numpy(), torch.arange(n).numpy(), 0)
-    kw = dict(accelerator="cpu", devices=1, precision="32-true", enable_progress_bar=False, enable_model_summary=False, logger=False)
+    kw = dict(
+        accelerator="cpu", devices=1, precision="32-true", enable_progress_bar=False, enable_model_summary=False, logger=False
+    )
     enc = {"width": d["d_width"], "kappa": 1.0, "epochs": 1, "lr": 1e-4, "betas": [0.5, 0.999]}
     bs = a.search_batch_size
     stop = {"patience": 10, "rel_tol": 1e-3}
@@ -554,7 +597,7 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for r in range(a.rounds):
-            for name in (list(scorers) if r % 2 == 0 else list(scorers)[::-1]):
+            for name in list(scorers) if r % 2 == 0 else list(scorers)[::-1]:
                 t0 = time.perf_counter()
                 out = run_scorer(scorers[name], data, kw)
                 best[name] = min(best[name], time.perf_counter() - t0)
@@ -572,7 +615,9 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
         graph = EncoderGraph(scorers["encoder"], "none").eval()
         x = images.float().div(127.5).sub(1.0)
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-            torch.onnx.export(graph, (x[:2],), f"{tmp}/e.onnx", dynamo=False, input_names=["image"], dynamic_axes={"image": {0: "n"}})
+            torch.onnx.export(
+                graph, (x[:2],), f"{tmp}/e.onnx", dynamo=False, input_names=["image"], dynamic_axes={"image": {0: "n"}}
+            )
             session = ort.InferenceSession(f"{tmp}/e.onnx", providers=["CPUExecutionProvider"])
             t_ort, t_pt = float("inf"), float("inf")
             for _ in range(a.rounds):

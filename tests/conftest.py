@@ -27,7 +27,12 @@ def write_tiny_cifar(root: Path, seed: int = 0) -> Path:
         rng.shuffle(labels)
         base = (labels[:, None] * 20 + 30).astype(np.float64)
         data = np.clip(base + rng.normal(0, 25, (len(labels), 3072)), 0, 255).astype(np.uint8)
-        return {"batch_label": name, "labels": labels.tolist(), "data": data, "filenames": [f"{i}.png" for i in range(len(labels))]}
+        return {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": data,
+            "filenames": [f"{i}.png" for i in range(len(labels))],
+        }
 
     for i in range(1, 6):
         with open(folder / f"data_batch_{i}", "wb") as f:
@@ -85,7 +90,9 @@ def run_train(overrides: list[str], check: bool = True):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True, cwd=REPO, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True, cwd=REPO, timeout=900
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

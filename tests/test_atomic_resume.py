@@ -62,8 +62,14 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     data = torch.utils.data.DataLoader([{"image": torch.rand(3, 32, 32) * 2 - 1} for _ in range(8)], batch_size=8)
     model = GAN(latent_dim=8, image_size=32, g_width=4, d_width=4, g_steps=1)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1, enable_version_counter=False)
-    trainer = L.Trainer(max_epochs=1, logger=False, callbacks=[ckpt], plugins=[aio.AtomicCheckpointIO()],
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[ckpt],
+        plugins=[aio.AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, data)
     last = tmp_path / "last.ckpt"
     before = last.read_bytes()
@@ -87,8 +93,16 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
 def _train(tiny_cifar, datamodule, run_dir: Path, *extra: str) -> dict:
     """Stage 1 of train.run, in this process: seed, fit_gan; returns the generator's weights.
     (The split does not use the global seed, so one data module serves every run.)"""
-    cfg = compose_config([*tiny_overrides(tiny_cifar), f"paths.output_dir={run_dir}", "data.batch_size=8",
-                          "trainer.limit_train_batches=null", "trainer.enable_model_summary=false", *extra])
+    cfg = compose_config(
+        [
+            *tiny_overrides(tiny_cifar),
+            f"paths.output_dir={run_dir}",
+            "data.batch_size=8",
+            "trainer.limit_train_batches=null",
+            "trainer.enable_model_summary=false",
+            *extra,
+        ]
+    )
     L.seed_everything(cfg.seed, workers=True)
     folder = fit_gan(cfg, datamodule, False, run_dir)
     return torch.load(folder / "generator.pt")

@@ -41,7 +41,11 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("overwrite_text", ["overwrite=maybe"], ["overwrite='maybe'"]),
         ("cache_not_folder", [f"paths.gan_cache_dir={a_file}/cache"], ["paths.gan_cache_dir", "Not a directory"]),
         ("run_dir_not_folder", [f"hydra.run.dir={a_file}/run"], ["hydra.run.dir", "not a folder"]),
-        ("missing_data", [f"data.root={tmp}/nowhere"], ["data.root=", "cifar-10-batches-py", "data.download=true", "data.verify_checksums=false"]),
+        (
+            "missing_data",
+            [f"data.root={tmp}/nowhere"],
+            ["data.root=", "cifar-10-batches-py", "data.download=true", "data.verify_checksums=false"],
+        ),
     ]
     if not GPU:
         cases.append(("gpu_without_gpu", ["trainer=gpu"], ["trainer.accelerator=gpu", "trainer=cpu"]))
@@ -94,8 +98,9 @@ HYDRA_CASES = [
 
 
 def _run(overrides: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
 
 
 @pytest.mark.slow  # ~11 s of CPU per case (importing torch and Lightning): about 2 minutes on 2 idle cores
@@ -103,8 +108,12 @@ def test_bad_inputs_one_line_exit_2_no_traceback(tiny_cifar, tmp_path):
     cases = _cases(tmp_path)
     runs = {name: tmp_path / "runs" / name for name, _, _ in cases}
     commands = [
-        [*tiny_overrides(tiny_cifar, tmp_path), *(["data.download=false"] if name == "missing_data" else []),
-         f"hydra.run.dir={runs[name]}", *overrides]
+        [
+            *tiny_overrides(tiny_cifar, tmp_path),
+            *(["data.download=false"] if name == "missing_data" else []),
+            f"hydra.run.dir={runs[name]}",
+            *overrides,
+        ]
         for name, overrides, _ in cases
     ]
     commands += [[*tiny_overrides(tiny_cifar, tmp_path), *overrides] for _, overrides, _ in HYDRA_CASES]
@@ -119,7 +128,7 @@ def test_bad_inputs_one_line_exit_2_no_traceback(tiny_cifar, tmp_path):
             problems.append(f"exit code {proc.returncode}")
         if "Traceback" in out:
             problems.append("traceback")
-        if name not in dict((n, 0) for n, _, _ in HYDRA_CASES):
+        if name not in {n: 0 for n, _, _ in HYDRA_CASES}:
             if len(errors) != 1:
                 problems.append(f"{len(errors)} error lines")
             missing = [w for w in words if not any(w in line for line in errors)]
@@ -141,7 +150,9 @@ def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a truncated zip
-    cfg = compose_config([*tiny_overrides(tiny_cifar), f"paths.output_dir={run_dir}", "ckpt_path=last", f"paths.gan_cache_dir={tmp_path}/cache"])
+    cfg = compose_config(
+        [*tiny_overrides(tiny_cifar), f"paths.output_dir={run_dir}", "ckpt_path=last", f"paths.gan_cache_dir={tmp_path}/cache"]
+    )
     with pytest.raises(ConfigError, match="ckpt_path=last: .*last.ckpt is damaged") as err:
         check_run_environment(cfg, run_dir)
     assert "\n" not in str(err.value)
@@ -155,6 +166,7 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
     def refuse(code):
         def mkstemp(*args, **kwargs):
             raise OSError(code, "Read-only file system" if code == errno.EROFS else "No space left on device")
+
         return mkstemp
 
     monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.EROFS))
@@ -168,8 +180,15 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
 def test_good_overrides_pass_the_key_check(tiny_cifar):
     from anogan.config_check import check_config
 
-    for extra in (["+trainer.gradient_clip_val=1.0"], ["trainer=ddp"], ["experiment=cifar_car_cpu"],
-                  ["debug=fast"], ["+callbacks.checkpoint.save_last=true"], ["data.val_subset=2.0"], ["data.test_subset=0.5"]):
+    for extra in (
+        ["+trainer.gradient_clip_val=1.0"],
+        ["trainer=ddp"],
+        ["experiment=cifar_car_cpu"],
+        ["debug=fast"],
+        ["+callbacks.checkpoint.save_last=true"],
+        ["data.val_subset=2.0"],
+        ["data.test_subset=0.5"],
+    ):
         check_config(compose_config([*tiny_overrides(tiny_cifar), *extra]))
     for mapping in ("encoder", "encoder_search"):
         check_config(compose_config(tiny_overrides(tiny_cifar, mapping=mapping)))
@@ -185,4 +204,7 @@ def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
         CIFAR10AnomalyDataModule(root=str(tmp_path), download=False).prepare_data()
     message = str(err.value)
     assert "\n" not in message
-    assert all(w in message for w in ("data.root", "cifar-10-batches-py", "data.download=true", "internet", "data.verify_checksums=false"))
+    assert all(
+        w in message
+        for w in ("data.root", "cifar-10-batches-py", "data.download=true", "internet", "data.verify_checksums=false")
+    )

@@ -4,7 +4,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 from anogan.compare import delong, delong_components, main, paired_bootstrap
 from anogan.metrics import auroc

@@ -55,7 +55,9 @@ def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
     assert compose_config(["experiment=cifar_car"]).model.diffaugment is None
     assert compose_config(["experiment=cifar_car_cpu_wgan_gp"]).model.diffaugment is None
     cfg = compose_config(["experiment=cifar_car_cpu", "mapping=latent_cpu"])
-    assert cfg.mapping._target_ == "anogan.scorers.LatentMapping" and cfg.mapping.iterations == 200 and "encoder" not in cfg.mapping
+    assert (
+        cfg.mapping._target_ == "anogan.scorers.LatentMapping" and cfg.mapping.iterations == 200 and "encoder" not in cfg.mapping
+    )
 
 
 def test_sweep_config_holds_the_grid():

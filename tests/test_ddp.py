@@ -8,9 +8,9 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, tiny_overrides
 
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule, DataError
+from conftest import REPO, tiny_overrides
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 # 20 validation + 51 test images: an odd count, so the DistributedSampler pads one rank with a repeat

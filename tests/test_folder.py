@@ -32,7 +32,9 @@ def image_root(tmp_path):
 
 
 def test_folder_splits_are_disjoint_seeded_and_labelled(image_root, tmp_path):
-    cfg = compose_config(["data=folder", f"data.root={image_root}", "data.image_size=32", "data.abnormal_dir=[abnormal/crack,abnormal/scratch]"])
+    cfg = compose_config(
+        ["data=folder", f"data.root={image_root}", "data.image_size=32", "data.abnormal_dir=[abnormal/crack,abnormal/scratch]"]
+    )
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
@@ -58,7 +60,9 @@ def test_folder_splits_are_disjoint_seeded_and_labelled(image_root, tmp_path):
     again = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=["abnormal/crack", "abnormal/scratch"])
     again.setup()
     assert again.manifest["splits"] == m["splits"]
-    other = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=["abnormal/crack", "abnormal/scratch"], split_seed=1)
+    other = FolderAnomalyDataModule(
+        root=str(image_root), image_size=32, abnormal_dir=["abnormal/crack", "abnormal/scratch"], split_seed=1
+    )
     other.setup()
     assert other.manifest["splits"]["val"]["ids"] != m["splits"]["val"]["ids"]
 
@@ -85,9 +89,17 @@ def test_train_py_runs_on_a_folder_of_images(image_root, tmp_path):
     from conftest import run_train
 
     overrides = [
-        "data=folder", f"data.root={image_root}", "data.image_size=32", "data.batch_size=8",
-        "model.latent_dim=8", "model.g_width=8", "model.d_width=8", "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false", "mapping.iterations=2", f"paths.log_dir={tmp_path}",
+        "data=folder",
+        f"data.root={image_root}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "model.latent_dim=8",
+        "model.g_width=8",
+        "model.d_width=8",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "mapping.iterations=2",
+        f"paths.log_dir={tmp_path}",
         f"hydra.run.dir={tmp_path}/run",
     ]
     run_train(overrides)
@@ -134,11 +146,19 @@ def test_every_file_found_is_used_or_skipped_with_its_reason(tmp_path, caplog):
         dm.setup()
     m = json.loads(dm.write_manifest(tmp_path).read_text())
     assert sorted(m["files"]) == sorted(
-        [f"normal/img{i:02d}.png" for i in range(8)] + ["normal/x.bmp", "normal/UPPER.TIF", "normal/png_named.dat", "normal/g16.png", "normal/anim.gif"]
+        [f"normal/img{i:02d}.png" for i in range(8)]
+        + ["normal/x.bmp", "normal/UPPER.TIF", "normal/png_named.dat", "normal/g16.png", "normal/anim.gif"]
         + (["normal/x.webp"] if features.check("webp") else [])
     )
     reasons = {s["file"]: s["reason"] for s in m["skipped"]}
-    assert set(reasons) == {"normal/notes.txt", "normal/truncated.png", "normal/link_to_img00.png", "normal/broken.png", "normal/loop_a.png", "normal/loop_b.png"}
+    assert set(reasons) == {
+        "normal/notes.txt",
+        "normal/truncated.png",
+        "normal/link_to_img00.png",
+        "normal/broken.png",
+        "normal/loop_a.png",
+        "normal/loop_b.png",
+    }
     assert reasons["normal/notes.txt"].startswith("not an image")
     assert reasons["normal/truncated.png"].startswith("unreadable")
     assert reasons["normal/link_to_img00.png"].startswith("duplicate")
@@ -146,7 +166,9 @@ def test_every_file_found_is_used_or_skipped_with_its_reason(tmp_path, caplog):
     assert reasons["normal/loop_a.png"].startswith("looping symlink")
     assert m["resize"] == "stretch" and len(dm.train_set) + len(dm.eval_set) == readable
     summaries = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert summaries == [f"skipped 6 of {readable + 6} files: 2 looping symlink, 1 broken symlink, 1 duplicate, 1 not an image, 1 unreadable; see splits.json"]
+    assert summaries == [
+        f"skipped 6 of {readable + 6} files: 2 looping symlink, 1 broken symlink, 1 duplicate, 1 not an image, 1 unreadable; see splits.json"
+    ]
     # the 16-bit gradient is read as a gradient, not as 255 wherever it is not 0
     g16 = m["files"].index("normal/g16.png")
     where = dm.train_set if g16 in dm.train_set.ids.tolist() else dm.eval_set
@@ -228,11 +250,18 @@ def test_small_folder_batch_and_steps_follow_the_data(image_root):
     assert dm.train_batch_size == MIN_AUTO_BATCH == 8  # a quarter of 20 is 5, never below 8
     batches = list(dm.train_dataloader())
     assert len(batches) == dm.train_steps_per_epoch >= 10 and all(len(b["image"]) == 8 for b in batches)
-    assert dm.manifest["training"] == {"batch_size": 8, "requested_batch_size": 128, "repeats_per_epoch": dm.train_repeats, "steps_per_epoch": len(batches)}
+    assert dm.manifest["training"] == {
+        "batch_size": 8,
+        "requested_batch_size": 128,
+        "repeats_per_epoch": dm.train_repeats,
+        "steps_per_epoch": len(batches),
+    }
     ids = torch.cat([b["id"] for b in batches])
     assert set(ids.tolist()) <= set(dm.train_set.ids.tolist()) and len(ids) > len(dm.train_set)  # images repeat
 
-    plain = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=None, batch_size=128, max_batch_fraction=None, min_steps_per_epoch=None)
+    plain = FolderAnomalyDataModule(
+        root=str(image_root), image_size=32, abnormal_dir=None, batch_size=128, max_batch_fraction=None, min_steps_per_epoch=None
+    )
     plain.setup()
     assert plain.train_batch_size == 128 and plain.train_repeats == 1 and len(list(plain.train_dataloader())) == 1
     assert "trainer.max_epochs=500" in plain.steps_warning(max_epochs=200)
@@ -266,7 +295,9 @@ def test_masks_follow_the_resize_policy(tmp_path, resize):
         mask = np.zeros((32, 48), np.uint8)
         mask[:, 20:28] = 255  # columns 20..27 of the 48-wide image
         Image.fromarray(mask).save(tmp_path / "masks" / f"b{i}_mask.png")
-    dm = FolderAnomalyDataModule(root=str(tmp_path), abnormal_dir="bad", mask_dir="masks", image_size=32, resize=resize, normal_test_fraction=0.5)
+    dm = FolderAnomalyDataModule(
+        root=str(tmp_path), abnormal_dir="bad", mask_dir="masks", image_size=32, resize=resize, normal_test_fraction=0.5
+    )
     dm.setup()
     anomalous = dm.eval_set.labels == 1
     masks = dm.eval_set.masks[anomalous][:, 0]

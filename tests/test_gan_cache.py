@@ -42,7 +42,9 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
     cfg = compose_config(["data.root=/data", "trainer.default_root_dir=/run"])
     key, spec = gan_store.cache_key(cfg)
     assert spec["world_size"] == 1 and len(spec["code"]) == 12
-    ddp = compose_config(["data.root=/data", "trainer.default_root_dir=/run", "trainer=ddp", "trainer.num_nodes=2", "trainer.accelerator=cpu"])
+    ddp = compose_config(
+        ["data.root=/data", "trainer.default_root_dir=/run", "trainer=ddp", "trainer.num_nodes=2", "trainer.accelerator=cpu"]
+    )
     assert gan_store.cache_key(ddp)[1]["world_size"] == 4 and gan_store.cache_key(ddp)[0] != key
     source = tmp_path / "models" / "gan.py"
     source.parent.mkdir()

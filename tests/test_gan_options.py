@@ -24,8 +24,14 @@ from conftest import compose_config, tiny_overrides
 
 TINY = dict(latent_dim=16, image_size=32, g_width=8, d_width=8)
 ALL_OPTIONS = dict(
-    objective="wgan_gp", gp_weight=10.0, critic_steps=2, g_steps=1, d_norm="layer", spectral_norm=True,
-    diffaugment="color,translation,cutout", ema_decay=0.9,
+    objective="wgan_gp",
+    gp_weight=10.0,
+    critic_steps=2,
+    g_steps=1,
+    d_norm="layer",
+    spectral_norm=True,
+    diffaugment="color,translation,cutout",
+    ema_decay=0.9,
 )
 
 
@@ -129,7 +135,11 @@ def test_a_gan_with_every_option_saves_and_rebuilds_identically(tmp_path):
 
 def test_a_gan_folder_saved_before_the_new_architecture_keys_still_loads(tmp_path):
     folder = tmp_path / "old"
-    gan_store.save_gan(*gan_store.build_networks({**TINY, "channels": 3, "g_width": 8, "d_width": 8}), {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8}, folder)
+    gan_store.save_gan(
+        *gan_store.build_networks({**TINY, "channels": 3, "g_width": 8, "d_width": 8}),
+        {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8},
+        folder,
+    )
     g, d, _ = gan_store.load_gan_folder(folder)
     assert isinstance(d.features[1], nn.BatchNorm2d)
 
@@ -203,12 +213,16 @@ class RecordEpochs(L.Callback):
         self.states = []
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items() if k.startswith(("generator", "discriminator"))})
+        self.states.append(
+            {k: v.detach().clone() for k, v in pl_module.state_dict().items() if k.startswith(("generator", "discriminator"))}
+        )
 
 
 def test_selection_keeps_the_epoch_with_the_best_criterion(monkeypatch):
     criteria = iter([0.2, 0.7, 0.3, 0.5])
-    monkeypatch.setattr(CheckpointSelection, "evaluate", lambda self, pl_module, dm: {"criterion": next(criteria), "kind": "mock"})
+    monkeypatch.setattr(
+        CheckpointSelection, "evaluate", lambda self, pl_module, dm: {"criterion": next(criteria), "kind": "mock"}
+    )
     L.seed_everything(0)
     model = GAN(**TINY, ema_decay=0.9, selection=SELECTION)
     rec = RecordEpochs()
@@ -245,7 +259,9 @@ class FakeData:
         self.eval_split = np.array(split)
 
 
-@pytest.mark.parametrize("val_classes, kind", [([1] * 6 + [0, 2, 3, 4, 5, 6] * 2, "val_auroc"), ([1] * 18, "minus_mean_residual_val_normals")])
+@pytest.mark.parametrize(
+    "val_classes, kind", [([1] * 6 + [0, 2, 3, 4, 5, 6] * 2, "val_auroc"), ([1] * 18, "minus_mean_residual_val_normals")]
+)
 def test_selection_criterion_reads_validation_rows_only(val_classes, kind):
     test_classes = [1, 0, 2, 3] * 5
     # validation and test rows interleaved, as a worst case
@@ -311,7 +327,13 @@ def test_train_end_to_end_with_every_option(tiny_cifar, tmp_path):
     from test_train_e2e import run_train
 
     options = [f"model.{k}={v!r}" if k == "diffaugment" else f"model.{k}={v}" for k, v in ALL_OPTIONS.items()]
-    options += ["model.selection.every_n_epochs=1", "model.selection.images=16", "model.selection.steps=2", "trainer.max_epochs=2", "gan.cache=false"]
+    options += [
+        "model.selection.every_n_epochs=1",
+        "model.selection.images=16",
+        "model.selection.steps=2",
+        "trainer.max_epochs=2",
+        "gan.cache=false",
+    ]
     run_train([*tiny_overrides(tiny_cifar, tmp_path), *options])
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())

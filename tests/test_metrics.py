@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 
@@ -50,8 +48,10 @@ def test_metrics_against_reference_computation():
     m = evaluate(scores, labels, threshold=1100.0)
     assert abs(m["auroc"] - brute_force_auroc(scores.tolist(), labels.tolist())) < 1e-6
     pred = (scores >= 1100.0).long()
-    tp = int(((pred == 1) & (labels == 1)).sum()); fp = int(((pred == 1) & (labels == 0)).sum())
-    fn = int(((pred == 0) & (labels == 1)).sum()); tn = int(((pred == 0) & (labels == 0)).sum())
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    fp = int(((pred == 1) & (labels == 0)).sum())
+    fn = int(((pred == 0) & (labels == 1)).sum())
+    tn = int(((pred == 0) & (labels == 0)).sum())
     assert m["confusion_matrix"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
     assert abs(m["precision"] - tp / (tp + fp)) < 1e-6 and abs(m["recall"] - tp / (tp + fn)) < 1e-6
     assert abs(m["f1"] - 2 * tp / (2 * tp + fp + fn)) < 1e-6 and abs(m["accuracy"] - (tp + tn) / 200) < 1e-6
@@ -97,7 +97,6 @@ def test_auto_correction_picks_the_score_that_ranks_validation_better():
 
 
 # ---------------------------------------------------------------------- conformal p-values, thresholds
-import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -68,9 +68,13 @@ def test_mvtec_splits_masks_and_defect_names(mvtec_root, tmp_path):
     m, s = dm.manifest, dm.manifest["splits"]
     assert s["train"]["size"] == 10 and s["train"]["anomalous"] == 0
     assert {k: (s["val"]["class_counts"][k], s["test"]["class_counts"][k]) for k in ("good", "crack", "scratch")} == {
-        "good": (2, 2), "crack": (2, 2), "scratch": (2, 2)  # stratified halves of test/
+        "good": (2, 2),
+        "crack": (2, 2),
+        "scratch": (2, 2),  # stratified halves of test/
     }
-    assert set(s["train"]["ids"]).isdisjoint(s["val"]["ids"] + s["test"]["ids"]) and set(s["val"]["ids"]).isdisjoint(s["test"]["ids"])
+    assert set(s["train"]["ids"]).isdisjoint(s["val"]["ids"] + s["test"]["ids"]) and set(s["val"]["ids"]).isdisjoint(
+        s["test"]["ids"]
+    )
     assert tuple(dm.eval_set.images.shape[1:]) == (3, 32, 32)  # grey files read as the configured 3 channels
     assert dm.train_set.masks is None and dm.eval_set.masks.dtype == torch.uint8
     assert tuple(dm.eval_set.masks.shape) == (len(dm.eval_set), 1, 32, 32)
@@ -113,8 +117,12 @@ def test_mvtec_missing_mask_and_category_are_one_line_errors(mvtec_root):
 def test_mvtec_synthetic_validation_never_reaches_test(mvtec_root, method):
     def make(seed=0):
         dm = MVTecDataModule(
-            root=str(mvtec_root), category="widget", image_size=32, synthetic_val_anomalies=method,
-            synthetic_val_fraction=0.3, split_seed=seed,
+            root=str(mvtec_root),
+            category="widget",
+            image_size=32,
+            synthetic_val_anomalies=method,
+            synthetic_val_fraction=0.3,
+            split_seed=seed,
         )
         dm.setup()
         return dm
@@ -150,9 +158,17 @@ def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
     from conftest import run_train
 
     overrides = [
-        "data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32", "data.batch_size=5",
-        "model.latent_dim=8", "model.g_width=8", "model.d_width=8", "trainer.max_epochs=1",
-        "mapping.iterations=2", f"paths.log_dir={tmp_path}",
+        "data=mvtec",
+        f"data.root={mvtec_root}",
+        "data.category=widget",
+        "data.image_size=32",
+        "data.batch_size=5",
+        "model.latent_dim=8",
+        "model.g_width=8",
+        "model.d_width=8",
+        "trainer.max_epochs=1",
+        "mapping.iterations=2",
+        f"paths.log_dir={tmp_path}",
         f"hydra.run.dir={tmp_path}/run",
     ]
     run_train(overrides)
@@ -183,8 +199,12 @@ def test_folder_module_reads_a_mask_folder(mvtec_root):
 
     def make(mask_dir):
         return FolderAnomalyDataModule(
-            root=str(mvtec_root / "widget"), normal_dir="train/good", normal_test_dir="test/good", image_size=32,
-            abnormal_dir=["test/crack", "test/scratch"], mask_dir=mask_dir,
+            root=str(mvtec_root / "widget"),
+            normal_dir="train/good",
+            normal_test_dir="test/good",
+            image_size=32,
+            abnormal_dir=["test/crack", "test/scratch"],
+            mask_dir=mask_dir,
         )
 
     dm = make(["ground_truth/crack", "ground_truth/scratch"])

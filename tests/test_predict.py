@@ -118,8 +118,20 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     (folder / "notes.txt").write_text("ignored: not an image")
     out = tmp_path / "res" / "scores.csv"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "predict.py"), f"ckpt={tiny_run}", f"input={folder}", f"out={out}", "save_images=true", "threshold=0.5", "maps=true"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"ckpt={tiny_run}",
+            f"input={folder}",
+            f"out={out}",
+            "save_images=true",
+            "threshold=0.5",
+            "maps=true",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out) as f:
@@ -132,7 +144,14 @@ def test_predict_skips_a_corrupt_file_and_names_it(tiny_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "res" / "scores_images").iterdir()) == ["a.png", "c.png", "sub__b.png", "wide.png"]
     maps = tmp_path / "res" / "scores_maps"
     assert sorted(p.name for p in maps.iterdir()) == [
-        "a.npy", "a_overlay.png", "c.npy", "c_overlay.png", "sub__b.npy", "sub__b_overlay.png", "wide.npy", "wide_overlay.png"
+        "a.npy",
+        "a_overlay.png",
+        "c.npy",
+        "c_overlay.png",
+        "sub__b.npy",
+        "sub__b_overlay.png",
+        "wide.npy",
+        "wide_overlay.png",
     ]
     assert np.load(maps / "c.npy").shape == (48, 48) and np.load(maps / "a.npy").dtype == np.float32  # at the image's own size
 
@@ -168,7 +187,9 @@ def test_predict_errors_are_one_line_with_exit_code_2(tiny_run, tmp_path):
     if not torch.cuda.is_available():
         cases.append(([f"ckpt={tiny_run}", f"input={tmp_path}", "device=cuda"], "device=cuda"))
     for argv, message in cases:
-        proc = subprocess.run([sys.executable, str(REPO / "predict.py"), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "predict.py"), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
         errors = [line for line in proc.stderr.splitlines() if "[ERROR]" in line]
         assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (argv, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
@@ -196,13 +217,15 @@ def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, t
         assert abs(raw[k] - float(rows[i]["raw_score"])) <= 1e-4 * abs(float(rows[i]["raw_score"]))
     # p-values from the exported normal scores, as the JSON documents, equal the run's
     normals = np.array(meta["normal_scores"])
-    for k, i in enumerate(chosen):
+    for i in chosen:
         p = (1 + (normals >= float(rows[i]["score"])).sum()) / (len(normals) + 1)
         assert abs(p - float(rows[i]["p_value"])) < 1e-8  # scores.csv holds 9 significant digits
 
 
 def test_export_refuses_a_search_scorer_in_one_line(tiny_run, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "anogan.export", f"ckpt={tiny_run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "anogan.export", f"ckpt={tiny_run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 2 and "stays PyTorch-only" in proc.stderr and "Traceback" not in proc.stderr
 
 

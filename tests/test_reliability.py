@@ -16,8 +16,7 @@ from anogan.errors import UserError
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN, DivergenceError
 from anogan.train import given_gan
-from conftest import REPO, compose_config, tiny_overrides
-from conftest import run_train
+from conftest import REPO, compose_config, run_train, tiny_overrides
 
 
 @pytest.fixture(scope="module")

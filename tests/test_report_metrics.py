@@ -89,8 +89,10 @@ def test_metrics_with_anomalies_report_every_rule():
         flagged = s >= t[rule]
         assert block["threshold"] == t[rule]
         assert block["confusion_matrix"] == {
-            "tn": int((~flagged & (y == 0)).sum()), "fp": int((flagged & (y == 0)).sum()),
-            "fn": int((~flagged & (y == 1)).sum()), "tp": int((flagged & (y == 1)).sum()),
+            "tn": int((~flagged & (y == 0)).sum()),
+            "fp": int((flagged & (y == 0)).sum()),
+            "fn": int((~flagged & (y == 1)).sum()),
+            "tp": int((flagged & (y == 1)).sum()),
         }
         assert m[f"val_at_{rule}"]["threshold"] == t[rule]
     # the "test" block: ranking metrics, their intervals and the default rule's threshold metrics

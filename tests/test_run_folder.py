@@ -83,24 +83,21 @@ def test_overwrite_removes_only_the_projects_files(tiny_cifar, tmp_path):
 def test_failed_run_leaves_no_empty_folder(tmp_path):
     run_dir = tmp_path / "run"
     _hydra_start(run_dir)
-    with pytest.raises(SystemExit):
-        with removed_if_unused(run_dir):
-            (run_dir / "config_resolved.yaml").write_text("seed: 0\n")
-            raise SystemExit(2)
+    with pytest.raises(SystemExit), removed_if_unused(run_dir):
+        (run_dir / "config_resolved.yaml").write_text("seed: 0\n")
+        raise SystemExit(2)
     assert not run_dir.exists()
 
     kept = tmp_path / "kept"  # a folder that held something else before the run: never removed
     _hydra_start(kept)
     (kept / "my_notes.txt").write_text("mine")
-    with pytest.raises(ValueError):
-        with removed_if_unused(kept):
-            raise ValueError
+    with pytest.raises(ValueError), removed_if_unused(kept):
+        raise ValueError
     assert (kept / "my_notes.txt").is_file()
 
     useful = tmp_path / "useful"  # a run that got as far as a checkpoint keeps it
     _hydra_start(useful)
-    with pytest.raises(KeyboardInterrupt):
-        with removed_if_unused(useful):
-            (useful / "checkpoints").mkdir()
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), removed_if_unused(useful):
+        (useful / "checkpoints").mkdir()
+        raise KeyboardInterrupt
     assert (useful / "checkpoints").is_dir()

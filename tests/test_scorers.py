@@ -13,7 +13,6 @@ from anogan.data.splits import AnomalySplit
 from anogan.inference import run_scorer
 from anogan.models import Discriminator, Generator
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping, anomaly_map, izif_components
-
 from conftest import read_scores, tiny_overrides
 from conftest import train_in_process as run_train
 
@@ -181,9 +180,16 @@ def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
     data = _dataset(5)
     want = run_scorer(scorer, data, CPU)
     arch = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8}
-    calibration = {"correction": "none", "thresholds": {"fpr": 1.0, "f1": None, "youden": None}, "threshold_rule": "fpr",
-                   "target_fpr": 0.05, "normal_scores": torch.arange(5.0, dtype=torch.float64)}
-    path = save_artifact(tmp_path / "scorer.pt", scorer, arch, calibration, {"image_size": 32, "channels": 3, "resize": "stretch"}, "32-true", {})
+    calibration = {
+        "correction": "none",
+        "thresholds": {"fpr": 1.0, "f1": None, "youden": None},
+        "threshold_rule": "fpr",
+        "target_fpr": 0.05,
+        "normal_scores": torch.arange(5.0, dtype=torch.float64),
+    }
+    path = save_artifact(
+        tmp_path / "scorer.pt", scorer, arch, calibration, {"image_size": 32, "channels": 3, "resize": "stretch"}, "32-true", {}
+    )
     loaded, payload = load_artifact(path)
     assert type(loaded) is type(scorer) and payload["calibration"]["thresholds"]["fpr"] == 1.0
     got = run_scorer(loaded, data, CPU)
@@ -217,5 +223,9 @@ def test_scoring_on_a_gpu_matches_the_cpu():
     cpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, CPU)
     gpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, {**CPU, "accelerator": "gpu"})
     torch.testing.assert_close(gpu["score"], cpu["score"], rtol=1e-3, atol=1e-3)
-    bf16 = run_scorer(LatentMapping(g, d, alpha=0.0, iterations=5, lr=0.05, batch_size=4), data, {**CPU, "accelerator": "gpu", "precision": "bf16-true"})
+    bf16 = run_scorer(
+        LatentMapping(g, d, alpha=0.0, iterations=5, lr=0.05, batch_size=4),
+        data,
+        {**CPU, "accelerator": "gpu", "precision": "bf16-true"},
+    )
     assert bf16["z"].dtype == torch.float32

@@ -18,7 +18,14 @@ from conftest import compose_config, run_train, tiny_overrides
 def sweep(tiny_cifar, log_dir, sweep_dir):
     overrides = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("model.latent_dim")]
     return run_train(
-        ["-m", *overrides, "mapping.alpha=0.1,0.9", "model.latent_dim=8,16", f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}"]
+        [
+            "-m",
+            *overrides,
+            "mapping.alpha=0.1,0.9",
+            "model.latent_dim=8,16",
+            f"paths.log_dir={log_dir}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
     )
 
 
@@ -84,7 +91,9 @@ def test_threads_setting():
 
 def test_launcher_presets_compose():
     local = compose_config(["launcher=local_parallel"])
-    assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.threads == "auto" and local.hydra.launcher.n_jobs == 2
+    assert (
+        local.hydra.launcher._target_.endswith("JoblibLauncher") and local.threads == "auto" and local.hydra.launcher.n_jobs == 2
+    )
     slurm = compose_config(["launcher=slurm", "hydra.launcher.partition=gpu"])
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.partition == "gpu"
     optuna = compose_config(["hparams_search=optuna"])
@@ -102,8 +111,14 @@ def test_seed_aggregation():
 
 def test_results_sweep_writes_a_per_class_table_with_published_columns(tiny_cifar, tmp_path):
     run_train(
-        ["hparams_search=classes", *tiny_overrides(tiny_cifar), "data.normal_class=1,8", "seed=0",
-         f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'results'}"]
+        [
+            "hparams_search=classes",
+            *tiny_overrides(tiny_cifar),
+            "data.normal_class=1,8",
+            "seed=0",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / 'results'}",
+        ]
     )
     with open(tmp_path / "results" / "seeds_summary.csv") as f:
         rows = {r["normal_class"]: r for r in csv.DictReader(f)}
@@ -160,10 +175,18 @@ def test_seeds_summary_averages_the_difference_to_the_complexity_baseline(tmp_pa
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
         (job / ".hydra" / "config.yaml").write_text("data: {}\n")
-        versus = {"test": {"auroc": 0.7 + diff, "auroc_complexity_only": 0.7, "difference": diff,
-                           "ci": [diff - 0.03, diff + 0.03], "p_value": 0.2}}
-        (job / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.6}, "test": {"auroc": 0.7 + diff},
-                                                      "versus_complexity_baseline": versus}))
+        versus = {
+            "test": {
+                "auroc": 0.7 + diff,
+                "auroc_complexity_only": 0.7,
+                "difference": diff,
+                "ci": [diff - 0.03, diff + 0.03],
+                "p_value": 0.2,
+            }
+        }
+        (job / "metrics.json").write_text(
+            json.dumps({"val": {"auroc": 0.6}, "test": {"auroc": 0.7 + diff}, "versus_complexity_baseline": versus})
+        )
     summarize(tmp_path)
     with open(tmp_path / "summary.csv") as f:
         rows = {r["seed"]: r for r in csv.DictReader(f)}
@@ -194,8 +217,15 @@ def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_pa
     copy = shutil.copytree(tiny_cifar, tmp_path / "copy" / "cifar")
     overrides = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("data.root")]
     run_train(
-        ["-m", "launcher=local_parallel", *overrides, f"data.root={tiny_cifar},{copy}", "mapping.betas=[0.9,0.999],[0.5,0.99]",
-         f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+        [
+            "-m",
+            "launcher=local_parallel",
+            *overrides,
+            f"data.root={tiny_cifar},{copy}",
+            "mapping.betas=[0.9,0.999],[0.5,0.99]",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ]
     )
     jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert len(jobs) == 4 and all(j.startswith("root=") and ",betas=0." in j for j in jobs), jobs
@@ -206,10 +236,22 @@ def test_sweep_over_paths_and_lists_writes_one_folder_per_job(tiny_cifar, tmp_pa
 
 
 def test_optuna_sweep_optimises_the_validation_metric(tiny_cifar, tmp_path):
-    overrides = [o for o in tiny_overrides(tiny_cifar) if not o.startswith(("model.latent_dim", "trainer.max_epochs", "mapping.iterations"))]
+    overrides = [
+        o
+        for o in tiny_overrides(tiny_cifar)
+        if not o.startswith(("model.latent_dim", "trainer.max_epochs", "mapping.iterations"))
+    ]
     run_train(
-        ["hparams_search=optuna", *overrides, "hydra.sweeper.n_trials=3", "model.latent_dim=choice(8,16)", "trainer.max_epochs=1",
-         "mapping.iterations=choice(2,3)", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'optuna'}"]
+        [
+            "hparams_search=optuna",
+            *overrides,
+            "hydra.sweeper.n_trials=3",
+            "model.latent_dim=choice(8,16)",
+            "trainer.max_epochs=1",
+            "mapping.iterations=choice(2,3)",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / 'optuna'}",
+        ]
     )
     found = yaml.safe_load((tmp_path / "optuna" / "optimization_results.yaml").read_text())
     with open(tmp_path / "optuna" / "summary.csv") as f:

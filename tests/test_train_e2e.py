@@ -1,6 +1,5 @@
 """train.py end to end in a subprocess, on the tiny CIFAR folder."""
 
-import csv
 import json
 import subprocess
 import sys

@@ -46,7 +46,9 @@ def resolve_path(path: str | Path) -> Path:
     return path
 
 
-def save_artifact(path: Path, scorer, gan_arch: dict, calibration: dict, preprocess: dict, precision: str, provenance: dict) -> Path:
+def save_artifact(
+    path: Path, scorer, gan_arch: dict, calibration: dict, preprocess: dict, precision: str, provenance: dict
+) -> Path:
     """Write the scorer file (module docstring) atomically and return its path."""
     cls = type(scorer)
     payload = {
@@ -89,8 +91,8 @@ def gan_from_artifact(payload: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
     """G and D (eval mode) rebuilt from a scorer file's contents."""
     generator, discriminator = build_networks(payload["gan_arch"])
     state = payload["state_dict"]
-    generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
-    discriminator.load_state_dict({k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")})
+    generator.load_state_dict({k[len("generator.") :]: v for k, v in state.items() if k.startswith("generator.")})
+    discriminator.load_state_dict({k[len("discriminator.") :]: v for k, v in state.items() if k.startswith("discriminator.")})
     return generator.eval(), discriminator.eval()
 
 

@@ -23,8 +23,8 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, MISSING_DATA_FIX, PROTOCOLS, class_index
 from anogan import conf_dir
+from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, MISSING_DATA_FIX, PROTOCOLS, class_index
 from anogan.errors import UserError
 from anogan.io import describe_os_error
 from anogan.metrics import THRESHOLD_RULES
@@ -57,7 +57,11 @@ def _is_whole(value) -> bool:
 def _precisions() -> tuple:
     from typing import get_args
 
-    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.fabric.plugins.precision.precision import (
+        _PRECISION_INPUT_INT,
+        _PRECISION_INPUT_STR,
+        _PRECISION_INPUT_STR_ALIAS,
+    )
 
     return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS) + get_args(_PRECISION_INPUT_INT)
 
@@ -154,7 +158,9 @@ def check_config(cfg: DictConfig) -> None:
             _fail(key, value, "use null (all), a whole count >= 1 or a fraction in (0, 1]")
     root = Path(str(d.root)).expanduser()
     if cifar and not d.download and not (root / "cifar-10-batches-py").is_dir():
-        raise ConfigError(f"data.root={d.root}: no cifar-10-batches-py folder in {root.resolve()} (data.download=false). Fix: {MISSING_DATA_FIX}.")
+        raise ConfigError(
+            f"data.root={d.root}: no cifar-10-batches-py folder in {root.resolve()} (data.download=false). Fix: {MISSING_DATA_FIX}."
+        )
     _check_trainer(cfg)
     if _is_multirun() and (cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1):
         raise ConfigError(
@@ -194,7 +200,11 @@ def _check_trainer(cfg: DictConfig) -> None:
     ok = (
         devices == "auto"
         or (_is_whole(devices) and (devices >= 1 or devices == -1))
-        or (isinstance(devices, str) and devices.strip() not in ("", "0") and all(p.strip().lstrip("-").isdigit() for p in devices.split(",")))
+        or (
+            isinstance(devices, str)
+            and devices.strip() not in ("", "0")
+            and all(p.strip().lstrip("-").isdigit() for p in devices.split(","))
+        )
         or (OmegaConf.is_list(devices) and len(devices) > 0 and all(_is_whole(x) and x >= 0 for x in devices))
     )
     if not ok:
@@ -206,13 +216,21 @@ def _check_trainer(cfg: DictConfig) -> None:
     untrained = "the GAN would not be trained and an untrained GAN would be scored"
     epochs, steps = t.get("max_epochs"), t.get("max_steps", -1)
     if epochs not in (None, -1) and not (_is_whole(epochs) and epochs >= 1):
-        _fail("trainer.max_epochs", epochs, f"use a whole number >= 1 ({untrained}; a trained GAN can be given with gan.checkpoint=...)")
+        _fail(
+            "trainer.max_epochs",
+            epochs,
+            f"use a whole number >= 1 ({untrained}; a trained GAN can be given with gan.checkpoint=...)",
+        )
     if steps not in (None, -1) and not (_is_whole(steps) and steps >= 1):
         _fail("trainer.max_steps", steps, f"use -1 (no limit) or a whole number >= 1 ({untrained})")
     if epochs == -1 and steps in (None, -1):
         _fail("trainer.max_epochs", epochs, "use a whole number >= 1, or set trainer.max_steps >= 1: training would never end")
     limit = t.get("limit_train_batches")
-    if limit is not None and not (_is_whole(limit) and limit >= 1) and not (_is_number(limit) and not _is_whole(limit) and 0 < limit <= 1):
+    if (
+        limit is not None
+        and not (_is_whole(limit) and limit >= 1)
+        and not (_is_number(limit) and not _is_whole(limit) and 0 < limit <= 1)
+    ):
         _fail("trainer.limit_train_batches", limit, f"use null, a whole count >= 1 or a fraction in (0, 1] ({untrained})")
 
 

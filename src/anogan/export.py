@@ -57,7 +57,9 @@ class EncoderGraph(nn.Module):
         score = raw
         if self.correction == "complexity":
             u = (image + 1) / 2
-            c = (u[..., :, 1:] - u[..., :, :-1]).abs().flatten(1).mean(1) + (u[..., 1:, :] - u[..., :-1, :]).abs().flatten(1).mean(1)
+            c = (u[..., :, 1:] - u[..., :, :-1]).abs().flatten(1).mean(1) + (u[..., 1:, :] - u[..., :-1, :]).abs().flatten(
+                1
+            ).mean(1)
             score = raw / c.clamp_min(1e-6)
         return score, raw, anomaly_map(image, generated, self.sigma)
 
@@ -70,8 +72,14 @@ def _check_images(scorer, payload: dict, input: Path | None, n: int = 32) -> tor
         paths = list_images(Path(input))[0][:n] if Path(input).is_dir() else [Path(input)]
         if not paths:
             raise ExportError(f"input={input} holds no image to check the export on.")
-        return torch.stack([read_image(p, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch"))
-                            for p in paths]).float().div(127.5).sub(1.0)
+        return (
+            torch.stack(
+                [read_image(p, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch")) for p in paths]
+            )
+            .float()
+            .div(127.5)
+            .sub(1.0)
+        )
     with torch.no_grad():  # quantised like real images
         fake = scorer.generator(torch.randn(n, scorer.latent_dim, 1, 1, generator=torch.Generator().manual_seed(0)))
     return ((fake + 1) * 127.5).round().clamp(0, 255).div(127.5).sub(1.0)
@@ -99,9 +107,15 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     onnx_path = out / "scorer.onnx"
     tmp = out / ".scorer.onnx.tmp"
     with torch.no_grad():
-        torch.onnx.export(graph, (images[:2],), str(tmp), dynamo=False, input_names=["image"],
-                          output_names=["score", "raw_score", "anomaly_map"],
-                          dynamic_axes={"image": {0: "n"}, "score": {0: "n"}, "raw_score": {0: "n"}, "anomaly_map": {0: "n"}})
+        torch.onnx.export(
+            graph,
+            (images[:2],),
+            str(tmp),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["score", "raw_score", "anomaly_map"],
+            dynamic_axes={"image": {0: "n"}, "score": {0: "n"}, "raw_score": {0: "n"}, "anomaly_map": {0: "n"}},
+        )
     os.replace(tmp, onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": images.numpy()})
@@ -110,13 +124,18 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     diff = max(float(np.max(np.abs(g - w) / np.maximum(np.abs(w), 1e-6))) for g, w in zip(got[:2], want[:2]))
     diff = max(diff, float(np.max(np.abs(got[2] - want[2])) / max(float(np.abs(want[2]).max()), 1e-6)))
     if diff > MAX_RELATIVE_DIFFERENCE:
-        raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {MAX_RELATIVE_DIFFERENCE}): the export is not usable.")
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {MAX_RELATIVE_DIFFERENCE}): the export is not usable."
+        )
     meta = {
         "onnx": onnx_path.name,
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "[-1, 1] = uint8 / 127.5 - 1"},
         "preprocess": payload["preprocess"],
-        "outputs": {"score": "primary anomaly score (higher = more anomalous)", "raw_score": "scorer's own score",
-                    "anomaly_map": "N x S x S, at the model's resolution"},
+        "outputs": {
+            "score": "primary anomaly score (higher = more anomalous)",
+            "raw_score": "scorer's own score",
+            "anomaly_map": "N x S x S, at the model's resolution",
+        },
         "correction": cal["correction"],
         "thresholds": cal["thresholds"],
         "threshold_rule": cal["threshold_rule"],
@@ -140,16 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         for item in sys.argv[1:] if argv is None else argv:
             key, sep, value = item.partition("=")
             if not sep or key not in args:
-                raise ExportError(f"unknown argument {item!r}: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]")
+                raise ExportError(
+                    f"unknown argument {item!r}: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
+                )
             args[key] = value
         if not args["ckpt"]:
-            raise ExportError("ckpt=... is required: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]")
+            raise ExportError(
+                "ckpt=... is required: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
+            )
         result = export(**args)
     except UserError as err:
         log.error("%s", err)
         return 2
-    print(f"exported {result['onnx']} and {result['json']}: ONNX Runtime matches PyTorch on {result['images']} images "
-          f"(max relative difference {result['max_relative_difference']:.1e})")
+    print(
+        f"exported {result['onnx']} and {result['json']}: ONNX Runtime matches PyTorch on {result['images']} images "
+        f"(max relative difference {result['max_relative_difference']:.1e})"
+    )
     return 0
 
 

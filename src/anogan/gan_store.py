@@ -62,7 +62,9 @@ def atomic_save(obj, path: Path) -> None:
     atomic_torch_save(obj, path)
 
 
-def save_gan(generator: torch.nn.Module, discriminator: torch.nn.Module, arch: dict, folder: Path, extra: dict | None = None) -> Path:
+def save_gan(
+    generator: torch.nn.Module, discriminator: torch.nn.Module, arch: dict, folder: Path, extra: dict | None = None
+) -> Path:
     """Write G, D and ``gan.json`` into ``folder``, each file atomically, ``gan.json`` last.
 
     Raises:
@@ -91,7 +93,9 @@ def _load_state(path: Path, what: str) -> dict:
 def build_networks(arch: dict) -> tuple[Generator, Discriminator]:
     arch = {**ARCH_DEFAULTS, **arch}
     g = Generator(arch["latent_dim"], arch["channels"], arch["image_size"], arch["g_width"])
-    d = Discriminator(arch["channels"], arch["image_size"], arch["d_width"], norm=arch["d_norm"], spectral_norm=arch["spectral_norm"])
+    d = Discriminator(
+        arch["channels"], arch["image_size"], arch["d_width"], norm=arch["d_norm"], spectral_norm=arch["spectral_norm"]
+    )
     return g, d
 
 
@@ -267,7 +271,11 @@ def load_encoder(path: Path, key: str, encoder: torch.nn.Module) -> bool:
             raise ValueError(f"it holds key {entry.get('key') if isinstance(entry, dict) else None!r}, not {key!r}")
         encoder.load_state_dict(entry["state_dict"])
     except Exception as err:  # any damage means: train it again, never fail the run
-        log.warning("damaged encoder cache entry %s (%s): the encoder is trained again", path, f"{type(err).__name__}: {err}".splitlines()[0][:300])
+        log.warning(
+            "damaged encoder cache entry %s (%s): the encoder is trained again",
+            path,
+            f"{type(err).__name__}: {err}".splitlines()[0][:300],
+        )
         return False
     encoder.requires_grad_(False)
     return True
@@ -309,18 +317,24 @@ def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discrimina
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     except Exception as err:
-        raise GANLoadError(f"gan.checkpoint={path} is not a Lightning checkpoint of the GAN stage ({type(err).__name__}: {err}).") from None
+        raise GANLoadError(
+            f"gan.checkpoint={path} is not a Lightning checkpoint of the GAN stage ({type(err).__name__}: {err})."
+        ) from None
     _check_arch({k: hparams[k] for k in ARCH_KEYS if k in hparams}, arch, path)
     g, d = build_networks(arch)
     # the EMA generator when the GAN kept one (model.ema_decay): the one the run scores with
     g_prefix = "generator_ema.module." if any(k.startswith("generator_ema.module.") for k in state) else "generator."
-    g.load_state_dict({k[len(g_prefix):]: v for k, v in state.items() if k.startswith(g_prefix)})
-    d.load_state_dict({k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")})
+    g.load_state_dict({k[len(g_prefix) :]: v for k, v in state.items() if k.startswith(g_prefix)})
+    d.load_state_dict({k[len("discriminator.") :]: v for k, v in state.items() if k.startswith("discriminator.")})
     return g, d
 
 
 def _check_arch(found: dict, wanted: dict, where: Path) -> None:
-    diff = {k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]}
+    diff = {
+        k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]
+    }
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
-        raise GANLoadError(f"the GAN in {where} does not match the configured model ({detail}). Fix: set those config values to the checkpoint's.")
+        raise GANLoadError(
+            f"the GAN in {where} does not match the configured model ({detail}). Fix: set those config values to the checkpoint's."
+        )

@@ -57,7 +57,9 @@ def warn_if_slow_bf16(precision, accelerator: str) -> float | None:
     ratio = bf16_slowdown()
     log.warning(
         "trainer.precision=%s on a CPU without native bfloat16: a convolution just ran %.1fx %s than in fp32 here. "
-        "Fix: trainer.precision=32 (make bench compares both on this machine).", precision, ratio if ratio >= 1 else 1 / ratio,
+        "Fix: trainer.precision=32 (make bench compares both on this machine).",
+        precision,
+        ratio if ratio >= 1 else 1 / ratio,
         "slower" if ratio >= 1 else "faster",
     )
     return ratio

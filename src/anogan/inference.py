@@ -27,6 +27,8 @@ from anogan.console import quiet_lightning
 from anogan.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
 class ScoringProgressBar(TQDMProgressBar):
     """The prediction bar says what it does ("Scoring 3000 images: latent search, 200 steps")."""
 
@@ -126,7 +128,9 @@ def run_scorer(
         callbacks = [*(callbacks or []), bar] if trainer_kwargs.get("enable_progress_bar", True) else [*(callbacks or [])]
         if cache_dir is not None:
             callbacks.insert(0, _BatchCache(Path(cache_dir)))
-        kwargs = {k: v for k, v in trainer_kwargs.items() if k not in ("callbacks", "logger", "enable_checkpointing", "inference_mode")}
+        kwargs = {
+            k: v for k, v in trainer_kwargs.items() if k not in ("callbacks", "logger", "enable_checkpointing", "inference_mode")
+        }
         with quiet_lightning():
             trainer = L.Trainer(**kwargs, logger=False, callbacks=callbacks, enable_checkpointing=False, inference_mode=False)
         subset = dataset if len(todo) == len(dataset) else Subset(dataset, todo)

@@ -13,12 +13,14 @@ the target: it is never read and may be deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -79,10 +81,8 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         raise WriteError(describe_os_error(err, path)) from None
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
     _fsync_folder(path.parent)
     return path
 

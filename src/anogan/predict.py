@@ -43,7 +43,16 @@ USAGE = (
     "usage: anogan-predict ckpt=<run folder or scorer.pt> input=<folder or image> [threshold=fpr|f1|youden|<number>] "
     "[out=<csv path>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]"
 )
-DEFAULTS = {"ckpt": None, "input": None, "threshold": None, "out": None, "maps": False, "save_images": False, "device": "auto", "batch_size": None}
+DEFAULTS = {
+    "ckpt": None,
+    "input": None,
+    "threshold": None,
+    "out": None,
+    "maps": False,
+    "save_images": False,
+    "device": "auto",
+    "batch_size": None,
+}
 COLUMNS = ("score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps")
 
 
@@ -195,8 +204,13 @@ def predict(
         post = apply_calibration(results["score"], complexity(uint8), calibration, threshold)
         t = post["threshold"]
         columns = {
-            "score": post["score"], "p_value": post["p_value"], "label": post["label"], "raw_score": results["score"].double(),
-            "residual": results["residual"], "discrimination": results["discrimination"], "complexity": complexity(uint8),
+            "score": post["score"],
+            "p_value": post["p_value"],
+            "label": post["label"],
+            "raw_score": results["score"].double(),
+            "residual": results["residual"],
+            "discrimination": results["discrimination"],
+            "complexity": complexity(uint8),
             "steps": results.get("steps", torch.zeros(len(kept), dtype=torch.long)),
         }
         for i, path in enumerate(kept):
@@ -204,7 +218,7 @@ def predict(
         if maps and "map" in results:
             folder = out.with_name(out.stem + "_maps")
             folder.mkdir(parents=True, exist_ok=True)
-            vmax = float(torch.quantile(results["map"].flatten()[: 10_000_000].float(), 0.99))
+            vmax = float(torch.quantile(results["map"].flatten()[:10_000_000].float(), 0.99))
             for i, path in enumerate(kept):
                 _write_maps(folder, _name(path, root), path, results["map"][i], vmax)
         if save_images:
@@ -229,7 +243,9 @@ def predict(
             writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in COLUMNS)])
     os.replace(tmp, out)
     n_anom = sum(1 for r in rows if r["label"] == 1)
-    log.info("scored %d image(s), %d anomalous at threshold %s -> %s", len(rows), n_anom, f"{t:.6g}" if t is not None else "-", out)
+    log.info(
+        "scored %d image(s), %d anomalous at threshold %s -> %s", len(rows), n_anom, f"{t:.6g}" if t is not None else "-", out
+    )
     return {"rows": rows, "skipped": skipped, "threshold": t, "out": out}
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+from torchvision.utils import make_grid
 
-from anogan.compare import delong  # noqa: E402
-from anogan.io import atomic_savefig, atomic_write_text  # noqa: E402
-from anogan.metrics import (  # noqa: E402
+from anogan.compare import delong
+from anogan.io import atomic_savefig, atomic_write_text
+from anogan.metrics import (
     THRESHOLD_RULES,
     bootstrap_statistics,
     conformal_p_values,
@@ -39,14 +39,12 @@ from anogan.metrics import (  # noqa: E402
     threshold_metrics,
     to_unit_interval,
 )
-from anogan.scores import complexity, corrected_score, primary_score, resolve_auto  # noqa: E402
+from anogan.scores import complexity, corrected_score, primary_score, resolve_auto
 
 log = logging.getLogger(__name__)
 
 
-def build_table(
-    results: dict[str, torch.Tensor], datamodule, correction: str = "none"
-) -> tuple[dict[str, np.ndarray], str]:
+def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = "none") -> tuple[dict[str, np.ndarray], str]:
     """One row per scored image, in evaluation order, with everything scores.csv holds, and the
     correction used: ``score`` is the primary score (``mapping.correction``, ``auto`` resolved on
     the validation rows only), ``raw_score`` the scorer's own."""
@@ -84,7 +82,9 @@ def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
     writer = csv.writer(text)
     writer.writerow(table.keys())
     for values in zip(*table.values()):
-        writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)])
+        writer.writerow(
+            [f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)]
+        )
     atomic_write_text(path, text.getvalue())
 
 
@@ -218,8 +218,13 @@ def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Te
     classes present. The baseline's direction was chosen on validation, so on validation it is
     slightly favoured; the test figure is the honest one."""
     d = delong(score.numpy(), baseline.numpy(), label.numpy(), CI_LEVEL)
-    return {"auroc": d["auroc_a"], "auroc_complexity_only": d["auroc_b"], "difference": d["difference"],
-            "ci": d["ci"], "p_value": d["p_value"]}
+    return {
+        "auroc": d["auroc_a"],
+        "auroc_complexity_only": d["auroc_b"],
+        "difference": d["difference"],
+        "ci": d["ci"],
+        "p_value": d["p_value"],
+    }
 
 
 def _figure_histogram(table, threshold, split: str, primary: str):
@@ -311,8 +316,11 @@ def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> 
     """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
     figures.mkdir(exist_ok=True)
     thresholds, primary = metrics["threshold"], metrics["primary_score"]
-    pictures = {f"histogram_{split}": _figure_histogram(table, thresholds, split, primary)
-                for split in ("test", "val") if (table["split"] == split).any()}
+    pictures = {
+        f"histogram_{split}": _figure_histogram(table, thresholds, split, primary)
+        for split in ("test", "val")
+        if (table["split"] == split).any()
+    }
     test_labels = table["label"][table["split"] == "test"]
     if 0 < test_labels.sum() < len(test_labels):  # ranking pictures need both classes
         pictures["roc_pr_test"] = _figure_curves(table, metrics)
@@ -439,12 +447,19 @@ def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
     if masks is not None and "map" in results:
         maps, gt = results["map"][torch.from_numpy(test)].numpy(), masks[torch.from_numpy(test)][:, 0].numpy()
         if gt.any():
-            out["pixel"] = {"auroc": pixel_auroc(maps, gt), "aupro": aupro(maps, gt, fpr_limit=0.3), "aupro_fpr_limit": 0.3,
-                            "images": int(test.sum()), "resolution": list(maps.shape[1:])}
+            out["pixel"] = {
+                "auroc": pixel_auroc(maps, gt),
+                "aupro": aupro(maps, gt, fpr_limit=0.3),
+                "aupro_fpr_limit": 0.3,
+                "images": int(test.sum()),
+                "resolution": list(maps.shape[1:]),
+            }
     return out
 
 
-def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: Path, tb_writer=None, threshold_cfg=None) -> tuple[dict, dict]:
+def write_report(
+    results: dict[str, torch.Tensor], datamodule, scorer, folder: Path, tb_writer=None, threshold_cfg=None
+) -> tuple[dict, dict]:
     """scores.csv, metrics.json, figures and TensorBoard images of a scored evaluation set.
 
     Returns ``(metrics, calibration)``: the calibration (resolved correction, every rule's threshold,
@@ -478,16 +493,32 @@ def write_report(results: dict[str, torch.Tensor], datamodule, scorer, folder: P
     write_example_figures(table, results, datamodule, scorer, figures, tb_writer)
     test = metrics["test"]
     if test.get("auroc") is not None:
-        log.info("test AUROC %.4f [%.4f, %.4f]  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
-                 test["auroc"], *test["auroc_ci"], test["ap"], test["f1"], rule, calibration["thresholds"][rule])
+        log.info(
+            "test AUROC %.4f [%.4f, %.4f]  AP %.4f  F1 %.4f at the %s threshold %.6g (fitted on val)",
+            test["auroc"],
+            *test["auroc_ci"],
+            test["ap"],
+            test["f1"],
+            rule,
+            calibration["thresholds"][rule],
+        )
         versus = metrics.get("versus_complexity_baseline", {}).get("test")
         if versus:
-            log.info("test AUROC against complexity only (%.4f, same images): %+.4f [%+.4f, %+.4f], DeLong p %.3g",
-                     versus["auroc_complexity_only"], versus["difference"], *versus["ci"], versus["p_value"])
+            log.info(
+                "test AUROC against complexity only (%.4f, same images): %+.4f [%+.4f, %+.4f], DeLong p %.3g",
+                versus["auroc_complexity_only"],
+                versus["difference"],
+                *versus["ci"],
+                versus["p_value"],
+            )
     else:
-        log.info("%s: false-positive rate on the validation normals %.3f, on the test normals %s, at the %s threshold",
-                 test.get("note", "no anomalous image"), metrics["val"].get("false_positive_rate", float("nan")),
-                 test.get("false_positive_rate"), rule)
+        log.info(
+            "%s: false-positive rate on the validation normals %.3f, on the test normals %s, at the %s threshold",
+            test.get("note", "no anomalous image"),
+            metrics["val"].get("false_positive_rate", float("nan")),
+            test.get("false_positive_rate"),
+            rule,
+        )
     return metrics, calibration
 
 
@@ -520,8 +551,12 @@ def rereport(run_dir: Path) -> dict:
     correction = old.get("correction", "none")
     threshold = old.get("threshold", {})
     rule = threshold.get("rule", "fpr")
-    metrics = compute_metrics(table, correction, target_fpr=threshold.get("fpr_target", 0.05),
-                              threshold_rule=threshold["value"] if rule == "number" else rule)
+    metrics = compute_metrics(
+        table,
+        correction,
+        target_fpr=threshold.get("fpr_target", 0.05),
+        threshold_rule=threshold["value"] if rule == "number" else rule,
+    )
     # what scores.csv cannot give back (pixel metrics need the maps; wall times, the scorer file) is kept
     metrics = {**old, **metrics}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))

@@ -39,18 +39,45 @@ log = logging.getLogger(__name__)
 
 # Every file or folder the project writes into a run folder (the only things overwrite=true removes).
 PROJECT_OUTPUTS = (
-    "gan", "checkpoints", "samples", "figures", "tensorboard", "encoder", "scoring", "scorer.pt", "predictions", "export", "csv",
-    "scores.csv", "metrics.json", "splits.json", "config_resolved.yaml", "run_info.json",
+    "gan",
+    "checkpoints",
+    "samples",
+    "figures",
+    "tensorboard",
+    "encoder",
+    "scoring",
+    "scorer.pt",
+    "predictions",
+    "export",
+    "csv",
+    "scores.csv",
+    "metrics.json",
+    "splits.json",
+    "config_resolved.yaml",
+    "run_info.json",
 )
 # Written before any work is done: their presence alone does not make a folder "a run with results".
 SETUP_OUTPUTS = ("config_resolved.yaml", "run_info.json", "splits.json")
 # Keys that may differ between a run and its resumption (where data lives, how much is printed,
 # how long to train); any other difference makes it a different run.
 RESUME_IRRELEVANT_KEYS = (
-    "ckpt_path", "overwrite", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps", "data.root", "data.download", "data.verify_checksums", "data.num_workers",
-    "paths.data_dir", "paths.log_dir", "paths.gan_cache_dir", "paths.output_dir", "gan.cache",
-    "trainer.default_root_dir", "logger.save_dir",  # the run folder itself (a moved folder still resumes)
+    "ckpt_path",
+    "overwrite",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.root",
+    "data.download",
+    "data.verify_checksums",
+    "data.num_workers",
+    "paths.data_dir",
+    "paths.log_dir",
+    "paths.gan_cache_dir",
+    "paths.output_dir",
+    "gan.cache",
+    "trainer.default_root_dir",
+    "logger.save_dir",  # the run folder itself (a moved folder still resumes)
 )
 HYDRA_FILES = (".hydra",)
 
@@ -109,7 +136,9 @@ def clear_run(run_dir: Path) -> list[str]:
             else:
                 continue
         except OSError as err:
-            raise RunFolderError(f"overwrite=true could not remove {path} ({err.strerror}). Fix: remove it by hand or use a new folder (hydra.run.dir=...).") from None
+            raise RunFolderError(
+                f"overwrite=true could not remove {path} ({err.strerror}). Fix: remove it by hand or use a new folder (hydra.run.dir=...)."
+            ) from None
         removed.append(name)
     return removed
 
@@ -130,11 +159,15 @@ def check_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     resume = cfg.get("ckpt_path") == "last"
     saved = run_dir / "config_resolved.yaml"
     if not saved.is_file():
-        raise RunFolderError(f"the run folder {run_dir} already holds {', '.join(present)} but no config_resolved.yaml to compare with. {_choices(run_dir)}")
+        raise RunFolderError(
+            f"the run folder {run_dir} already holds {', '.join(present)} but no config_resolved.yaml to compare with. {_choices(run_dir)}"
+        )
     try:
         old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
     except Exception as err:  # a damaged file: treat as a different run
-        raise RunFolderError(f"the run folder {run_dir} holds an unreadable config_resolved.yaml ({type(err).__name__}). {_choices(run_dir)}") from None
+        raise RunFolderError(
+            f"the run folder {run_dir} holds an unreadable config_resolved.yaml ({type(err).__name__}). {_choices(run_dir)}"
+        ) from None
     new = OmegaConf.to_container(cfg, resolve=True)
     diff = config_differences(old, new)
     if diff:
@@ -146,7 +179,9 @@ def check_run_folder(cfg: DictConfig, run_dir: Path) -> None:
         raise RunFolderError(f"the run folder {run_dir} holds a finished run (metrics.json). {_choices(run_dir)}")
     results = [name for name in present if name not in SETUP_OUTPUTS]
     if results:
-        raise RunFolderError(f"the run folder {run_dir} holds an unfinished run ({', '.join(results)}); starting again would overwrite it. {_choices(run_dir)}")
+        raise RunFolderError(
+            f"the run folder {run_dir} holds an unfinished run ({', '.join(results)}); starting again would overwrite it. {_choices(run_dir)}"
+        )
 
 
 @contextmanager
@@ -184,7 +219,9 @@ class OutputFolderCheck(Callback):
             existing = existing.parent
         try:
             if not existing.is_dir():
-                raise RunFolderError(f"{key}={folder}: {existing} is a file, not a folder. Fix: choose another folder ({key}=...).")
+                raise RunFolderError(
+                    f"{key}={folder}: {existing} is a file, not a folder. Fix: choose another folder ({key}=...)."
+                )
             probe_writable(existing, key)  # a writable ancestor: Hydra can create the rest
         except UserError as err:
             sys.stderr.write(f"Error: {err}\n")

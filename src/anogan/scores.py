@@ -52,7 +52,9 @@ def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction:
     raise ValueError(f"mapping.correction={correction!r} is not a resolved correction; use none or complexity")
 
 
-def apply_calibration(raw: torch.Tensor, image_complexity: torch.Tensor, calibration: dict, rule: str | float | None = None) -> dict:
+def apply_calibration(
+    raw: torch.Tensor, image_complexity: torch.Tensor, calibration: dict, rule: str | float | None = None
+) -> dict:
     """The run's post-processing of raw scores, the same in the run's report and in ``predict.py``:
     primary score (the resolved correction), conformal p-value against the validation normals, and
     the label at the threshold of ``rule`` (``fpr`` | ``f1`` | ``youden`` | a number; default the

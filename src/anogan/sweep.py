@@ -42,16 +42,29 @@ OPTIMIZABLE = ("auroc", "ap", "f1", "precision", "recall", "accuracy")
 # Baselines on the same test images (metrics.json "test_components_auroc"): what the GAN adds.
 # Overrides that change how jobs run, not what they compute: never a column of a summary.
 RUN_ONLY_KEYS = {"launcher", "threads", "trainer.enable_progress_bar"}
-BASELINES = {"raw_score": "auroc_raw_score", "complexity_corrected": "auroc_complexity_corrected", "complexity_baseline": "auroc_complexity_only", "random_baseline": "auroc_random", "residual_over_complexity": "auroc_residual_over_complexity"}
+BASELINES = {
+    "raw_score": "auroc_raw_score",
+    "complexity_corrected": "auroc_complexity_corrected",
+    "complexity_baseline": "auroc_complexity_only",
+    "random_baseline": "auroc_random",
+    "residual_over_complexity": "auroc_residual_over_complexity",
+}
 # The primary score's test AUROC minus the complexity-only baseline's, with DeLong's 95% interval
 # (metrics.json "versus_complexity_baseline"): mean ± std over seeds in seeds_summary.
 VERSUS = "test_auroc_minus_complexity_only"
 # Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
 # (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
 PUBLISHED = {
-    "airplane": (67.1, 61.7), "automobile": (54.7, 65.9), "bird": (52.9, 50.8), "cat": (54.5, 59.1),
-    "deer": (65.1, 60.9), "dog": (60.3, 65.7), "frog": (58.5, 67.7), "horse": (62.5, 67.3),
-    "ship": (75.8, 75.9), "truck": (66.5, 73.1),
+    "airplane": (67.1, 61.7),
+    "automobile": (54.7, 65.9),
+    "bird": (52.9, 50.8),
+    "cat": (54.5, 59.1),
+    "deer": (65.1, 60.9),
+    "dog": (60.3, 65.7),
+    "frog": (58.5, 67.7),
+    "horse": (62.5, 67.3),
+    "ship": (75.8, 75.9),
+    "truck": (66.5, 73.1),
 }
 # The keys a sweep varies, set by SweepSummary when a multirun starts; inherited by launcher
 # worker processes (joblib) and SLURM jobs (sbatch exports the environment by default).
@@ -67,7 +80,7 @@ class SweepConfigError(UserError):
 
 
 def parse_optimized_metric(name: str) -> tuple[str, str]:
-    """"val/auroc" -> ("val", "auroc"); anything else than <val|test>/<metric> is a config error."""
+    """ "val/auroc" -> ("val", "auroc"); anything else than <val|test>/<metric> is a config error."""
     split, sep, metric = str(name).partition("/")
     if not sep or split not in SPLITS or metric not in OPTIMIZABLE:
         raise SweepConfigError(
@@ -97,7 +110,9 @@ def job_threads(cfg: DictConfig) -> int | None:
         return max(1, cores // n_jobs)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise SweepConfigError(f"threads={value!r} is not allowed: use null (torch's default), auto (CPU cores / parallel jobs) or a whole number >= 1.")
+    raise SweepConfigError(
+        f"threads={value!r} is not allowed: use null (torch's default), auto (CPU cores / parallel jobs) or a whole number >= 1."
+    )
 
 
 def set_job_threads(cfg: DictConfig) -> None:
@@ -130,7 +145,7 @@ def current_swept_keys() -> set[str] | None:
 
 
 def short_keys(keys) -> dict[str, str]:
-    """"mapping.alpha" -> "alpha", unless two keys end alike (then both stay in full)."""
+    """ "mapping.alpha" -> "alpha", unless two keys end alike (then both stay in full)."""
     keys = list(keys)
     last = [k.split(".")[-1] for k in keys]
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
@@ -218,8 +233,14 @@ def collect(sweep_dir: Path) -> list[dict]:
     Validation and test metrics side by side, with their 95% intervals where metrics.json has them."""
     jobs = sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml"))
     overrides = {job: _overrides(job) for job in jobs}
-    varying = sorted({k for o in overrides.values() for k, v in o.items()
-                      if k not in RUN_ONLY_KEYS and any(p.get(k) != v for p in overrides.values())})
+    varying = sorted(
+        {
+            k
+            for o in overrides.values()
+            for k, v in o.items()
+            if k not in RUN_ONLY_KEYS and any(p.get(k) != v for p in overrides.values())
+        }
+    )
     names = short_keys(varying)
     rows = []
     for job in jobs:
@@ -311,7 +332,7 @@ def _cell(row: dict, key: str) -> str:
     if key not in row:
         return ""
     text = _fmt(row[key])
-    std = f"{key[:-len('_mean')]}_std" if key.endswith("_mean") else None
+    std = f"{key[: -len('_mean')]}_std" if key.endswith("_mean") else None
     if std in row:
         text += f" ± {row[std]:.4f}"
     if f"{key}_ci_low" in row:

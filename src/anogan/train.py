@@ -28,19 +28,18 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir, gan_store
-from anogan.config_check import check_config, check_run_environment, group_choices
-from anogan.errors import UserError
-from anogan.io import AtomicCheckpointIO
-from anogan.models.gan import GAN
 from anogan.artifact import FILENAME as ARTIFACT
 from anogan.artifact import save_artifact
+from anogan.config_check import check_config, check_run_environment, group_choices
+from anogan.errors import UserError
 from anogan.hardware import warn_if_slow_bf16
 from anogan.inference import run_scorer
-from anogan.io import atomic_write_text
+from anogan.io import AtomicCheckpointIO, atomic_write_text
+from anogan.models.gan import GAN
 from anogan.report import add_dashboard_layout, write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
-from anogan.scorers import Scorer
 from anogan.run_info import write_run_info
+from anogan.scorers import Scorer
 from anogan.sweep import parse_optimized_metric, run_name, set_job_threads
 
 log = logging.getLogger("anogan")
@@ -148,7 +147,9 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> Non
     zero = _is_rank_zero()
     with gan_store.cache_lock(folder, key) if zero else nullcontext():
         if gan_store.load_encoder(folder / f"{key}.pt", key, scorer.encoder):
-            log.info("reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt")
+            log.info(
+                "reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt"
+            )
             return
         scorer.fit(datamodule.train_dataloader(), kwargs)
         if zero:
@@ -186,15 +187,23 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
         "precision": str(cfg.trainer.precision),
         "seed": cfg.seed,
     }
-    values = {"hparams/val_auroc": metrics["val"].get("auroc"), "hparams/test_auroc": metrics["test"].get("auroc"),
-              "hparams/test_ap": metrics["test"].get("ap"), "hparams/test_f1": metrics["test"].get("f1")}
+    values = {
+        "hparams/val_auroc": metrics["val"].get("auroc"),
+        "hparams/test_auroc": metrics["test"].get("auroc"),
+        "hparams/test_ap": metrics["test"].get("ap"),
+        "hparams/test_f1": metrics["test"].get("f1"),
+    }
     logger.log_hyperparams(hparams, metrics={k: v for k, v in values.items() if v is not None})
     logger.finalize("success")
 
 
 def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Path, source: str) -> Path:
     """The run's one self-contained scorer file (``anogan.artifact``)."""
-    preprocess = {"image_size": int(cfg.data.image_size), "channels": int(cfg.data.channels), "resize": cfg.data.get("resize", "stretch")}
+    preprocess = {
+        "image_size": int(cfg.data.image_size),
+        "channels": int(cfg.data.channels),
+        "resize": cfg.data.get("resize", "stretch"),
+    }
     provenance = {"run_dir": str(run_dir.resolve()), "gan_source": source, "seed": int(cfg.seed)}
     return save_artifact(run_dir / ARTIFACT, scorer, _arch(cfg), calibration, preprocess, str(cfg.trainer.precision), provenance)
 
@@ -249,7 +258,11 @@ def run(cfg: DictConfig) -> float:
     if source == "trained" and gan_meta.is_file() and "selection" in (meta := json.loads(gan_meta.read_text())):
         metrics["gan_selection"] = meta["selection"]  # the epoch chosen on validation (model.selection)
     metrics["scorer_file"] = ARTIFACT
-    metrics["wall_time_s"] = {"gan": round(train_s, 1), "scoring": round(score_s, 1), "total": round(time.perf_counter() - run_start, 1)}
+    metrics["wall_time_s"] = {
+        "gan": round(train_s, 1),
+        "scoring": round(score_s, 1),
+        "total": round(time.perf_counter() - run_start, 1),
+    }
     metrics["images_scored"] = len(results["score"])
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     shutil.rmtree(run_dir / "scoring", ignore_errors=True)  # scores.csv and scorer.pt hold it all now

@@ -120,7 +120,9 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
         folder = root / CIFAR10.base_folder
         cls = CIFAR10 if self.hparams.verify_checksums else _UnverifiedCIFAR10
         if not self.hparams.verify_checksums:
-            warnings.warn(f"data.verify_checksums=false: loading CIFAR-10 from {folder} without torchvision's md5 check")
+            warnings.warn(
+                f"data.verify_checksums=false: loading CIFAR-10 from {folder} without torchvision's md5 check", stacklevel=2
+            )
         try:
             return cls(str(root), train=train, download=bool(self.hparams.download) and train)
         except Exception as err:  # torchvision raises bare RuntimeError / URLError here

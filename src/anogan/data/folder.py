@@ -48,8 +48,15 @@ from anogan.data.images import ImageError, check_resize, list_images, read_image
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
 
 __all__ = [
-    "FolderAnomalyDataModule", "ImageError", "list_images", "read_image", "to_model_input",
-    "effective_batch_size", "steps_per_epoch", "epoch_repeats", "training_steps_warning",
+    "FolderAnomalyDataModule",
+    "ImageError",
+    "list_images",
+    "read_image",
+    "to_model_input",
+    "effective_batch_size",
+    "steps_per_epoch",
+    "epoch_repeats",
+    "training_steps_warning",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,7 +158,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         else:
             self.abnormal_dirs = [abnormal_dir] if isinstance(abnormal_dir, str) else list(abnormal_dir)
         # mask_dir: none, one folder for every abnormal folder, or one per abnormal folder
-        self.mask_dirs = [] if mask_dir is None else [mask_dir] * len(self.abnormal_dirs) if isinstance(mask_dir, str) else list(mask_dir)
+        self.mask_dirs = (
+            [] if mask_dir is None else [mask_dir] * len(self.abnormal_dirs) if isinstance(mask_dir, str) else list(mask_dir)
+        )
         if self.mask_dirs and len(self.mask_dirs) != len(self.abnormal_dirs):
             raise DataError(
                 f"data.mask_dir has {len(self.mask_dirs)} folders for {len(self.abnormal_dirs)} data.abnormal_dir folders. "
@@ -175,7 +184,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         return folder
 
     def prepare_data(self) -> None:
-        for name in [self.hparams.normal_dir, *self.abnormal_dirs, *self.mask_dirs] + ([self.hparams.normal_test_dir] if self.hparams.normal_test_dir else []):
+        for name in [self.hparams.normal_dir, *self.abnormal_dirs, *self.mask_dirs] + (
+            [self.hparams.normal_test_dir] if self.hparams.normal_test_dir else []
+        ):
             self._folder(name)
 
     def _mask(self, c: int, path: Path) -> torch.Tensor:
@@ -186,7 +197,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         for mask in candidates:
             if mask.is_file():
                 return read_mask(mask, path, self.hparams.image_size, self.hparams.resize)
-        raise DataError(f"{path} has no mask: neither {candidates[0]} nor {candidates[1]} exists. Fix: add it, or set data.mask_dir=null.")
+        raise DataError(
+            f"{path} has no mask: neither {candidates[0]} nor {candidates[1]} exists. Fix: add it, or set data.mask_dir=null."
+        )
 
     def _read(self, folder: Path, seen: dict, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
         """Every usable image under ``folder``; what is not usable goes to ``skipped`` with its reason."""
@@ -234,7 +247,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             abnormal_images += images
             abnormal_classes += [c] * len(paths)
         if not len(fit):
-            raise DataError(f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped).")
+            raise DataError(
+                f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped)."
+            )
 
         # One id per file: training normals, then evaluation normals, then anomalies.
         files = normal + held + abnormal
@@ -277,12 +292,18 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         if self.train_batch_size < hp.batch_size:
             log.info(
                 "training batch %d instead of data.batch_size=%d: at most data.max_batch_fraction=%s of the %d training images",
-                self.train_batch_size, hp.batch_size, hp.max_batch_fraction, n_train,
+                self.train_batch_size,
+                hp.batch_size,
+                hp.max_batch_fraction,
+                n_train,
             )
         if self.train_repeats > 1:
             log.info(
                 "each epoch shows the %d training images %d times (%d steps per epoch; data.min_steps_per_epoch=%s)",
-                n_train, self.train_repeats, per_epoch, hp.min_steps_per_epoch,
+                n_train,
+                self.train_repeats,
+                per_epoch,
+                hp.min_steps_per_epoch,
             )
 
         eval_ids = np.concatenate([val_ids, test_ids])
@@ -316,7 +337,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             "id_scheme": "index into files",
             "files": [rel(p) for p in files],
             "skipped": skipped,
-            "masks": None if masks is None else {
+            "masks": None
+            if masks is None
+            else {
                 "val": mask_counts(masks[: len(val_ids)], classes[val_ids]),
                 "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
             },
@@ -327,9 +350,15 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             n_found = len(files) + len(skipped) - kinds["not in the subset"]  # subset files are in files too
             log.warning(
                 "skipped %d of %d files: %s; see splits.json",
-                len(skipped), n_found, ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
+                len(skipped),
+                n_found,
+                ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
-        log.info("splits: %s%s", {k: v["size"] for k, v in self.manifest["splits"].items()}, "" if self.has_anomalies else " (normal images only)")
+        log.info(
+            "splits: %s%s",
+            {k: v["size"] for k, v in self.manifest["splits"].items()},
+            "" if self.has_anomalies else " (normal images only)",
+        )
 
     @property
     def train_steps_per_epoch(self) -> int:

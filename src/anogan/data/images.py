@@ -58,9 +58,37 @@ RESIZE_POLICIES = ("stretch", "crop", "pad")
 PAD_FILL = 0  # the value of the border that ``pad`` adds (black), in every channel
 # Files skipped by name: text and metadata that often sit beside images. Everything else is opened.
 NOT_IMAGE_SUFFIXES = frozenset(
-    {".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".rst", ".yaml", ".yml", ".xml", ".html", ".htm",
-     ".log", ".ini", ".cfg", ".toml", ".py", ".ipynb", ".sh", ".pdf", ".zip", ".gz", ".tar", ".npy", ".npz",
-     ".pt", ".pth", ".ckpt", ".pkl"}
+    {
+        ".txt",
+        ".json",
+        ".jsonl",
+        ".csv",
+        ".tsv",
+        ".md",
+        ".rst",
+        ".yaml",
+        ".yml",
+        ".xml",
+        ".html",
+        ".htm",
+        ".log",
+        ".ini",
+        ".cfg",
+        ".toml",
+        ".py",
+        ".ipynb",
+        ".sh",
+        ".pdf",
+        ".zip",
+        ".gz",
+        ".tar",
+        ".npy",
+        ".npz",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".pkl",
+    }
 )
 GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 

@@ -79,7 +79,9 @@ class MVTecDataModule(AnomalyDataModule):
         if hp.channels not in (1, 3):
             raise DataError(f"data.channels={hp.channels} is not supported; use 1 (grey) or 3 (colour).")
         if hp.synthetic_val_anomalies not in (None, *METHODS):
-            raise DataError(f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}.")
+            raise DataError(
+                f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}."
+            )
         for key in ("val_fraction", "synthetic_val_fraction"):
             if not 0.0 < hp[key] < 1.0:
                 raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")
@@ -136,7 +138,9 @@ class MVTecDataModule(AnomalyDataModule):
             test_files += paths
             test_images += images
             test_classes += [c] * len(paths)
-            test_masks += [torch.zeros(1, size, size, dtype=torch.uint8) if c == 0 else self._mask(folder, defect, p) for p in paths]
+            test_masks += [
+                torch.zeros(1, size, size, dtype=torch.uint8) if c == 0 else self._mask(folder, defect, p) for p in paths
+            ]
 
         # One id per file (training files, then test files); synthetic rows follow the files.
         files = train_files + test_files
@@ -221,9 +225,14 @@ class MVTecDataModule(AnomalyDataModule):
             "skipped": skipped,
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
         }
-        empty = self.manifest["masks"]["val"]["anomalous_with_empty_mask"] + self.manifest["masks"]["test"]["anomalous_with_empty_mask"]
+        empty = (
+            self.manifest["masks"]["val"]["anomalous_with_empty_mask"]
+            + self.manifest["masks"]["test"]["anomalous_with_empty_mask"]
+        )
         if empty:
-            log.warning("%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size)
+            log.warning(
+                "%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size
+            )
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
 
     @staticmethod

@@ -84,7 +84,9 @@ def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = 
         with Image.open(image_path) as img:
             width, height = img.size  # header only
     except Exception as err:  # PIL raises many kinds for broken files
-        raise DataError(f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask.") from None
+        raise DataError(
+            f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask."
+        ) from None
     mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
     mask = resize_mask(mask, height, width)
     if resize != "stretch":
@@ -95,8 +97,12 @@ def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = 
 
 
 def split_summary(
-    chosen: np.ndarray, classes: np.ndarray, names: list[str], normal: int = 0,
-    ids: np.ndarray | None = None, synthetic: np.ndarray | None = None,
+    chosen: np.ndarray,
+    classes: np.ndarray,
+    names: list[str],
+    normal: int = 0,
+    ids: np.ndarray | None = None,
+    synthetic: np.ndarray | None = None,
 ) -> dict:
     """The manifest entry of one split (``splits.json``): its size, normal / anomalous counts, images
     per class and the ids of its rows.

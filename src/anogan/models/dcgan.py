@@ -99,7 +99,9 @@ class Discriminator(nn.Module):
     outside ``D_NORMS`` or spectral norm with BatchNorm.
     """
 
-    def __init__(self, channels: int = 3, image_size: int = 64, width: int = 64, norm: str = "batch", spectral_norm: bool = False):
+    def __init__(
+        self, channels: int = 3, image_size: int = 64, width: int = 64, norm: str = "batch", spectral_norm: bool = False
+    ):
         super().__init__()
         check_discriminator_options(norm, spectral_norm)
         k = _n_doublings(image_size)

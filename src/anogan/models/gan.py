@@ -84,9 +84,13 @@ def check_gan_options(model: Mapping) -> None:
     if set(div) != set(DIVERGENCE_KEYS):
         raise UserError(f"model.divergence must have exactly the keys {', '.join(DIVERGENCE_KEYS)}; it has {', '.join(div)}.")
     if not div["max_abs_loss"] > 0:
-        raise UserError(f"model.divergence.max_abs_loss={div['max_abs_loss']!r} is not allowed: use a positive number, e.g. 1.0e4.")
+        raise UserError(
+            f"model.divergence.max_abs_loss={div['max_abs_loss']!r} is not allowed: use a positive number, e.g. 1.0e4."
+        )
     if not 0.0 < div["saturation"] < 0.5:
-        raise UserError(f"model.divergence.saturation={div['saturation']!r} is not allowed: use a probability in (0, 0.5), e.g. 0.01.")
+        raise UserError(
+            f"model.divergence.saturation={div['saturation']!r} is not allowed: use a probability in (0, 0.5), e.g. 0.01."
+        )
     if div["saturated_epochs"] is not None and not _whole(div["saturated_epochs"], 1):
         raise UserError(
             f"model.divergence.saturated_epochs={div['saturated_epochs']!r} is not allowed: use null (no check) or a whole number >= 1."
@@ -97,7 +101,9 @@ def check_gan_options(model: Mapping) -> None:
     if set(sel) != set(SELECTION_KEYS):
         raise UserError(f"model.selection must have exactly the keys {', '.join(SELECTION_KEYS)}; it has {', '.join(sel)}.")
     if sel["every_n_epochs"] is not None and not _whole(sel["every_n_epochs"], 1):
-        raise UserError(f"model.selection.every_n_epochs={sel['every_n_epochs']!r} is not allowed: use null (off) or a whole number >= 1.")
+        raise UserError(
+            f"model.selection.every_n_epochs={sel['every_n_epochs']!r} is not allowed: use null (off) or a whole number >= 1."
+        )
     for key in ("images", "steps"):
         if not _whole(sel[key], 1):
             raise UserError(f"model.selection.{key}={sel[key]!r} is not allowed: use a whole number >= 1.")
@@ -105,7 +111,9 @@ def check_gan_options(model: Mapping) -> None:
         raise UserError(f"model.selection.lr={sel['lr']!r} is not allowed: use a positive learning rate, e.g. 0.01.")
 
 
-def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(
+    critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """E[(‖∇ₓ̂ D(x̂)‖₂ − 1)²] over the batch, x̂ = εx + (1 − ε)x̃ with ε ~ U(0, 1) per image
     (Gulrajani et al. 2017, eq. 3). real, fake: N×C×H×W; returns a scalar with a graph to D's
     weights (``create_graph``), so it can be minimised. ``generator`` seeds ε (CPU generator)."""
@@ -236,7 +244,9 @@ class GAN(L.LightningModule):
         return "nothing is kept: no checkpoint was written before this point, and no gan/ folder is written for this run"
 
     def _diverged(self, what: str, fix: str = "lower model.lr, or try trainer.precision=32") -> DivergenceError:
-        return DivergenceError(f"{what} at epoch {self.current_epoch}, step {self.global_step}: the GAN diverged; {self._kept()}. Fix: {fix}.")
+        return DivergenceError(
+            f"{what} at epoch {self.current_epoch}, step {self.global_step}: the GAN diverged; {self._kept()}. Fix: {fix}."
+        )
 
     def _check_loss(self, name: str, value: torch.Tensor) -> None:
         v = float(value.detach())

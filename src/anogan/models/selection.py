@@ -90,7 +90,10 @@ class CheckpointSelection(L.Callback):
         scorer.to(device)
         z0 = initial_latents(keys, pl_module.hparams.latent_dim, self.seed)
         residual = torch.cat(
-            [scorer.search(images[i : i + CHUNK].to(device), z0[i : i + CHUNK].to(device))["residual"].cpu() for i in range(0, len(rows), CHUNK)]
+            [
+                scorer.search(images[i : i + CHUNK].to(device), z0[i : i + CHUNK].to(device))["residual"].cpu()
+                for i in range(0, len(rows), CHUNK)
+            ]
         )
         n_anom = int(labels.sum())
         if 0 < n_anom < len(labels):
@@ -98,7 +101,13 @@ class CheckpointSelection(L.Callback):
             pixels = torch.round((images + 1.0) * 127.5)
             auroc_raw = ranking_metrics(residual, labels, "the selection subset")["auroc"]
             auroc_cor = ranking_metrics(corrected_score(residual, complexity(pixels)), labels, "the selection subset")["auroc"]
-            return {"criterion": max(auroc_raw, auroc_cor), "kind": "val_auroc", "auroc_raw": auroc_raw, "auroc_complexity": auroc_cor, "images": len(rows)}
+            return {
+                "criterion": max(auroc_raw, auroc_cor),
+                "kind": "val_auroc",
+                "auroc_raw": auroc_raw,
+                "auroc_complexity": auroc_cor,
+                "images": len(rows),
+            }
         mean = float(residual[labels == 0].mean())
         return {"criterion": -mean, "kind": "minus_mean_residual_val_normals", "mean_residual": mean, "images": len(rows)}
 

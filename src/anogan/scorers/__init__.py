@@ -5,11 +5,21 @@
 * ``EncoderSearch`` (``mapping=encoder_search``): z starts at E(x), then a few search steps.
 """
 
-from anogan.scorers.base import Scorer, ScoreDivergenceError, anomaly_map, check_finite_scores
+from anogan.scorers.base import ScoreDivergenceError, Scorer, anomaly_map, check_finite_scores
 from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
 from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
 
 __all__ = [
-    "Encoder", "EncoderScorer", "EncoderSearch", "LatentMapping", "Scorer", "ScoreDivergenceError",
-    "anomaly_map", "check_finite_scores", "initial_latents", "izif_components", "score_components", "search_copy",
+    "Encoder",
+    "EncoderScorer",
+    "EncoderSearch",
+    "LatentMapping",
+    "Scorer",
+    "ScoreDivergenceError",
+    "anomaly_map",
+    "check_finite_scores",
+    "initial_latents",
+    "izif_components",
+    "score_components",
+    "search_copy",
 ]

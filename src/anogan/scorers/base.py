@@ -135,7 +135,9 @@ class Scorer(L.LightningModule):
         generated, fx, fg = out.pop("generated"), out.pop("fx", None), out.pop("f_generated", None)
         if self.hparams.maps:
             use_features = self.hparams.map_features
-            out["map"] = anomaly_map(x, generated, self.hparams.map_sigma, fx if use_features else None, fg if use_features else None)
+            out["map"] = anomaly_map(
+                x, generated, self.hparams.map_sigma, fx if use_features else None, fg if use_features else None
+            )
         out["row"] = batch["row"]
         return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in out.items()}
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from anogan.console import quiet_lightning
-from anogan.scorers.base import Scorer, ScoreDivergenceError, check_finite_scores
+from anogan.scorers.base import ScoreDivergenceError, Scorer
 
 
 def izif_components(
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
         self.latent_dim = latent_dim
 
     @classmethod
-    def for_generator(cls, generator: nn.Module, width: int) -> "Encoder":
+    def for_generator(cls, generator: nn.Module, width: int) -> Encoder:
         """An encoder whose input is G's output shape and whose output is G's latent size."""
         with torch.no_grad():
             was = generator.training
@@ -102,8 +102,19 @@ class _EncoderTraining(L.LightningModule):
         return loss
 
 
-def train_encoder(encoder: Encoder, generator, discriminator, train_loader, trainer_kwargs: dict, *,
-                  kappa: float, epochs: int, lr: float, betas, seed: int) -> Encoder:
+def train_encoder(
+    encoder: Encoder,
+    generator,
+    discriminator,
+    train_loader,
+    trainer_kwargs: dict,
+    *,
+    kappa: float,
+    epochs: int,
+    lr: float,
+    betas,
+    seed: int,
+) -> Encoder:
     """Train ``encoder`` in place with izi_f (module docstring) for ``epochs`` over ``train_loader``,
     under a Trainer built from ``trainer_kwargs`` (devices, precision, logger)."""
     for p in [*generator.parameters(), *discriminator.parameters()]:
@@ -160,8 +171,18 @@ class EncoderScorer(Scorer):
 
     def fit(self, train_loader, trainer_kwargs: dict) -> None:
         hp = self.hparams
-        train_encoder(self.encoder, self.generator, self.discriminator, train_loader, trainer_kwargs,
-                      kappa=hp.kappa, epochs=hp.epochs, lr=hp.lr, betas=hp.betas, seed=hp.seed)
+        train_encoder(
+            self.encoder,
+            self.generator,
+            self.discriminator,
+            train_loader,
+            trainer_kwargs,
+            kappa=hp.kappa,
+            epochs=hp.epochs,
+            lr=hp.lr,
+            betas=hp.betas,
+            seed=hp.seed,
+        )
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -222,7 +222,20 @@ class EncoderSearch(LatentMapping):
         seed: int = 0,
     ):
         super().__init__(
-            generator, discriminator, alpha, iterations, lr, betas, eps, early_stop, batch_size, correction, map_sigma, map_features, maps, seed
+            generator,
+            discriminator,
+            alpha,
+            iterations,
+            lr,
+            betas,
+            eps,
+            early_stop,
+            batch_size,
+            correction,
+            map_sigma,
+            map_features,
+            maps,
+            seed,
         )
         self.save_hyperparameters(ignore=["generator", "discriminator"], logger=False)
         with torch.random.fork_rng(devices=[]):  # the same E on every rank, whatever ran before
@@ -234,12 +247,29 @@ class EncoderSearch(LatentMapping):
 
     def fit_settings(self) -> dict:
         e = self.hparams.encoder
-        return {"width": e["width"], "kappa": e["kappa"], "epochs": e["epochs"], "lr": e["lr"], "betas": list(e["betas"]), "seed": self.hparams.seed}
+        return {
+            "width": e["width"],
+            "kappa": e["kappa"],
+            "epochs": e["epochs"],
+            "lr": e["lr"],
+            "betas": list(e["betas"]),
+            "seed": self.hparams.seed,
+        }
 
     def fit(self, train_loader, trainer_kwargs: dict) -> None:
         e = self.hparams.encoder
-        train_encoder(self.encoder, self.generator, self.discriminator, train_loader, trainer_kwargs,
-                      kappa=e["kappa"], epochs=e["epochs"], lr=e["lr"], betas=tuple(e["betas"]), seed=self.hparams.seed)
+        train_encoder(
+            self.encoder,
+            self.generator,
+            self.discriminator,
+            train_loader,
+            trainer_kwargs,
+            kappa=e["kappa"],
+            epochs=e["epochs"],
+            lr=e["lr"],
+            betas=tuple(e["betas"]),
+            seed=self.hparams.seed,
+        )
 
     def start(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
