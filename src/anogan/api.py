@@ -32,14 +32,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from anogan.artifact import load_artifact, resolve_path
-from anogan.data.images import ImageError, list_images, load_pixels, make_square, pixels_from_array, pixels_from_pil, to_model_input
+from anogan.data.images import (
+    ImageError,
+    list_images,
+    load_pixels,
+    make_square,
+    pixels_from_array,
+    pixels_from_pil,
+    to_model_input,
+)
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
 from anogan.inference import run_scorer
@@ -49,8 +57,8 @@ log = logging.getLogger("anogan.api")
 
 COLUMNS = ("score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps")
 DEVICES = ("auto", "cpu", "cuda")
-ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: a PIL image (Pillow is imported lazily)
-Images = Union[ImageInput, Sequence[ImageInput]]
+ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
+Images = ImageInput | Sequence[ImageInput]
 
 
 class InputError(UserError):
@@ -272,7 +280,13 @@ class Detector:
                 f"the threshold ({threshold if threshold is not None else self.rule}) is infinite: no image is flagged; "
                 "choose another rule or a number (threshold=...)"
             )
-        return {**post, "raw_score": results["score"].double(), "complexity": image_complexity, "threshold": t, "warnings": warnings}
+        return {
+            **post,
+            "raw_score": results["score"].double(),
+            "complexity": image_complexity,
+            "threshold": t,
+            "warnings": warnings,
+        }
 
     def predict(
         self,
