@@ -32,7 +32,7 @@ def evaluation(fitted):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(dm.eval_set)
     test = [i for i, r in enumerate(rows) if r["split"] == "test"]
-    chosen = [i for i in test if r_label(rows[i]) == 0][:3] + [i for i in test if r_label(rows[i]) == 1][:4]
+    chosen = sorted([i for i in test if r_label(rows[i]) == 0][:3] + [i for i in test if r_label(rows[i]) == 1][:4])
     return dm.eval_set.images, rows, chosen
 
 

@@ -166,9 +166,18 @@ def test_concurrent_good_and_bad_requests(server, pngs):
     assert requests.get(f"{server}/health", timeout=10).text == "ok"
 
 
-def test_serve_command_line_errors_are_one_line(tmp_path, capsys):
-    assert serve_main([f"ckpt={tmp_path}"]) == 2
-    assert serve_main(["ckpt=x", "port=abc"]) == 2
-    assert serve_main(["port=1"]) == 2
+def test_serve_command_line_errors_are_one_line(fitted_run, tmp_path, caplog):
+    cases = [
+        ([f"ckpt={tmp_path}"], "holds no scorer.pt"),
+        (["ckpt=x", "port=abc"], "port takes a whole number"),
+        (["port=1"], "ckpt=... is required"),
+        ([f"ckpt={fitted_run.run_dir}", "max_images=0"], "max_images=0"),
+        ([f"ckpt={fitted_run.run_dir}", "threshold=best"], "threshold='best'"),
+    ]
     if not torch.cuda.is_available():
-        assert serve_main([f"ckpt={tmp_path}", "device=cuda"]) == 2
+        cases.append(([f"ckpt={fitted_run.run_dir}", "device=cuda"], "device=cuda"))
+    for argv, message in cases:
+        caplog.clear()
+        assert serve_main(argv) == 2, argv
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], (argv, errors)

@@ -115,8 +115,8 @@ def _collect(images: Images, errors: str) -> tuple[list[_Item], list[tuple[str, 
         except ImageError as err:
             raise InputError(f"{name}: {err}") from None
 
-    single = isinstance(images, (str, Path, np.ndarray, torch.Tensor)) or _is_pil(images)
-    for index, obj in enumerate([images] if single else list(images)):
+    single = not isinstance(images, (list, tuple))
+    for index, obj in enumerate([images] if single else images):
         name = f"input[{index}]"
         if isinstance(obj, (str, Path)):
             path = Path(obj).expanduser()
