@@ -120,7 +120,8 @@ examples.to_pandas()
 # reconstructed well; an anomaly should leave a residual |x − G(z)|, which the anomaly map shows.
 
 # %%
-import matplotlib.pyplot as plt
+# %matplotlib inline
+import matplotlib.pyplot as plt  # (anogan's report module selects the Agg backend: the magic above shows figures again)
 
 
 def to_rgb(x: torch.Tensor) -> np.ndarray:
@@ -141,6 +142,7 @@ for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
 plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## 5. Score histograms
@@ -162,6 +164,7 @@ for ax, split in zip(axes, ("val", "test")):
     ax.set_xlabel("anomaly score")
 axes[0].legend()
 plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # ## 6. Choose a threshold on validation, then read the test split at it
