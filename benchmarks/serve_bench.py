@@ -1,5 +1,5 @@
 """Server benchmark: ``python benchmarks/serve_bench.py ckpt=<run folder or scorer.pt> [requests=96]
-[clients=1,8,32] [max_batch_size=32] [batch_timeout=0.01] [image_size=<px>] [seed=0]`` prints one JSON object.
+[clients=[1,8,32]] [max_batch_size=32] [batch_timeout=0.01] [image_size=<px>] [seed=0]`` prints one JSON object.
 
 Starts ``anogan-serve`` on a free loopback port (127.0.0.1), waits for ``/health``, then for each
 number of concurrent clients sends the same fixed number of ``POST /predict`` requests (one PNG
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,7 +35,7 @@ import numpy as np
 class BenchConfig:
     ckpt: str = "???"
     requests: int = 96
-    clients: str = "1,8,32"
+    clients: list[int] = field(default_factory=lambda: [1, 8, 32])
     max_batch_size: int = 32
     batch_timeout: float = 0.01
     image_size: int | None = None  # default: the run's image size
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     detector = anogan.load(cfg.ckpt, device="cpu")
     size = cfg.image_size or detector.image_size
     blobs, arrays = _pngs(cfg.requests, size, cfg.seed)
-    clients = [int(c) for c in str(cfg.clients).split(",")]
+    clients = [int(c) for c in cfg.clients]
 
     # in process: the same images through the same API, in batches of max_batch_size
     detector.predict(arrays[:2])  # warm-up

@@ -1,7 +1,7 @@
 """``key=value`` command lines (``anogan-predict``, ``anogan-serve``), parsed by libraries, not by hand.
 
 Each argument is read with Hydra's override grammar (the syntax of ``anogan-train``'s overrides:
-``key=value``, quoting with ``'...'``, ``null``, ``true``/``false``) and assigned to a structured
+``key=value``, quoting with ``'...'``, ``null``, ``true``/``false``, ``[a,b]`` for a list key) and assigned to a structured
 config (an OmegaConf dataclass schema) that checks the key exists and the value has its type. A
 bad argument raises the caller's ``UserError`` subclass with one line naming it and the usage.
 """
@@ -9,6 +9,7 @@ bad argument raises the caller's ``UserError`` subclass with one line naming it 
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -28,6 +29,7 @@ def parse_key_values(argv: list[str], schema: type, usage: str, error: type[User
         raise SystemExit(0)
     cfg = OmegaConf.structured(schema)
     keys = {f.name for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     parser = OverridesParser.create()
     for item in argv:
         try:
@@ -37,11 +39,12 @@ def parse_key_values(argv: list[str], schema: type, usage: str, error: type[User
         key = override.key_or_group
         if key not in keys or override.package is not None or override.is_delete():
             raise error(f"unknown argument {item!r}. {usage}")
-        if override.is_sweep_override() or isinstance(override.value(), (list, dict)):
-            raise error(f"{item!r}: give one value (quote a value holding commas or brackets: {key}='...').")
         value = override.value()
+        takes_list = typing.get_origin(hints[key]) is list
+        if override.is_sweep_override() or isinstance(value, dict) or (isinstance(value, list) and not takes_list):
+            raise error(f"{item!r}: give one value (quote a value holding commas or brackets: {key}='...').")
         try:
-            cfg[key] = value if value is None or isinstance(value, (bool, int, float)) else str(value)
+            cfg[key] = value if value is None or isinstance(value, (bool, int, float, list)) else str(value)
         except OmegaConfBaseException:
             kind = next(f.type for f in dataclasses.fields(schema) if f.name == key)
             raise error(f"{item!r}: {key} takes {_type_name(kind)}.") from None
