@@ -172,3 +172,27 @@ def test_fit_refuses_bad_overrides_in_one_line(tiny_cifar, tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         anogan.fit(["mapping=no_such_scorer"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_maps_land_on_the_images_own_pixels(fitted, resize):
+    """A map with one hot model pixel lands where that pixel's content came from, per resize policy."""
+    detector = anogan.load(fitted.run_dir)
+    detector.resize = resize
+    amap = torch.zeros(32, 32)
+    amap[:, :16] = 1.0  # the left half of what the model saw
+    full = detector.map_at_size(amap, (20, 40))  # a wide image, H 20 × W 40
+    assert full.shape == (20, 40) and full.dtype == np.float32
+    hot = full > 0.5
+    top = torch.zeros(32, 32)
+    top[:8] = 1.0  # the top quarter of what the model saw
+    top_hot = detector.map_at_size(top, (20, 40)) > 0.5
+    if resize == "stretch":  # the model saw the whole image
+        assert hot[:, :19].all() and not hot[:, 21:].any()
+        assert top_hot[:4].all() and not top_hot[6:].any()
+    elif resize == "crop":  # the model saw the centred 20×20 square (columns 10..29)
+        assert hot[:, 10:19].all() and not hot[:, :10].any() and not hot[:, 21:].any()
+        assert top_hot[:4, 10:30].all() and not top_hot[:, :10].any() and not top_hot[6:].any()
+    else:  # pad: the model saw a 40×40 square holding the image in rows 10..29; its top quarter is border
+        assert hot[:, :19].all() and not hot[:, 21:].any()
+        assert not top_hot.any()

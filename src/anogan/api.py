@@ -157,7 +157,8 @@ class Predictions:
     (conformal, against the run's validation normals), ``label`` (1 = anomalous: ``score >=
     threshold``), ``raw_score``, ``residual``, ``discrimination``, ``complexity``, ``steps``.
     ``threshold``: the number used, from ``rule`` (a rule name or the number given).
-    ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) at the image's own size.
+    ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
+    (``Detector.map_at_size``: the run's resize policy undone).
     ``inputs``: the model's inputs (uint8 N×C×S×S); ``reconstructions``: with
     ``reconstructions=True``, G(z) (float32 N×C×S×S in [-1, 1], the model's scale).
     ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each,
@@ -345,10 +346,27 @@ class Detector:
             rows, post["threshold"], self.rule if rule is None else rule, inputs, out_maps, generated, skipped, warnings
         )
 
-    @staticmethod
-    def map_at_size(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """A model-resolution map (S×S) resized bilinearly to ``size`` (H, W): float32 H×W."""
-        full = F.interpolate(amap[None, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+    def map_at_size(self, amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """A model-resolution map (S×S) on the image's own pixels (``size`` = H, W): float32 H×W.
+        Undoes the run's resize policy (``make_square``): ``stretch`` resizes the map to H×W;
+        ``crop`` resizes it to the centred min(H, W) square and leaves 0 where the model saw nothing;
+        ``pad`` resizes it to the max(H, W) square and cuts the image's part out (bilinear throughout)."""
+        h, w = int(size[0]), int(size[1])
+
+        def resized(height: int, width: int) -> torch.Tensor:
+            return F.interpolate(amap[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+        if self.resize == "stretch" or h == w:
+            full = resized(h, w)
+        elif self.resize == "crop":
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            full = torch.zeros(h, w)
+            full[top : top + side, left : left + side] = resized(side, side)
+        else:  # pad
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            full = resized(side, side)[top : top + h, left : left + w]
         return full.numpy().astype(np.float32)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
