@@ -23,6 +23,15 @@ pytest.importorskip("litserve")
 
 MAX_BYTES = 300_000
 MAX_IMAGES = 4
+MAX_PIXELS = 1_000_000
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _free_port() -> int:
@@ -48,6 +57,7 @@ def server(fitted_run):
         "device=cpu",
         f"max_bytes={MAX_BYTES}",
         f"max_images={MAX_IMAGES}",
+        f"max_pixels={MAX_PIXELS}",
         "max_batch_size=8",
         "batch_timeout=0.05",
     ]
@@ -135,6 +145,11 @@ def test_good_requests_get_the_apis_scores(server, pngs):
         ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
         ({"data": b"x" * (MAX_BYTES + 1), "headers": {"Content-Type": "application/json"}}, 413, "max_bytes"),
         ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "content type 'text/plain'"),
+        (
+            {"files": [("file", ("big.png", _png(np.zeros((1001, 1000), np.uint8))))]},
+            413,
+            "big.png: more than max_pixels=1000000",
+        ),
     ],
 )
 def test_bad_requests_get_a_4xx_with_one_line(server, kwargs, status, reason):

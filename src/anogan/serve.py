@@ -2,7 +2,7 @@
 
     anogan-serve ckpt=<run folder or scorer.pt> [port=8000] [host=127.0.0.1] [device=auto|cpu|cuda]
                  [threshold=fpr|f1|youden|<number>] [max_batch_size=32] [batch_timeout=0.01]
-                 [max_images=64] [max_bytes=20000000] [workers=1] [timeout=60]
+                 [max_images=64] [max_bytes=20000000] [max_pixels=40000000] [workers=1] [timeout=300]
 
 Endpoints:
 
@@ -20,7 +20,8 @@ scored together (LitServe's dynamic batching: up to ``max_batch_size`` requests,
 ``batch_timeout`` seconds). A bad request gets a 4xx answer ``{"detail": "<one line>"}`` and the
 server goes on: 413 for a body over ``max_bytes``, 415 for another content type, 400 for a
 malformed body, a missing or wrong field, more than ``max_images`` images or a file that is not an
-image. Only the scorer file is read (``weights_only``); nothing else is loaded, and the server
+image; 413 also for an image of more than ``max_pixels`` pixels (checked from its header, before
+decoding). Only the scorer file is read (``weights_only``); nothing else is loaded, and the server
 listens on the loopback interface unless ``host`` says otherwise.
 """
 
@@ -49,7 +50,7 @@ log = logging.getLogger("anogan.serve")
 USAGE = (
     "usage: anogan-serve ckpt=<run folder or scorer.pt> [port=8000] [host=127.0.0.1] [device=auto|cpu|cuda] "
     "[threshold=fpr|f1|youden|<number>] [max_batch_size=32] [batch_timeout=0.01] [max_images=64] "
-    "[max_bytes=20000000] [workers=1] [timeout=60]"
+    "[max_bytes=20000000] [max_pixels=40000000] [workers=1] [timeout=300]"
 )
 API_PATH = "/predict"
 
@@ -67,8 +68,9 @@ class ServeConfig:
     batch_timeout: float = 0.01  # seconds a batch waits to fill
     max_images: int = 64  # images in one request
     max_bytes: int = 20_000_000  # size of one request's body
+    max_pixels: int = 40_000_000  # pixels of one image (checked before it is decoded)
     workers: int = 1  # inference processes
-    timeout: float = 60.0  # seconds before a request is answered 504
+    timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
 
 
 class ServeError(UserError):
@@ -221,13 +223,20 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
     -> one answer per request. A request whose images cannot be decoded is answered 400 on its
     own; the other requests of its batch are scored as usual."""
 
-    def __init__(self, artifact: str, device: str, threshold, max_batch_size: int, batch_timeout: float):
+    def __init__(self, artifact: str, device: str, threshold, max_batch_size: int, batch_timeout: float, max_pixels: int):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH)
-        self.artifact, self.device_setting, self.threshold = artifact, device, threshold
+        self.artifact, self.device_setting, self.threshold, self.max_pixels = artifact, device, threshold, max_pixels
 
     def setup(self, device):
+        import warnings
+
+        from PIL import Image
+
         from anogan.api import load
 
+        # this process only decodes requests: an image over max_pixels fails when opened, before decoding
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         self.detector = load(self.artifact, device=self.device_setting)
 
     def decode_request(self, request):
@@ -252,6 +261,8 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
                 try:
                     pixels.append(load_pixels(io.BytesIO(blob)))
                 except ImageError as err:
+                    if "DecompressionBomb" in str(err):
+                        raise BadRequest(413, f"{name}: more than max_pixels={self.max_pixels} pixels") from None
                     raise BadRequest(400, f"{name}: {err}") from None
             return {"pixels": pixels, "maps": maps}
         except BadRequest as bad:
@@ -315,7 +326,7 @@ def build_server(cfg):
     _check_rule(threshold)
     trainer_settings(cfg.device, "32-true")  # device=cuda without a GPU: one line now, not in the worker
     detector: Detector = load(artifact, device="cpu")  # read once here for /info; the workers load their own
-    for key in ("max_batch_size", "max_images", "max_bytes", "workers", "port"):
+    for key in ("max_batch_size", "max_images", "max_bytes", "max_pixels", "workers", "port"):
         if cfg[key] < 1:
             raise ServeError(f"{key}={cfg[key]}: use a whole number >= 1")
     if cfg.batch_timeout < 0 or cfg.timeout <= cfg.batch_timeout:
@@ -331,7 +342,7 @@ def build_server(cfg):
         "thresholds": {k: _finite(v) if isinstance(v, (int, float)) else v for k, v in detector.thresholds.items()},
         "provenance": {k: str(v) for k, v in detector.provenance.items()},
     }
-    api = ScorerAPI(str(artifact), cfg.device, threshold, cfg.max_batch_size, cfg.batch_timeout)
+    api = ScorerAPI(str(artifact), cfg.device, threshold, cfg.max_batch_size, cfg.batch_timeout, cfg.max_pixels)
     return ls.LitServer(
         api,
         accelerator="cuda" if on_gpu else "cpu",
