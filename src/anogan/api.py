@@ -55,7 +55,17 @@ from anogan.scores import apply_calibration, complexity
 
 log = logging.getLogger("anogan.api")
 
-COLUMNS = ("score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps")
+COLUMNS = (
+    "score",
+    "p_value",
+    "label",
+    "raw_score",
+    "residual",
+    "discrimination",
+    "complexity",
+    "steps",
+)  # a reconstruction scorer's
+NOT_COMPONENTS = ("score", "row", "steps")  # per-image outputs of a scorer that are not score components
 DEVICES = ("auto", "cpu", "cuda")
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
 Images = ImageInput | Sequence[ImageInput]
@@ -153,9 +163,10 @@ class Predictions:
     """The scores of one ``Detector.predict`` call, one row per image in input order.
 
     ``rows``: dicts with ``source`` (the file's path, or ``input[i]`` / ``input[i][j]`` for the i-th
-    in-memory input and row j of a tensor batch), ``score`` (the run's primary score), ``p_value``
-    (conformal, against the run's validation normals), ``label`` (1 = anomalous: ``score >=
-    threshold``), ``raw_score``, ``residual``, ``discrimination``, ``complexity``, ``steps``.
+    in-memory input and row j of a tensor batch), then ``columns``: ``score`` (the run's primary
+    score), ``p_value`` (conformal, against the run's validation normals), ``label`` (1 = anomalous:
+    ``score >= threshold``), ``raw_score``, the scorer's components (``residual``,
+    ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``.
     ``threshold``: the number used, from ``rule`` (a rule name or the number given).
     ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
     (``Detector.map_at_size``: the run's resize policy undone).
@@ -166,6 +177,7 @@ class Predictions:
     """
 
     rows: list[dict]
+    columns: tuple[str, ...]
     threshold: float | None
     rule: str | float
     inputs: torch.Tensor
@@ -197,7 +209,7 @@ class Predictions:
             import pandas as pd
         except ImportError:
             raise ImportError("to_pandas() needs pandas: pip install pandas (or use to_records())") from None
-        return pd.DataFrame(self.to_records(), columns=["source", *COLUMNS])
+        return pd.DataFrame(self.to_records(), columns=["source", *self.columns])
 
 
 # ---------------------------------------------------------------------- detector
@@ -319,21 +331,22 @@ class Detector:
             log.info("skipped %s: %s", path, reason)
         if not items:
             empty = torch.zeros(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
-            return Predictions([], None, self.rule if rule is None else rule, empty, [] if maps else None, None, skipped)
+            rule_used = self.rule if rule is None else rule
+            return Predictions([], COLUMNS, None, rule_used, empty, [] if maps else None, None, skipped)
         inputs = torch.stack([self.model_input(item.pixels) for item in items])
         results = self.score(inputs, progress)
         post = self.postprocess(results, inputs, rule)
+        components = [k for k, v in results.items() if k not in NOT_COMPONENTS and v.dim() == 1 and v.is_floating_point()]
         columns = {
             "score": post["score"],
             "p_value": post["p_value"],
             "label": post["label"],
             "raw_score": post["raw_score"],
-            "residual": results["residual"],
-            "discrimination": results["discrimination"],
+            **{k: results[k] for k in components},
             "complexity": post["complexity"],
             "steps": results.get("steps", torch.zeros(len(items), dtype=torch.long)),
         }
-        rows = [{"source": item.source, **{k: columns[k][i].item() for k in COLUMNS}} for i, item in enumerate(items)]
+        rows = [{"source": item.source, **{k: v[i].item() for k, v in columns.items()}} for i, item in enumerate(items)]
         out_maps = None
         warnings = list(post["warnings"])
         if maps:
@@ -341,9 +354,21 @@ class Detector:
                 out_maps = [self.map_at_size(results["map"][i], item.pixels.shape[:2]) for i, item in enumerate(items)]
             else:
                 warnings.append("this run's scorer computes no anomaly maps (mapping.maps=false): maps is None")
-        generated = self.generate(results["z"]) if reconstructions else None
+        generated = None
+        if reconstructions and "z" in results:
+            generated = self.generate(results["z"])
+        elif reconstructions:
+            warnings.append(f"{type(self.scorer).__name__} makes no reconstruction G(z): reconstructions is None")
         return Predictions(
-            rows, post["threshold"], self.rule if rule is None else rule, inputs, out_maps, generated, skipped, warnings
+            rows,
+            tuple(columns),
+            post["threshold"],
+            self.rule if rule is None else rule,
+            inputs,
+            out_maps,
+            generated,
+            skipped,
+            warnings,
         )
 
     def map_at_size(self, amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

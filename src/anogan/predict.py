@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anogan.api import COLUMNS, Detector, InputError, load
+from anogan.api import Detector, InputError, load
 from anogan.artifact import resolve_path
 from anogan.cli import parse_key_values
 from anogan.errors import UserError
@@ -106,15 +106,15 @@ def _write_maps(folder: Path, name: str, image_path: Path, full: np.ndarray, vma
     os.replace(tmp, folder / f"{name}_overlay.png")
 
 
-def write_csv(rows: list[dict], out: Path) -> None:
-    """``path`` and ``COLUMNS`` per row (floats to 9 significant digits), written atomically."""
+def write_csv(rows: list[dict], columns: tuple[str, ...], out: Path) -> None:
+    """``path`` and ``columns`` per row (floats to 9 significant digits), written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", *COLUMNS])
+        writer.writerow(["path", *columns])
         for row in rows:
-            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in COLUMNS)])
+            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in columns)])
     os.replace(tmp, out)
 
 
@@ -146,7 +146,7 @@ def predict(
         raise PredictError(f"input={err}") from None
     if result.skipped:
         log.warning("skipping %d file(s) that cannot be used (listed at the end)", len(result.skipped))
-    rows = [{"path": row["source"], **{k: row[k] for k in COLUMNS}} for row in result.rows]
+    rows = [{"path": row["source"], **{k: row[k] for k in result.columns}} for row in result.rows]
     paths = [Path(row["path"]) for row in rows]
     if result.maps:
         folder = out.with_name(out.stem + "_maps")
@@ -154,7 +154,7 @@ def predict(
         vmax = float(np.quantile(np.concatenate([m.ravel() for m in result.maps])[:10_000_000], 0.99))
         for path, full in zip(paths, result.maps):
             _write_maps(folder, _name(path, root), path, full, vmax)
-    if save_images and rows:
+    if save_images and result.reconstructions is not None:
         from anogan.io import atomic_save_image
         from anogan.report import reconstruction_grid
 
@@ -164,7 +164,7 @@ def predict(
         for i, path in enumerate(paths):
             grid = reconstruction_grid(x[i : i + 1], result.reconstructions[i : i + 1])
             atomic_save_image(grid, folder / f"{_name(path, root)}.png")
-    write_csv(rows, out)
+    write_csv(rows, result.columns, out)
     for warning in result.warnings:
         log.warning("%s", warning)
     t = result.threshold

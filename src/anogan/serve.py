@@ -228,16 +228,21 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         self.artifact, self.device_setting, self.threshold, self.max_pixels = artifact, device, threshold, max_pixels
 
     def setup(self, device):
-        import warnings
-
-        from PIL import Image
-
         from anogan.api import load
 
-        # this process only decodes requests: an image over max_pixels fails when opened, before decoding
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         self.detector = load(self.artifact, device=self.device_setting)
+
+    def _too_large(self, blob: bytes) -> bool:
+        """More than ``max_pixels`` pixels, read from the file's header (nothing is decoded)."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(blob)) as img:
+                return img.width * img.height > self.max_pixels
+        except Image.DecompressionBombError:  # over twice Pillow's own limit
+            return True
+        except Exception:  # not an image: load_pixels says why
+            return False
 
     def decode_request(self, request):
         """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": bool}``, or
@@ -258,11 +263,11 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
                 blobs = [(f.filename or f"file[{i}]", f.file.read()) for i, f in enumerate(request.getlist("file"))]
             pixels = []
             for name, blob in blobs:
+                if self._too_large(blob):
+                    raise BadRequest(413, f"{name}: more than max_pixels={self.max_pixels} pixels")
                 try:
                     pixels.append(load_pixels(io.BytesIO(blob)))
                 except ImageError as err:
-                    if "DecompressionBomb" in str(err):
-                        raise BadRequest(413, f"{name}: more than max_pixels={self.max_pixels} pixels") from None
                     raise BadRequest(400, f"{name}: {err}") from None
             return {"pixels": pixels, "maps": maps}
         except BadRequest as bad:

@@ -222,16 +222,18 @@ def _to_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_pixels(path) -> np.ndarray:
+def load_pixels(path: str | Path) -> np.ndarray:
     """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
-    applied, bit depth and alpha handled as the module docstring says. ``path``: a path or a binary
-    file object (e.g. ``io.BytesIO`` of an uploaded file). Raises ``ImageError`` (the reason) when
-    Pillow cannot open or decode the file."""
-    from PIL import Image, UnidentifiedImageError
+    applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
+    reason) when Pillow cannot open or decode the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return pixels_from_pil(img)
+            img.seek(0)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            pixels = _to_uint8(upright)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -240,13 +242,16 @@ def load_pixels(path) -> np.ndarray:
         raise ImageError(f"unreadable (too large to read safely: {err})") from None
     except Exception as err:  # Pillow raises many kinds for truncated or corrupt files
         raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageError("unreadable (empty image: 0 pixels)")
+    return np.ascontiguousarray(pixels)
 
 
 def pixels_from_pil(img) -> np.ndarray:
-    """A Pillow image (opened from a file or made in memory) as uint8 H×W×C by the same rules as a
-    file (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
+    """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
+    (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
     ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     try:
         img.seek(0)
@@ -254,8 +259,6 @@ def pixels_from_pil(img) -> np.ndarray:
         pixels = _to_uint8(ImageOps.exif_transpose(img))
     except ImageError:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"unreadable (too large to read safely: {err})") from None
     except Exception as err:  # Pillow raises many kinds for truncated or corrupt data
         raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
