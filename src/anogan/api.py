@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.artifact import load_artifact, resolve_path
+from anogan.calibration import Calibration
 from anogan.data.images import (
     ImageError,
     list_images,
@@ -51,7 +52,8 @@ from anogan.data.images import (
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
 from anogan.inference import run_scorer
-from anogan.scores import apply_calibration, complexity
+from anogan.metrics import THRESHOLD_RULES
+from anogan.scores import complexity
 
 log = logging.getLogger("anogan.api")
 
@@ -229,8 +231,6 @@ def trainer_settings(device: str, precision: str) -> dict:
 
 
 def _check_rule(threshold) -> str | float | None:
-    from anogan.metrics import THRESHOLD_RULES
-
     if threshold is None or isinstance(threshold, str) and threshold in THRESHOLD_RULES:
         return threshold
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and not math.isnan(threshold):
@@ -256,9 +256,9 @@ class Detector:
         prep = self.payload["preprocess"]
         self.image_size, self.channels = int(prep["image_size"]), int(prep["channels"])
         self.resize = prep.get("resize", "stretch")
-        self.calibration = self.payload["calibration"]
-        self.rule = self.calibration.get("threshold_rule", "fpr")
-        self.thresholds = dict(self.calibration["thresholds"])
+        self.calibration = Calibration.from_state(self.payload["calibration"])
+        self.rule = self.calibration.rule
+        self.thresholds = {k: self.calibration.thresholds[k] for k in THRESHOLD_RULES}
         self.provenance = dict(self.payload.get("provenance", {}))
         self.trainer_kwargs = trainer_settings(device, self.payload["precision"])
 
@@ -281,25 +281,23 @@ class Detector:
         return run_scorer(self.scorer, dataset, kwargs, what="images")
 
     def postprocess(self, results: dict[str, torch.Tensor], images: torch.Tensor, threshold=None) -> dict:
-        """The run's calibration applied to the scorer's outputs for model inputs ``images`` (uint8
-        N×C×S×S): ``score`` (primary), ``p_value``, ``label``, ``raw_score``, ``complexity`` (N,),
-        ``threshold`` (a float) and ``warnings`` (list of one-line strings). The one place this is done."""
+        """The run's calibration (``anogan.calibration.Calibration``, from the scorer file) applied to
+        the scorer's outputs for model inputs ``images`` (uint8 N×C×S×S): ``raw_score``, ``score``
+        (primary), ``p_value``, ``label``, ``complexity`` (N,), ``threshold`` (a float) and
+        ``warnings`` (one line each; when the threshold is infinite: the calibration's own reason, e.g.
+        an unreachable target false-positive rate, else a line saying nothing is flagged). The one
+        place this is done."""
         image_complexity = complexity(images)
-        post = apply_calibration(results["score"], image_complexity, self.calibration, threshold)
+        post = self.calibration(results, image_complexity, threshold)
         t = float(post["threshold"])
         warnings = []
         if math.isinf(t):
-            warnings.append(
+            own = self.calibration.warnings if threshold in (None, "fpr") else []
+            warnings = own or [
                 f"the threshold ({threshold if threshold is not None else self.rule}) is infinite: no image is flagged; "
                 "choose another rule or a number (threshold=...)"
-            )
-        return {
-            **post,
-            "raw_score": results["score"].double(),
-            "complexity": image_complexity,
-            "threshold": t,
-            "warnings": warnings,
-        }
+            ]
+        return {**post, "complexity": image_complexity, "threshold": t, "warnings": warnings}
 
     def predict(
         self,
