@@ -87,6 +87,9 @@ def test_scores_equal_scores_csv_for_paths_arrays_and_tensors(fitted, evaluation
     # the run's own threshold rule, as scores.csv's label column
     assert by_tensor.rule == fitted.metrics["threshold"]["rule"]
     assert by_tensor.threshold == fitted.metrics["threshold"][by_tensor.rule]
+    # 2 validation normals: the fpr rule's threshold is infinite, and the calibration says why
+    assert math.isinf(by_tensor.threshold) and by_tensor.rule == "fpr"
+    assert by_tensor.warnings == detector.calibration.warnings and "target_fpr" in by_tensor.warnings[0]
 
 
 def test_predictions_table_maps_rules_and_warnings(fitted, evaluation):
