@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from anogan.calibration import Calibration, complexity_of_model_input, primary_score
-from anogan.metrics import CalibrationError, ThresholdRuleError, conformal_p_values, fit_thresholds
+from anogan.errors import CalibrationError, ThresholdRuleError
+from anogan.metrics import fit_thresholds
 from anogan.scores import complexity
+from anogan.stats import conformal_p_values
 from conftest import tiny_overrides
 from conftest import train_in_process as run_train
 

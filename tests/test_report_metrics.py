@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from anogan.metrics import CalibrationError, ThresholdRuleError, auroc, fit_thresholds
+from anogan.errors import CalibrationError, ThresholdRuleError
+from anogan.metrics import fit_thresholds
 from anogan.report import _figure_histogram, add_p_values, compute_metrics, read_csv, rereport, write_csv
+from anogan.stats import auroc
 
 matplotlib.use("Agg")
 

@@ -20,7 +20,8 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from anogan.errors import UserError
-from anogan.metrics import auroc, to_unit_interval
+from anogan.metrics import to_unit_interval
+from anogan.stats import auroc
 
 
 class MaskError(UserError):

@@ -24,23 +24,19 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from torchvision.utils import make_grid
 
 from anogan.calibration import Calibration
-from anogan.compare import delong
 from anogan.io import atomic_savefig, atomic_write_text
 from anogan.metrics import (
     THRESHOLD_RULES,
-    bootstrap_statistics,
-    conformal_p_values,
     evaluate,
     fit_thresholds,
     one_class_metrics,
-    percentile_interval,
-    random_auroc_interval,
     ranking_metrics,
     resolve_threshold,
     threshold_metrics,
     to_unit_interval,
 )
 from anogan.scores import complexity, corrected_score
+from anogan.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +87,7 @@ def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
 
 def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Adds (or replaces) ``table["p_value"]``: each image's conformal p-value against the scores
-    of the validation normals (``metrics.conformal_p_values``; Bates et al., Ann. Statist. 2023).
+    of the validation normals (``stats.conformal_p_values``; Bates et al., Ann. Statist. 2023).
     A small p-value: few validation normals score as high. Test and new images get the guarantee
     P(p ≤ α) ≤ α; a validation normal counts itself among the calibration scores, so its own
     p-value is at least 2/(n + 1) (in-sample). Returns the same table.
@@ -217,7 +213,7 @@ def compute_metrics(
 
 def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Tensor) -> dict:
     """Does the run's score beat the complexity-only baseline on the same images? DeLong's paired
-    test (``anogan.compare.delong``; DeLong et al. 1988): ``{"auroc", "auroc_complexity_only",
+    test (``anogan.stats.delong``; DeLong et al. 1988): ``{"auroc", "auroc_complexity_only",
     "difference", "ci" (95%), "p_value"}``. All inputs shape (n,), ``label`` 1 = anomalous with both
     classes present. The baseline's direction was chosen on validation, so on validation it is
     slightly favoured; the test figure is the honest one."""
