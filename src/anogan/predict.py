@@ -155,8 +155,8 @@ def predict(
         for path, full in zip(paths, result.maps):
             _write_maps(folder, _name(path, root), path, full, vmax)
     if save_images and result.reconstructions is not None:
+        from anogan.figures import reconstruction_grid
         from anogan.io import atomic_save_image
-        from anogan.report import reconstruction_grid
 
         folder = out.with_name(out.stem + "_images")
         folder.mkdir(parents=True, exist_ok=True)
