@@ -42,8 +42,9 @@ ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
 # The source files whose content defines "the training code" in the cache key: the GAN and its
-# networks, and the data modules (they choose and preprocess the training images).
-TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "data/*.py")
+# networks, checkpoint selection (a callback of the GAN's training that picks the kept epoch), and the
+# data modules (they choose and preprocess the training images).
+TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "selection.py", "data/*.py")
 # The same for a cached encoder: its training (izi_f) and the data modules.
 ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent

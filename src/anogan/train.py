@@ -42,6 +42,7 @@ from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
 from anogan.scorers import Scorer
 from anogan.scores import complexity
+from anogan.selection import checkpoint_selection
 from anogan.sweep import parse_optimized_metric, run_name, set_job_threads
 
 log = logging.getLogger("anogan")
@@ -81,6 +82,8 @@ def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: di
     model: GAN = instantiate(cfg.model, _convert_="all")
     # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
     callbacks = instantiate_list(cfg.callbacks)
+    selection = checkpoint_selection(cfg.model.get("selection"))  # model.selection: the epoch chosen on validation
+    callbacks += [selection] if selection else []
     # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
     trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     ckpt_path = cfg.ckpt_path
@@ -92,8 +95,7 @@ def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: di
     folder = run_dir / "gan"
     if trainer.is_global_zero:
         # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
-        selection = model.selection_summary()
-        extra = {**(extra or {}), **({"selection": selection} if selection else {})}
+        extra = {**(extra or {}), **({"selection": selection.summary()} if selection else {})}
         gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder

@@ -20,7 +20,8 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; BatchNorm running
   statistics are copied from G, not averaged). ``scoring_generator`` is then the EMA copy: it makes
   the sample grids, is what checkpoint selection scores and what the run saves as its generator.
-* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
+* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.selection``:
+  a callback the pipeline attaches; the settings are checked here).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
   (epoch means D(x) > 1 − ``saturation`` and D(G(z)) < ``saturation``) for ``saturated_epochs``
@@ -167,7 +168,6 @@ class GAN(L.LightningModule):
             self.generator_ema.requires_grad_(False)
         self.augment_policy = parse_policy(diffaugment)
         self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
-        self.selection_callback = None  # made by configure_callbacks when selection.every_n_epochs is set
         self._saturated_epochs = 0
         self._saved_epoch: int | None = None  # epoch of the last checkpoint written (for DivergenceError)
         # Fixed noise: the sample grid of every epoch shows the same z, so epochs compare.
@@ -181,20 +181,6 @@ class GAN(L.LightningModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scoring_generator(z)
-
-    def configure_callbacks(self):
-        sel = self.hparams.selection
-        if not sel or sel["every_n_epochs"] is None:
-            return []
-        from anogan.models.selection import CheckpointSelection
-
-        self.selection_callback = CheckpointSelection(**sel)
-        return [self.selection_callback]
-
-    def selection_summary(self) -> dict | None:
-        """``{"best_epoch", "best_criterion", "history"}`` of checkpoint selection, or None when off."""
-        cb = self.selection_callback
-        return None if cb is None else cb.summary()
 
     def setup(self, stage: str) -> None:
         # On CPU, oneDNN's convolutions are faster in channels_last memory format: +17% images/s
