@@ -82,7 +82,8 @@ IN_PROCESS_CASES = [
 
 @pytest.mark.parametrize("overrides,message", IN_PROCESS_CASES, ids=[c[0][0] for c in IN_PROCESS_CASES])
 def test_bad_values_in_process(overrides, message, tiny_cifar):
-    from anogan.config_check import ConfigError, check_config
+    from anogan.config_check import check_config
+    from anogan.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         check_config(compose_config([*tiny_overrides(tiny_cifar), *overrides]))
@@ -145,7 +146,8 @@ def test_bad_inputs_one_line_exit_2_no_traceback(tiny_cifar, tmp_path):
 
 
 def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path):
-    from anogan.config_check import ConfigError, check_run_environment
+    from anogan.config_check import check_run_environment
+    from anogan.errors import ConfigError
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -161,7 +163,7 @@ def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path
 def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    from anogan import config_check
+    from anogan import config_check, errors
 
     def refuse(code):
         def mkstemp(*args, **kwargs):
@@ -170,10 +172,10 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
         return mkstemp
 
     monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.EROFS))
-    with pytest.raises(config_check.ConfigError, match=f"paths.gan_cache_dir: {tmp_path} is read-only"):
+    with pytest.raises(errors.ConfigError, match=f"paths.gan_cache_dir: {tmp_path} is read-only"):
         config_check.probe_writable(tmp_path, "paths.gan_cache_dir")
     monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.ENOSPC))
-    with pytest.raises(config_check.ConfigError, match=f"hydra.run.dir: disk full writing to {tmp_path}"):
+    with pytest.raises(errors.ConfigError, match=f"hydra.run.dir: disk full writing to {tmp_path}"):
         config_check.probe_writable(tmp_path, "hydra.run.dir")
 
 

@@ -150,7 +150,7 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
 def test_a_failure_writing_the_scorer_leaves_no_finished_marker(tiny_cifar, tmp_path, monkeypatch):
     """scorer.pt is written before metrics.json (the run-folder guard's "finished" marker)."""
     import anogan.train
-    from anogan.artifact import ArtifactError
+    from anogan.errors import ArtifactError
 
     def fail(*args, **kwargs):
         raise ArtifactError("disk full (simulated)")

@@ -16,10 +16,10 @@ from torch import nn
 from anogan import gan_store
 from anogan.config_check import check_config
 from anogan.data.splits import AnomalySplit
-from anogan.errors import UserError
+from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator
-from anogan.models.gan import GAN, DivergenceError, gradient_penalty
+from anogan.models.gan import GAN, gradient_penalty
 from anogan.selection import CheckpointSelection
 from conftest import compose_config, tiny_overrides
 

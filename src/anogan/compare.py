@@ -25,12 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anogan.errors import UserError
+from anogan.errors import CompareError, UserError
 from anogan.stats import delong, paired_bootstrap
-
-
-class CompareError(UserError):
-    """The two runs cannot be compared (missing file, other images, one class)."""
 
 
 def read_test_scores(run_dir: Path) -> dict[int, tuple[int, float]]:

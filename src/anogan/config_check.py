@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir
 from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, MISSING_DATA_FIX, PROTOCOLS, class_index
-from anogan.errors import UserError
+from anogan.errors import ConfigError
 from anogan.io import describe_os_error
 from anogan.metrics import THRESHOLD_RULES
 from anogan.models.gan import check_gan_options
@@ -36,10 +36,6 @@ CONF_DIR = Path(conf_dir())
 # networks' weights are O(0.01-1), so lr > 1 can only blow up (the recipes use 1e-4 to 1e-3).
 MAX_LR = 1.0
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-
-
-class ConfigError(UserError):
-    """A configuration value, key, folder or checkpoint is unusable; the message names it and the fix."""
 
 
 def _fail(key: str, value, allowed: str) -> None:

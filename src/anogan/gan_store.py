@@ -30,7 +30,7 @@ import filelock
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.errors import UserError
+from anogan.errors import GANLoadError, UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 
@@ -50,15 +50,11 @@ ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class GANLoadError(UserError):
-    """A checkpoint or weight file is missing, unreadable or does not fit the configured model."""
-
-
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` through a temporary file in the same folder (see :mod:`anogan.io`).
 
     Raises:
-        anogan.io.WriteError: disk full or read-only folder (the previous file is kept).
+        anogan.errors.WriteError: disk full or read-only folder (the previous file is kept).
     """
     atomic_torch_save(obj, path)
 
@@ -69,7 +65,7 @@ def save_gan(
     """Write G, D and ``gan.json`` into ``folder``, each file atomically, ``gan.json`` last.
 
     Raises:
-        anogan.io.WriteError: disk full or read-only folder.
+        anogan.errors.WriteError: disk full or read-only folder.
     """
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save(generator.state_dict(), folder / "generator.pt")

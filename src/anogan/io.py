@@ -25,11 +25,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anogan.errors import UserError
-
-
-class WriteError(UserError):
-    """A file could not be written (disk full, read-only folder, ...); the previous version is intact."""
+from anogan.errors import WriteError
 
 
 def describe_os_error(err: OSError, path: str | Path, doing: str = "writing") -> str:

@@ -19,13 +19,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from anogan.errors import UserError
+from anogan.errors import MaskError
 from anogan.metrics import to_unit_interval
 from anogan.stats import auroc
-
-
-class MaskError(UserError):
-    """Maps and masks that cannot be scored (shapes differ, no defect pixel, no normal pixel)."""
 
 
 def _check(maps, masks) -> tuple[np.ndarray, np.ndarray]:

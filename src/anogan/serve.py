@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anogan.cli import parse_key_values
-from anogan.errors import UserError
+from anogan.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
     import litserve as ls
@@ -71,10 +71,6 @@ class ServeConfig:
     max_pixels: int = 40_000_000  # pixels of one image (checked before it is decoded)
     workers: int = 1  # inference processes
     timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
-
-
-class ServeError(UserError):
-    """The command line or the scorer file cannot be used; the message says how to fix it."""
 
 
 class BadRequest(Exception):

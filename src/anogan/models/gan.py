@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from anogan.errors import UserError
+from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
 
@@ -46,10 +46,6 @@ OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
 DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
 DEFAULT_DIVERGENCE = {"max_abs_loss": 1.0e4, "saturation": 0.01, "saturated_epochs": 10}
-
-
-class DivergenceError(UserError, FloatingPointError):
-    """Training stopped because a loss diverged or D saturated; the message says what is kept."""
 
 
 def _whole(value, low: int) -> bool:

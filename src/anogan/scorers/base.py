@@ -20,11 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anogan.errors import UserError
-
-
-class ScoreDivergenceError(UserError, FloatingPointError):
-    """A NaN/inf anomaly score: scoring stops, since every metric would be meaningless."""
+from anogan.errors import ScoreDivergenceError
 
 
 def check_finite_scores(score: torch.Tensor, cause: str) -> None:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from anogan.console import quiet_lightning
-from anogan.scorers.base import ScoreDivergenceError, Scorer
+from anogan.errors import ScoreDivergenceError
+from anogan.scorers.base import Scorer
 
 
 def izif_components(
