@@ -79,7 +79,9 @@ class Calibration(nn.Module):
     Buffers (float64 unless said): ``normal_scores`` (n,) sorted validation-normal primary scores;
     ``rule_thresholds`` (3,) the fpr / f1 / youden thresholds (NaN: not fitted); ``threshold`` ()
     the run's rule's; ``combine_mean``, ``combine_std`` (k,) and ``combine_log`` (k,) bool, for the
-    ``k`` combined components (empty without ``combine``).
+    ``k`` combined components (empty without ``combine``). Scores are compared in float64: move
+    it with ``.to(device)``, but do not cast it (``.float()``/``.half()`` on a parent module would
+    round the thresholds and the normals' scores, and ties would flip).
     """
 
     def __init__(
