@@ -278,7 +278,7 @@ def test_effective_batch_and_steps_rules():
     assert steps_per_epoch(142 * k, 35) >= 20 and steps_per_epoch(142 * (k - 1), 35) < 20  # the smallest k
     assert epoch_repeats(142, 35, None) == 1 and epoch_repeats(10_000, 128, 10) == 1
     msg = training_steps_warning(142, 128, 200)
-    assert msg is not None and "200 optimiser steps" in msg and "trainer.max_epochs=500" in msg
+    assert msg is not None and "200 GAN iterations" in msg and "trainer.max_epochs=500" in msg
     assert training_steps_warning(142, 35, 200) is None  # 200 x 4 = 800 steps
     assert training_steps_warning(142, 35, 100) is not None and training_steps_warning(142, 35, 100, repeats=2) is None
 
