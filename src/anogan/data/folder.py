@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from anogan.data.cifar10 import stratified_subset
-from anogan.data.images import ImageError, check_resize, list_images, read_image, to_model_input
+from anogan.data.images import ImageError, list_images, read_image, to_model_input
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
 
 __all__ = [
@@ -168,13 +168,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if channels not in (1, 3):
-            raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
-        check_resize(resize)
-        if max_batch_fraction is not None and not 0.0 < max_batch_fraction <= 1.0:
-            raise DataError(f"data.max_batch_fraction={max_batch_fraction!r}: use a fraction in (0, 1], or null for no cap.")
-        if min_steps_per_epoch is not None and (not isinstance(min_steps_per_epoch, int) or min_steps_per_epoch < 0):
-            raise DataError(f"data.min_steps_per_epoch={min_steps_per_epoch!r}: use a whole number >= 0, or null for no minimum.")
+        # the settings' ranges: anogan.config_schema.FolderData
         if abnormal_dir is None or abnormal_dir == "":
             self.abnormal_dirs: list[str] = []
         else:
