@@ -23,10 +23,12 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from anogan import conf_dir, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
@@ -332,7 +334,7 @@ def main() -> float | None:
         if stop.code == 1 and not _job_started:
             raise SystemExit(2) from None
         raise
-    except Exception as err:
+    except (HydraException, OmegaConfBaseException) as err:  # composing the config (a job's own errors: re-raised)
         if _job_started or _user_full_error:
             raise
         print(f"Error: {explain_composition_error(err, sys.argv[1:])}", file=sys.stderr)
