@@ -82,4 +82,17 @@ def test_every_group_option_is_typed_by_its_schema(tiny_cifar):
             schema = OmegaConf.get_type(node)
             assert schema in SCHEMAS.values(), (group, option, schema)
             assert set(node) <= {f.name for f in dataclasses.fields(schema)}, (group, option)
-            assert not OmegaConf.missing_keys(node), (group, option, OmegaConf.missing_keys(node))
+            assert not _missing(node), (group, option, _missing(node))
+
+
+def _missing(node, prefix: str = "") -> list[str]:
+    """Keys left at the schema's MISSING (no value in the yaml file), without resolving interpolations."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            found.append(prefix + key)
+        elif isinstance(child := node._get_node(key), DictConfig) and not child._is_none():
+            found += _missing(child, f"{prefix}{key}.")
+    return found
