@@ -190,7 +190,9 @@ def _module_file(name: str) -> Path | None:
 def import_closure(roots: list[Path]) -> list[Path]:
     """``roots`` and every source file of this package they import, directly or not: each ``import
     anogan.x`` and ``from anogan.x import y`` statement (also inside functions), ``y`` itself when it is
-    a module, and the ``__init__.py`` of each package on the way (Python runs them on import)."""
+    a module, and the ``__init__.py`` of each package on the way (Python runs them on import). Not
+    followed: the imports of a module-level ``__getattr__`` (PEP 562), which run only when a missing
+    attribute is looked up (``anogan.fit``, ``anogan.load``: the API), never on import."""
     seen: set[Path] = set()
     todo = [Path(r).resolve() for r in roots]
     while todo:
@@ -199,7 +201,11 @@ def import_closure(roots: list[Path]) -> list[Path]:
             continue
         seen.add(path)
         names: list[str] = []
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        lazy = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if id(node) in lazy:
+                continue
             if isinstance(node, ast.Import):
                 names += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
