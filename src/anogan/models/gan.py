@@ -40,6 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from anogan.errors import UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
+from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
 
 OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
@@ -80,6 +81,11 @@ def check_gan_options(model: Mapping) -> None:
     if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
         raise UserError(f"model.ema_decay={ema!r} is not allowed: use null (off) or a decay in (0, 1), e.g. 0.999.")
     parse_policy(model.get("diffaugment"))
+    check_transform_set(model.get("self_supervised"))
+    for key in ("ss_weight_d", "ss_weight_g"):
+        value = model.get(key, 0.0)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise UserError(f"model.{key}={value!r} is not allowed: use a number >= 0 (Chen et al. 2019: d 1.0, g 0.2).")
     div = model.get("divergence") or DEFAULT_DIVERGENCE
     if set(div) != set(DIVERGENCE_KEYS):
         raise UserError(f"model.divergence must have exactly the keys {', '.join(DIVERGENCE_KEYS)}; it has {', '.join(div)}.")
@@ -152,6 +158,9 @@ class GAN(L.LightningModule):
         spectral_norm: bool = False,
         diffaugment: str | None = None,
         ema_decay: float | None = None,
+        self_supervised: str | None = None,
+        ss_weight_d: float = 1.0,
+        ss_weight_g: float = 0.2,
         divergence: dict | None = None,
         selection: dict | None = None,
     ):
@@ -160,7 +169,14 @@ class GAN(L.LightningModule):
         check_gan_options(self.hparams)
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, image_size, g_width)
-        self.discriminator = Discriminator(channels, image_size, d_width, norm=d_norm, spectral_norm=spectral_norm)
+        self.discriminator = Discriminator(
+            channels,
+            image_size,
+            d_width,
+            norm=d_norm,
+            spectral_norm=spectral_norm,
+            transform_classes=transform_count(self_supervised) if self_supervised else 0,
+        )
         self.generator_ema = None
         if ema_decay is not None:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
