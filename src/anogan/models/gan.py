@@ -20,6 +20,11 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; BatchNorm running
   statistics are copied from G, not averaged). ``scoring_generator`` is then the EMA copy: it makes
   the sample grids, is what checkpoint selection scores and what the run saves as its generator.
+* ``self_supervised`` (a set of ``transforms.py``: ``rotations`` or ``geotrans``): D gets a head
+  that names the transformation an image was given (Chen et al., CVPR 2019, "Self-Supervised GANs
+  via Auxiliary Rotation Loss"): D's loss += ``ss_weight_d`` (β) · CE on real images, G's loss +=
+  ``ss_weight_g`` (α) · CE on generated ones (compare_gan's defaults β = 1, α = 0.2). See
+  ``_transform_loss`` for which images and how many transformations per batch.
 * ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
@@ -250,6 +255,20 @@ class GAN(L.LightningModule):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.augment_policy) if self.augment_policy else x
 
+    def _transform_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The self-supervised loss of a batch (Chen et al. 2019): each image gets one transformation
+        of the set, drawn so that all T are used equally often (``balanced_labels``), and D's head
+        must name it. Returns (mean cross-entropy, with a graph; accuracy of the head, detached).
+
+        The images are the clean ones, not DiffAugment'ed: the scorers that read the head see clean
+        images, and the transformation is already an augmentation D cannot undo (DiffAugment's own
+        translation is not a transformation to be named). One transformation per image, not all T,
+        keeps the cost at one extra D pass per loss term (docs/gan_training.md, measured)."""
+        labels = balanced_labels(images.shape[0], self.hparams.self_supervised).to(images.device)
+        logits = self.discriminator.transform_logits(apply_one_each(images, labels, self.hparams.self_supervised)).float()
+        accuracy = (logits.detach().argmax(1) == labels).float().mean()
+        return F.cross_entropy(logits, labels), accuracy
+
     def _kept(self) -> str:
         """What survives a stop now, in words (for DivergenceError)."""
         trainer = self._trainer
@@ -292,6 +311,10 @@ class GAN(L.LightningModule):
             penalty = gradient_penalty(self.discriminator, real_in, fake_in)
             loss_d = loss_d + hp.gp_weight * penalty
             values["train/gradient_penalty"] = penalty.detach()
+        if hp.self_supervised and hp.ss_weight_d > 0:
+            ss_real, accuracy = self._transform_loss(x)
+            loss_d = loss_d + hp.ss_weight_d * ss_real
+            values["train/ss_loss_real"], values["train/ss_accuracy_real"] = ss_real.detach(), accuracy
         self._check_loss("discriminator loss", loss_d)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
@@ -304,8 +327,13 @@ class GAN(L.LightningModule):
         if (batch_idx + 1) % hp.critic_steps == 0 or last:
             self.toggle_optimizer(opt_g)
             for _ in range(hp.g_steps):
-                d_gen = self.discriminator(self._augment(self.generator(z)))
+                generated = self.generator(z)
+                d_gen = self.discriminator(self._augment(generated))
                 loss_g = self._g_loss(d_gen)
+                if hp.self_supervised and hp.ss_weight_g > 0:
+                    ss_fake, _ = self._transform_loss(generated)
+                    loss_g = loss_g + hp.ss_weight_g * ss_fake
+                    values["train/ss_loss_fake"] = ss_fake.detach()
                 self._check_loss("generator loss", loss_g)
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)

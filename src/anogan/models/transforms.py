@@ -45,7 +45,8 @@ class Transform(NamedTuple):
 TRANSFORM_SETS: dict[str, tuple[Transform, ...]] = {
     "rotations": tuple(Transform(k=k) for k in range(4)),
     "geotrans": tuple(
-        Transform(flip, rows, cols, k) for flip, rows, cols, k in itertools.product((False, True), (0, -1, 1), (0, -1, 1), range(4))
+        Transform(flip, rows, cols, k)
+        for flip, rows, cols, k in itertools.product((False, True), (0, -1, 1), (0, -1, 1), range(4))
     ),
 }
 
