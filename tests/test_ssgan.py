@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import lightning as L
 import numpy as np
@@ -17,6 +18,7 @@ from anogan.config_check import check_config
 from anogan.errors import UserError
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN
+from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, diversity_ratio, mean_pairwise_distance
 from anogan.models.transforms import (
     TRANSFORM_SETS,
     apply_one_each,
@@ -246,3 +248,92 @@ def test_a_tiny_ssgan_run_trains_saves_and_reloads_d_with_its_head(tiny_cifar, t
     # a checkpoint of the plain architecture refuses to load it, naming the key
     with pytest.raises(gan_store.GANLoadError, match="self_supervised: checkpoint rotations vs config None"):
         gan_store.load_checkpoint(run, {**{k: cfg.model[k] for k in gan_store.ARCH_KEYS}, "self_supervised": None})
+
+
+# --- health ----------------------------------------------------------------------------------------
+def test_diversity_is_zero_for_identical_samples_and_one_for_the_real_images_themselves():
+    g = torch.Generator().manual_seed(0)
+    reals = torch.rand(16, 3, 8, 8, generator=g) * 2 - 1
+    assert diversity_ratio(reals[:1].repeat(16, 1, 1, 1), reals) == 0.0
+    assert diversity_ratio(reals, reals) == pytest.approx(1.0)
+    # brute force: every pair once
+    pairs = [(reals[i] - reals[j]).norm().item() for i in range(16) for j in range(i + 1, 16)]
+    assert mean_pairwise_distance(reals) == pytest.approx(float(np.mean(pairs)), rel=1e-9)
+    assert diversity_ratio(reals * 0.5, reals) == pytest.approx(0.5)
+
+
+def _epochs(monitor, n, diversity, d_real=0.6, d_fake=0.3, loss_g=(1.0, 1.0)):
+    losses = np.linspace(*loss_g, n)
+    new = []
+    for i in range(n):
+        new += monitor.update(len(monitor.history), diversity, d_real, d_fake, float(losses[i]))
+    return new
+
+
+def test_identical_samples_are_flagged_as_collapse_after_the_patience_and_diverse_ones_are_not():
+    monitor = HealthMonitor(DEFAULT_HEALTH)
+    assert _epochs(monitor, 2, diversity=0.01) == [] and monitor.warning() is None  # not yet 3 epochs
+    assert _epochs(monitor, 1, diversity=0.01) == ["collapse"]
+    line = monitor.warning()
+    assert "mode collapse" in line and "0.010 x that of real training images" in line and "model.diffaugment" in line
+    assert "\n" not in line and "overpowering" not in line
+    assert monitor.summary()["ok"] is False and monitor.summary()["flags"] == ["collapse"]
+    healthy = HealthMonitor(DEFAULT_HEALTH)
+    assert _epochs(healthy, 10, diversity=0.8) == [] and healthy.summary()["ok"] is True
+    assert _epochs(healthy, 2, diversity=0.01) == [] and healthy.warning() is None  # 2 bad epochs < 3
+
+
+def test_d_overpowering_g_needs_saturated_outputs_and_a_growing_g_loss():
+    monitor = HealthMonitor(DEFAULT_HEALTH)
+    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 2.0)) == []  # G's loss flat
+    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 3.0)) == ["overpowered"]
+    line = monitor.warning()
+    assert "D overpowering G (mean D(x) 0.970 > 0.9 and D(G(z)) 0.030 < 0.1 for 3 epochs, G loss 2.00 -> 3.00)" in line
+    assert "model.spectral_norm=true" in line
+    wgan = HealthMonitor(DEFAULT_HEALTH, bce=False)  # critic values are not probabilities: not checked
+    assert _epochs(wgan, 5, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 3.0)) == []
+
+
+def test_health_options_are_checked_naming_the_key(tiny_cifar):
+    with pytest.raises(UserError, match=r"model.health.collapse_ratio=1.5 is not allowed"):
+        check_config(compose_config([*tiny_overrides(tiny_cifar), "model.health.collapse_ratio=1.5"]))
+    with pytest.raises(UserError, match=r"model.health.epochs=0 is not allowed"):
+        check_config(compose_config([*tiny_overrides(tiny_cifar), "model.health.epochs=0"]))
+
+
+class _Collapsed(torch.nn.Module):
+    """A 'generator' that draws one fixed image whatever z is (a hand-built mode collapse)."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = torch.nn.Parameter(torch.zeros(1, 3, 32, 32))
+
+    def forward(self, z):
+        return torch.tanh(self.image).expand(z.shape[0], -1, -1, -1) + 0 * z.flatten(1).sum(1).view(-1, 1, 1, 1)
+
+
+def test_a_collapsed_generator_is_flagged_during_training_with_one_warning_line(caplog):
+    L.seed_everything(0)
+    model = GAN(**TINY, scheduler=None, health={**DEFAULT_HEALTH, "epochs": 2})
+    model.generator = _Collapsed()
+    t = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with caplog.at_level(logging.WARNING, logger="anogan"):
+        t.fit(model, loader(2))
+    lines = [r.getMessage() for r in caplog.records if "the GAN failed" in r.getMessage()]
+    assert len(lines) == 1 and "at epoch 1: mode collapse" in lines[0]  # flagged once, at the 2nd epoch
+    summary = model.health_summary()
+    assert summary["flags"] == ["collapse"] and summary["last_epochs"][-1]["diversity"] == 0.0
+    assert float(t.callback_metrics["train/sample_diversity"]) == 0.0
+
+
+def test_the_logged_diversity_is_that_of_the_fixed_noise_samples_against_the_first_real_images():
+    L.seed_everything(0)
+    model = GAN(**TINY, scheduler=None, n_samples=6)
+    t = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    batches = loader(2)
+    t.fit(model, batches)
+    first = torch.cat([b["image"] for b in batches])[:6]
+    assert torch.equal(model._health_reals, first)  # the first n_samples training images
+    want = diversity_ratio(model.sample().float(), first)
+    assert float(t.callback_metrics["train/sample_diversity"]) == pytest.approx(want, rel=1e-5)
+    assert [h["epoch"] for h in model.health_monitor.history] == [0, 1] and model.health_summary()["ok"] is True
