@@ -232,6 +232,9 @@ def test_a_tiny_ssgan_run_trains_saves_and_reloads_d_with_its_head(tiny_cifar, t
     assert d.transform_classes == 4
     saved = torch.load(run / "gan" / "discriminator.pt", weights_only=True)
     assert torch.equal(d.transform_head.weight, saved["transform_head.weight"])
+    health = json.loads((run / "metrics.json").read_text())["gan_health"]  # what the pipeline reports
+    assert health == meta["health"] and set(health["thresholds"]) == set(DEFAULT_HEALTH)
+    assert health["ok"] is True and health["warning"] is None  # 1 epoch < model.health.epochs: nothing flagged
     payload = read_artifact(run / "scorer.pt")
     assert payload["gan_arch"]["self_supervised"] == "rotations"
     _, d2 = gan_from_artifact(payload)
