@@ -340,3 +340,19 @@ def test_the_logged_diversity_is_that_of_the_fixed_noise_samples_against_the_fir
     want = diversity_ratio(model.sample().float(), first)
     assert float(t.callback_metrics["train/sample_diversity"]) == pytest.approx(want, rel=1e-5)
     assert [h["epoch"] for h in model.health_monitor.history] == [0, 1] and model.health_summary()["ok"] is True
+
+
+def test_the_benchmark_section_times_training_without_and_with_each_set():
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench
+
+    a = bench.parse_args(["--sizes", "32", "--train-batch-size", "8", "--ssgan-steps", "1", "--warmup", "1", "--rounds", "1"])
+    d = {**bench.project_defaults(), "latent_dim": 8, "width": 8, "d_width": 8}
+    r = bench.bench_ssgan(a, d)
+    for name in ("rotations", "geotrans"):
+        assert r[f"{name}_epoch_time_ratio"] == round(r["off_img_s"] / r[f"{name}_img_s"], 3)
+    assert r["batch_size"] == 8 and r["image_size"] == 32 and r["precision"] == "32-true"
