@@ -44,7 +44,7 @@ ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False, "self_supervised": N
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
 # The source files whose content defines "the training code" in the cache key: the GAN and its
 # networks, and the data modules (they choose and preprocess the training images).
-TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "data/*.py")
+TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "models/transforms.py", "models/health.py", "data/*.py")
 # The same for a cached encoder: its training (izi_f) and the data modules.
 ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
