@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anogan import gan_store
 from anogan.artifact import gan_from_artifact, read_artifact
@@ -263,6 +264,18 @@ def test_diversity_is_zero_for_identical_samples_and_one_for_the_real_images_the
     pairs = [(reals[i] - reals[j]).norm().item() for i in range(16) for j in range(i + 1, 16)]
     assert mean_pairwise_distance(reals) == pytest.approx(float(np.mean(pairs)), rel=1e-9)
     assert diversity_ratio(reals * 0.5, reals) == pytest.approx(0.5)
+
+
+def test_the_same_noisy_pattern_for_every_sample_is_a_collapse_though_its_pixels_differ():
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checkerboard = (((y // 2 + x // 2) % 2) * 2 - 1).float().expand(32, 3, 32, 32)
+    samples = checkerboard + 0.3 * torch.randn(32, 3, 32, 32, generator=g)  # one pattern, pixel noise
+    # real images with different layouts: random ±1 on a 4×4 grid of 8-px cells
+    reals = F.interpolate((torch.randint(0, 2, (32, 3, 4, 4), generator=g) * 2 - 1).float(), scale_factor=8.0)
+    limit = DEFAULT_HEALTH["collapse_ratio"]
+    assert mean_pairwise_distance(samples) / mean_pairwise_distance(reals) > 2 * limit  # pixel by pixel: not flagged
+    assert diversity_ratio(samples, reals) < limit  # 8×8 layouts: one image, flagged
 
 
 def _epochs(monitor, n, diversity, d_real=0.6, d_fake=0.3, loss_g=(1.0, 1.0)):
