@@ -301,10 +301,14 @@ def test_identical_samples_are_flagged_as_collapse_after_the_patience_and_divers
 
 def test_d_overpowering_g_needs_saturated_outputs_and_a_growing_g_loss():
     monitor = HealthMonitor(DEFAULT_HEALTH)
-    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 2.0)) == []  # G's loss flat
-    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 3.0)) == ["overpowered"]
+    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 2.0)) == []  # G's loss never grew
+    assert _epochs(monitor, 3, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.5, 3.0)) == ["overpowered"]
     line = monitor.warning()
-    assert "D overpowering G (mean D(x) 0.970 > 0.9 and D(G(z)) 0.030 < 0.1 for 3 epochs, G loss 2.00 -> 3.00)" in line
+    assert "D overpowering G (mean D(x) 0.970 > 0.9 and D(G(z)) 0.030 < 0.1 for 3 epochs, G loss up from 2.00 to 3.00)" in line
+    # the texture run's end: G's loss flat at ~3.4 for the last epochs, far above its start
+    plateau = HealthMonitor(DEFAULT_HEALTH)
+    _epochs(plateau, 2, diversity=0.8, loss_g=(0.01, 1.0))
+    assert _epochs(plateau, 3, diversity=0.8, d_real=0.94, d_fake=0.06, loss_g=(3.46, 3.44)) == ["overpowered"]
     assert "model.spectral_norm=true" in line
     wgan = HealthMonitor(DEFAULT_HEALTH, bce=False)  # critic values are not probabilities: not checked
     assert _epochs(wgan, 5, diversity=0.8, d_real=0.97, d_fake=0.03, loss_g=(2.0, 3.0)) == []

@@ -13,7 +13,7 @@ already has at hand:
   Flagged below ``collapse_ratio``.
 * **D overpowering G** (``objective=bce`` only: a WGAN critic's values are not probabilities):
   the epoch means D(x) > ``d_real_above`` and D(G(z)) < ``d_fake_below``, with G's epoch loss
-  higher at the end of the streak than at its start.
+  now higher than its lowest epoch loss so far (G is losing ground, not just starting out).
 
 Either is flagged when it holds for ``epochs`` epochs in a row (an untrained G of the first
 epochs is not a collapse). ``HealthMonitor`` follows the epochs; ``GAN`` logs the warning when a
@@ -107,7 +107,10 @@ class HealthMonitor:
                 and h["d_fake"] < self.t["d_fake_below"]
             )
         )
-        return streak if streak and streak[-1]["loss_g"] > streak[0]["loss_g"] else []
+        return streak if streak and streak[-1]["loss_g"] > self._lowest_loss_g() else []
+
+    def _lowest_loss_g(self) -> float:
+        return min(h["loss_g"] for h in self.history if h["loss_g"] is not None)
 
     def flags(self) -> list[str]:
         """The failures that hold now: ``"collapse"`` and/or ``"overpowered"``."""
@@ -126,8 +129,8 @@ class HealthMonitor:
         if streak := self._overpowered():
             parts.append(
                 f"D overpowering G (mean D(x) {streak[-1]['d_real']:.3f} > {t['d_real_above']:g} and D(G(z)) "
-                f"{streak[-1]['d_fake']:.3f} < {t['d_fake_below']:g} for {len(streak)} epochs, G loss "
-                f"{streak[0]['loss_g']:.2f} -> {streak[-1]['loss_g']:.2f})"
+                f"{streak[-1]['d_fake']:.3f} < {t['d_fake_below']:g} for {len(streak)} epochs, G loss up from "
+                f"{self._lowest_loss_g():.2f} to {streak[-1]['loss_g']:.2f})"
             )
             tries += ["model.diffaugment='color,translation,cutout'", "model.spectral_norm=true with model.d_norm=none"]
         if not parts:
