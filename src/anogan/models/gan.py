@@ -408,11 +408,14 @@ class GAN(L.LightningModule):
         def value(key: str) -> float | None:
             return float(metrics[key]) if key in metrics else None
 
+        before = self.health_monitor.flags()
         new = self.health_monitor.update(
             self.current_epoch, diversity, value("train/d_real_epoch"), value("train/d_fake_epoch"), value("train/loss_g_epoch")
         )
-        if new and self.global_rank == 0:
+        if self.global_rank == 0 and new:
             log.warning("%s", self.health_monitor.warning())
+        elif self.global_rank == 0 and before and not self.health_monitor.flags():
+            log.info("the GAN recovered at epoch %d (no longer flagged: %s)", self.current_epoch, ", ".join(before))
 
     def health_summary(self) -> dict:
         """``HealthMonitor.summary()`` of this training (saved in ``gan.json``; ``gan_health`` in metrics.json)."""
