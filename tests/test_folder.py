@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from anogan.data.cifar10 import DataError
+from anogan.errors import DataError
 from anogan.data.folder import FolderAnomalyDataModule
 from conftest import compose_config
 

@@ -24,7 +24,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir
-from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, MISSING_DATA_FIX, PROTOCOLS, class_index
+from anogan.data.cifar10 import CLASSES, MISSING_DATA_FIX, PROTOCOLS, class_index
+from anogan.data.splits import IMAGE_SIZES
 from anogan.errors import UserError
 from anogan.io import describe_os_error
 from anogan.metrics import THRESHOLD_RULES
