@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from anogan.errors import DataError
 from anogan.data.folder import FolderAnomalyDataModule
+from anogan.errors import DataError
 from conftest import compose_config
 
 

@@ -211,7 +211,7 @@ class DuplicateCheck:
             return None
         parts = []
         if entry["across"]:
-            pairs = sorted({f"{a['split']}~{a['copy_in']}" for a in entry["across"]})
+            pairs = sorted({f"{a['split']} copies of {a['copy_in']} images" for a in entry["across"]})
             parts.append(
                 f"{len(entry['across'])} evaluation images show the same picture as an earlier split ({', '.join(pairs)}): "
                 f"{'dropped' if entry['policy'] == 'drop' else 'kept'} (data.duplicates={entry['policy']})"

@@ -251,17 +251,19 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 n_held = need
         return n_held
 
-    def _val_positions(self, pool_classes: np.ndarray) -> np.ndarray:
-        """Positions in the evaluation pool that go to validation: a stratified, seeded
-        ``val_fraction``; for normal-only data at least ``min_normals_for_fpr(target_fpr)`` of them
-        (one is always left for test)."""
+    def _val_rows(self, pool: np.ndarray, classes: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """The rows of the evaluation ``pool`` that go to validation: a stratified (by class), seeded
+        ``val_fraction`` of its pictures (copies of one picture go together), with every copy; for
+        normal-only data at least ``min_normals_for_fpr(target_fpr)`` pictures (one is left for test)."""
         hp = self.hparams
-        n = len(pool_classes)
+        units, members = group_units(pool, group)
+        n = len(units)
         size: float | int = float(hp.val_fraction)
         if self.normal_only and hp.target_fpr is not None and n > 1:
             default = int(round(hp.val_fraction * n))
             size = max(default, min(min_normals_for_fpr(hp.target_fpr), n - 1))  # the same draw when unchanged
-        return stratified_subset(pool_classes, size, hp.split_seed)
+        chosen = stratified_subset(classes[units], size, hp.split_seed)
+        return np.sort(np.concatenate([members[u] for u in chosen])) if len(chosen) else np.arange(0)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -323,7 +325,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         ids = np.arange(len(files))
         fit = ids[:n_fit]
         pool = check.separate(fit, ids[n_fit:], "train", "evaluation")
-        val_ids = pool[self._val_positions(classes[pool])]
+        val_ids = self._val_rows(pool, classes, group)
         test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
         val_all, test_all = val_ids, test_ids
         val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
