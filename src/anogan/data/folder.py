@@ -254,14 +254,26 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     def _val_rows(self, pool: np.ndarray, classes: np.ndarray, group: np.ndarray) -> np.ndarray:
         """The rows of the evaluation ``pool`` that go to validation: a stratified (by class), seeded
         ``val_fraction`` of its pictures (copies of one picture go together), with every copy; for
-        normal-only data at least ``min_normals_for_fpr(target_fpr)`` pictures (one is left for test)."""
+        normal-only data at least ``min_normals_for_fpr(target_fpr)`` pictures when the pool has more (one
+        is left for test); when it has too few, the fraction's split is kept and ``setup`` warns."""
         hp = self.hparams
         units, members = group_units(pool, group)
         n = len(units)
         size: float | int = float(hp.val_fraction)
-        if self.normal_only and hp.target_fpr is not None and n > 1:
+        if self.normal_only and hp.target_fpr is not None and (need := min_normals_for_fpr(hp.target_fpr)) < n:
             default = int(round(hp.val_fraction * n))
-            size = max(default, min(min_normals_for_fpr(hp.target_fpr), n - 1))  # the same draw when unchanged
+            size = max(default, need)  # the same draw as the fraction's when unchanged
+            if size > default:
+                log.info(
+                    "normal-only folder: validation holds %d of the %d held-out normal images instead of %d "
+                    "(data.val_fraction=%s): threshold.target_fpr=%s needs %d",
+                    size,
+                    n,
+                    default,
+                    hp.val_fraction,
+                    hp.target_fpr,
+                    need,
+                )
         chosen = stratified_subset(classes[units], size, hp.split_seed)
         return np.sort(np.concatenate([members[u] for u in chosen])) if len(chosen) else np.arange(0)
 

@@ -228,9 +228,10 @@ def _to_uint8(img) -> np.ndarray:
 
 
 def _reduce_factor(width: int, height: int) -> int:
-    """The smallest integer f with ``(width // f) * (height // f) <= MAX_DECODE_PIXELS`` (1: no reduction)."""
+    """The smallest integer f with ``ceil(width / f) * ceil(height / f) <= MAX_DECODE_PIXELS`` (1: no
+    reduction); ``Image.reduce`` keeps a partial last box, hence the ceilings."""
     f = max(1, math.ceil(math.sqrt(width * height / MAX_DECODE_PIXELS)))
-    while (width // f) * (height // f) > MAX_DECODE_PIXELS:
+    while -(-width // f) * -(-height // f) > MAX_DECODE_PIXELS:
         f += 1
     return f
 
