@@ -21,7 +21,14 @@ The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous ima
 stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
 fitted there) and test. With anomalies, both splits must hold both classes (else ``DataError``).
 Normal-only data (``abnormal_dir: null``): validation and test hold only normals, ``has_anomalies``
-is False (thresholds then come from the normals alone; AUROC needs anomalous images).
+is False (thresholds then come from the normals alone; AUROC needs anomalous images). Validation is
+then sized for ``target_fpr`` (``threshold.target_fpr`` in the config): it holds at least
+``min_normals_for_fpr(target_fpr)`` normals (19 at 5%) when the held-out normals allow it, else more
+normals are held out (training keeping at least half); otherwise ``setup`` warns before training.
+
+Copies of one picture (same decoded pixels; optionally near copies, ``near_duplicates``) are split
+together, and a picture found in two splits is handled by ``duplicates`` (drop | refuse | keep; see
+``anogan.data.duplicates``), reported in the manifest's ``duplicates``.
 
 Small folders: the training batch is at most ``max_batch_fraction`` of the training images (never
 below ``MIN_AUTO_BATCH``), and the training images are repeated within an epoch so that an epoch has

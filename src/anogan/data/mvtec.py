@@ -185,6 +185,11 @@ class MVTecDataModule(AnomalyDataModule):
                 )
             held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
             held = check.separate(fit, held, "train", "val")
+            if not len(held):
+                raise DataError(
+                    "every held-out train/good image is a copy of a trained one (see data.duplicates). Fix: remove the "
+                    "copies from train/good or raise data.synthetic_val_fraction."
+                )
             pool = check.separate(held, check.separate(fit, pool, "train", "test"), "val", "test")
             n_held = len(held)
             method = hp.synthetic_val_anomalies
