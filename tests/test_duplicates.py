@@ -21,7 +21,7 @@ from test_mvtec import write_tiny_mvtec
 def _picture(seed, size=32):
     """A smooth random picture (so a JPEG re-encoding stays close to it)."""
     small = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(small).resize((size, size), Image.BILINEAR))
 
 
 def _save(pixels, path, **kw):
