@@ -57,6 +57,7 @@ from anogan.data.splits import (
     AnomalySplit,
     calibration_entry,
     calibration_warning,
+    check_target_fpr,
     mask_counts,
     min_normals_for_fpr,
     split_summary,
@@ -167,8 +168,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_policy(duplicates, near_duplicates)
-        if target_fpr is not None:
-            min_normals_for_fpr(target_fpr)  # a DataError for a rate outside (0, 1)
+        check_target_fpr(target_fpr)
         if channels not in (1, 3):
             raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
         check_resize(resize)

@@ -43,8 +43,8 @@ from anogan.data.splits import (
     AnomalySplit,
     calibration_entry,
     calibration_warning,
+    check_target_fpr,
     mask_counts,
-    min_normals_for_fpr,
     split_summary,
     stratified_subset,
 )
@@ -97,8 +97,7 @@ class MVTecDataModule(AnomalyDataModule):
                 f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}."
             )
         check_policy(hp.duplicates, hp.near_duplicates)
-        if hp.target_fpr is not None:
-            min_normals_for_fpr(hp.target_fpr)  # a DataError for a rate outside (0, 1)
+        check_target_fpr(hp.target_fpr)
         for key in ("val_fraction", "synthetic_val_fraction"):
             if not 0.0 < hp[key] < 1.0:
                 raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")

@@ -1,6 +1,6 @@
 """What every data module shares: the in-memory split (``AnomalySplit``), the loaders, the per-image
 key that seeds z, and the split code (seeded stratified subsets, the manifest's split summaries, the
-number of validation normals a false-positive-rate target needs).
+validation a false-positive-rate target needs: ``calibration_entry``, ``calibration_warning``).
 
 Reading files is ``anogan.data.images``; duplicate images across splits are ``anogan.data.duplicates``."""
 
@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from anogan.errors import DataError
 from anogan.io import atomic_write_text
+from anogan.metrics import min_normals_for_fpr
 
 IMAGE_SIZES = (32, 64, 128)  # square model input sizes (pixels) the DCGAN networks are built for
 
@@ -78,17 +79,11 @@ def stratified_subset(classes: np.ndarray, size: int | float | None, seed: int) 
     return np.sort(np.concatenate(chosen))
 
 
-def min_normals_for_fpr(target_fpr: float) -> int:
-    """The fewest validation normals n for which the conformal false-positive-rate threshold
-    (``anogan.metrics.fpr_threshold``) is finite: the smallest n with ⌊target_fpr·(n+1)⌋ ≥ 1, i.e.
-    ⌈1/target_fpr⌉ − 1 (19 at 5%, 99 at 1%). With fewer, no p-value can reach the target: the
-    threshold is +inf and nothing is flagged. ``target_fpr`` in (0, 1), else ``DataError``."""
-    if not 0.0 < float(target_fpr) < 1.0:
+def check_target_fpr(target_fpr: float | None) -> None:
+    """``DataError`` naming ``threshold.target_fpr`` (which ``data.target_fpr`` follows) unless it is
+    null or a rate strictly between 0 and 1."""
+    if target_fpr is not None and not (isinstance(target_fpr, int | float) and 0.0 < float(target_fpr) < 1.0):
         raise DataError(f"threshold.target_fpr={target_fpr!r}: use a rate strictly between 0 and 1, e.g. 0.05.")
-    n = max(1, math.floor(1.0 / target_fpr) - 2)
-    while math.floor(target_fpr * (n + 1) + 1e-12) < 1:  # the same expression as fpr_threshold's
-        n += 1
-    return n
 
 
 def calibration_warning(n_val_normals: int, target_fpr: float | None, fix: str) -> str | None:
