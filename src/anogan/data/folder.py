@@ -59,11 +59,11 @@ from anogan.data.splits import (
     calibration_warning,
     check_target_fpr,
     mask_counts,
-    min_normals_for_fpr,
     split_summary,
     stratified_subset,
 )
 from anogan.errors import DataError, ImageError
+from anogan.metrics import min_normals_for_fpr
 
 __all__ = [
     "FolderAnomalyDataModule",
