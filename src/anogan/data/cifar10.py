@@ -186,8 +186,7 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
         self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids_final))
         self.manifest = self._manifest(classes, global_ids, fit_ids, val_ids, test_ids_final)
         self.manifest["duplicates"] = check.manifest({"train": fit_ids, "val": val_ids, "test": test_ids_final})
-        if line := DuplicateCheck.log_line(self.manifest["duplicates"]):
-            log.warning("%s", line)
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
 
     def _duplicate_check(self, data: np.ndarray, global_ids: np.ndarray, splits: list[np.ndarray]) -> DuplicateCheck:

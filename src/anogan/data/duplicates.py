@@ -204,6 +204,13 @@ class DuplicateCheck:
         }
 
     @staticmethod
+    def log(entry: dict, logger: logging.Logger) -> None:
+        """``log_line`` of a manifest ``duplicates`` entry: a warning when pictures cross splits, info
+        when copies only sit within one split (they do not inflate metrics), nothing when none."""
+        if line := DuplicateCheck.log_line(entry):
+            logger.log(logging.WARNING if entry["across"] else logging.INFO, "%s", line)
+
+    @staticmethod
     def log_line(entry: dict) -> str | None:
         """One line summarising a manifest ``duplicates`` entry, or None when nothing was found."""
         n_within = {k: len(v) for k, v in entry["within"].items() if v}

@@ -440,8 +440,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 n_found,
                 ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
-        if line := DuplicateCheck.log_line(self.manifest["duplicates"]):
-            log.warning("%s", line)
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info(
             "splits: %s%s",
             {k: v["size"] for k, v in self.manifest["splits"].items()},

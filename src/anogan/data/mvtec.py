@@ -260,8 +260,7 @@ class MVTecDataModule(AnomalyDataModule):
             log.warning(
                 "%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size
             )
-        if line := DuplicateCheck.log_line(self.manifest["duplicates"]):
-            log.warning("%s", line)
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
         fix = "raise data.synthetic_val_fraction" if hp.synthetic_val_anomalies else "raise data.val_fraction"
         if warning := calibration_warning(self.manifest["calibration"]["val_normals"], hp.target_fpr, fix):
