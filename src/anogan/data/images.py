@@ -259,6 +259,15 @@ def _reduced(img, factor: int):
     return img.transpose(method[orientation]) if orientation in method else img
 
 
+def _upright_pixels(img) -> np.ndarray:
+    """A loaded Pillow image as uint8 H×W×C: reduced when above ``MAX_DECODE_PIXELS`` (``_reduced``),
+    EXIF orientation applied, then ``_to_uint8``."""
+    from PIL import ImageOps
+
+    factor = _reduce_factor(*img.size)
+    return _to_uint8(_reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img))
+
+
 def load_pixels(path: str | Path) -> np.ndarray:
     """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
     applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
@@ -270,7 +279,7 @@ def load_pixels(path: str | Path) -> np.ndarray:
     ``Image.reduce`` before any copy). Any warning Pillow raises while reading (e.g. its
     decompression-bomb warning) is logged naming the file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -282,9 +291,7 @@ def load_pixels(path: str | Path) -> np.ndarray:
                     scale = min(8, 1 << (factor - 1).bit_length())  # draft scales: 1/2, 1/4, 1/8
                     img.draft(img.mode, (-(-img.width // scale), -(-img.height // scale)))
                 img.load()
-                factor = _reduce_factor(*img.size)
-                upright = _reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img)
-                pixels = _to_uint8(upright)
+                pixels = _upright_pixels(img)
         except ImageError:
             raise
         except UnidentifiedImageError:
@@ -303,14 +310,13 @@ def load_pixels(path: str | Path) -> np.ndarray:
 
 def pixels_from_pil(img) -> np.ndarray:
     """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
-    (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
+    (``load_pixels``): first frame, reduced above ``MAX_DECODE_PIXELS``, EXIF orientation, bit depth,
+    alpha on black. Raises
     ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
-    from PIL import ImageOps
-
     try:
         img.seek(0)
         img.load()
-        pixels = _to_uint8(ImageOps.exif_transpose(img))
+        pixels = _upright_pixels(img)
     except ImageError:
         raise
     except Exception as err:  # Pillow raises many kinds for truncated or corrupt data
