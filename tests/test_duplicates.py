@@ -2,6 +2,7 @@
 
 import logging
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -106,8 +107,6 @@ def test_copies_in_the_normal_test_folder_are_dropped_from_evaluation_and_report
     assert kept.manifest["splits"]["val"]["normal"] + kept.manifest["splits"]["test"]["normal"] == 6
     with pytest.raises(DataError, match=r"3 evaluation images show the same picture as train images: held/h0.bmp"):
         FolderAnomalyDataModule(**kw, duplicates="refuse").setup()
-    with pytest.raises(DataError, match="data.duplicates='skip' is not a policy"):
-        FolderAnomalyDataModule(**{**kw, "duplicates": "skip"})
 
 
 def test_a_training_image_copied_into_the_anomalous_folder_is_not_evaluated(tmp_path):
@@ -152,8 +151,6 @@ def test_near_duplicates_are_an_option(tmp_path):
     found = [(a["file"], a["copy_of"], a["copy_in"]) for a in near.manifest["duplicates"]["across"]]
     assert found == [("abnormal/reencoded.jpg", "normal/n00.png", "train")]  # n00 is trained on (split_seed 0)
     assert "near: 64-bit average hash, at most 2 bits apart" in near.manifest["duplicates"]["method"]
-    with pytest.raises(DataError, match="data.near_duplicates"):
-        FolderAnomalyDataModule(root=str(root), near_duplicates=40)
 
 
 # ---------------------------------------------------------------------- MVTec layout and CIFAR-10
@@ -189,3 +186,25 @@ def test_cifar_test_copy_of_a_training_image_is_dropped(tmp_path):
     across = dm.manifest["duplicates"]["across"]
     assert across == [{"file": "test[0]", "split": "test", "copy_of": f"train[{car}]", "copy_in": "train", "action": "dropped"}]
     assert 50_000 not in dm.manifest["splits"]["test"]["ids"] and dm.manifest["splits"]["test"]["size"] == 99
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.duplicates=skip", "data.duplicates=skip is not allowed: use one of drop, refuse, keep"),
+        ("data.near_duplicates=40", "data.near_duplicates=40 is not allowed: use null (exact copies only)"),
+        ("data.target_fpr=1.5", "data.target_fpr=1.5 is not allowed"),
+    ],
+)
+def test_bad_duplicate_and_target_settings_name_the_key(override, message):
+    from anogan.config_schema import ConfigError, validate
+    from conftest import compose_config
+
+    validate(compose_config(["data=folder"]))  # the defaults pass
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config(["data=folder", override]))
+
+
+def test_a_bad_policy_from_python_is_refused_at_setup(tmp_path):
+    with pytest.raises(DataError, match="data.duplicates='skip' is not a policy"):
+        FolderAnomalyDataModule(root=str(_folder(tmp_path)), image_size=32, duplicates="skip").setup()

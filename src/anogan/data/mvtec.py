@@ -35,20 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.data.duplicates import DuplicateCheck, average_hash, check_policy, duplicate_groups
+from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups
 from anogan.data.images import list_images, read_images, read_mask
 from anogan.data.splits import (
-    IMAGE_SIZES,
     AnomalyDataModule,
     AnomalySplit,
     calibration_entry,
     calibration_warning,
-    check_target_fpr,
     mask_counts,
     split_summary,
     stratified_subset,
 )
-from anogan.data.synthetic import METHODS, class_name, synthetic_anomalies
+from anogan.data.synthetic import class_name, synthetic_anomalies
 from anogan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -87,20 +85,7 @@ class MVTecDataModule(AnomalyDataModule):
     def _category(self) -> Path:
         """The category folder, once the settings are checked (here rather than in ``__init__``, whose
         errors Hydra's ``instantiate`` would wrap into a traceback)."""
-        hp = self.hparams
-        if hp.image_size not in IMAGE_SIZES:
-            raise DataError(f"data.image_size={hp.image_size} is not supported; use one of {IMAGE_SIZES}.")
-        if hp.channels not in (1, 3):
-            raise DataError(f"data.channels={hp.channels} is not supported; use 1 (grey) or 3 (colour).")
-        if hp.synthetic_val_anomalies not in (None, *METHODS):
-            raise DataError(
-                f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}."
-            )
-        check_policy(hp.duplicates, hp.near_duplicates)
-        check_target_fpr(hp.target_fpr)
-        for key in ("val_fraction", "synthetic_val_fraction"):
-            if not 0.0 < hp[key] < 1.0:
-                raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")
+        hp = self.hparams  # the settings' ranges: anogan.config_schema.MVTecData
         root = Path(hp.root).expanduser()
         folder = root / hp.category
         for needed in (folder / "train" / "good", folder / "test"):

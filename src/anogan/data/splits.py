@@ -79,13 +79,6 @@ def stratified_subset(classes: np.ndarray, size: int | float | None, seed: int) 
     return np.sort(np.concatenate(chosen))
 
 
-def check_target_fpr(target_fpr: float | None) -> None:
-    """``DataError`` naming ``threshold.target_fpr`` (which ``data.target_fpr`` follows) unless it is
-    null or a rate strictly between 0 and 1."""
-    if target_fpr is not None and not (isinstance(target_fpr, int | float) and 0.0 < float(target_fpr) < 1.0):
-        raise DataError(f"threshold.target_fpr={target_fpr!r}: use a rate strictly between 0 and 1, e.g. 0.05.")
-
-
 def calibration_warning(n_val_normals: int, target_fpr: float | None, fix: str) -> str | None:
     """One line when ``n_val_normals`` validation normals are too few for ``target_fpr`` (None: no
     target, no warning); ``fix`` names the data keys that give validation more normals."""
