@@ -191,7 +191,7 @@ def test_cifar_test_copy_of_a_training_image_is_dropped(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("data.duplicates=skip", "data.duplicates=skip is not allowed: use one of drop, refuse, keep"),
+        ("data.duplicates=skip", "data.duplicates='skip' is not allowed: use one of drop, refuse, keep"),
         ("data.near_duplicates=40", "data.near_duplicates=40 is not allowed: use null (exact copies only)"),
         ("data.target_fpr=1.5", "data.target_fpr=1.5 is not allowed"),
     ],
