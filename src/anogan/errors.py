@@ -1,8 +1,8 @@
 """Errors whose message tells the user what is wrong and how to fix it (printed without a traceback).
 
 Every error class of the package is here, so that any layer can raise or catch one without importing
-the module that usually raises it. Each is a ``UserError``: the command lines print its one-line
-message and exit with code 2.
+the module that usually raises it. Each is a ``UserError`` (but ``ImageError``, which the data
+modules handle themselves): the command lines print its one-line message and exit with code 2.
 """
 
 
@@ -34,6 +34,16 @@ class GANLoadError(UserError):
 
 class ArtifactError(UserError):
     """The scorer file is missing, unreadable, not an anogan scorer, or not what this version expects."""
+
+
+# ---------------------------------------------------------------------- data
+class DataError(UserError):
+    """Data cannot be loaded as configured; the message says how to fix it."""
+
+
+class ImageError(Exception):
+    """One file cannot be used as an image; ``str(err)`` is the reason. Not a ``UserError``: the data
+    modules skip the file (listing it in ``splits.json`` with the reason) and go on with the rest."""
 
 
 # ---------------------------------------------------------------------- training, scoring

@@ -243,7 +243,8 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
     def decode_request(self, request):
         """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": bool}``, or
         ``{"error": (status, reason)}``."""
-        from anogan.data.images import ImageError, load_pixels
+        from anogan.data.images import load_pixels
+        from anogan.errors import ImageError
 
         try:
             if isinstance(request, dict):
