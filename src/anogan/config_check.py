@@ -185,7 +185,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def _check_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
-    precisions = _precisions()
+    precisions = ("auto", *_precisions())  # auto: anogan.hardware.resolve_precision
     if t.get("precision") is not None and t.precision not in precisions:
         _fail("trainer.precision", t.precision, f"Lightning accepts {', '.join(map(str, precisions))}")
     accelerator = t.get("accelerator", "auto")

@@ -1,0 +1,300 @@
+"""What a run will cost, said before it starts: a few timed steps of each phase on this machine.
+
+Each phase (GAN training, encoder training, scoring) is run for a few batches on random images with
+freshly initialised networks of the configured architecture, under the run's precision and thread
+count, through the same Lightning modules the run uses; the time per batch (per image for scoring)
+times the run's batches (images) is the estimate. Probes use a batch of at most ``PROBE_BATCH``
+images and scale linearly to the configured batch (small batches use the CPU a little less well, so
+an estimate errs slightly high). Scoring with a search is timed at 1 and 3 steps per image and
+extrapolated to the configured number of steps (with early stopping: the most it can take).
+
+The run's random state is left as it was: the probe changes no result. ``plan=true`` prints the
+plan (splits, steps per phase, estimates, run folder) and exits without training or writing a run
+folder. What the estimates are worth (estimate against measured time): ``make bench``,
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from anogan import gan_store
+from anogan.config_check import group_choices
+from anogan.console import quiet_lightning
+from anogan.data.splits import AnomalySplit
+from anogan.inference import run_scorer
+from anogan.progress import duration
+from anogan.run_folder import is_fresh
+
+log = logging.getLogger("anogan.estimate")
+PROBE_BATCH = 32  # images per probe batch (at most the configured batch)
+SEARCH_PROBE_IMAGES = 16  # images of the scoring probe
+HOUR = 3600.0
+CPU_PRESET = "cifar_car_cpu"  # the preset the over-an-hour warning names
+
+
+@dataclass
+class Phase:
+    """One phase of a run: ``name``; ``what`` it does (epochs × batches, images × steps);
+    ``steps``: batches (training) or images (scoring) in all; ``seconds``: the estimate (None where
+    it cannot be measured here); ``note``: why it costs nothing (cached, given) or what is left out."""
+
+    name: str
+    what: str
+    steps: int
+    seconds: float | None
+    note: str = ""
+
+    def line(self, device: str) -> str:
+        if self.note and not self.seconds:
+            return f"{self.name}: {self.what}: {self.note}"
+        cost = f"≈ {duration(self.seconds)} on {device}" if self.seconds is not None else "not measurable on this machine"
+        return f"{self.name}: {self.what} {cost}" + (f" ({self.note})" if self.note else "")
+
+
+class _Clock(L.Callback):
+    """Durations of training/prediction batches; stops training after ``stop_after`` batches."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after, self.times, self._t0 = stop_after, [], 0.0
+
+    def _start(self, *args, **kwargs) -> None:
+        self._t0 = time.perf_counter()
+
+    def _end(self, trainer, *args, **kwargs) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+        if self.stop_after and len(self.times) >= self.stop_after:
+            trainer.should_stop = True
+
+    on_train_batch_start = on_predict_batch_start = _start
+    on_train_batch_end = on_predict_batch_end = _end
+
+
+@contextmanager
+def _preserved_random_state():
+    """The probes draw random numbers (network initialisation, images, z): the run's own stream
+    (torch, CUDA, numpy, random) is restored afterwards, so a run with an estimate equals one without."""
+    states = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+
+
+def _random_split(n: int, channels: int, size: int) -> AnomalySplit:
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+    return AnomalySplit(images, np.zeros(n, dtype=np.int64), np.arange(n), 0)
+
+
+def probe_trainer_kwargs(trainer_kwargs: dict, root: str) -> dict:
+    """The run's device, precision and determinism on one device, with nothing written or shown."""
+    kw = {k: trainer_kwargs[k] for k in ("accelerator", "precision", "deterministic") if k in trainer_kwargs}
+    kw.update(
+        devices=1,
+        num_nodes=1,
+        max_epochs=1,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
+    return kw
+
+
+def _per_batch(times: list[float], warmup: int = 1) -> float:
+    timed = times[warmup:] or times
+    return float(np.mean(timed))
+
+
+def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int) -> float:
+    """Seconds of one GAN training batch of ``batch`` images (D step, and G steps as often as the
+    objective does them: ``critic_steps``), timed on ``max(2, critic_steps)`` batches after one warm-up."""
+    model = instantiate(cfg.model, _convert_="all")
+    timed = max(2, int(cfg.model.get("critic_steps", 1) or 1))
+    clock = _Clock(stop_after=1 + timed)
+    data = _random_split(batch * (timed + 3), int(cfg.data.channels), int(cfg.data.image_size))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, drop_last=True)
+    trainer = L.Trainer(**{**kw, "callbacks": [clock]})
+    trainer.fit(model, train_dataloaders=loader)
+    return _per_batch(clock.times)
+
+
+def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int) -> float:
+    """Seconds of one encoder training batch (the scorer's own ``fit``), after one warm-up."""
+    clock = _Clock(stop_after=3)
+    loader = torch.utils.data.DataLoader(_random_split(batch * 5, channels, size), batch_size=batch, drop_last=True)
+    scorer.fit(loader, {**kw, "callbacks": [clock]})
+    return _per_batch(clock.times)
+
+
+def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
+    """Seconds to score one image (at the configured number of search steps, if the scorer searches)."""
+    n = min(int(scorer.hparams.batch_size), SEARCH_PROBE_IMAGES)
+    data = _random_split(n, channels, size)
+    iterations = scorer.hparams.get("iterations")
+
+    def timed(steps: int | None) -> float:
+        if steps is not None:
+            scorer.hparams.iterations = steps
+        clock = _Clock()
+        run_scorer(scorer, data, kw, callbacks=[clock])
+        return sum(clock.times)
+
+    scorer.hparams.batch_size = n
+    if iterations is None:
+        timed(None)  # warm-up
+        return timed(None) / n
+    timed(1)  # warm-up
+    one, three = timed(1), timed(3)
+    per_step = max((three - one) / 2, 0.0)
+    return (max(one - per_step, 0.0) + int(iterations) * per_step) / n
+
+
+def _batches(n_items: int, batch: int, limit) -> int:
+    per_epoch = max(1, n_items // batch) if n_items > batch else 1  # drop_last, as the training loader
+    if limit is None:
+        return per_epoch
+    return min(per_epoch, int(limit)) if isinstance(limit, int) or float(limit) > 1 else max(1, int(per_epoch * float(limit)))
+
+
+def _gan_cached(cfg: DictConfig) -> bool:
+    if not cfg.gan.cache:
+        return False
+    key, _ = gan_store.cache_key(cfg)
+    return (Path(cfg.paths.gan_cache_dir) / key).is_dir()
+
+
+def device_name(trainer_kwargs: dict) -> str:
+    """'this CPU' or 'this GPU' (where the probe ran)."""
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "this GPU" if gpu else "this CPU"
+
+
+def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+    """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
+
+    ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
+    from ``gan.generator``/``gan.checkpoint`` (not trained). Several devices: one is measured and the
+    others assumed to divide the work evenly."""
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    devices = trainer_kwargs.get("devices", 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
+    n_train = len(datamodule.train_set) * int(getattr(datamodule, "train_repeats", 1) or 1)
+    per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
+    per_device = max(1, batch // world)
+    probe = min(per_device, PROBE_BATCH)
+    scale = per_device / probe
+    phases = []
+    root = tempfile.mkdtemp(prefix="anogan-estimate-")
+    try:
+        with _preserved_random_state(), quiet_lightning(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kw = probe_trainer_kwargs(trainer_kwargs, root)
+            epochs = int(cfg.trainer.max_epochs)
+            what = f"{epochs} epochs × {per_epoch} batches ({size} px, batch {batch}, {trainer_kwargs.get('precision')})"
+            if given:
+                phases.append(Phase("GAN", what, 0, 0.0, "given (gan.generator / gan.checkpoint), not trained"))
+            elif _gan_cached(cfg):
+                phases.append(Phase("GAN", what, 0, 0.0, f"reused from the cache {cfg.paths.gan_cache_dir}"))
+            else:
+                seconds = gan_batch_seconds(cfg, kw, probe) * scale * epochs * per_epoch if measurable else None
+                phases.append(Phase("GAN", what, epochs * per_epoch, seconds))
+            gan = instantiate(cfg.model, _convert_="all")
+            scorer = instantiate(
+                cfg.mapping, generator=gan.generator, discriminator=gan.discriminator, seed=cfg.seed, _convert_="all"
+            )
+            if scorer.needs_fit:
+                enc_epochs = int(scorer.fit_settings()["epochs"])
+                seconds = None
+                if measurable:
+                    seconds = encoder_batch_seconds(scorer, kw, probe, channels, size) * scale * enc_epochs * per_epoch
+                what = f"{enc_epochs} epochs × {per_epoch} batches"
+                phases.append(Phase("encoder", what, enc_epochs * per_epoch, seconds, "less if cached" if cfg.gan.cache else ""))
+            n_eval, summary = len(datamodule.eval_set), scorer.summary()
+            seconds = scoring_image_seconds(scorer, kw, channels, size) * n_eval / world if measurable else None
+            phases.append(Phase("scoring", f"{n_eval} images ({summary})", n_eval, seconds))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return phases
+
+
+def total_seconds(phases: list[Phase]) -> float | None:
+    """The sum of the estimates (None when a phase could not be measured)."""
+    values = [p.seconds for p in phases]
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = None) -> list[str]:
+    """One line per phase and the total; a warning when a CPU run would take more than an hour,
+    naming the cheaper preset (unless ``experiment`` is already it) and ``trainer=gpu``."""
+    device = device_name(trainer_kwargs)
+    lines = [p.line(device) for p in phases]
+    total = total_seconds(phases)
+    lines.append(f"total ≈ {duration(total)} on {device}" if total is not None else "total: not measurable on this machine")
+    for line in lines:
+        log.info("estimate: %s", line)
+    if total is not None and total > HOUR and device == "this CPU":
+        cheaper = (
+            "fewer epochs (trainer.max_epochs)"
+            if experiment == CPU_PRESET
+            else f"experiment={CPU_PRESET} (the recipe shrunk for a CPU; docs/performance.md)"
+        )
+        log.warning("this run would take about %s on this CPU. Cheaper: %s, or a GPU: trainer=gpu.", duration(total), cheaper)
+    return lines
+
+
+def log_estimate(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+    """Estimate the run (``estimate_run``) and log one line per phase, the total and, for a CPU run
+    over an hour, the warning naming the cheaper choices."""
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
+    report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
+    return phases
+
+
+def show_plan(cfg: DictConfig, trainer_kwargs: dict, run_dir: Path, given: bool = False) -> dict:
+    """``plan=true``: set up the data, log the splits and their sizes, the phases with their steps
+    and estimates, and the run folder; train nothing and leave no run folder behind (the folder
+    Hydra created for this command is removed if it held nothing else). Returns the plan as a dict."""
+    fresh = is_fresh(run_dir)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    splits = {name: entry["size"] for name, entry in datamodule.manifest["splits"].items()}
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
+    log.info("plan (plan=true: nothing is trained or written)")
+    log.info("plan: run folder %s", run_dir)
+    log.info("plan: splits %s", ", ".join(f"{k} {v}" for k, v in splits.items()))
+    report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
+    if fresh and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {
+        "run_dir": str(run_dir),
+        "splits": splits,
+        "phases": {p.name: {"steps": p.steps, "seconds": p.seconds, "what": p.what, "note": p.note} for p in phases},
+        "total_s": total_seconds(phases),
+    }
