@@ -127,11 +127,11 @@ def _per_batch(times: list[float], warmup: int = 1) -> float:
     return float(np.mean(timed))
 
 
-def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int) -> float:
+def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int, batches: int = 2) -> float:
     """Seconds of one GAN training batch of ``batch`` images (D step, and G steps as often as the
-    objective does them: ``critic_steps``), timed on ``max(2, critic_steps)`` batches after one warm-up."""
+    objective does them: ``critic_steps``), the mean of ``max(batches, critic_steps)`` batches after one warm-up."""
     model = instantiate(cfg.model, _convert_="all")
-    timed = max(2, int(cfg.model.get("critic_steps", 1) or 1))
+    timed = max(batches, int(cfg.model.get("critic_steps", 1) or 1))
     clock = _Clock(stop_after=1 + timed)
     data = _random_split(batch * (timed + 3), int(cfg.data.channels), int(cfg.data.image_size))
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, drop_last=True)
@@ -140,10 +140,11 @@ def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int) -> float:
     return _per_batch(clock.times)
 
 
-def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int) -> float:
-    """Seconds of one encoder training batch (the scorer's own ``fit``), after one warm-up."""
-    clock = _Clock(stop_after=3)
-    loader = torch.utils.data.DataLoader(_random_split(batch * 5, channels, size), batch_size=batch, drop_last=True)
+def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
+    """Seconds of one encoder training batch (the scorer's own ``fit``): the mean of ``batches`` after one warm-up."""
+    clock = _Clock(stop_after=1 + batches)
+    data = _random_split(batch * (batches + 3), channels, size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, drop_last=True)
     scorer.fit(loader, {**kw, "callbacks": [clock]})
     return _per_batch(clock.times)
 
@@ -192,54 +193,88 @@ def device_name(trainer_kwargs: dict) -> str:
     return "this GPU" if gpu else "this CPU"
 
 
-def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
-    """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
+@dataclass
+class UnitCosts:
+    """What the probe measured, scaled to the run's per-device batch: seconds per GAN batch, per
+    encoder batch (None: the scorer has no encoder) and per scored image; the scorer's encoder
+    epochs and its one-line summary."""
 
-    ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
-    from ``gan.generator``/``gan.checkpoint`` (not trained). Several devices: one is measured and the
-    others assumed to divide the work evenly."""
-    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
-    devices = trainer_kwargs.get("devices", 1)
-    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
-    measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
+    gan_batch_s: float | None
+    encoder_batch_s: float | None
+    scoring_image_s: float
+    encoder_epochs: int | None
+    scorer_summary: str
+
+
+def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True) -> UnitCosts:
+    """Probe the three phases of ``cfg`` under ``trainer_kwargs`` (device, resolved precision) on
+    random images: a batch of ``min(batch, PROBE_BATCH)`` images, scaled linearly to ``batch`` (the
+    per-device batch). ``gan=False`` skips the GAN probe. The caller's random state is kept."""
+    probe = min(batch, PROBE_BATCH)
+    scale = batch / probe
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
-    batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
-    n_train = len(datamodule.train_set) * int(getattr(datamodule, "train_repeats", 1) or 1)
-    per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
-    per_device = max(1, batch // world)
-    probe = min(per_device, PROBE_BATCH)
-    scale = per_device / probe
-    phases = []
     root = tempfile.mkdtemp(prefix="anogan-estimate-")
     try:
         with _preserved_random_state(), quiet_lightning(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kw = probe_trainer_kwargs(trainer_kwargs, root)
-            epochs = int(cfg.trainer.max_epochs)
-            what = f"{epochs} epochs × {per_epoch} batches ({size} px, batch {batch}, {trainer_kwargs.get('precision')})"
-            if given:
-                phases.append(Phase("GAN", what, 0, 0.0, "given (gan.generator / gan.checkpoint), not trained"))
-            elif _gan_cached(cfg):
-                phases.append(Phase("GAN", what, 0, 0.0, f"reused from the cache {cfg.paths.gan_cache_dir}"))
-            else:
-                seconds = gan_batch_seconds(cfg, kw, probe) * scale * epochs * per_epoch if measurable else None
-                phases.append(Phase("GAN", what, epochs * per_epoch, seconds))
-            gan = instantiate(cfg.model, _convert_="all")
+            gan_s = gan_batch_seconds(cfg, kw, probe) * scale if gan else None
+            model = instantiate(cfg.model, _convert_="all")
             scorer = instantiate(
-                cfg.mapping, generator=gan.generator, discriminator=gan.discriminator, seed=cfg.seed, _convert_="all"
+                cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=cfg.seed, _convert_="all"
             )
+            summary, epochs, encoder_s = scorer.summary(), None, None
             if scorer.needs_fit:
-                enc_epochs = int(scorer.fit_settings()["epochs"])
-                seconds = None
-                if measurable:
-                    seconds = encoder_batch_seconds(scorer, kw, probe, channels, size) * scale * enc_epochs * per_epoch
-                what = f"{enc_epochs} epochs × {per_epoch} batches"
-                phases.append(Phase("encoder", what, enc_epochs * per_epoch, seconds, "less if cached" if cfg.gan.cache else ""))
-            n_eval, summary = len(datamodule.eval_set), scorer.summary()
-            seconds = scoring_image_seconds(scorer, kw, channels, size) * n_eval / world if measurable else None
-            phases.append(Phase("scoring", f"{n_eval} images ({summary})", n_eval, seconds))
+                epochs = int(scorer.fit_settings()["epochs"])
+                encoder_s = encoder_batch_seconds(scorer, kw, probe, channels, size) * scale
+            scoring_s = scoring_image_seconds(scorer, kw, channels, size)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
+
+
+def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+    """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
+
+    ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
+    from ``gan.generator``/``gan.checkpoint`` (not trained). Several devices: one is measured and the
+    others assumed to divide the work evenly. A GPU run on a machine without one: steps only."""
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    devices = trainer_kwargs.get("devices", 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
+    batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
+    n_train = len(datamodule.train_set) * int(getattr(datamodule, "train_repeats", 1) or 1)
+    per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
+    epochs, n_eval = int(cfg.trainer.max_epochs), len(datamodule.eval_set)
+    gan_note = "given (gan.generator / gan.checkpoint), not trained" if given else ""
+    if not given and _gan_cached(cfg):
+        gan_note = f"reused from the cache {cfg.paths.gan_cache_dir}"
+    cost = unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note) if measurable else None
+
+    def total(unit: float | None, steps: int) -> float | None:
+        return None if unit is None else unit * steps
+
+    what = f"{epochs} epochs × {per_epoch} batches ({cfg.data.image_size} px, batch {batch}, {trainer_kwargs.get('precision')})"
+    if gan_note:
+        phases = [Phase("GAN", what, 0, 0.0, gan_note)]
+    else:
+        phases = [Phase("GAN", what, epochs * per_epoch, total(cost and cost.gan_batch_s, epochs * per_epoch))]
+    if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
+        model = instantiate(cfg.model, _convert_="all")
+        scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
+        fit = scorer.fit_settings() if scorer.needs_fit else None
+        cost = UnitCosts(None, None, None, fit and int(fit["epochs"]), scorer.summary())
+        measured = False
+    else:
+        measured = True
+    if cost.encoder_epochs is not None:
+        steps = cost.encoder_epochs * per_epoch
+        seconds = total(cost.encoder_batch_s, steps) if measured else None
+        note = "less if cached" if cfg.gan.cache else ""
+        phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
+    seconds = cost.scoring_image_s * n_eval / world if measured else None
+    phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds))
     return phases
 
 
