@@ -524,7 +524,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     )
     p.add_argument("--phase-overrides", nargs="*", default=[], help="Hydra overrides of those experiments (e.g. smaller nets)")
     p.add_argument("--phase-batches", type=int, default=3, help="timed training batches per phase")
-    p.add_argument("--phase-images", type=int, default=32, help="scored images per measurement")
+    p.add_argument("--phase-images", type=int, default=32, help="scored images per measurement (at least the scorer's batch)")
     p.add_argument("--phases-only", action="store_true", help="only the per-phase section (estimates, precision)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -665,8 +665,8 @@ def experiment_config(experiment: str, overrides: list[str]):
 def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
     """What the run's phases cost at the configured sizes (not the estimator's small probe batch):
     seconds per GAN training batch and per encoder training batch (the mean of ``batches`` after one
-    warm-up, at ``data.batch_size``), and per scored image (``images`` images at the scorer's own batch
-    size and search steps, after a warm-up). Random images, freshly initialised networks."""
+    warm-up, at ``data.batch_size``), and per scored image (``images`` images, at least one batch, at
+    the scorer's own batch size and search steps, after a warm-up batch). Random images, freshly initialised networks."""
     import tempfile
 
     from hydra.utils import instantiate
@@ -684,8 +684,14 @@ def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
         if scorer.needs_fit:
             out["encoder_batch_s"] = estimate.encoder_batch_seconds(scorer, kw, batch, channels, size, batches)
+        images = max(images, int(scorer.hparams.batch_size))  # at least one batch of the scorer's size
         data = estimate._random_split(images, channels, size)
-        run_scorer(scorer, estimate._random_split(2, channels, size), kw)  # warm-up
+        steps = scorer.hparams.get("iterations")
+        if steps is not None:
+            scorer.hparams.iterations = 1  # the warm-up batch: one search step is enough
+        run_scorer(scorer, estimate._random_split(int(scorer.hparams.batch_size), channels, size), kw)
+        if steps is not None:
+            scorer.hparams.iterations = steps
         t0 = time.perf_counter()
         run_scorer(scorer, data, kw)
         out["scoring_image_s"] = (time.perf_counter() - t0) / images

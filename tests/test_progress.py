@@ -129,3 +129,11 @@ def test_the_bf16_warning_is_silent_with_native_bf16_and_measured_without(monkey
         assert hardware.warn_if_slow_bf16("bf16-mixed", "cpu") == 3.0
     assert "3.0x slower" in caplog.records[0].getMessage() and "trainer.precision=32" in caplog.records[0].getMessage()
     assert hardware.warn_if_slow_bf16("32-true", "cpu") is None
+
+
+def test_probe_costs_extend_along_the_line_through_two_batch_sizes():
+    # 1.0 s fixed + 0.05 s per image, measured at 16 and 32 images: 7.4 s at 128
+    assert estimate.extrapolate(1.8, 2.6, 16, 32, 128) == pytest.approx(7.4)
+    assert estimate.extrapolate(2.6, 2.4, 16, 32, 128) == pytest.approx(2.4 * 4)  # a falling line: proportional
+    assert estimate.batch_seconds(lambda n: 1.0 + 0.05 * n, 128) == pytest.approx(7.4)
+    assert estimate.batch_seconds(lambda n: 0.1 * n, 8) == pytest.approx(0.8)  # a batch below the probe sizes

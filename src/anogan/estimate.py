@@ -3,9 +3,9 @@
 Each phase (GAN training, encoder training, scoring) is run for a few batches on random images with
 freshly initialised networks of the configured architecture, under the run's precision and thread
 count, through the same Lightning modules the run uses; the time per batch (per image for scoring)
-times the run's batches (images) is the estimate. Probes use a batch of at most ``PROBE_BATCH``
-images and scale linearly to the configured batch (small batches use the CPU a little less well, so
-an estimate errs slightly high). Scoring with a search is timed at 1 and 3 steps per image and
+times the run's batches (images) is the estimate. Probes time batches of ``PROBE_BATCH // 2`` and
+``PROBE_BATCH`` images and extend the line through both to the configured batch (a fixed cost per
+batch plus a cost per image). Scoring with a search is timed at 1 and 3 steps per image and
 extrapolated to the configured number of steps (with early stopping: the most it can take).
 
 The run's random state is left as it was: the probe changes no result. ``plan=true`` prints the
@@ -41,8 +41,7 @@ from anogan.progress import duration
 from anogan.run_folder import is_fresh
 
 log = logging.getLogger("anogan.estimate")
-PROBE_BATCH = 32  # images per probe batch (at most the configured batch)
-SEARCH_PROBE_IMAGES = 32  # images of the scoring probe (16 overestimated scoring 1.4x at batch 128)
+PROBE_BATCH = 32  # the larger probe batch (the smaller: half of it; at most the configured batch)
 HOUR = 3600.0
 CPU_PRESET = "cifar_car_cpu"  # the preset the over-an-hour warning names
 
@@ -149,27 +148,57 @@ def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int
     return _per_batch(clock.times)
 
 
+def extrapolate(small: float, large: float, n_small: int, n_large: int, n: int) -> float:
+    """A cost measured at ``n_small`` and ``n_large`` images, extended along the line through both to
+    ``n`` images (a fixed cost per batch plus a cost per image); where noise makes that line fall,
+    proportional scaling of the larger measurement instead."""
+    if n_large == n_small or n == n_large:
+        return large * n / n_large
+    slope = (large - small) / (n_large - n_small)
+    return large + slope * (n - n_large) if slope > 0 else large * n / n_large
+
+
+def batch_seconds(measure, batch: int) -> float:
+    """Seconds of one batch of ``batch`` images from ``measure(n)`` (seconds of a batch of n) at
+    ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images (each its own warm-up), extrapolated linearly
+    (``extrapolate``): a per-batch overhead makes a proportional scaling overestimate, most of all in
+    bf16 (measured: 1.7x at batch 128 from a probe at 32)."""
+    small, large = min(batch, PROBE_BATCH // 2), min(batch, PROBE_BATCH)
+    if small == large:
+        return measure(large) * batch / large
+    return extrapolate(measure(small), measure(large), small, large, batch)
+
+
 def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
-    """Seconds to score one image (at the configured number of search steps, if the scorer searches)."""
-    n = min(int(scorer.hparams.batch_size), SEARCH_PROBE_IMAGES)
-    data = _random_split(n, channels, size)
+    """Seconds to score one image at the scorer's batch size (and number of search steps, if it
+    searches): batches of ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images, timed at 1 and 3 search
+    steps, give a per-batch and a per-step cost, each extrapolated to the scorer's batch size."""
+    batch = int(scorer.hparams.batch_size)
     iterations = scorer.hparams.get("iterations")
 
-    def timed(steps: int | None) -> float:
+    def timed(n: int, steps: int | None) -> float:
         if steps is not None:
             scorer.hparams.iterations = steps
+        scorer.hparams.batch_size = n
         clock = _Clock()
-        run_scorer(scorer, data, kw, callbacks=[clock])
+        run_scorer(scorer, _random_split(n, channels, size), kw, callbacks=[clock])
         return sum(clock.times)
 
-    scorer.hparams.batch_size = n
-    if iterations is None:
-        timed(None)  # warm-up
-        return timed(None) / n
-    timed(1)  # warm-up
-    one, three = timed(1), timed(3)
-    per_step = max((three - one) / 2, 0.0)
-    return (max(one - per_step, 0.0) + int(iterations) * per_step) / n
+    sizes = sorted({min(batch, PROBE_BATCH // 2), min(batch, PROBE_BATCH)})
+    base, per_step = [], []
+    for n in sizes:
+        timed(n, 1 if iterations is not None else None)  # warm-up at this shape
+        if iterations is None:
+            base.append(timed(n, None))
+            per_step.append(0.0)
+        else:
+            one, three = timed(n, 1), timed(n, 3)
+            per_step.append(max((three - one) / 2, 0.0))
+            base.append(max(one - per_step[-1], 0.0))
+    n_small, n_large = sizes[0], sizes[-1]
+    base_b = extrapolate(base[0], base[-1], n_small, n_large, batch)
+    step_b = extrapolate(per_step[0], per_step[-1], n_small, n_large, batch)
+    return (base_b + int(iterations or 0) * step_b) / batch
 
 
 def _batches(n_items: int, batch: int, limit) -> int:
@@ -208,17 +237,15 @@ class UnitCosts:
 
 def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True) -> UnitCosts:
     """Probe the three phases of ``cfg`` under ``trainer_kwargs`` (device, resolved precision) on
-    random images: a batch of ``min(batch, PROBE_BATCH)`` images, scaled linearly to ``batch`` (the
-    per-device batch). ``gan=False`` skips the GAN probe. The caller's random state is kept."""
-    probe = min(batch, PROBE_BATCH)
-    scale = batch / probe
+    random images, at two small batches extrapolated to ``batch`` (the per-device batch; ``batch_seconds``).
+    ``gan=False`` skips the GAN probe. The caller's random state is kept."""
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
     root = tempfile.mkdtemp(prefix="anogan-estimate-")
     try:
         with _preserved_random_state(), quiet_lightning(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kw = probe_trainer_kwargs(trainer_kwargs, root)
-            gan_s = gan_batch_seconds(cfg, kw, probe) * scale if gan else None
+            gan_s = batch_seconds(lambda n: gan_batch_seconds(cfg, kw, n), batch) if gan else None
             model = instantiate(cfg.model, _convert_="all")
             scorer = instantiate(
                 cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=cfg.seed, _convert_="all"
@@ -226,7 +253,7 @@ def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = Tr
             summary, epochs, encoder_s = scorer.summary(), None, None
             if scorer.needs_fit:
                 epochs = int(scorer.fit_settings()["epochs"])
-                encoder_s = encoder_batch_seconds(scorer, kw, probe, channels, size) * scale
+                encoder_s = batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch)
             scoring_s = scoring_image_seconds(scorer, kw, channels, size)
     finally:
         shutil.rmtree(root, ignore_errors=True)
