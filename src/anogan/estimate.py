@@ -162,7 +162,7 @@ def batch_seconds(measure, batch: int) -> float:
     """Seconds of one batch of ``batch`` images from ``measure(n)`` (seconds of a batch of n) at
     ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images (each its own warm-up), extrapolated linearly
     (``extrapolate``): a per-batch overhead makes a proportional scaling overestimate, most of all in
-    bf16 (measured: 1.7x at batch 128 from a probe at 32)."""
+    bf16 (1.5-1.7x at batch 128 from a probe at 32, docs/performance.md)."""
     small, large = min(batch, PROBE_BATCH // 2), min(batch, PROBE_BATCH)
     if small == large:
         return measure(large) * batch / large
