@@ -236,7 +236,8 @@ class Trainer:
     strategy: Any = "auto"
     sync_batchnorm: bool = False
     precision: Any = rule(  # auto: anogan.hardware.resolve_precision
-        lambda v: v == "auto" or v in _precisions(), "use auto or a value Lightning accepts: " + ", ".join(map(str, _precisions()))
+        lambda v: v == "auto" or v in _precisions(),
+        "use auto or a value Lightning accepts: " + ", ".join(map(str, _precisions())),
     )
     max_epochs: int = rule(
         lambda v: v == -1 or (is_whole(v) and v >= 1),
