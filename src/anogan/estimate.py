@@ -283,10 +283,15 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
         return None if unit is None else unit * steps
 
     what = f"{epochs} epochs × {per_epoch} batches ({cfg.data.image_size} px, batch {batch}, {trainer_kwargs.get('precision')})"
+    gan_steps = epochs * per_epoch
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if max_steps not in (None, -1) and max_steps < gan_steps:  # trainer.max_steps: GAN iterations (batches)
+        gan_steps = int(max_steps)
+        what += f", stopped after {gan_steps} batches (trainer.max_steps)"
     if gan_note:
         phases = [Phase("GAN", what, 0, 0.0, gan_note)]
     else:
-        phases = [Phase("GAN", what, epochs * per_epoch, total(cost and cost.gan_batch_s, epochs * per_epoch))]
+        phases = [Phase("GAN", what, gan_steps, total(cost and cost.gan_batch_s, gan_steps))]
     if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
         model = instantiate(cfg.model, _convert_="all")
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
