@@ -13,7 +13,9 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
   BCE-with-logits on real/fake, then ``g_steps`` G steps, Adam with the same settings), warm-up steps
   excluded. ``plain_matched`` (fp32) is a plain loop that also does what the module does beyond
   that (no gradients for the network not being stepped, channels_last on CPU): its ratio to the
-  module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost.
+  module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost;
+* with ``--ssgan-steps N``: the GAN's training speed with and without the self-supervised
+  transformation task (``"ssgan"``: ``model.self_supervised`` rotations / geotrans, fp32).
 * phases (``"phases"``, per experiment of ``--phase-experiments``; ``--phases-only`` for this alone):
   the run's three phases (GAN training, encoder training, scoring) through the project's own
   modules, in fp32 and bf16-mixed (``bf16_speedup``), and the cost estimate a run prints
@@ -263,7 +265,8 @@ def _loader(images: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoade
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True)
 
 
-def make_gan(image_size: int, d: dict, seed: int) -> GAN:
+def make_gan(image_size: int, d: dict, seed: int, **options) -> GAN:
+    """The project's GAN with the benchmark's sizes; ``options``: further ``model.*`` keys."""
     torch.manual_seed(seed)
     return GAN(
         latent_dim=d["latent_dim"],
@@ -275,7 +278,31 @@ def make_gan(image_size: int, d: dict, seed: int) -> GAN:
         betas=d["betas"],
         weight_decay=d["weight_decay"],
         g_steps=d["g_steps"],
+        **options,
     )
+
+
+def bench_ssgan(a: argparse.Namespace, d: dict) -> dict:
+    """The cost of the self-supervised auxiliary task (issue 24, ``model.self_supervised``): images/s of
+    the project's GAN under Lightning without it and with each transformation set, fp32, at the first
+    size and ``--train-batch-size``, ``--ssgan-steps`` timed steps after ``--warmup``, side by side on the
+    same images (fastest of ``--rounds``, alternating order). ``epoch_time_ratio`` is a GAN epoch's
+    time with the set over its time without (the budget of issue 24: at most 2)."""
+    size, tb, steps = a.sizes[0], a.train_batch_size, a.ssgan_steps
+    images = random_images(tb * (a.warmup + steps + 1), size, a.seed + 5)
+    variants = {"off": None, **{name: name for name in ("rotations", "geotrans")}}
+    best: dict[str, float] = {}
+    for r in range(a.rounds):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+            log.info("%d px: GAN training, self_supervised=%s, batch %d, %d+%d steps", size, variants[name], tb, a.warmup, steps)
+            model = make_gan(size, d, a.seed, self_supervised=variants[name])
+            out = bench_train_lightning(model, images, batch_size=tb, warmup=a.warmup, precision="32-true")
+            best[name] = max(best.get(name, 0.0), out["img_s"])
+    result = {f"{name}_img_s": v for name, v in best.items()}
+    for name in ("rotations", "geotrans"):
+        result[f"{name}_epoch_time_ratio"] = round(best["off"] / best[name], 3)
+    result.update(image_size=size, batch_size=tb, timed_steps=steps, precision="32-true", g_steps=d["g_steps"])
+    return result
 
 
 def bench_train_lightning(model: GAN, images, *, batch_size, warmup, precision) -> dict:
@@ -526,6 +553,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument("--phase-batches", type=int, default=3, help="timed training batches per phase")
     p.add_argument("--phase-images", type=int, default=32, help="scored images per measurement (at least the scorer's batch)")
     p.add_argument("--phases-only", action="store_true", help="only the per-phase section (estimates, precision)")
+    p.add_argument("--ssgan-steps", type=int, default=0, help="timed steps of the self-supervised cost section (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
@@ -574,6 +602,8 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
             result[f"{size}px"] = res
     if a.scorer_images and not a.phases_only:
         result["scorers"] = bench_scorers(a, d)
+    if a.ssgan_steps and not a.phases_only:
+        result["ssgan"] = bench_ssgan(a, d)
     if a.phase_experiments:
         result["phases"] = bench_phases(a)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
