@@ -9,7 +9,7 @@ CLASSES ?= range(0,10)
 SEEDS ?= 0,1,2
 DATA ?= ../shared/data/cifar10
 
-.PHONY: help install lint format test test-slow test-all train train-guidebook results bench tensorboard clean
+.PHONY: help install lint format test test-slow test-all train train-guidebook results plan bench tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py
 	$(VENV)/bin/ruff format src tests benchmarks train.py predict.py
 
-test: install ## the fast test suite (minutes on 2 cores)
+test: install ## the fast test suite
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: install ## the slow tests only (multi-process DDP, resume)
@@ -38,15 +38,18 @@ test-slow: install ## the slow tests only (multi-process DDP, resume)
 test-all: install ## every test
 	$(PY) -m pytest -q
 
-train: install ## the CPU recipe end to end: train the GAN, score, report (~15 min on 2 idle cores)
+train: install ## the CPU recipe end to end: train the GAN, score, report (its time on this machine: make plan)
 	$(PY) train.py experiment=cifar_car_cpu $(ARGS)
 
-train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU)
+train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU; make plan ARGS=experiment=cifar_car)
 	$(PY) train.py experiment=cifar_car $(ARGS)
 
-results: install ## per-class results table, one-class protocol (CLASSES=1 SEEDS=0,1,2; ~15 min per job on 2 cores)
+results: install ## per-class results table, one-class protocol (CLASSES=1 SEEDS=0,1,2; one job's time: make plan)
 	$(PY) train.py hparams_search=classes experiment=cifar_car_cpu data.root=$(DATA) data.verify_checksums=false \
 		'data.normal_class=$(CLASSES)' 'seed=$(SEEDS)' $(ARGS)
+
+plan: install ## what `make train` would do and cost here: splits, steps and estimated time per phase (trains nothing)
+	$(PY) train.py experiment=cifar_car_cpu plan=true $(ARGS)
 
 bench: install ## speed benchmark, prints one JSON object
 	@$(PY) benchmarks/bench.py $(ARGS)

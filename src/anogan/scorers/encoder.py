@@ -27,6 +27,7 @@ from torch import nn
 
 from anogan.console import quiet_lightning
 from anogan.errors import ScoreDivergenceError
+from anogan.progress import progress_callbacks
 from anogan.scorers.base import Scorer
 
 
@@ -122,8 +123,10 @@ def train_encoder(
         p.requires_grad_(False)
     encoder.requires_grad_(True)
     module = _EncoderTraining(encoder, generator, discriminator, kappa, lr, betas)
+    bar = progress_callbacks("encoder training", trainer_kwargs.get("enable_progress_bar", True))
+    callbacks = [*(trainer_kwargs.get("callbacks") or []), *bar]
     with quiet_lightning():
-        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False})
+        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False, "callbacks": callbacks})
     with warnings.catch_warnings():  # G and D are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         L.seed_everything(seed, workers=True, verbose=False)
