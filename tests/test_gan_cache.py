@@ -7,6 +7,7 @@ import logging
 import re
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import anogan.scorers.latent as latent
@@ -142,3 +143,32 @@ def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_
     assert sum("trained the encoder, cached as" in m for m in messages) == 2
     assert len(list((tmp_path / "gan_cache" / "encoders").glob("*.pt"))) == 2
     assert torch.load(entry, weights_only=True)["key"] == entry.stem
+
+
+def test_cached_loads_or_builds_and_publishes_and_only_the_owner_locks(tmp_path):
+    """gan_store.cached, the one protocol of the GAN and encoder caches: a hit is returned without
+    building; a miss is built and published by the owner (rank 0) under the key's lock; another DDP
+    rank neither waits for that lock (rank 0 holds it while training with it) nor publishes."""
+    import filelock
+
+    calls = []
+
+    def run(found, owner=True):
+        return gan_store.cached(
+            "k",
+            load=lambda: calls.append("load") or found,
+            build=lambda: calls.append("build") or "built",
+            publish=lambda value: calls.append(f"publish {value}"),
+            lock_dir=tmp_path,
+            owner=owner,
+        )
+
+    assert run("entry") == ("entry", True) and calls == ["load"]
+    assert (tmp_path / "k.lock").exists()
+    calls.clear()
+    assert run(None) == ("built", False) and calls == ["load", "build", "publish built"]
+    calls.clear()
+    with filelock.FileLock(str(tmp_path / "k.lock"), timeout=0):  # rank 0 holds the lock, training
+        assert run(None, owner=False) == ("built", False) and calls == ["load", "build"]
+        with pytest.raises(filelock.Timeout):  # the lock is really held: an owner would have waited
+            filelock.FileLock(str(tmp_path / "k.lock"), timeout=0).acquire()

@@ -24,8 +24,10 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TypeVar
 
 import filelock
 import torch
@@ -37,6 +39,7 @@ from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.transforms import transform_count
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm", "self_supervised")
 # Values of architecture keys added later, for GAN folders and checkpoints saved before them.
@@ -295,6 +298,32 @@ def cache_lock(cache_dir: Path, key: str):
         yield
     finally:
         lock.release()
+
+
+def cached(
+    key: str,
+    load: Callable[[], T | None],
+    build: Callable[[], T],
+    publish: Callable[[T], object],
+    lock_dir: Path,
+    owner: bool = True,
+) -> tuple[T, bool]:
+    """The one cache protocol of the GAN and encoder caches: under ``key``'s lock (``cache_lock`` in
+    ``lock_dir``), ``load()`` the entry (None: absent or damaged), else ``build()`` it and
+    ``publish(built)``. Returns ``(value, True)`` for a cache hit, ``(built, False)`` otherwise.
+
+    DDP: only the ``owner`` (global rank 0) locks and publishes. The other ranks must not wait for the
+    lock: rank 0 holds it while it trains, and its training needs them. They are started by rank 0's
+    first ``Trainer`` call, so they load while rank 0 holds the lock (or after it reused the entry):
+    the entry cannot appear or vanish meanwhile, and they make rank 0's reuse-or-build choice."""
+    with cache_lock(lock_dir, key) if owner else nullcontext():
+        found = load()
+        if found is not None:
+            return found, True
+        built = build()
+        if owner:
+            publish(built)
+    return built, False
 
 
 def set_aside(entry: Path, reason: str) -> Path:

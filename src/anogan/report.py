@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from anogan.calibration import Calibration
-from anogan.dashboard import add_dashboard_layout  # noqa: F401  (train.py imports it from here until its merge; see #26)
 from anogan.figures import write_example_figures, write_score_figures
 from anogan.io import atomic_write_text
 from anogan.metrics import (

@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -37,13 +36,14 @@ from anogan.calibration import Calibration
 from anogan.callbacks import GANIterationLimit
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.config_schema import explain_composition_error
+from anogan.dashboard import add_dashboard_layout
 from anogan.errors import UserError
 from anogan.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.inference import run_scorer
 from anogan.io import AtomicCheckpointIO, atomic_write_text
 from anogan.models.gan import GAN
 from anogan.progress import progress_callbacks
-from anogan.report import add_dashboard_layout, write_report
+from anogan.report import write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
 from anogan.scorers import Scorer
@@ -154,21 +154,24 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
         return g, d, "trained"
     key, spec = gan_store.cache_key(cfg)
     cache_dir = Path(cfg.paths.gan_cache_dir)
-    zero = _is_rank_zero()
-    # DDP: only rank 0 locks and publishes. The other ranks must not wait for the lock: rank 0
-    # holds it while it trains, and its training needs them. Under the lock the entry cannot
-    # appear, so they make the same reuse-or-train choice as rank 0.
-    with gan_store.cache_lock(cache_dir, key) if zero else nullcontext():
-        entry = cache_dir / key
-        cached = gan_store.load_cache_entry(entry, key, _arch(cfg), move_damaged=zero)  # damaged: moved aside, None
-        if cached:
-            log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", entry)
-            g, d = cached
-            return g, d, f"cache {key}"
-        folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
-        if zero and gan_store.publish(folder, cache_dir, key):
+    zero = _is_rank_zero()  # DDP: only rank 0 locks and publishes (gan_store.cached)
+
+    def load():  # a damaged entry: moved aside (by rank 0), None
+        return gan_store.load_cache_entry(cache_dir / key, key, _arch(cfg), move_damaged=zero)
+
+    def build() -> Path:
+        return fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
+
+    def publish(folder: Path) -> None:
+        if gan_store.publish(folder, cache_dir, key):
             log.info("trained a new GAN, cached as %s", cache_dir / key)
-    g, d, _ = gan_store.load_gan_folder(folder)
+
+    found, hit = gan_store.cached(key, load, build, publish, lock_dir=cache_dir, owner=zero)
+    if hit:
+        log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", cache_dir / key)
+        g, d = found
+        return g, d, f"cache {key}"
+    g, d, _ = gan_store.load_gan_folder(found)
     return g, d, "trained"
 
 
@@ -180,18 +183,21 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> Non
         scorer.fit(datamodule.train_dataloader(), kwargs)
         return
     key = gan_store.encoder_cache_key(cfg, scorer)
-    folder = Path(cfg.paths.gan_cache_dir) / "encoders"
-    zero = _is_rank_zero()
-    with gan_store.cache_lock(folder, key) if zero else nullcontext():
-        if gan_store.load_encoder(folder / f"{key}.pt", key, scorer.encoder):
-            log.info(
-                "reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt"
-            )
-            return
+    path = Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt"
+
+    def load():
+        return scorer.encoder if gan_store.load_encoder(path, key, scorer.encoder) else None
+
+    def build():
         scorer.fit(datamodule.train_dataloader(), kwargs)
-        if zero:
-            gan_store.publish_encoder(scorer.encoder, folder / f"{key}.pt", key)
-            log.info("trained the encoder, cached as %s", folder / f"{key}.pt")
+        return scorer.encoder
+
+    def publish(encoder) -> None:
+        gan_store.publish_encoder(encoder, path, key)
+        log.info("trained the encoder, cached as %s", path)
+
+    if gan_store.cached(key, load, build, publish, lock_dir=path.parent, owner=_is_rank_zero())[1]:
+        log.info("reusing the cached encoder %s (same GAN weights, training images and encoder settings)", path)
 
 
 def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
