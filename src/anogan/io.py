@@ -63,9 +63,10 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``.
 
+    Any other exception of ``write`` propagates unchanged (the temporary file is removed).
+
     Raises:
         WriteError: an ``OSError`` while creating, writing or renaming (the target is untouched).
-        Any other exception of ``write`` propagates unchanged (the temporary file is removed).
     """
     path = Path(path)
     tmp = None

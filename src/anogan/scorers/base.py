@@ -79,7 +79,8 @@ class Scorer(L.LightningModule):
     ``fit`` learns: the key of the encoder cache, ``anogan.gan_store.encoder_cache_key``).
 
     Args:
-        generator, discriminator: the trained GAN (frozen here, always in eval mode).
+        generator: the trained GAN's generator (frozen here, always in eval mode).
+        discriminator: the trained GAN's discriminator (frozen here, always in eval mode).
         batch_size: images scored together (the scores never depend on the batch).
         correction: ``none`` | ``complexity`` | ``auto`` — the primary score (``anogan.scores``).
         map_sigma: Gaussian smoothing of the anomaly map, in pixels of the model's resolution.
