@@ -44,13 +44,13 @@ test-slow: install ## the slow tests only (multi-process DDP, resume)
 test-all: install ## every test
 	$(PY) -m pytest -q
 
-train: install ## the CPU recipe end to end: train the GAN, score, report (~15 min on 2 idle cores)
+train: install ## the CPU recipe end to end: train the GAN, score, report (experiment=cifar_car_cpu, ~90 min on 2 cores)
 	$(PY) train.py experiment=cifar_car_cpu $(ARGS)
 
 train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU)
 	$(PY) train.py experiment=cifar_car $(ARGS)
 
-results: install ## per-class results table, one-class protocol (CLASSES=1 SEEDS=0,1,2; ~15 min per job on 2 cores)
+results: install ## per-class results table, one-class protocol (CLASSES=1 SEEDS=0,1,2; ~90 min per job on 2 cores)
 	$(PY) train.py hparams_search=classes experiment=cifar_car_cpu data.root=$(DATA) data.verify_checksums=false \
 		'data.normal_class=$(CLASSES)' 'seed=$(SEEDS)' $(ARGS)
 
