@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from anogan.calibration import Calibration
 from anogan.errors import UserError
 from anogan.gan_store import build_networks
 
@@ -47,17 +48,20 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def save_artifact(
-    path: Path, scorer, gan_arch: dict, calibration: dict, preprocess: dict, precision: str, provenance: dict
+    path: Path, scorer, gan_arch: dict, calibration: Calibration | dict, preprocess: dict, precision: str, provenance: dict
 ) -> Path:
-    """Write the scorer file (module docstring) atomically and return its path."""
+    """Write the scorer file (module docstring) atomically and return its path. ``calibration``:
+    the run's ``Calibration`` (or its ``state()``)."""
     cls = type(scorer)
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration.from_state(calibration)
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "scorer": {"target": f"{cls.__module__}.{cls.__qualname__}", "hparams": dict(scorer.hparams)},
         "gan_arch": dict(gan_arch),
         "state_dict": {k: v.detach().cpu() for k, v in scorer.state_dict().items()},
-        "calibration": calibration,
+        "calibration": calibration.state(),
         "preprocess": dict(preprocess),
         "precision": str(precision),
         "provenance": {**provenance, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
