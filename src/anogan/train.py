@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
-from anogan.artifact import save_artifact
+from anogan.artifact import load_gan_checkpoint, save_artifact
 from anogan.calibration import Calibration
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.errors import UserError
@@ -107,7 +107,7 @@ def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] |
         g, d = gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
         return g, d, f"weights {cfg.gan.generator}"
     if cfg.gan.checkpoint:
-        g, d = gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
+        g, d = load_gan_checkpoint(cfg.gan.checkpoint, arch)  # a scorer file (checked), GAN folder or .ckpt
         return g, d, f"checkpoint {cfg.gan.checkpoint}"
     return None
 
