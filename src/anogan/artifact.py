@@ -126,6 +126,8 @@ def _type_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping", list: "a list"}
     names |= {torch.Tensor: "a tensor", type(None): "None"}
+    if int in kinds and float in kinds:
+        kinds = tuple(k for k in kinds if k is not int)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
