@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-lint: install ## style, import order and formatting (ruff)
+lint: install ## style, import order and formatting (ruff), types (mypy over src/anogan)
 	$(VENV)/bin/ruff check src tests benchmarks train.py predict.py
 	$(VENV)/bin/ruff format --check src tests benchmarks train.py predict.py
+	$(PY) -m mypy
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py

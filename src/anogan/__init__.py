@@ -20,7 +20,7 @@ def conf_dir() -> str:
     return str(Path(__file__).resolve().parent / "conf")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _API:
         from anogan import api
 

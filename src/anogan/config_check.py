@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import yaml
@@ -42,15 +43,15 @@ class ConfigError(UserError):
     """A configuration value, key, folder or checkpoint is unusable; the message names it and the fix."""
 
 
-def _fail(key: str, value, allowed: str) -> None:
+def _fail(key: str, value: object, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.")
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_whole(value) -> bool:
+def _is_whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -66,8 +67,8 @@ def _precisions() -> tuple:
     return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS) + get_args(_PRECISION_INPUT_INT)
 
 
-def _number(cfg: DictConfig, key: str):
-    node = cfg
+def _number(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
     for part in key.split("."):
         node = node[part]
     return node
@@ -277,7 +278,7 @@ def _accepts(target: str | None, key: str) -> bool:
     if not target:
         return False
     try:
-        params = inspect.signature(get_class(target).__init__).parameters
+        params = inspect.signature(get_class(target)).parameters  # the constructor's, without self
     except Exception:  # not importable here: let instantiate report it
         return True
     return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -322,7 +323,7 @@ def check_known_keys(cfg: DictConfig) -> None:
             declared[group] = keys
         elif group not in declared and group in cfg and not (CONF_DIR / group).is_dir():
             return  # a group from outside conf/: its keys cannot be known here
-    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))  # the root config is a mapping
     tree.pop("hydra", None)
     found = _unknown(tree, declared, "")
     if found:

@@ -23,8 +23,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import filelock
 import torch
@@ -33,6 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from anogan.errors import UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
+
+if TYPE_CHECKING:
+    from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class GANLoadError(UserError):
     """A checkpoint or weight file is missing, unreadable or does not fit the configured model."""
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file in the same folder (see :mod:`anogan.io`).
 
     Raises:
@@ -201,13 +206,18 @@ def world_size(cfg: DictConfig) -> int | str:
     return devices * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
+def _as_dict(group: DictConfig) -> dict[str, Any]:
+    """A config group as a plain dict (OmegaConf declares lists and scalars too; a group is a mapping)."""
+    return cast(dict[str, Any], OmegaConf.to_container(group, resolve=True))
+
+
 def cache_key(cfg: DictConfig) -> tuple[str, dict]:
     """A hash of everything that determines the trained GAN (and nothing that does not): the data
     it is trained on, the model, the training settings, the seed, the training code's version and
     the world size (the per-process batch and the data order depend on it)."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in EVAL_ONLY_DATA_KEYS}
+    data = {k: v for k, v in _as_dict(cfg.data).items() if k not in EVAL_ONLY_DATA_KEYS}
     data["root"] = str(Path(data["root"]).expanduser().resolve())
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = _as_dict(cfg.trainer)
     spec = {
         "data": data,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -221,7 +231,7 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
 
 
 @contextmanager
-def cache_lock(cache_dir: Path, key: str):
+def cache_lock(cache_dir: Path, key: str) -> Iterator[None]:
     """An exclusive lock per cache entry (``filelock.FileLock`` on ``<key>.lock``): a second job
     waits, then finds the entry trained. Where the filesystem refuses locks, jobs go on without
     one (a warning): publishing stays atomic, at worst two jobs train the same GAN."""
@@ -293,7 +303,7 @@ def publish(source: Path, cache_dir: Path, key: str) -> Path | None:
     return target
 
 
-def encoder_cache_key(cfg: DictConfig, scorer) -> str:
+def encoder_cache_key(cfg: DictConfig, scorer: Scorer) -> str:
     """A hash of everything that determines a scorer's trained encoder: the weights of its G and D
     (wherever the GAN came from: trained, cached or given), the training images and their batches
     (``cfg.data`` as in ``cache_key``), precision, batch limit and world size, the encoder's own

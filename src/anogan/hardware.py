@@ -47,7 +47,7 @@ def bf16_slowdown(repeats: int = 3) -> float:
     return run(True) / run(False)
 
 
-def warn_if_slow_bf16(precision, accelerator: str) -> float | None:
+def warn_if_slow_bf16(precision: str | int | None, accelerator: str) -> float | None:
     """On a CPU without native bf16, a bf16 precision is emulated: warn once with the measured
     slowdown (returned), so advice follows the machine rather than a table."""
     if "bf16" not in str(precision) or str(accelerator) not in ("cpu", "auto") or torch.cuda.is_available():

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, split_summary
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, after_setup, split_summary
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,9 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
         self.manifest = self._manifest(classes, global_ids, fit_ids, val_ids, test_ids_final)
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
 
-    def _manifest(self, classes, global_ids, fit_ids, val_ids, test_ids) -> dict:
+    def _manifest(
+        self, classes: np.ndarray, global_ids: np.ndarray, fit_ids: np.ndarray, val_ids: np.ndarray, test_ids: np.ndarray
+    ) -> dict[str, Any]:
         def describe(chosen: np.ndarray) -> dict:
             return split_summary(chosen, classes, list(CLASSES), self.normal_class, ids=global_ids)
 
@@ -216,9 +219,10 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: where the image comes from and its class name (for scores.csv)."""
-        ids = self.eval_set.ids.numpy()
+        eval_set = after_setup(self.eval_set, "eval_set")
+        ids = eval_set.ids.numpy()
         return {
             "source": np.where(ids >= TEST_ID_OFFSET, "test", "train"),
             "source_index": np.where(ids >= TEST_ID_OFFSET, ids - TEST_ID_OFFSET, ids),
-            "class_name": np.array([CLASSES[c] for c in self.eval_set.classes.tolist()]),
+            "class_name": np.array([CLASSES[c] for c in eval_set.classes.tolist()]),
         }

@@ -45,7 +45,7 @@ import torch
 
 from anogan.data.cifar10 import stratified_subset
 from anogan.data.images import ImageError, check_resize, list_images, read_image, to_model_input
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, after_setup, mask_counts, read_mask, split_summary
 
 __all__ = [
     "FolderAnomalyDataModule",
@@ -236,7 +236,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             fit = np.arange(len(normal))
         abnormal, abnormal_images, abnormal_classes, abnormal_masks = [], [], [], []
         for c, name in enumerate(self.abnormal_dirs, start=1):
-            paths, images = self._read(self._folder(name), seen, skipped)
+            paths, read = self._read(self._folder(name), seen, skipped)
             if not paths:
                 raise DataError(
                     f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
@@ -244,7 +244,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 )
             abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
             abnormal += paths
-            abnormal_images += images
+            abnormal_images += read
             abnormal_classes += [c] * len(paths)
         if not len(fit):
             raise DataError(
@@ -363,18 +363,27 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     @property
     def train_steps_per_epoch(self) -> int:
         """Optimiser steps (batches) per training epoch, after ``setup``."""
-        return steps_per_epoch(len(self.train_set) * self.train_repeats, self.train_batch_size)
+        train_set, batch = (
+            after_setup(self.train_set, "train_set"),
+            after_setup(self.train_batch_size, "train_batch_size"),
+        )
+        return steps_per_epoch(len(train_set) * self.train_repeats, batch)
 
     def steps_warning(self, max_epochs: int) -> str | None:
         """``training_steps_warning`` for this module's training images, batch and repeats (after ``setup``)."""
-        return training_steps_warning(len(self.train_set), self.train_batch_size, max_epochs, self.train_repeats)
+        train_set, batch = (
+            after_setup(self.train_set, "train_set"),
+            after_setup(self.train_batch_size, "train_batch_size"),
+        )
+        return training_steps_warning(len(train_set), batch, max_epochs, self.train_repeats)
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file and its class (folder) name, for scores.csv."""
-        ids = self.eval_set.ids.numpy()
-        names = self.manifest["classes"]
+        eval_set, manifest = after_setup(self.eval_set, "eval_set"), after_setup(self.manifest, "manifest")
+        ids = eval_set.ids.numpy()
+        names = manifest["classes"]
         return {
-            "source": np.array([self.manifest["files"][i] for i in ids]),
+            "source": np.array([manifest["files"][i] for i in ids]),
             "source_index": ids,
-            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+            "class_name": np.array([names[c] for c in eval_set.classes.tolist()]),
         }

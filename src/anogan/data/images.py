@@ -47,12 +47,16 @@ import os
 import stat
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from anogan.data.splits import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 PAD_FILL = 0  # the value of the border that ``pad`` adds (black), in every channel
@@ -134,7 +138,7 @@ def list_images(folder: str | Path, seen: dict | None = None) -> tuple[list[Path
     skipped: list[dict] = []
     candidates: list[tuple[Path, os.stat_result]] = []
     visited: set[tuple[int, int]] = set()
-    real_dirs, linked_dirs = deque([folder]), deque()  # real folders first: their paths are preferred
+    real_dirs, linked_dirs = deque([folder]), deque[Path]()  # real folders first: their paths are preferred
     while real_dirs or linked_dirs:
         current = real_dirs.popleft() if real_dirs else linked_dirs.popleft()
         try:
@@ -195,7 +199,7 @@ def _on_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _to_uint8(img) -> np.ndarray:
+def _to_uint8(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image as uint8 H×W×C (C = 1 for grey modes, else 3), by the module's rules."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
@@ -222,8 +226,8 @@ def _to_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_pixels(path: str | Path) -> np.ndarray:
-    """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
+def load_pixels(path: str | Path | BinaryIO) -> np.ndarray:
+    """The first frame of an image file (a path, or a binary file object) as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
     applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
     reason) when Pillow cannot open or decode the file."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -247,7 +251,7 @@ def load_pixels(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def pixels_from_pil(img) -> np.ndarray:
+def pixels_from_pil(img: Image.Image) -> np.ndarray:
     """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
     (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
     ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
