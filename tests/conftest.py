@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import anogan.config_schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
+
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS_PER_BATCH = 4  # 5 batches -> 20 training images per class, 200 in all

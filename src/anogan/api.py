@@ -438,6 +438,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     from anogan import conf_dir
+    from anogan.config_schema import explain_composition_error  # also registers the config schemas
 
     if GlobalHydra.instance().is_initialized():
         raise ConfigError("anogan.fit cannot run inside another Hydra application (Hydra is already initialised)")
@@ -445,7 +446,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(" ".join(str(err).split())) from None
+        raise ConfigError(explain_composition_error(err, list(overrides))) from None
 
 
 def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> TrainResult:

@@ -121,8 +121,8 @@ class CheckpointSelection(L.Callback):
     # --- Lightning hooks -------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
-            return
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs and not trainer.should_stop:
+            return  # trainer.should_stop: the last epoch of a run ended by trainer.max_steps / max_time
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, not declared on Trainer
         result = {"epoch": epoch, **self.evaluate(cast("GAN", pl_module), datamodule)}
         self.history.append(result)
