@@ -58,6 +58,7 @@ SCHEMA = {
         "d_width": int,
         "d_norm": str,
         "spectral_norm": bool,
+        "self_supervised": (str, type(None)),
     },
     "state_dict": dict,
     "calibration": {
@@ -317,6 +318,8 @@ def check_payload(payload: object, path: Path) -> dict[str, Any]:
         )
     if version == 1:
         payload = migrate_v1(payload)
+    if isinstance(payload.get("gan_arch"), dict):  # architecture keys added later: their defaults (plain DCGAN)
+        payload = {**payload, "gan_arch": {**ARCH_DEFAULTS, **payload["gan_arch"]}}
     _check_entries(path, "", payload, SCHEMA, version)
     _check_calibration(path, payload["calibration"])
     cls = _scorer_class(path, payload["scorer"]["target"])

@@ -261,6 +261,16 @@ class Divergence:
 
 
 @dataclass
+class Health:
+    """``model.health``: thresholds of the failed-GAN warning (``anogan.models.health``)."""
+
+    collapse_ratio: float = MISSING
+    d_real_above: float = MISSING
+    d_fake_below: float = MISSING
+    epochs: int = MISSING
+
+
+@dataclass
 class Selection:
     every_n_epochs: int | None = MISSING
     images: int = MISSING
@@ -296,7 +306,11 @@ class Model:
     spectral_norm: bool = MISSING
     diffaugment: str | None = MISSING
     ema_decay: float | None = MISSING
+    self_supervised: str | None = MISSING
+    ss_weight_d: float = MISSING
+    ss_weight_g: float = MISSING
     divergence: Divergence = MISSING
+    health: Health = MISSING
     selection: Selection = MISSING
 
 

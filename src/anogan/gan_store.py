@@ -36,15 +36,16 @@ from omegaconf import DictConfig, OmegaConf
 from anogan.errors import UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
+from anogan.models.transforms import transform_count
 
 if TYPE_CHECKING:
     from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
-ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm")
+ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm", "self_supervised")
 # Values of architecture keys added later, for GAN folders and checkpoints saved before them.
-ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False}
+ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False, "self_supervised": None}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
 # The source files whose content defines "the training code" in the cache key: the GAN module and
@@ -101,7 +102,7 @@ def _load_state(path: Path, what: str) -> dict:
 
 
 # gan.json: the architecture (ARCH_KEYS, with these types) and what the pipeline adds
-GAN_JSON_TYPES = {
+GAN_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "latent_dim": int,
     "channels": int,
     "image_size": int,
@@ -109,8 +110,9 @@ GAN_JSON_TYPES = {
     "d_width": int,
     "d_norm": str,
     "spectral_norm": bool,
+    "self_supervised": (str, type(None)),
 }
-GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict}
+GAN_JSON_EXTRAS: dict[str, type | tuple[type, ...]] = {"cache_key": str, "spec": dict, "selection": dict, "health": dict}
 
 
 def read_gan_json(folder: Path) -> dict:
@@ -140,7 +142,7 @@ def read_gan_json(folder: Path) -> dict:
         value = meta[key]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
             raise GANLoadError(
-                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else kind.__name__}. Fix: restore gan.json."
+                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else 'a string or null' if isinstance(kind, tuple) else kind.__name__}. Fix: restore gan.json."
             )
     unknown = [k for k in meta if k not in GAN_JSON_TYPES and k not in GAN_JSON_EXTRAS]
     if unknown:
@@ -152,10 +154,18 @@ def read_gan_json(folder: Path) -> dict:
 
 
 def build_networks(arch: dict) -> tuple[Generator, Discriminator]:
+    """G and D (freshly initialised) for the architecture ``arch`` (the ``ARCH_KEYS``; missing later
+    keys take ``ARCH_DEFAULTS``); ``self_supervised`` gives D its transformation head."""
     arch = {**ARCH_DEFAULTS, **arch}
     g = Generator(arch["latent_dim"], arch["channels"], arch["image_size"], arch["g_width"])
+    ss = arch["self_supervised"]
     d = Discriminator(
-        arch["channels"], arch["image_size"], arch["d_width"], norm=arch["d_norm"], spectral_norm=arch["spectral_norm"]
+        arch["channels"],
+        arch["image_size"],
+        arch["d_width"],
+        norm=arch["d_norm"],
+        spectral_norm=arch["spectral_norm"],
+        transform_classes=transform_count(ss) if ss else 0,
     )
     return g, d
 
@@ -171,7 +181,8 @@ def load_weights(generator_path: Path, discriminator_path: Path, arch: dict) -> 
             raise GANLoadError(
                 f"the {what} weights in {path} do not fit the configured model "
                 f"({', '.join(f'{k}={arch.get(k, ARCH_DEFAULTS.get(k))}' for k in ARCH_KEYS)}): {shapes}. "
-                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm to the values it was trained with."
+                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm "
+                "/ model.self_supervised to the values it was trained with."
             ) from None
     return g, d
 
@@ -440,9 +451,8 @@ def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discrimina
 
 def check_arch(found: dict, wanted: dict, where: Path) -> None:
     """``GANLoadError`` naming every architecture key where ``found`` (a file's) differs from ``wanted`` (the config's)."""
-    diff = {
-        k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]
-    }
+    found, wanted = {**ARCH_DEFAULTS, **found}, {**ARCH_DEFAULTS, **wanted}
+    diff = {k: (found.get(k), wanted.get(k)) for k in ARCH_KEYS if found.get(k) != wanted.get(k)}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         raise GANLoadError(

@@ -122,10 +122,23 @@ def fit_gan(
     if trainer.is_global_zero:
         # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
         selection = model.selection_summary()
-        extra = {**(extra or {}), **({"selection": selection} if selection else {})}
+        extra = {**(extra or {}), **({"selection": selection} if selection else {}), "health": model.health_summary()}
         gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
+
+
+def gan_health(cfg: DictConfig, run_dir: Path, source: str) -> dict:
+    """The health check of the GAN's training (``models/health.py``), as saved in its ``gan.json``
+    (trained in this run or in the cached run); ``{"ok": None, ...}`` where it is unknown."""
+    if source == "trained":
+        meta = run_dir / "gan" / "gan.json"
+    elif source.startswith("cache "):
+        meta = Path(cfg.paths.gan_cache_dir) / source.split(" ", 1)[1] / "gan.json"
+    else:
+        return {"ok": None, "warning": None, "why": f"not checked: the GAN was given ({source})"}
+    health = json.loads(meta.read_text()).get("health") if meta.is_file() else None
+    return health or {"ok": None, "warning": None, "why": "not checked: the GAN was trained before the health check existed"}
 
 
 def given_gan(cfg: DictConfig) -> tuple[Generator, Discriminator, str] | None:
@@ -325,6 +338,11 @@ def run(cfg: DictConfig) -> float:
     writer = tensorboard.experiment if tensorboard is not None else None
     metrics = write_report(results, datamodule, scorer, calibration, run_dir, writer)
     metrics["gan_source"] = source
+    metrics["gan_health"] = gan_health(cfg, run_dir, source)  # mode collapse, D overpowering G: one warning line
+    if metrics["gan_health"]["warning"]:
+        log.warning("%s", metrics["gan_health"]["warning"])
+    if writer is not None:
+        writer.add_text("gan/health", metrics["gan_health"]["warning"] or metrics["gan_health"].get("why") or "ok")
     gan_meta = run_dir / "gan" / "gan.json"
     if source == "trained" and gan_meta.is_file() and "selection" in (meta := json.loads(gan_meta.read_text())):
         metrics["gan_selection"] = meta["selection"]  # the epoch chosen on validation (model.selection)
