@@ -201,6 +201,7 @@ class Config:
 
     seed: int = MISSING
     ckpt_path: str | None = MISSING
+    plan: bool = MISSING  # anogan.estimate.show_plan
     overwrite: bool = MISSING
     gan: GanSource = MISSING
     optimized_metric: str = MISSING  # checked by anogan.sweep.parse_optimized_metric
@@ -236,7 +237,10 @@ class Trainer:
     num_nodes: int = whole(1, default=1)
     strategy: Any = "auto"
     sync_batchnorm: bool = False
-    precision: Any = rule(lambda v: v in _precisions(), "Lightning accepts " + ", ".join(map(str, _precisions())))
+    precision: Any = rule(  # auto: anogan.hardware.resolve_precision
+        lambda v: v == "auto" or v in _precisions(),
+        "use auto or a value Lightning accepts: " + ", ".join(map(str, _precisions())),
+    )
     max_epochs: int = rule(
         lambda v: v == -1 or (is_whole(v) and v >= 1),
         f"use a whole number >= 1 ({UNTRAINED}; a trained GAN can be given with gan.checkpoint=...)",

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from anogan.console import quiet_lightning
 from anogan.io import atomic_torch_save, atomic_write_text
+from anogan.progress import progress_callbacks
 
 if TYPE_CHECKING:
     from anogan.scorers.base import Scorer
@@ -134,8 +135,9 @@ def run_scorer(
         log.info("resuming scoring: %d of %d %s already scored in %s", len(done_rows), n_rows, what, cache_dir)
     new: list[dict] = []
     if todo:
-        bar = ScoringProgressBar(f"Scoring {len(todo)} {what} ({scorer.summary()})")
-        callbacks = [*(callbacks or []), bar] if trainer_kwargs.get("enable_progress_bar", True) else [*(callbacks or [])]
+        phase = f"Scoring {len(todo)} {what} ({scorer.summary()})"
+        bar = progress_callbacks(phase, trainer_kwargs.get("enable_progress_bar", True), ScoringProgressBar(phase))
+        callbacks = [*(callbacks or []), *bar]
         if cache_dir is not None:
             callbacks.insert(0, _BatchCache(Path(cache_dir)))
         kwargs = {

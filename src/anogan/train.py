@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from anogan import conf_dir, gan_store
+from anogan import conf_dir, estimate, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
 from anogan.artifact import load_gan_checkpoint, save_artifact
 from anogan.calibration import Calibration
@@ -40,11 +40,12 @@ from anogan.config_check import check_config, check_run_environment, group_choic
 from anogan.config_schema import explain_composition_error
 from anogan.data.splits import AnomalyDataModule, after_setup
 from anogan.errors import UserError
-from anogan.hardware import warn_if_slow_bf16
+from anogan.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.inference import run_scorer
 from anogan.io import AtomicCheckpointIO, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
+from anogan.progress import progress_callbacks
 from anogan.report import add_dashboard_layout, write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
@@ -101,7 +102,7 @@ def fit_gan(
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
     model: GAN = instantiate(cfg.model, _convert_="all")
     # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
-    callbacks = instantiate_list(cfg.callbacks)
+    callbacks = instantiate_list(cfg.callbacks) + progress_callbacks("GAN training", cfg.trainer.enable_progress_bar)
     if cfg.trainer.max_steps != -1:  # GAN iterations (batches), not Lightning's optimizer steps
         callbacks.append(GANIterationLimit(cfg.trainer.max_steps))
     # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
@@ -292,11 +293,15 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg)
     split, metric = parse_optimized_metric(cfg.optimized_metric, cfg.allow_test_objective)  # a config error before any data loads
     set_job_threads(cfg)  # threads: null | auto | N (launcher presets)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)  # auto: bf16-mixed or 32-true
     if _is_rank_zero():
         warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
     run_start = time.perf_counter()
     given = given_gan(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.plan:  # splits, steps and estimated time of each phase; nothing trained or written
+        estimate.show_plan(cfg, trainer_kwargs(cfg), run_dir, given=given is not None)
+        return float("nan")
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
         check_run_folder(cfg, run_dir)  # another or a finished run there: refused (or cleared: overwrite=true)
@@ -315,6 +320,7 @@ def run(cfg: DictConfig) -> float:
             if (group_choices(cfg) or {}).get("experiment") != "folder_small":
                 warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
+        estimate.log_estimate(cfg, datamodule, trainer_kwargs(cfg), given=given is not None)  # one line per phase
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None and _is_rank_zero():

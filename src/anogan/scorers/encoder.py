@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from anogan.console import quiet_lightning
+from anogan.progress import progress_callbacks
 from anogan.scorers.base import ScoreDivergenceError, Scorer
 
 if TYPE_CHECKING:
@@ -136,8 +137,10 @@ def train_encoder(
         p.requires_grad_(False)
     encoder.requires_grad_(True)
     module = _EncoderTraining(encoder, generator, discriminator, kappa, lr, betas)
+    bar = progress_callbacks("encoder training", trainer_kwargs.get("enable_progress_bar", True))
+    callbacks = [*(trainer_kwargs.get("callbacks") or []), *bar]
     with quiet_lightning():
-        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False})
+        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False, "callbacks": callbacks})
     with warnings.catch_warnings():  # G and D are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         L.seed_everything(seed, workers=True, verbose=False)
