@@ -22,9 +22,11 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -35,10 +37,14 @@ from omegaconf import DictConfig
 from anogan import gan_store
 from anogan.config_check import group_choices
 from anogan.console import quiet_lightning
-from anogan.data.splits import AnomalySplit
+from anogan.data.splits import AnomalySplit, after_setup
 from anogan.inference import run_scorer
 from anogan.progress import duration
 from anogan.run_folder import is_fresh
+
+if TYPE_CHECKING:
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
 
 log = logging.getLogger("anogan.estimate")
 PROBE_BATCH = 32  # the larger probe batch (the smaller: half of it; at most the configured batch)
@@ -69,12 +75,13 @@ class _Clock(L.Callback):
     """Durations of training/prediction batches; stops training after ``stop_after`` batches."""
 
     def __init__(self, stop_after: int | None = None):
-        self.stop_after, self.times, self._t0 = stop_after, [], 0.0
+        self.stop_after, self._t0 = stop_after, 0.0
+        self.times: list[float] = []
 
-    def _start(self, *args, **kwargs) -> None:
+    def _start(self, *args: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
 
-    def _end(self, trainer, *args, **kwargs) -> None:
+    def _end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self.times.append(time.perf_counter() - self._t0)
         if self.stop_after and len(self.times) >= self.stop_after:
             trainer.should_stop = True
@@ -84,7 +91,7 @@ class _Clock(L.Callback):
 
 
 @contextmanager
-def _preserved_random_state():
+def _preserved_random_state() -> Iterator[None]:
     """The probes draw random numbers (network initialisation, images, z): the run's own stream
     (torch, CUDA, numpy, random) is restored afterwards, so a run with an estimate equals one without."""
     states = random.getstate(), np.random.get_state()
@@ -139,7 +146,7 @@ def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int, batches: int = 2) -
     return _per_batch(clock.times)
 
 
-def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
+def encoder_batch_seconds(scorer: Scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
     """Seconds of one encoder training batch (the scorer's own ``fit``): the mean of ``batches`` after one warm-up."""
     clock = _Clock(stop_after=1 + batches)
     data = _random_split(batch * (batches + 3), channels, size)
@@ -158,7 +165,7 @@ def extrapolate(small: float, large: float, n_small: int, n_large: int, n: int) 
     return large + slope * (n - n_large) if slope > 0 else large * n / n_large
 
 
-def batch_seconds(measure, batch: int) -> float:
+def batch_seconds(measure: Callable[[int], float], batch: int) -> float:
     """Seconds of one batch of ``batch`` images from ``measure(n)`` (seconds of a batch of n) at
     ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images (each its own warm-up), extrapolated linearly
     (``extrapolate``): a per-batch overhead makes a proportional scaling overestimate, most of all in
@@ -169,7 +176,7 @@ def batch_seconds(measure, batch: int) -> float:
     return extrapolate(measure(small), measure(large), small, large, batch)
 
 
-def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
+def scoring_image_seconds(scorer: Scorer, kw: dict, channels: int, size: int) -> float:
     """Seconds to score one image at the scorer's batch size (and number of search steps, if it
     searches): batches of ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images, timed at 1 and 3 search
     steps, give a per-batch and a per-step cost, each extrapolated to the scorer's batch size."""
@@ -201,7 +208,7 @@ def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
     return (base_b + int(iterations or 0) * step_b) / batch
 
 
-def _batches(n_items: int, batch: int, limit) -> int:
+def _batches(n_items: int, batch: int, limit: int | float | None) -> int:
     per_epoch = max(1, n_items // batch) if n_items > batch else 1  # drop_last, as the training loader
     if limit is None:
         return per_epoch
@@ -230,7 +237,7 @@ class UnitCosts:
 
     gan_batch_s: float | None
     encoder_batch_s: float | None
-    scoring_image_s: float
+    scoring_image_s: float | None
     encoder_epochs: int | None
     scorer_summary: str
 
@@ -260,7 +267,7 @@ def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = Tr
     return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
 
 
-def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def estimate_run(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
     """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
 
     ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
@@ -271,9 +278,9 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
     world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
     measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
     batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
-    n_train = len(datamodule.train_set) * int(getattr(datamodule, "train_repeats", 1) or 1)
+    n_train = len(after_setup(datamodule.train_set, "train_set")) * int(getattr(datamodule, "train_repeats", 1) or 1)
     per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
-    epochs, n_eval = int(cfg.trainer.max_epochs), len(datamodule.eval_set)
+    epochs, n_eval = int(cfg.trainer.max_epochs), len(after_setup(datamodule.eval_set, "eval_set"))
     gan_note = "given (gan.generator / gan.checkpoint), not trained" if given else ""
     if not given and _gan_cached(cfg):
         gan_note = f"reused from the cache {cfg.paths.gan_cache_dir}"
@@ -291,7 +298,7 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
     if gan_note:
         phases = [Phase("GAN", what, 0, 0.0, gan_note)]
     else:
-        phases = [Phase("GAN", what, gan_steps, total(cost and cost.gan_batch_s, gan_steps))]
+        phases = [Phase("GAN", what, gan_steps, total(cost.gan_batch_s if cost is not None else None, gan_steps))]
     if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
         model = instantiate(cfg.model, _convert_="all")
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
@@ -305,15 +312,15 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
         seconds = total(cost.encoder_batch_s, steps) if measured else None
         note = "less if cached" if cfg.gan.cache else ""
         phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
-    seconds = cost.scoring_image_s * n_eval / world if measured else None
+    seconds = cost.scoring_image_s * n_eval / world if measured and cost.scoring_image_s is not None else None
     phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds))
     return phases
 
 
 def total_seconds(phases: list[Phase]) -> float | None:
     """The sum of the estimates (None when a phase could not be measured)."""
-    values = [p.seconds for p in phases]
-    return None if any(v is None for v in values) else float(sum(values))
+    known = [p.seconds for p in phases if p.seconds is not None]
+    return None if len(known) < len(phases) else float(sum(known))
 
 
 def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = None) -> list[str]:
@@ -335,7 +342,7 @@ def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = N
     return lines
 
 
-def log_estimate(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def log_estimate(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
     """Estimate the run (``estimate_run``) and log one line per phase, the total and, for a CPU run
     over an hour, the warning naming the cheaper choices."""
     phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
