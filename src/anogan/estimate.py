@@ -222,6 +222,24 @@ def _gan_cached(cfg: DictConfig) -> bool:
     return (Path(cfg.paths.gan_cache_dir) / key).is_dir()
 
 
+def _encoder_cached(cfg: DictConfig, networks: tuple[torch.nn.Module, torch.nn.Module] | None) -> bool:
+    """True when the scorer's encoder will be reused from the cache: its key needs the GAN's weights,
+    so it is known only for a given GAN (``networks``) or a cached one (read here, nothing moved)."""
+    if not cfg.gan.cache:
+        return False
+    if networks is None:
+        key, _ = gan_store.cache_key(cfg)
+        arch = {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
+        networks = gan_store.load_cache_entry(Path(cfg.paths.gan_cache_dir) / key, key, arch, move_damaged=False)
+        if networks is None:
+            return False
+    scorer = instantiate(cfg.mapping, generator=networks[0], discriminator=networks[1], seed=cfg.seed, _convert_="all")
+    if not scorer.needs_fit:
+        return False
+    key = gan_store.encoder_cache_key(cfg, scorer)
+    return (Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt").is_file()
+
+
 def device_name(trainer_kwargs: dict) -> str:
     """'this CPU' or 'this GPU' (where the probe ran)."""
     accelerator = str(trainer_kwargs.get("accelerator", "auto"))
@@ -242,10 +260,10 @@ class UnitCosts:
     scorer_summary: str
 
 
-def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True) -> UnitCosts:
+def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True, encoder: bool = True) -> UnitCosts:
     """Probe the three phases of ``cfg`` under ``trainer_kwargs`` (device, resolved precision) on
     random images, at two small batches extrapolated to ``batch`` (the per-device batch; ``batch_seconds``).
-    ``gan=False`` skips the GAN probe. The caller's random state is kept."""
+    ``gan=False`` / ``encoder=False`` skip the GAN / encoder probe (cached). The caller's random state is kept."""
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
     root = tempfile.mkdtemp(prefix="anogan-estimate-")
     try:
@@ -260,18 +278,27 @@ def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = Tr
             summary, epochs, encoder_s = scorer.summary(), None, None
             if scorer.needs_fit:
                 epochs = int(scorer.fit_settings()["epochs"])
-                encoder_s = batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch)
+                encoder_s = (
+                    batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch) if encoder else 0.0
+                )
             scoring_s = scoring_image_seconds(scorer, kw, channels, size)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
 
 
-def estimate_run(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def estimate_run(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
     """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
 
     ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
-    from ``gan.generator``/``gan.checkpoint`` (not trained). Several devices: one is measured and the
+    from ``gan.generator``/``gan.checkpoint`` (not trained; ``networks``: its G and D, which tell
+    whether the encoder cache holds the scorer's encoder). Several devices: one is measured and the
     others assumed to divide the work evenly. A GPU run on a machine without one: steps only."""
     accelerator = str(trainer_kwargs.get("accelerator", "auto"))
     devices = trainer_kwargs.get("devices", 1)
@@ -284,7 +311,12 @@ def estimate_run(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs:
     gan_note = "given (gan.generator / gan.checkpoint), not trained" if given else ""
     if not given and _gan_cached(cfg):
         gan_note = f"reused from the cache {cfg.paths.gan_cache_dir}"
-    cost = unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note) if measurable else None
+    encoder_cached = bool(gan_note) and _encoder_cached(cfg, networks)
+    cost = (
+        unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note, encoder=not encoder_cached)
+        if measurable
+        else None
+    )
 
     def total(unit: float | None, steps: int) -> float | None:
         return None if unit is None else unit * steps
@@ -310,7 +342,7 @@ def estimate_run(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs:
     if cost.encoder_epochs is not None:
         steps = cost.encoder_epochs * per_epoch
         seconds = total(cost.encoder_batch_s, steps) if measured else None
-        note = "less if cached" if cfg.gan.cache else ""
+        note = "reused from the cache" if encoder_cached else ("less if cached" if cfg.gan.cache else "")
         phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
     seconds = cost.scoring_image_s * n_eval / world if measured and cost.scoring_image_s is not None else None
     phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds))
@@ -342,10 +374,16 @@ def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = N
     return lines
 
 
-def log_estimate(cfg: DictConfig, datamodule: AnomalyDataModule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def log_estimate(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
     """Estimate the run (``estimate_run``) and log one line per phase, the total and, for a CPU run
     over an hour, the warning naming the cheaper choices."""
-    phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given, networks)
     report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
     return phases
 

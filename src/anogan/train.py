@@ -320,7 +320,10 @@ def run(cfg: DictConfig) -> float:
             if (group_choices(cfg) or {}).get("experiment") != "folder_small":
                 warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
-        estimate.log_estimate(cfg, datamodule, trainer_kwargs(cfg), given=given is not None)  # one line per phase
+        networks = (given[0], given[1]) if given else None
+        estimate.log_estimate(
+            cfg, datamodule, trainer_kwargs(cfg), given=given is not None, networks=networks
+        )  # one line per phase
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None and _is_rank_zero():
