@@ -9,25 +9,32 @@ CLASSES ?= range(0,10)
 SEEDS ?= 0,1,2
 DATA ?= ../shared/data/cifar10
 
-.PHONY: help install lint format test test-slow test-all train train-guidebook results plan bench tensorboard clean
+.PHONY: help install lint format docs docs-serve test test-slow test-all train train-guidebook results plan bench tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  pass Hydra overrides with ARGS=\"...\", e.g. make train ARGS=\"data.root=../shared/data/cifar10 data.verify_checksums=false\""
 
-install: $(STAMP) ## create .venv and install the package with its test tools
+install: $(STAMP) ## create .venv and install the package with its test, lint and docs tools
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-lint: install ## style, import order and formatting (ruff)
+lint: install ## style, import order and formatting (ruff), types (mypy over src/anogan)
 	$(VENV)/bin/ruff check src tests benchmarks train.py predict.py
 	$(VENV)/bin/ruff format --check src tests benchmarks train.py predict.py
+	$(PY) -m mypy
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py
 	$(VENV)/bin/ruff format src tests benchmarks train.py predict.py
+
+docs: install ## build the documentation site into site/ (warnings, e.g. broken links, are errors)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: install ## serve the documentation at http://127.0.0.1:8000 while editing
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 test: install ## the fast test suite
 	$(PY) -m pytest -q -m "not slow"
@@ -58,4 +65,4 @@ tensorboard: install ## dashboards of every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
 clean: ## remove the virtual environment (runs in outputs/ are kept)
-	rm -rf $(VENV) src/*.egg-info
+	rm -rf $(VENV) src/*.egg-info site .mypy_cache

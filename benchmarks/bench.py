@@ -616,7 +616,7 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
     (fastest of ``--rounds``, alternating order): the latent search with and without early stopping
     and anomaly maps, the encoder with and without maps, the encoder-initialised search, and the
     encoder exported to ONNX under ONNX Runtime. Untrained networks: speeds, not step counts, are the
-    point here (early stopping stops where a trained GAN's loss flattens; see the README's curve)."""
+    point here (early stopping stops where a trained GAN's loss flattens; see docs/speed.md's curve)."""
     from anogan.data.splits import AnomalySplit
     from anogan.inference import run_scorer
     from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping

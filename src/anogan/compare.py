@@ -52,7 +52,7 @@ def read_test_scores(run_dir: Path) -> dict[int, tuple[int, float]]:
     return rows
 
 
-def join_runs(run_a: Path, run_b: Path):
+def join_runs(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Test scores of both runs on the same images, sorted by id: (ids, labels, scores_a, scores_b).
     Raises ``CompareError`` when the image sets or their labels differ."""
     a, b = read_test_scores(run_a), read_test_scores(run_b)

@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
@@ -97,11 +97,11 @@ def rule(ok: Callable[[Any], bool], allowed: str, default: Any = MISSING) -> Any
     return field(default=default, metadata={"rule": Rule(ok, allowed)})
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def is_whole(value) -> bool:
+def is_whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -132,11 +132,11 @@ def one_of(choices: tuple, allowed: str | None = None) -> Any:
     return rule(lambda v: v in choices, allowed or f"use one of {', '.join(map(str, choices))}")
 
 
-def _subset(value) -> bool:
+def _subset(value: object) -> bool:
     return value is None or (is_number(value) and value > 0 and (value <= 1 or float(value).is_integer()))
 
 
-def _normal_class(value) -> bool:
+def _normal_class(value: Any) -> bool:
     try:
         class_index(value)
     except (ValueError, TypeError):
@@ -156,7 +156,7 @@ def _precisions() -> tuple:
     return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS) + get_args(_PRECISION_INPUT_INT)
 
 
-def _devices(value) -> bool:
+def _devices(value: Any) -> bool:
     return (
         value == "auto"
         or (is_whole(value) and (value >= 1 or value == -1))
@@ -169,7 +169,7 @@ def _devices(value) -> bool:
     )
 
 
-def _limit_batches(value) -> bool:
+def _limit_batches(value: object) -> bool:
     return value is None or (is_whole(value) and value >= 1) or (is_number(value) and not is_whole(value) and 0 < value <= 1)
 
 
@@ -337,7 +337,7 @@ class DataCommon:
     )
 
 
-def _target_fpr(value) -> bool:
+def _target_fpr(value: object) -> bool:
     return value is None or (is_number(value) and 0.0 < value < 1.0)
 
 
@@ -477,7 +477,7 @@ def _accepts(target: str, key: str) -> bool:
     """Whether the class ``target`` takes ``key`` as a keyword argument (True when it cannot be imported:
     instantiate then reports it)."""
     try:
-        params = inspect.signature(get_class(target).__init__).parameters
+        params = inspect.signature(get_class(target)).parameters  # the constructor's, without self
     except Exception:
         return True
     return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -487,7 +487,7 @@ def _walk(node: DictConfig, path: str) -> None:
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
         fields = {f.name: f for f in dataclasses.fields(schema)}
-        for key in node:
+        for key in map(str, node):
             if key not in fields:
                 raise _unknown_key(f"{path}{key}", list(fields))
         for name, spec in fields.items():
@@ -498,10 +498,10 @@ def _walk(node: DictConfig, path: str) -> None:
                     raise ConfigError(f"{path}{name}={value!r} is not allowed: {check.allowed}.")
     elif "_target_" in node:
         target = node["_target_"]
-        for key in node:
+        for key in map(str, node):
             if key != "_target_" and not _accepts(target, key):
-                raise _unknown_key(f"{path}{key}", [k for k in node if k != key])
-    for key in node:
+                raise _unknown_key(f"{path}{key}", [str(k) for k in node if k != key])
+    for key in map(str, node):
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             _walk(child, f"{path}{key}.")
@@ -532,7 +532,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------ Hydra's composition errors
-def _allowed(schema, key: str) -> str:
+def _allowed(schema: object, key: str) -> str:
     """What a field of ``schema`` allows, from its rule or its type."""
     spec = {f.name: f for f in dataclasses.fields(schema)}.get(key) if dataclasses.is_dataclass(schema) else None
     if spec is None:

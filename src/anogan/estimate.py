@@ -22,9 +22,11 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -35,10 +37,14 @@ from omegaconf import DictConfig
 from anogan import gan_store
 from anogan.config_check import group_choices
 from anogan.console import quiet_lightning
-from anogan.data.splits import AnomalySplit
+from anogan.data.splits import AnomalySplit, after_setup
 from anogan.inference import run_scorer
 from anogan.progress import duration
 from anogan.run_folder import is_fresh
+
+if TYPE_CHECKING:
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
 
 log = logging.getLogger("anogan.estimate")
 PROBE_BATCH = 32  # the larger probe batch (the smaller: half of it; at most the configured batch)
@@ -69,12 +75,13 @@ class _Clock(L.Callback):
     """Durations of training/prediction batches; stops training after ``stop_after`` batches."""
 
     def __init__(self, stop_after: int | None = None):
-        self.stop_after, self.times, self._t0 = stop_after, [], 0.0
+        self.stop_after, self._t0 = stop_after, 0.0
+        self.times: list[float] = []
 
-    def _start(self, *args, **kwargs) -> None:
+    def _start(self, *args: Any, **kwargs: Any) -> None:
         self._t0 = time.perf_counter()
 
-    def _end(self, trainer, *args, **kwargs) -> None:
+    def _end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self.times.append(time.perf_counter() - self._t0)
         if self.stop_after and len(self.times) >= self.stop_after:
             trainer.should_stop = True
@@ -84,7 +91,7 @@ class _Clock(L.Callback):
 
 
 @contextmanager
-def _preserved_random_state():
+def _preserved_random_state() -> Iterator[None]:
     """The probes draw random numbers (network initialisation, images, z): the run's own stream
     (torch, CUDA, numpy, random) is restored afterwards, so a run with an estimate equals one without."""
     states = random.getstate(), np.random.get_state()
@@ -139,7 +146,7 @@ def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int, batches: int = 2) -
     return _per_batch(clock.times)
 
 
-def encoder_batch_seconds(scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
+def encoder_batch_seconds(scorer: Scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
     """Seconds of one encoder training batch (the scorer's own ``fit``): the mean of ``batches`` after one warm-up."""
     clock = _Clock(stop_after=1 + batches)
     data = _random_split(batch * (batches + 3), channels, size)
@@ -158,7 +165,7 @@ def extrapolate(small: float, large: float, n_small: int, n_large: int, n: int) 
     return large + slope * (n - n_large) if slope > 0 else large * n / n_large
 
 
-def batch_seconds(measure, batch: int) -> float:
+def batch_seconds(measure: Callable[[int], float], batch: int) -> float:
     """Seconds of one batch of ``batch`` images from ``measure(n)`` (seconds of a batch of n) at
     ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images (each its own warm-up), extrapolated linearly
     (``extrapolate``): a per-batch overhead makes a proportional scaling overestimate, most of all in
@@ -169,7 +176,7 @@ def batch_seconds(measure, batch: int) -> float:
     return extrapolate(measure(small), measure(large), small, large, batch)
 
 
-def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
+def scoring_image_seconds(scorer: Scorer, kw: dict, channels: int, size: int) -> float:
     """Seconds to score one image at the scorer's batch size (and number of search steps, if it
     searches): batches of ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images, timed at 1 and 3 search
     steps, give a per-batch and a per-step cost, each extrapolated to the scorer's batch size."""
@@ -201,7 +208,7 @@ def scoring_image_seconds(scorer, kw: dict, channels: int, size: int) -> float:
     return (base_b + int(iterations or 0) * step_b) / batch
 
 
-def _batches(n_items: int, batch: int, limit) -> int:
+def _batches(n_items: int, batch: int, limit: int | float | None) -> int:
     per_epoch = max(1, n_items // batch) if n_items > batch else 1  # drop_last, as the training loader
     if limit is None:
         return per_epoch
@@ -213,6 +220,24 @@ def _gan_cached(cfg: DictConfig) -> bool:
         return False
     key, _ = gan_store.cache_key(cfg)
     return (Path(cfg.paths.gan_cache_dir) / key).is_dir()
+
+
+def _encoder_cached(cfg: DictConfig, networks: tuple[torch.nn.Module, torch.nn.Module] | None) -> bool:
+    """True when the scorer's encoder will be reused from the cache: its key needs the GAN's weights,
+    so it is known only for a given GAN (``networks``) or a cached one (read here, nothing moved)."""
+    if not cfg.gan.cache:
+        return False
+    if networks is None:
+        key, _ = gan_store.cache_key(cfg)
+        arch = {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
+        networks = gan_store.load_cache_entry(Path(cfg.paths.gan_cache_dir) / key, key, arch, move_damaged=False)
+        if networks is None:
+            return False
+    scorer = instantiate(cfg.mapping, generator=networks[0], discriminator=networks[1], seed=cfg.seed, _convert_="all")
+    if not scorer.needs_fit:
+        return False
+    key = gan_store.encoder_cache_key(cfg, scorer)
+    return (Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt").is_file()
 
 
 def device_name(trainer_kwargs: dict) -> str:
@@ -230,15 +255,15 @@ class UnitCosts:
 
     gan_batch_s: float | None
     encoder_batch_s: float | None
-    scoring_image_s: float
+    scoring_image_s: float | None
     encoder_epochs: int | None
     scorer_summary: str
 
 
-def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True) -> UnitCosts:
+def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True, encoder: bool = True) -> UnitCosts:
     """Probe the three phases of ``cfg`` under ``trainer_kwargs`` (device, resolved precision) on
     random images, at two small batches extrapolated to ``batch`` (the per-device batch; ``batch_seconds``).
-    ``gan=False`` skips the GAN probe. The caller's random state is kept."""
+    ``gan=False`` / ``encoder=False`` skip the GAN / encoder probe (cached). The caller's random state is kept."""
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
     root = tempfile.mkdtemp(prefix="anogan-estimate-")
     try:
@@ -253,31 +278,45 @@ def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = Tr
             summary, epochs, encoder_s = scorer.summary(), None, None
             if scorer.needs_fit:
                 epochs = int(scorer.fit_settings()["epochs"])
-                encoder_s = batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch)
+                encoder_s = (
+                    batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch) if encoder else 0.0
+                )
             scoring_s = scoring_image_seconds(scorer, kw, channels, size)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
 
 
-def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def estimate_run(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
     """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
 
     ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
-    from ``gan.generator``/``gan.checkpoint`` (not trained). Several devices: one is measured and the
+    from ``gan.generator``/``gan.checkpoint`` (not trained; ``networks``: its G and D, which tell
+    whether the encoder cache holds the scorer's encoder). Several devices: one is measured and the
     others assumed to divide the work evenly. A GPU run on a machine without one: steps only."""
     accelerator = str(trainer_kwargs.get("accelerator", "auto"))
     devices = trainer_kwargs.get("devices", 1)
     world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
     measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
     batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
-    n_train = len(datamodule.train_set) * int(getattr(datamodule, "train_repeats", 1) or 1)
+    n_train = len(after_setup(datamodule.train_set, "train_set")) * int(getattr(datamodule, "train_repeats", 1) or 1)
     per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
-    epochs, n_eval = int(cfg.trainer.max_epochs), len(datamodule.eval_set)
+    epochs, n_eval = int(cfg.trainer.max_epochs), len(after_setup(datamodule.eval_set, "eval_set"))
     gan_note = "given (gan.generator / gan.checkpoint), not trained" if given else ""
     if not given and _gan_cached(cfg):
         gan_note = f"reused from the cache {cfg.paths.gan_cache_dir}"
-    cost = unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note) if measurable else None
+    encoder_cached = bool(gan_note) and _encoder_cached(cfg, networks)
+    cost = (
+        unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note, encoder=not encoder_cached)
+        if measurable
+        else None
+    )
 
     def total(unit: float | None, steps: int) -> float | None:
         return None if unit is None else unit * steps
@@ -291,7 +330,7 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
     if gan_note:
         phases = [Phase("GAN", what, 0, 0.0, gan_note)]
     else:
-        phases = [Phase("GAN", what, gan_steps, total(cost and cost.gan_batch_s, gan_steps))]
+        phases = [Phase("GAN", what, gan_steps, total(cost.gan_batch_s if cost is not None else None, gan_steps))]
     if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
         model = instantiate(cfg.model, _convert_="all")
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
@@ -303,17 +342,17 @@ def estimate_run(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool 
     if cost.encoder_epochs is not None:
         steps = cost.encoder_epochs * per_epoch
         seconds = total(cost.encoder_batch_s, steps) if measured else None
-        note = "less if cached" if cfg.gan.cache else ""
+        note = "reused from the cache" if encoder_cached else ("less if cached" if cfg.gan.cache else "")
         phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
-    seconds = cost.scoring_image_s * n_eval / world if measured else None
+    seconds = cost.scoring_image_s * n_eval / world if measured and cost.scoring_image_s is not None else None
     phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds))
     return phases
 
 
 def total_seconds(phases: list[Phase]) -> float | None:
     """The sum of the estimates (None when a phase could not be measured)."""
-    values = [p.seconds for p in phases]
-    return None if any(v is None for v in values) else float(sum(values))
+    known = [p.seconds for p in phases if p.seconds is not None]
+    return None if len(known) < len(phases) else float(sum(known))
 
 
 def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = None) -> list[str]:
@@ -335,10 +374,16 @@ def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = N
     return lines
 
 
-def log_estimate(cfg: DictConfig, datamodule, trainer_kwargs: dict, given: bool = False) -> list[Phase]:
+def log_estimate(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
     """Estimate the run (``estimate_run``) and log one line per phase, the total and, for a CPU run
     over an hour, the warning naming the cheaper choices."""
-    phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given, networks)
     report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
     return phases
 

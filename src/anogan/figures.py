@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 from torchvision.utils import make_grid
 
+from anogan.data.splits import after_setup
 from anogan.io import atomic_savefig
 from anogan.metrics import THRESHOLD_RULES, to_unit_interval
 from anogan.scores import corrected_score
@@ -185,7 +186,7 @@ def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_
     anomaly map and segmentation, labelled with class, score and p-value."""
     if "map" not in results:
         return
-    dataset = datamodule.eval_set
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     maps = results["map"].numpy()
     val_normal = np.flatnonzero((table["split"] == "val") & (table["label"] == 0))
     pix_t = pixel_threshold_from_validation(maps, val_normal)

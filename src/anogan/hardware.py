@@ -60,7 +60,7 @@ def device_has_native_bf16(accelerator: str) -> bool:
     return False  # mps, tpu, ...: Lightning's bf16 there is not what this project measured
 
 
-def resolve_precision(precision, accelerator: str) -> str | int:
+def resolve_precision(precision: str | int, accelerator: str) -> str | int:
     """``trainer.precision`` as Lightning takes it: ``auto`` becomes ``bf16-mixed`` where the device
     does bf16 natively (:func:`device_has_native_bf16`) and ``32-true`` elsewhere; any other value is
     returned unchanged. bf16-mixed keeps weights and optimiser state in fp32 and runs convolutions and
@@ -70,7 +70,7 @@ def resolve_precision(precision, accelerator: str) -> str | int:
     return "bf16-mixed" if device_has_native_bf16(accelerator) else "32-true"
 
 
-def warn_if_slow_bf16(precision, accelerator: str) -> float | None:
+def warn_if_slow_bf16(precision: str | int | None, accelerator: str) -> float | None:
     """On a CPU without native bf16, a bf16 precision is emulated: warn once with the measured
     slowdown (returned), so advice follows the machine rather than a table. On a CPU with native
     bf16 (AVX512_BF16 or AMX) nothing is measured or printed: bf16 is the fast choice there.

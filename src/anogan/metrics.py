@@ -25,13 +25,13 @@ from torchmetrics.functional.classification import (
 )
 
 from anogan.errors import CalibrationError, ThresholdRuleError
-from anogan.stats import _as_float64, _check_both_classes
+from anogan.stats import ScoresLike, _as_float64, _check_both_classes
 
 THRESHOLD_RULES = ("fpr", "f1", "youden")
 
 
 # ---------------------------------------------------------------------- thresholds
-def _cut_points(scores: torch.Tensor, labels: torch.Tensor):
+def _cut_points(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each distinct score t (descending): true/false positives when predicting score >= t."""
     order = torch.argsort(scores.double(), descending=True, stable=True)
     s, y = scores.double()[order], labels.double()[order]
@@ -53,7 +53,7 @@ def min_normals_for_fpr(target_fpr: float) -> int:
     return n
 
 
-def fpr_threshold(normal_scores, target_fpr: float = 0.05) -> float:
+def fpr_threshold(normal_scores: ScoresLike, target_fpr: float = 0.05) -> float:
     """The smallest threshold t such that ``(1 + #{normals ≥ t}) / (n + 1) ≤ target_fpr``.
 
     Exact relation to the conformal p-values (same normals as calibration): for every float64

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import Callback, ProgressBar
 
 log = logging.getLogger("anogan.progress")
@@ -41,8 +43,8 @@ class LogProgress(ProgressBar):
         self.phase, self.interval_s = phase, float(interval_s)
         self._enabled = True
         self._start = self._last = 0.0
-        self._first_done = 0
-        self._total = 0
+        self._first_done: float = 0
+        self._total: float = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -50,11 +52,11 @@ class LogProgress(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    def _begin(self, done: int, total: int) -> None:
+    def _begin(self, done: float, total: float) -> None:
         self._start = self._last = time.perf_counter()
         self._first_done, self._total = done, total
 
-    def _step(self, trainer, done: int, extra: str = "") -> None:
+    def _step(self, trainer: L.Trainer, done: float, extra: str = "") -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
         now = time.perf_counter()
@@ -76,7 +78,7 @@ class LogProgress(ProgressBar):
             self._metrics(trainer),
         )
 
-    def _metrics(self, trainer) -> str:
+    def _metrics(self, trainer: L.Trainer) -> str:
         values = []
         for name, value in self.get_metrics(trainer, trainer.lightning_module).items():
             if name != "v_num" and isinstance(value, (int, float)):
@@ -84,20 +86,24 @@ class LogProgress(ProgressBar):
         return (", " + ", ".join(values)) if values else ""
 
     # training (GAN, encoder)
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         per_epoch = trainer.num_training_batches
         self._per_epoch = per_epoch
-        self._begin(trainer.current_epoch * per_epoch, max(trainer.max_epochs, 1) * per_epoch)
+        self._begin(trainer.current_epoch * per_epoch, max(trainer.max_epochs or 1, 1) * per_epoch)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         done = trainer.current_epoch * self._per_epoch + batch_idx + 1
         self._step(trainer, done, f" (epoch {trainer.current_epoch + 1}/{trainer.max_epochs})")
 
     # prediction (scoring)
-    def on_predict_start(self, trainer, pl_module) -> None:
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin(0, int(sum(trainer.num_predict_batches)))
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._step(trainer, batch_idx + 1)
 
 

@@ -14,11 +14,13 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
 
 from anogan.calibration import Calibration
+from anogan.data.splits import after_setup
 from anogan.figures import write_example_figures, write_score_figures
 from anogan.io import atomic_write_text
 from anogan.metrics import (
@@ -33,25 +35,35 @@ from anogan.metrics import (
 from anogan.scores import complexity, corrected_score
 from anogan.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
+
+# The per-image columns of scores.csv (build_table): column name -> one value per evaluation row.
+Table: TypeAlias = "dict[str, np.ndarray]"
+
 log = logging.getLogger(__name__)
 
 
-def build_table(results: dict[str, torch.Tensor], datamodule, calibration: Calibration) -> dict[str, np.ndarray]:
+def build_table(results: dict[str, torch.Tensor], datamodule: AnomalyDataModule, calibration: Calibration) -> Table:
     """One row per scored image, in evaluation order, with everything scores.csv holds: ``score``
     (primary), ``raw_score``, ``p_value`` and ``prediction`` as the run's calibration (fitted on
     the validation rows) gives them, beside the scorer's own components and the image complexity."""
-    dataset = datamodule.eval_set
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
     columns = datamodule.eval_columns()
+    eval_split = after_setup(datamodule.eval_split, "eval_split")
     image_complexity = complexity(dataset.images)
     post = calibration(results, image_complexity)
     table = {
         "id": dataset.ids.numpy(),
         "source": columns["source"],
         "source_index": columns["source_index"],
-        "split": datamodule.eval_split,
+        "split": eval_split,
         "class": dataset.classes.numpy(),
         "class_name": columns["class_name"],
         "label": dataset.labels.numpy(),
@@ -144,7 +156,7 @@ def compute_metrics(
         thresholds = fit_thresholds(score[val], label[val], target_fpr)
     chosen = resolve_threshold(thresholds, threshold_rule)
     n_cal = int((label[val] == 0).sum())
-    metrics = {
+    metrics: dict[str, Any] = {
         "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
         "correction": correction,
         "threshold": {
@@ -250,8 +262,13 @@ def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
 
 
 def write_report(
-    results: dict[str, torch.Tensor], datamodule, scorer, calibration: Calibration, folder: Path, tb_writer=None
-) -> dict:
+    results: dict[str, torch.Tensor],
+    datamodule: AnomalyDataModule,
+    scorer: Scorer,
+    calibration: Calibration,
+    folder: Path,
+    tb_writer: SummaryWriter | None = None,
+) -> dict[str, Any]:
     """scores.csv, figures and TensorBoard images of a scored evaluation set; returns the metrics
     (the caller writes metrics.json, last: it marks the run finished).
 

@@ -20,12 +20,17 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
+from typing import TypeAlias
 
 import numpy as np
 import torch
 
 from anogan.errors import CalibrationError, OneClassSplitError
+
+# Scores or labels as callers hold them: a tensor, an array or a list (converted to float64 inside).
+ScoresLike: TypeAlias = "torch.Tensor | np.ndarray | Sequence[float]"
 
 
 def _check_both_classes(labels: torch.Tensor, what: str) -> None:

@@ -18,13 +18,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 import lightning as L
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,10 +38,12 @@ from anogan.callbacks import GANIterationLimit
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.config_schema import explain_composition_error
 from anogan.dashboard import add_dashboard_layout
+from anogan.data.splits import AnomalyDataModule, after_setup
 from anogan.errors import UserError
 from anogan.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.inference import run_scorer
 from anogan.io import AtomicCheckpointIO, atomic_write_text
+from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
 from anogan.progress import progress_callbacks
 from anogan.report import write_report
@@ -56,10 +59,15 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job
 CONF_DIR = conf_dir()
 
 
+def _rank_zero_only_rank() -> int:
+    """Lightning's global rank guess (an attribute it sets on ``rank_zero_only``, undeclared for type checkers)."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def _is_rank_zero() -> bool:
     """Global rank 0, also before any Trainer exists. Lightning's guess then comes from RANK,
     LOCAL_RANK or SLURM_PROCID; a process started by hand on another node has only NODE_RANK."""
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    return _rank_zero_only_rank() == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def _arch(cfg: DictConfig) -> dict:
@@ -80,16 +88,18 @@ def instantiate_list(group: DictConfig | None) -> list:
 GAN_ONLY_TRAINER_KEYS = ("max_steps", "max_time")
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``conf/trainer`` as keyword arguments of ``lightning.Trainer``, less the GAN-only limits
     (``fit_gan`` applies them: ``max_steps`` in GAN iterations, ``max_time`` as wall time)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))  # a config group is a mapping
     for key in ("_target_", *GAN_ONLY_TRAINER_KEYS):
         kwargs.pop(key, None)
     return kwargs
 
 
-def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: dict | None = None) -> Path:
+def fit_gan(
+    cfg: DictConfig, datamodule: AnomalyDataModule, loggers: list[Logger], run_dir: Path, extra: dict | None = None
+) -> Path:
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
     model: GAN = instantiate(cfg.model, _convert_="all")
     # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
@@ -134,7 +144,7 @@ def gan_health(cfg: DictConfig, run_dir: Path, source: str) -> dict:
     return health or {"ok": None, "warning": None, "why": "not checked: the GAN was trained before the health check existed"}
 
 
-def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
+def given_gan(cfg: DictConfig) -> tuple[Generator, Discriminator, str] | None:
     """G and D the user handed in (weights or a checkpoint), loaded before any data so that a
     wrong file or a mismatched architecture fails in seconds."""
     arch = _arch(cfg)
@@ -147,7 +157,9 @@ def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] |
     return None
 
 
-def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+def obtain_gan(
+    cfg: DictConfig, datamodule: AnomalyDataModule, logger: list[Logger], run_dir: Path
+) -> tuple[Generator, Discriminator, str]:
     """G and D from the cache (same data, model, training settings and seed), or trained now."""
     if not cfg.gan.cache:
         g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
@@ -175,7 +187,7 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
     return g, d, "trained"
 
 
-def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> None:
+def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule: AnomalyDataModule, kwargs: dict[str, Any]) -> None:
     """Train the scorer's encoder on the normal training images, or load it from the cache
     (``<gan_cache_dir>/encoders``, with ``gan.cache``; key: ``gan_store.encoder_cache_key``).
     DDP: as for the GAN, only rank 0 locks and publishes; every rank makes the same choice."""
@@ -184,23 +196,31 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> Non
         return
     key = gan_store.encoder_cache_key(cfg, scorer)
     path = Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt"
+    encoder = cast(torch.nn.Module, scorer.encoder)  # scorers with needs_fit train an encoder
 
-    def load():
-        return scorer.encoder if gan_store.load_encoder(path, key, scorer.encoder) else None
+    def load() -> torch.nn.Module | None:
+        return encoder if gan_store.load_encoder(path, key, encoder) else None
 
-    def build():
+    def build() -> torch.nn.Module:
         scorer.fit(datamodule.train_dataloader(), kwargs)
-        return scorer.encoder
+        return encoder
 
-    def publish(encoder) -> None:
-        gan_store.publish_encoder(encoder, path, key)
+    def publish(trained: torch.nn.Module) -> None:
+        gan_store.publish_encoder(trained, path, key)
         log.info("trained the encoder, cached as %s", path)
 
     if gan_store.cached(key, load, build, publish, lock_dir=path.parent, owner=_is_rank_zero())[1]:
         log.info("reusing the cached encoder %s (same GAN weights, training images and encoder settings)", path)
 
 
-def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
+def score(
+    cfg: DictConfig,
+    generator: Generator,
+    discriminator: Discriminator,
+    datamodule: AnomalyDataModule,
+    loggers: list[Logger],
+    run_dir: Path,
+) -> tuple[Scorer, dict]:
     """Stage 2: build the scorer of ``conf/mapping`` (``_target_``), fit it if it has a training phase
     (the encoder, on the normal training images), and score validation + test through the one
     inference path (``anogan.inference.run_scorer``), resumable from ``<run>/scoring``."""
@@ -208,14 +228,16 @@ def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, 
     kwargs = trainer_kwargs(cfg)
     if scorer.needs_fit:
         fit_scorer(cfg, scorer, datamodule, {**kwargs, "logger": loggers or False, "callbacks": []})
-    results = run_scorer(scorer, datamodule.eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
+    eval_set = after_setup(datamodule.eval_set, "eval_set")
+    results = run_scorer(scorer, eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
     return scorer, results
 
 
-def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
+def log_hparams(cfg: DictConfig, metrics: dict, logger: TensorBoardLogger) -> None:
     """TensorBoard's HPARAMS tab: the scorer's own settings and the shared ones, with real metrics
     (validation and test) and the *resolved* correction."""
-    scorer_keys = {f"mapping/{k}": v for k, v in OmegaConf.to_container(cfg.mapping, resolve=True).items() if k != "_target_"}
+    mapping = cast(dict[str, Any], OmegaConf.to_container(cfg.mapping, resolve=True))  # a config group is a mapping
+    scorer_keys = {f"mapping/{k}": v for k, v in mapping.items() if k != "_target_"}
     hparams = {
         "scorer": cfg.mapping._target_.rsplit(".", 1)[-1],
         **{k: (str(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in scorer_keys.items()},
@@ -240,13 +262,15 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
     logger.finalize("success")
 
 
-def fit_calibration(cfg: DictConfig, scorer: Scorer, results: dict[str, torch.Tensor], datamodule) -> Calibration:
+def fit_calibration(
+    cfg: DictConfig, scorer: Scorer, results: dict[str, torch.Tensor], datamodule: AnomalyDataModule
+) -> Calibration:
     """The run's calibration (``anogan.calibration``), fitted on the validation rows only: the
     correction (``mapping.correction``), every threshold rule (``threshold.*``), the validation
     normals' scores for p-values and, when the scorer names ``combine``, the components' scaling.
     An unreachable ``threshold.target_fpr`` is logged as a warning naming the fix."""
-    val = torch.from_numpy(datamodule.eval_split == "val")
-    dataset = datamodule.eval_set
+    val = torch.from_numpy(after_setup(datamodule.eval_split, "eval_split") == "val")
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     components = {k: v[val] for k, v in results.items() if k not in ("row", "map", "z") and len(v) == len(val)}
     calibration = Calibration.fit(
         components,
@@ -293,7 +317,7 @@ def run(cfg: DictConfig) -> float:
         write_run_info(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule: AnomalyDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     if _is_rank_zero():
@@ -304,7 +328,10 @@ def run(cfg: DictConfig) -> float:
             if (group_choices(cfg) or {}).get("experiment") != "folder_small":
                 warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
-        estimate.log_estimate(cfg, datamodule, trainer_kwargs(cfg), given=given is not None)  # one line per phase
+        networks = (given[0], given[1]) if given else None
+        estimate.log_estimate(
+            cfg, datamodule, trainer_kwargs(cfg), given=given is not None, networks=networks
+        )  # one line per phase
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None and _is_rank_zero():
@@ -318,7 +345,7 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     scorer, results = score(cfg, generator, discriminator, datamodule, loggers, run_dir)
     score_s = time.perf_counter() - start
-    if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
+    if _rank_zero_only_rank() != 0:  # every rank holds the gathered scores; rank zero reports
         return float("nan")
 
     # scores -> calibration (validation only) -> scorer.pt -> report -> metrics.json, written once and

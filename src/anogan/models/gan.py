@@ -40,10 +40,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from anogan.errors import DivergenceError, UserError
@@ -52,6 +54,13 @@ from anogan.models.dcgan import Discriminator, Generator, check_discriminator_op
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
 from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
 
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.utilities.types import OptimizerLRScheduler
+    from torch.optim.lr_scheduler import LRScheduler
+
+
 log = logging.getLogger(__name__)
 OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
@@ -59,7 +68,7 @@ DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
 DEFAULT_DIVERGENCE = {"max_abs_loss": 1.0e4, "saturation": 0.01, "saturated_epochs": 10}
 
 
-def _whole(value, low: int) -> bool:
+def _whole(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
@@ -143,6 +152,11 @@ class GAN(L.LightningModule):
     Raises ``UserError`` (via ``check_gan_options``) for an invalid option combination.
     """
 
+    if TYPE_CHECKING:  # save_hyperparameters stores an AttributeDict (Lightning declares a wider type)
+
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(
         self,
         latent_dim: int = 128,
@@ -186,7 +200,7 @@ class GAN(L.LightningModule):
             spectral_norm=spectral_norm,
             transform_classes=transform_count(self_supervised) if self_supervised else 0,
         )
-        self.generator_ema = None
+        self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
             self.generator_ema.requires_grad_(False)
@@ -201,9 +215,9 @@ class GAN(L.LightningModule):
         self.register_buffer("fixed_noise", noise, persistent=False)
 
     @property
-    def scoring_generator(self) -> torch.nn.Module:
+    def scoring_generator(self) -> Generator:
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
-        return self.generator if self.generator_ema is None else self.generator_ema.module
+        return self.generator if self.generator_ema is None else cast(Generator, self.generator_ema.module)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scoring_generator(z)
@@ -215,7 +229,7 @@ class GAN(L.LightningModule):
         if stage == "fit" and self.trainer.strategy.root_device.type == "cpu":
             self.to(memory_format=torch.channels_last)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         hp = self.hparams
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
@@ -263,7 +277,8 @@ class GAN(L.LightningModule):
     def _kept(self) -> str:
         """What survives a stop now, in words (for DivergenceError)."""
         trainer = self._trainer
-        paths = [Path(cb.best_model_path) for cb in (trainer.checkpoint_callbacks if trainer else []) if cb.best_model_path]
+        callbacks = trainer.checkpoint_callbacks if trainer else []
+        paths = [Path(cb.best_model_path) for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.best_model_path]
         paths = [p for p in paths if p.is_file()]
         if paths and self._saved_epoch is not None:
             return f"kept: {paths[0]}, written at the end of epoch {self._saved_epoch} (no gan/ folder is written for this run)"
@@ -286,7 +301,7 @@ class GAN(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
-        opt_g, opt_d = self.optimizers()
+        opt_g, opt_d = cast("list[LightningOptimizer]", self.optimizers())  # configure_optimizers: [G's, D's]
         x = batch["image"]
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)  # as the weights (see setup)
@@ -358,7 +373,7 @@ class GAN(L.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers() or []:
+        for sched in cast("list[LRScheduler]", self.lr_schedulers() or []):  # G's and D's, or none
             sched.step()
         # the epoch means are synced across ranks (see training_step): every rank stops together
         metrics = self.trainer.callback_metrics

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -29,6 +31,11 @@ from anogan.console import quiet_lightning
 from anogan.errors import ScoreDivergenceError
 from anogan.progress import progress_callbacks
 from anogan.scorers.base import Scorer
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from anogan.models.dcgan import Discriminator, Generator
 
 
 def izif_components(
@@ -61,7 +68,7 @@ class Encoder(nn.Module):
         self.latent_dim = latent_dim
 
     @classmethod
-    def for_generator(cls, generator: nn.Module, width: int) -> Encoder:
+    def for_generator(cls, generator: Generator, width: int) -> Encoder:
         """An encoder whose input is G's output shape and whose output is G's latent size."""
         with torch.no_grad():
             was = generator.training
@@ -78,18 +85,26 @@ class Encoder(nn.Module):
 class _EncoderTraining(L.LightningModule):
     """izi_f training of E with G and D frozen (``trainer.fit`` on the normal training images)."""
 
-    def __init__(self, encoder: Encoder, generator: nn.Module, discriminator: nn.Module, kappa: float, lr: float, betas):
+    def __init__(
+        self,
+        encoder: Encoder,
+        generator: Generator,
+        discriminator: Discriminator,
+        kappa: float,
+        lr: float,
+        betas: Sequence[float],
+    ):
         super().__init__()
         self.encoder, self.generator, self.discriminator = encoder, generator, discriminator
-        self.kappa, self.lr, self.betas = kappa, lr, tuple(betas)
+        self.kappa, self.lr, self.betas = kappa, lr, (float(betas[0]), float(betas[1]))
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> _EncoderTraining:
         super().train(mode)
         self.generator.eval()
         self.discriminator.eval()
         return self
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, betas=self.betas)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -106,15 +121,15 @@ class _EncoderTraining(L.LightningModule):
 
 def train_encoder(
     encoder: Encoder,
-    generator,
-    discriminator,
-    train_loader,
-    trainer_kwargs: dict,
+    generator: Generator,
+    discriminator: Discriminator,
+    train_loader: DataLoader,
+    trainer_kwargs: dict[str, Any],
     *,
     kappa: float,
     epochs: int,
     lr: float,
-    betas,
+    betas: Sequence[float],
     seed: int,
 ) -> Encoder:
     """Train ``encoder`` in place with izi_f (module docstring) for ``epochs`` over ``train_loader``,
@@ -146,8 +161,8 @@ class EncoderScorer(Scorer):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         kappa: float = 1.0,
         width: int = 64,
         epochs: int = 20,
@@ -169,11 +184,11 @@ class EncoderScorer(Scorer):
     def summary(self) -> str:
         return "f-AnoGAN encoder, one forward pass"
 
-    def fit_settings(self) -> dict:
+    def fit_settings(self) -> dict[str, Any]:
         hp = self.hparams
         return {"width": hp.width, "kappa": hp.kappa, "epochs": hp.epochs, "lr": hp.lr, "betas": list(hp.betas), "seed": hp.seed}
 
-    def fit(self, train_loader, trainer_kwargs: dict) -> None:
+    def fit(self, train_loader: DataLoader, trainer_kwargs: dict[str, Any]) -> None:
         hp = self.hparams
         train_encoder(
             self.encoder,
@@ -189,7 +204,7 @@ class EncoderScorer(Scorer):
         )
 
     @torch.no_grad()
-    def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    def infer(self, x: torch.Tensor, keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         features = self.discriminator.features
         fx = features(x)
         z = self.encoder(x)
