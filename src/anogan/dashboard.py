@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def add_dashboard_layout(tb_writer) -> None:
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+
+def add_dashboard_layout(tb_writer: SummaryWriter) -> None:
     """TensorBoard's CUSTOM SCALARS tab: related curves on one chart (losses; D(x) against D(G(z)))."""
     from tensorboard.summary.v1 import custom_scalar_pb  # noqa: F401  (tensorboard is a dependency)
     from torch.utils.tensorboard.summary import custom_scalars

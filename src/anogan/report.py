@@ -234,7 +234,7 @@ def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Te
     }
 
 
-def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
+def pixel_and_defect_metrics(table: Table, results: dict[str, torch.Tensor], datamodule: AnomalyDataModule) -> dict[str, Any]:
     """With ground-truth masks (MVTec layout, or folder data with a mask folder): pixel AUROC and
     AUPRO (up to a pixel FPR of 0.3, Bergmann et al., IJCV 2021) of the anomaly maps on the test
     rows, and the image AUROC of each defect type against all test normals."""

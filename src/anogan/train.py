@@ -168,7 +168,7 @@ def obtain_gan(
     cache_dir = Path(cfg.paths.gan_cache_dir)
     zero = _is_rank_zero()  # DDP: only rank 0 locks and publishes (gan_store.cached)
 
-    def load():  # a damaged entry: moved aside (by rank 0), None
+    def load() -> tuple[torch.nn.Module, torch.nn.Module] | None:  # a damaged entry: moved aside (by rank 0), None
         return gan_store.load_cache_entry(cache_dir / key, key, _arch(cfg), move_damaged=zero)
 
     def build() -> Path:
