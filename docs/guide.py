@@ -121,7 +121,7 @@ examples.to_pandas()
 
 # %%
 # %matplotlib inline
-import matplotlib.pyplot as plt  # (anogan's report module selects the Agg backend: the magic above shows figures again)
+import matplotlib.pyplot as plt
 
 
 def to_rgb(x: torch.Tensor) -> np.ndarray:

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import anogan
-from anogan.api import ConfigError, InputError
-from anogan.data.images import ImageError, load_pixels, pixels_from_array
+from anogan.data.images import load_pixels, pixels_from_array
+from anogan.errors import ConfigError, ImageError, InputError
 from conftest import tiny_overrides
 
 

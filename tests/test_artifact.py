@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from anogan import gan_store
-from anogan.artifact import VERSION, ArtifactError, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
+from anogan.artifact import VERSION, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
 from anogan.calibration import Calibration
-from anogan.gan_store import GANLoadError
+from anogan.errors import ArtifactError, GANLoadError
 from anogan.inference import run_scorer
 from anogan.scorers import EncoderScorer, LatentMapping
 from test_scorers import CPU, _dataset, _nets

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from anogan import io as aio
 from anogan.callbacks import RandomStateCheckpoint
+from anogan.errors import WriteError
 from anogan.models.gan import GAN
 from anogan.train import fit_gan
 from conftest import compose_config, tiny_overrides
@@ -29,7 +30,7 @@ def test_atomic_write_replaces_whole_file_and_keeps_old_one_on_failure(tmp_path,
         handle.write(b"ha")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(aio.WriteError, match=f"disk full writing {target}") as err:
+    with pytest.raises(WriteError, match=f"disk full writing {target}") as err:
         aio.atomic_write(target, half_then_full_disk)
     assert "\n" not in str(err.value)
     assert target.read_text() == "new" and _no_temp_files(tmp_path)
@@ -38,7 +39,7 @@ def test_atomic_write_replaces_whole_file_and_keeps_old_one_on_failure(tmp_path,
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(aio.tempfile, "mkstemp", read_only)
-    with pytest.raises(aio.WriteError, match="is read-only"):
+    with pytest.raises(WriteError, match="is read-only"):
         aio.atomic_write_text(target, "newer")
     assert target.read_text() == "new"
 
@@ -83,7 +84,7 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")  # ... or a full disk
 
     monkeypatch.setattr(aio.torch, "save", half_written)
-    with pytest.raises(aio.WriteError, match="disk full writing .*last.ckpt"):
+    with pytest.raises(WriteError, match="disk full writing .*last.ckpt"):
         trainer.save_checkpoint(last)
     monkeypatch.undo()
     assert last.read_bytes() == before and _no_temp_files(tmp_path)

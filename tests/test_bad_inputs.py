@@ -104,8 +104,9 @@ IN_PROCESS_CASES = [
 def config_error(overrides: list[str]) -> str:
     """The one-line message ``python train.py <overrides>`` ends with (Hydra's composition errors as
     ``train.main`` rewrites them, then ``check_config``), or "" when the config is accepted."""
-    from anogan.config_check import ConfigError, check_config
+    from anogan.config_check import check_config
     from anogan.config_schema import explain_composition_error
+    from anogan.errors import ConfigError
 
     try:
         cfg = compose_config(overrides)
@@ -226,7 +227,8 @@ def test_command_line_errors_are_one_line_and_exit_2(override, words, monkeypatc
 
 
 def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path):
-    from anogan.config_check import ConfigError, check_run_environment
+    from anogan.config_check import check_run_environment
+    from anogan.errors import ConfigError
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -242,7 +244,7 @@ def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path
 def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    from anogan import config_check
+    from anogan import config_check, errors
 
     def refuse(code):
         def mkstemp(*args, **kwargs):
@@ -251,10 +253,10 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
         return mkstemp
 
     monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.EROFS))
-    with pytest.raises(config_check.ConfigError, match=f"paths.gan_cache_dir: {tmp_path} is read-only"):
+    with pytest.raises(errors.ConfigError, match=f"paths.gan_cache_dir: {tmp_path} is read-only"):
         config_check.probe_writable(tmp_path, "paths.gan_cache_dir")
     monkeypatch.setattr(config_check.tempfile, "mkstemp", refuse(errno.ENOSPC))
-    with pytest.raises(config_check.ConfigError, match=f"hydra.run.dir: disk full writing to {tmp_path}"):
+    with pytest.raises(errors.ConfigError, match=f"hydra.run.dir: disk full writing to {tmp_path}"):
         config_check.probe_writable(tmp_path, "hydra.run.dir")
 
 

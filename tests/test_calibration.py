@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from anogan.calibration import Calibration, complexity_of_model_input, primary_score
-from anogan.metrics import CalibrationError, ThresholdRuleError, conformal_p_values, fit_thresholds
+from anogan.errors import CalibrationError, ThresholdRuleError
+from anogan.metrics import fit_thresholds
 from anogan.scores import complexity
+from anogan.stats import conformal_p_values
 from conftest import tiny_overrides
 from conftest import train_in_process as run_train
 
@@ -148,7 +150,7 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
 def test_a_failure_writing_the_scorer_leaves_no_finished_marker(tiny_cifar, tmp_path, monkeypatch):
     """scorer.pt is written before metrics.json (the run-folder guard's "finished" marker)."""
     import anogan.train
-    from anogan.artifact import ArtifactError
+    from anogan.errors import ArtifactError
 
     def fail(*args, **kwargs):
         raise ArtifactError("disk full (simulated)")

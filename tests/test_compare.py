@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from anogan.compare import delong, delong_components, main, paired_bootstrap
-from anogan.metrics import auroc
+from anogan.compare import main
+from anogan.stats import auroc, delong, delong_components, paired_bootstrap
 
 
 def brute_force_delong(a, b, y):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from anogan.data import CIFAR10AnomalyDataModule, DataError, class_index, stratified_subset
+from anogan.data import CIFAR10AnomalyDataModule, class_index, stratified_subset
+from anogan.errors import DataError
 from conftest import TEST_PER_CLASS, TRAIN_PER_CLASS_PER_BATCH
 
 TRAIN_PER_CLASS = 5 * TRAIN_PER_CLASS_PER_BATCH  # 20

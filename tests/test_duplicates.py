@@ -197,7 +197,8 @@ def test_cifar_test_copy_of_a_training_image_is_dropped(tmp_path):
     ],
 )
 def test_bad_duplicate_and_target_settings_name_the_key(override, message):
-    from anogan.config_schema import ConfigError, validate
+    from anogan.config_schema import validate
+    from anogan.errors import ConfigError
     from conftest import compose_config
 
     validate(compose_config(["data=folder"]))  # the defaults pass

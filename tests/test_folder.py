@@ -197,7 +197,8 @@ def test_resize_is_a_config_key_and_a_bad_policy_names_it(tmp_path):
     cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=pad", "data.abnormal_dir=null"])
     dm = instantiate(cfg.data)
     assert dm.hparams.resize == "pad" and dm.normal_only
-    from anogan.config_check import ConfigError, check_config
+    from anogan.config_check import check_config
+    from anogan.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.resize='fit' is not allowed: use one of stretch, crop, pad"):
         check_config(compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=fit"]))

@@ -7,6 +7,7 @@ import logging
 import re
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import anogan.scorers.latent as latent
@@ -54,18 +55,20 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
 
 
 def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
-    """Issue 26 §1: an edit to models/augment.py (DiffAugment) or models/selection.py (checkpoint selection)
-    trains a new GAN; an edit to a module the GAN's training never imports (the report) does not."""
+    """Issue 26 §1: an edit to models/augment.py (DiffAugment) or selection.py (checkpoint selection, a
+    callback the pipeline attaches to the GAN's training) trains a new GAN; an edit to a module the GAN's
+    training never imports (the report) does not."""
     import shutil
 
     package = tmp_path / "anogan"
     shutil.copytree(gan_store.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(gan_store, "PACKAGE_DIR", package)
     closure = {p.relative_to(package).as_posix() for p in gan_store.import_closure([package / "models" / "gan.py"])}
-    assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "models/selection.py", "errors.py"} <= closure
+    assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "errors.py"} <= closure
     assert "report.py" not in closure and "predict.py" not in closure
+    assert "selection.py" not in closure and "selection.py" in gan_store.TRAINING_CODE  # models/ does not import it
     before = gan_store.training_code_version()
-    for name in ("models/augment.py", "models/selection.py"):
+    for name in ("models/augment.py", "selection.py"):
         (package / name).write_text((package / name).read_text() + "\n# edited\n")
         after = gan_store.training_code_version()
         assert after != before, name
@@ -140,3 +143,32 @@ def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_
     assert sum("trained the encoder, cached as" in m for m in messages) == 2
     assert len(list((tmp_path / "gan_cache" / "encoders").glob("*.pt"))) == 2
     assert torch.load(entry, weights_only=True)["key"] == entry.stem
+
+
+def test_cached_loads_or_builds_and_publishes_and_only_the_owner_locks(tmp_path):
+    """gan_store.cached, the one protocol of the GAN and encoder caches: a hit is returned without
+    building; a miss is built and published by the owner (rank 0) under the key's lock; another DDP
+    rank neither waits for that lock (rank 0 holds it while training with it) nor publishes."""
+    import filelock
+
+    calls = []
+
+    def run(found, owner=True):
+        return gan_store.cached(
+            "k",
+            load=lambda: calls.append("load") or found,
+            build=lambda: calls.append("build") or "built",
+            publish=lambda value: calls.append(f"publish {value}"),
+            lock_dir=tmp_path,
+            owner=owner,
+        )
+
+    assert run("entry") == ("entry", True) and calls == ["load"]
+    assert (tmp_path / "k.lock").exists()
+    calls.clear()
+    assert run(None) == ("built", False) and calls == ["load", "build", "publish built"]
+    calls.clear()
+    with filelock.FileLock(str(tmp_path / "k.lock"), timeout=0):  # rank 0 holds the lock, training
+        assert run(None, owner=False) == ("built", False) and calls == ["load", "build"]
+        with pytest.raises(filelock.Timeout):  # the lock is really held: an owner would have waited
+            filelock.FileLock(str(tmp_path / "k.lock"), timeout=0).acquire()

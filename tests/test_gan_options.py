@@ -4,6 +4,7 @@ selection on validation only, divergence stops; tiny nets (latent 16, widths 8, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -15,11 +16,11 @@ from torch import nn
 from anogan import gan_store
 from anogan.config_check import check_config
 from anogan.data.splits import AnomalySplit
-from anogan.errors import UserError
+from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator
-from anogan.models.gan import GAN, DivergenceError, gradient_penalty
-from anogan.models.selection import CheckpointSelection
+from anogan.models.gan import GAN, gradient_penalty
+from anogan.selection import CheckpointSelection
 from conftest import compose_config, tiny_overrides
 
 TINY = dict(latent_dim=16, image_size=32, g_width=8, d_width=8)
@@ -225,9 +226,9 @@ def test_selection_keeps_the_epoch_with_the_best_criterion(monkeypatch):
     )
     L.seed_everything(0)
     model = GAN(**TINY, ema_decay=0.9, selection=SELECTION)
-    rec = RecordEpochs()
-    trainer(max_epochs=4, callbacks=[rec]).fit(model, loader(2))
-    summary = model.selection_summary()
+    rec, selection = RecordEpochs(), CheckpointSelection(**SELECTION)  # what train.fit_gan attaches
+    trainer(max_epochs=4, callbacks=[rec, selection]).fit(model, loader(2))
+    summary = selection.summary()
     assert summary["best_epoch"] == 1 and summary["best_criterion"] == 0.7
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
     final = model.state_dict()
@@ -352,3 +353,22 @@ def test_selection_without_validation_rows_is_a_user_error():
     with pytest.raises(UserError, match="model.selection.every_n_epochs"):
         CheckpointSelection(**SELECTION).validation_rows(None)  # fitted on plain dataloaders
     assert data.eval_set.read == []
+
+
+def test_the_gan_package_imports_nothing_from_data_or_scorers():
+    """Layers point one way (issue 26): checkpoint selection, which reads the data module and runs the
+    latent search, is a callback the pipeline attaches; ``anogan.models`` itself never imports them."""
+    import ast
+
+    import anogan.models
+
+    imported = set()
+    for path in Path(anogan.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "anogan.models.gan" in imported or "anogan.models.dcgan" in imported  # the walk sees the package's imports
+    above = {m for m in imported if m.startswith(("anogan.data", "anogan.scorers", "anogan.selection", "anogan.metrics"))}
+    assert not above, above

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from anogan.calibration import primary_score, resolve_auto
-from anogan.metrics import OneClassSplitError, evaluate, fit_thresholds
+from anogan.errors import OneClassSplitError
+from anogan.metrics import evaluate, fit_thresholds
 from anogan.scores import complexity
 from conftest import brute_force_auroc
 
@@ -103,21 +104,18 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision  # noqa: E402
 
-from anogan.metrics import (  # noqa: E402
-    CalibrationError,
-    ThresholdRuleError,
+from anogan.errors import CalibrationError, ThresholdRuleError  # noqa: E402
+from anogan.metrics import fpr_threshold, resolve_threshold, to_unit_interval  # noqa: E402
+from anogan.stats import (  # noqa: E402
     _weighted_ap,
     _weighted_auroc,
     auroc,
     bootstrap_ci,
     bootstrap_statistics,
     conformal_p_values,
-    fpr_threshold,
     midranks,
     random_auroc_interval,
-    resolve_threshold,
     stratified_counts,
-    to_unit_interval,
 )
 
 

@@ -222,7 +222,8 @@ def test_folder_module_reads_a_mask_folder(mvtec_root):
 
 
 def test_config_check_accepts_mvtec_and_names_its_fractions(mvtec_root):
-    from anogan.config_check import ConfigError, check_config
+    from anogan.config_check import check_config
+    from anogan.errors import ConfigError
 
     base = ["data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32"]
     check_config(compose_config(base))

@@ -6,8 +6,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from anogan.metrics import auroc
-from anogan.pixel_metrics import MaskError, aupro, connected_components, per_defect_auroc, pixel_auroc, pro_curve
+from anogan.errors import MaskError
+from anogan.pixel_metrics import aupro, connected_components, per_defect_auroc, pixel_auroc, pro_curve
+from anogan.stats import auroc
 
 
 def bfs_regions(mask):

@@ -15,7 +15,8 @@ from PIL import Image
 
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
 from anogan.data.folder import to_model_input
-from anogan.predict import PredictError, parse_args, predict
+from anogan.errors import PredictError
+from anogan.predict import parse_args, predict
 from conftest import REPO, tiny_overrides
 from conftest import train_in_process as run_train
 

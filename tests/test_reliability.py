@@ -12,9 +12,9 @@ import torch
 
 from anogan import gan_store
 from anogan.config_check import check_config
-from anogan.errors import UserError
+from anogan.errors import DivergenceError, UserError
 from anogan.models.dcgan import Discriminator, Generator
-from anogan.models.gan import GAN, DivergenceError
+from anogan.models.gan import GAN
 from anogan.train import given_gan
 from conftest import REPO, compose_config, run_train, tiny_overrides
 

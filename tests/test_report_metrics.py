@@ -3,15 +3,15 @@
 import json
 import math
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
 
-from anogan.metrics import CalibrationError, ThresholdRuleError, auroc, fit_thresholds
-from anogan.report import _figure_histogram, add_p_values, compute_metrics, read_csv, rereport, write_csv
-
-matplotlib.use("Agg")
+from anogan.errors import CalibrationError, ThresholdRuleError
+from anogan.figures import _figure_histogram
+from anogan.metrics import fit_thresholds
+from anogan.report import add_p_values, compute_metrics, read_csv, rereport, write_csv
+from anogan.stats import auroc
 
 
 def make_table(val_scores, val_labels, test_scores, test_labels, seed=0):
@@ -194,11 +194,38 @@ def test_histogram_clips_to_the_bulk_counts_the_tail_and_draws_every_rule():
     assert sum(t.endswith(", used") for t in texts) == 1
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata()) == 2]
     assert len(dashed) == sum(lo <= m["threshold"][r] <= hi for r in ("fpr", "f1", "youden"))
-    matplotlib.pyplot.close(fig)
     # normal-only: one histogram, the fpr line alone
     normal_only = make_table(np.arange(1.0, 41.0), np.zeros(40), np.arange(1.0, 21.0), np.zeros(20))
     mo = compute_metrics(normal_only, "none")
     fig = _figure_histogram(normal_only, mo["threshold"], "val", "raw_score")
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts[0] == "normal (40)" and not any("anomalous" in t or "f1 threshold" in t for t in texts)
-    matplotlib.pyplot.close(fig)
+
+
+def test_the_report_modules_select_no_matplotlib_backend(monkeypatch, tmp_path):
+    """Importing the report and drawing its figures leaves the backend alone (a notebook keeps
+    showing its own figures inline): no ``matplotlib.use``, figures not registered with pyplot."""
+    import importlib
+
+    import matplotlib
+
+    import anogan.figures
+    import anogan.report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"matplotlib.use{args} called")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    importlib.reload(anogan.figures)
+    importlib.reload(anogan.report)
+    table = both_classes_table()
+    m = compute_metrics(table, "none", n_resamples=100)
+    fig = anogan.figures._figure_histogram(table, m["threshold"], "test", "raw_score")
+    assert fig.canvas.manager is None  # not a pyplot figure: nothing to close, no window
+    anogan.figures.write_score_figures(table, m, tmp_path / "figures")
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "components_test.png",
+        "histogram_test.png",
+        "histogram_val.png",
+        "roc_pr_test.png",
+    ]

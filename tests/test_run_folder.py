@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from anogan.run_folder import RunFolderError, check_run_folder, is_fresh, removed_if_unused
+from anogan.errors import RunFolderError
+from anogan.run_folder import check_run_folder, is_fresh, removed_if_unused
 from anogan.run_info import write_run_info
 from conftest import compose_config, tiny_overrides
 

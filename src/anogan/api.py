@@ -50,7 +50,7 @@ from anogan.data.images import (
     to_model_input,
 )
 from anogan.data.splits import AnomalySplit
-from anogan.errors import UserError
+from anogan.errors import ConfigError, InputError
 from anogan.inference import run_scorer
 from anogan.metrics import THRESHOLD_RULES
 from anogan.scores import complexity
@@ -75,15 +75,6 @@ NOT_COMPONENTS = ("score", "row", "steps")  # per-image outputs of a scorer that
 DEVICES = ("auto", "cpu", "cuda")
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
 Images = ImageInput | Sequence[ImageInput]
-
-
-class InputError(UserError):
-    """An input that cannot be scored (wrong type, shape, dtype or range; a missing or unreadable
-    file), or a setting that cannot be used; the message names it and says how to fix it."""
-
-
-class ConfigError(UserError):
-    """``anogan.fit`` could not compose the configuration from the overrides given (Hydra's reason)."""
 
 
 # ---------------------------------------------------------------------- inputs -> pixels

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anogan.calibration import THRESHOLD_KEYS, Calibration
-from anogan.errors import UserError
+from anogan.errors import ArtifactError, UserError
 from anogan.gan_store import ARCH_DEFAULTS, build_networks, check_arch, load_checkpoint
 from anogan.metrics import THRESHOLD_RULES
 
@@ -77,10 +77,6 @@ SCHEMA = {
 }
 COMBINE_SCHEMA = {"components": list, "mean": torch.Tensor, "std": torch.Tensor, "log": torch.Tensor}
 DAMAGED = "the file was edited, cut short or mixed with another; copy the run's scorer.pt again or re-run train.py"
-
-
-class ArtifactError(UserError):
-    """The scorer file is missing, unreadable, not an anogan scorer, or not what this version expects."""
 
 
 def resolve_path(path: str | Path) -> Path:

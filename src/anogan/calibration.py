@@ -28,16 +28,10 @@ import math
 import torch
 from torch import nn
 
-from anogan.metrics import (
-    THRESHOLD_RULES,
-    CalibrationError,
-    conformal_p_values,
-    fit_thresholds,
-    min_normals_for_fpr,
-    ranking_metrics,
-    resolve_threshold,
-)
+from anogan.errors import CalibrationError
+from anogan.metrics import THRESHOLD_RULES, fit_thresholds, min_normals_for_fpr, ranking_metrics, resolve_threshold
 from anogan.scores import CORRECTIONS, corrected_score, neighbour_difference
+from anogan.stats import conformal_p_values
 
 THRESHOLD_KEYS = ("fpr", "fpr_target", "fpr_observed", "f1", "f1_value", "youden", "youden_value")
 LOG_FLOOR = 1e-30

@@ -20,8 +20,9 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from anogan.config_schema import ConfigError, validate
+from anogan.config_schema import validate
 from anogan.data.cifar10 import MISSING_DATA_FIX
+from anogan.errors import ConfigError
 from anogan.io import describe_os_error
 
 __all__ = ["ConfigError", "check_config", "check_run_environment", "group_choices", "probe_writable"]

@@ -44,7 +44,7 @@ from anogan.data.duplicates import HASH_BITS, POLICIES
 from anogan.data.images import RESIZE_POLICIES
 from anogan.data.splits import IMAGE_SIZES
 from anogan.data.synthetic import METHODS
-from anogan.errors import UserError
+from anogan.errors import ConfigError, UserError
 from anogan.metrics import THRESHOLD_RULES
 from anogan.models.gan import check_gan_options
 from anogan.scores import CORRECTIONS
@@ -79,10 +79,6 @@ REFUSED_TRAINER_KEYS = {
     "limit_val_batches": _NO_VAL_LOOP,
     "num_sanity_val_steps": _NO_VAL_LOOP,
 }
-
-
-class ConfigError(UserError):
-    """A configuration value, key, folder or checkpoint is unusable; the message names it and the fix."""
 
 
 # ------------------------------------------------------------------------------------ rules

@@ -35,17 +35,13 @@ from torch import nn
 
 from anogan.artifact import load_artifact, resolve_path
 from anogan.calibration import Calibration, complexity_of_model_input
-from anogan.errors import UserError
+from anogan.errors import ExportError, UserError
 from anogan.io import atomic_write_text
 from anogan.scorers import EncoderScorer, Scorer
 from anogan.scores import complexity
 
 log = logging.getLogger("anogan.export")
 MAX_RELATIVE_DIFFERENCE = 1e-4
-
-
-class ExportError(UserError):
-    """The scorer cannot be exported, or the exported graph does not reproduce PyTorch."""
 
 
 class ScorerGraph(nn.Module):

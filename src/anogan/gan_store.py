@@ -24,16 +24,16 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import filelock
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.errors import UserError
+from anogan.errors import GANLoadError, UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.transforms import transform_count
@@ -42,30 +42,28 @@ if TYPE_CHECKING:
     from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm", "self_supervised")
 # Values of architecture keys added later, for GAN folders and checkpoints saved before them.
 ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False, "self_supervised": None}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
-# The source files whose content defines "the training code" in the cache key: the GAN module and
-# the data modules (they choose and preprocess the training images), each with every package module
-# it imports, directly or not (``import_closure``: DiffAugment, checkpoint selection, the networks, ...).
-TRAINING_CODE = ("models/gan.py", "data/*.py")
+# The source files whose content defines "the training code" in the cache key: the GAN module,
+# checkpoint selection (a callback the pipeline attaches to the GAN's training: it picks the kept
+# epoch) and the data modules (they choose and preprocess the training images), each with every
+# package module it imports, directly or not (``import_closure``: DiffAugment, the networks, ...).
+TRAINING_CODE = ("models/gan.py", "selection.py", "data/*.py")
 # The same for a cached encoder: its training (izi_f) and the data modules.
 ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class GANLoadError(UserError):
-    """A checkpoint or weight file is missing, unreadable or does not fit the configured model."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file in the same folder (see :mod:`anogan.io`).
 
     Raises:
-        anogan.io.WriteError: disk full or read-only folder (the previous file is kept).
+        anogan.errors.WriteError: disk full or read-only folder (the previous file is kept).
     """
     atomic_torch_save(obj, path)
 
@@ -76,7 +74,7 @@ def save_gan(
     """Write G, D and ``gan.json`` into ``folder``, each file atomically, ``gan.json`` last.
 
     Raises:
-        anogan.io.WriteError: disk full or read-only folder.
+        anogan.errors.WriteError: disk full or read-only folder.
     """
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save(generator.state_dict(), folder / "generator.pt")
@@ -209,7 +207,9 @@ def _module_file(name: str) -> Path | None:
 def import_closure(roots: list[Path]) -> list[Path]:
     """``roots`` and every source file of this package they import, directly or not: each ``import
     anogan.x`` and ``from anogan.x import y`` statement (also inside functions), ``y`` itself when it is
-    a module, and the ``__init__.py`` of each package on the way (Python runs them on import)."""
+    a module, and the ``__init__.py`` of each package on the way (Python runs them on import). Not
+    followed: the imports of a module-level ``__getattr__`` (PEP 562), which run only when a missing
+    attribute is looked up (``anogan.fit``, ``anogan.load``: the API), never on import."""
     seen: set[Path] = set()
     todo = [Path(r).resolve() for r in roots]
     while todo:
@@ -218,7 +218,11 @@ def import_closure(roots: list[Path]) -> list[Path]:
             continue
         seen.add(path)
         names: list[str] = []
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        lazy = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if id(node) in lazy:
+                continue
             if isinstance(node, ast.Import):
                 names += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -302,6 +306,32 @@ def cache_lock(cache_dir: Path, key: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def cached(
+    key: str,
+    load: Callable[[], T | None],
+    build: Callable[[], T],
+    publish: Callable[[T], object],
+    lock_dir: Path,
+    owner: bool = True,
+) -> tuple[T, bool]:
+    """The one cache protocol of the GAN and encoder caches: under ``key``'s lock (``cache_lock`` in
+    ``lock_dir``), ``load()`` the entry (None: absent or damaged), else ``build()`` it and
+    ``publish(built)``. Returns ``(value, True)`` for a cache hit, ``(built, False)`` otherwise.
+
+    DDP: only the ``owner`` (global rank 0) locks and publishes. The other ranks must not wait for the
+    lock: rank 0 holds it while it trains, and its training needs them. They are started by rank 0's
+    first ``Trainer`` call, so they load while rank 0 holds the lock (or after it reused the entry):
+    the entry cannot appear or vanish meanwhile, and they make rank 0's reuse-or-build choice."""
+    with cache_lock(lock_dir, key) if owner else nullcontext():
+        found = load()
+        if found is not None:
+            return found, True
+        built = build()
+        if owner:
+            publish(built)
+    return built, False
 
 
 def set_aside(entry: Path, reason: str) -> Path:

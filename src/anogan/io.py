@@ -25,14 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anogan.errors import UserError
+from anogan.errors import WriteError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-class WriteError(UserError):
-    """A file could not be written (disk full, read-only folder, ...); the previous version is intact."""
 
 
 def describe_os_error(err: OSError, path: str | Path, doing: str = "writing") -> str:

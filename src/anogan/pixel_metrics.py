@@ -22,15 +22,12 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from anogan.errors import UserError
-from anogan.metrics import ScoresLike, auroc, to_unit_interval
+from anogan.errors import MaskError
+from anogan.metrics import to_unit_interval
+from anogan.stats import ScoresLike, auroc
 
 # Anomaly maps or masks, (N, H, W): a tensor or an array.
 MapsLike: TypeAlias = "torch.Tensor | np.ndarray"
-
-
-class MaskError(UserError):
-    """Maps and masks that cannot be scored (shapes differ, no defect pixel, no normal pixel)."""
 
 
 def _check(maps: MapsLike, masks: MapsLike) -> tuple[np.ndarray, np.ndarray]:

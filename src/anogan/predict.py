@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from anogan.api import Detector, InputError, load
+from anogan.api import Detector, load
 from anogan.artifact import resolve_path
 from anogan.cli import parse_key_values
-from anogan.errors import UserError
+from anogan.errors import InputError, PredictError, UserError
 
 log = logging.getLogger("anogan.predict")
 
@@ -56,10 +56,6 @@ class PredictConfig:
     save_images: bool = False
     device: str = "auto"
     batch_size: int | None = None
-
-
-class PredictError(UserError):
-    """The command line or the scorer file cannot be used; the message says how to fix it."""
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -155,8 +151,8 @@ def predict(
         for path, full in zip(paths, result.maps):
             _write_maps(folder, _name(path, root), path, full, vmax)
     if save_images and result.reconstructions is not None:
+        from anogan.figures import reconstruction_grid
         from anogan.io import atomic_save_image
-        from anogan.report import reconstruction_grid
 
         folder = out.with_name(out.stem + "_images")
         folder.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from typing import Any, cast
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.errors import UserError
+from anogan.errors import RunFolderError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ RESUME_IRRELEVANT_KEYS = (
     "logger.save_dir",  # the run folder itself (a moved folder still resumes)
 )
 HYDRA_FILES = (".hydra",)
-
-
-class RunFolderError(UserError):
-    """The output folder holds another or a finished run; the message names the choices."""
 
 
 def _is_hydra_file(path: Path) -> bool:

@@ -40,7 +40,7 @@ def write_run_info(cfg: DictConfig, folder: Path) -> None:
     """Write ``config_resolved.yaml`` and ``run_info.json`` into ``folder`` (each atomically).
 
     Raises:
-        anogan.io.WriteError: the folder is read-only or the disk is full.
+        anogan.errors.WriteError: the folder is read-only or the disk is full.
     """
     atomic_write_text(folder / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     info = {

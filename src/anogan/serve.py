@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anogan.cli import parse_key_values
-from anogan.errors import UserError
+from anogan.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
     import litserve as ls
@@ -80,10 +80,6 @@ class ServeConfig:
     max_pixels: int = 40_000_000  # pixels of one image (checked before it is decoded)
     workers: int = 1  # inference processes
     timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
-
-
-class ServeError(UserError):
-    """The command line or the scorer file cannot be used; the message says how to fix it."""
 
 
 class BadRequest(Exception):
@@ -267,7 +263,8 @@ class ScorerAPI(_LitAPIBase):
     def decode_request(self, request):  # type: ignore[no-untyped-def]
         """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": bool}``, or
         ``{"error": (status, reason)}``."""
-        from anogan.data.images import ImageError, load_pixels
+        from anogan.data.images import load_pixels
+        from anogan.errors import ImageError
 
         try:
             if isinstance(request, dict):

@@ -33,7 +33,7 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
-from anogan.errors import UserError
+from anogan.errors import SweepConfigError
 from anogan.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ PUBLISHED = {
 # worker processes (joblib) and SLURM jobs (sbatch exports the environment by default).
 SWEPT_ENV = "ANOGAN_SWEPT_KEYS"
 MAX_NAME = 80  # characters of a job folder name before the hash suffix
-
-
-class SweepConfigError(UserError):
-    """A sweep-related config value (optimized_metric, threads) that cannot work."""
 
 
 # ---------------------------------------------------------------- the value returned to sweepers

@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +37,7 @@ from anogan.calibration import Calibration
 from anogan.callbacks import GANIterationLimit
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.config_schema import explain_composition_error
+from anogan.dashboard import add_dashboard_layout
 from anogan.data.splits import AnomalyDataModule, after_setup
 from anogan.errors import UserError
 from anogan.hardware import resolve_precision, warn_if_slow_bf16
@@ -46,11 +46,12 @@ from anogan.io import AtomicCheckpointIO, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
 from anogan.progress import progress_callbacks
-from anogan.report import add_dashboard_layout, write_report
+from anogan.report import write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
 from anogan.scorers import Scorer
 from anogan.scores import complexity
+from anogan.selection import checkpoint_selection
 from anogan.sweep import parse_optimized_metric, run_name, set_job_threads
 
 log = logging.getLogger("anogan")
@@ -105,6 +106,8 @@ def fit_gan(
     callbacks = instantiate_list(cfg.callbacks) + progress_callbacks("GAN training", cfg.trainer.enable_progress_bar)
     if cfg.trainer.max_steps != -1:  # GAN iterations (batches), not Lightning's optimizer steps
         callbacks.append(GANIterationLimit(cfg.trainer.max_steps))
+    selection = checkpoint_selection(cfg.model.get("selection"))  # model.selection: the epoch chosen on validation
+    callbacks += [selection] if selection else []
     # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
     trainer = L.Trainer(
         **trainer_kwargs(cfg),
@@ -122,8 +125,7 @@ def fit_gan(
     folder = run_dir / "gan"
     if trainer.is_global_zero:
         # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
-        selection = model.selection_summary()
-        extra = {**(extra or {}), **({"selection": selection} if selection else {}), "health": model.health_summary()}
+        extra = {**(extra or {}), **({"selection": selection.summary()} if selection else {}), "health": model.health_summary()}
         gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
@@ -164,21 +166,24 @@ def obtain_gan(
         return g, d, "trained"
     key, spec = gan_store.cache_key(cfg)
     cache_dir = Path(cfg.paths.gan_cache_dir)
-    zero = _is_rank_zero()
-    # DDP: only rank 0 locks and publishes. The other ranks must not wait for the lock: rank 0
-    # holds it while it trains, and its training needs them. Under the lock the entry cannot
-    # appear, so they make the same reuse-or-train choice as rank 0.
-    with gan_store.cache_lock(cache_dir, key) if zero else nullcontext():
-        entry = cache_dir / key
-        cached = gan_store.load_cache_entry(entry, key, _arch(cfg), move_damaged=zero)  # damaged: moved aside, None
-        if cached:
-            log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", entry)
-            g, d = cached
-            return g, d, f"cache {key}"
-        folder = fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
-        if zero and gan_store.publish(folder, cache_dir, key):
+    zero = _is_rank_zero()  # DDP: only rank 0 locks and publishes (gan_store.cached)
+
+    def load() -> tuple[torch.nn.Module, torch.nn.Module] | None:  # a damaged entry: moved aside (by rank 0), None
+        return gan_store.load_cache_entry(cache_dir / key, key, _arch(cfg), move_damaged=zero)
+
+    def build() -> Path:
+        return fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
+
+    def publish(folder: Path) -> None:
+        if gan_store.publish(folder, cache_dir, key):
             log.info("trained a new GAN, cached as %s", cache_dir / key)
-    g, d, _ = gan_store.load_gan_folder(folder)
+
+    found, hit = gan_store.cached(key, load, build, publish, lock_dir=cache_dir, owner=zero)
+    if hit:
+        log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", cache_dir / key)
+        g, d = found
+        return g, d, f"cache {key}"
+    g, d, _ = gan_store.load_gan_folder(found)
     return g, d, "trained"
 
 
@@ -190,19 +195,22 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule: AnomalyDataModule, k
         scorer.fit(datamodule.train_dataloader(), kwargs)
         return
     key = gan_store.encoder_cache_key(cfg, scorer)
+    path = Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt"
     encoder = cast(torch.nn.Module, scorer.encoder)  # scorers with needs_fit train an encoder
-    folder = Path(cfg.paths.gan_cache_dir) / "encoders"
-    zero = _is_rank_zero()
-    with gan_store.cache_lock(folder, key) if zero else nullcontext():
-        if gan_store.load_encoder(folder / f"{key}.pt", key, encoder):
-            log.info(
-                "reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt"
-            )
-            return
+
+    def load() -> torch.nn.Module | None:
+        return encoder if gan_store.load_encoder(path, key, encoder) else None
+
+    def build() -> torch.nn.Module:
         scorer.fit(datamodule.train_dataloader(), kwargs)
-        if zero:
-            gan_store.publish_encoder(encoder, folder / f"{key}.pt", key)
-            log.info("trained the encoder, cached as %s", folder / f"{key}.pt")
+        return encoder
+
+    def publish(trained: torch.nn.Module) -> None:
+        gan_store.publish_encoder(trained, path, key)
+        log.info("trained the encoder, cached as %s", path)
+
+    if gan_store.cached(key, load, build, publish, lock_dir=path.parent, owner=_is_rank_zero())[1]:
+        log.info("reusing the cached encoder %s (same GAN weights, training images and encoder settings)", path)
 
 
 def score(

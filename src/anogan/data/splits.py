@@ -196,7 +196,7 @@ class AnomalyDataModule(L.LightningDataModule):
         """Write the split manifest to ``folder/splits.json`` (atomically).
 
         Raises:
-            anogan.io.WriteError: the folder is read-only or the disk is full.
+            anogan.errors.WriteError: the folder is read-only or the disk is full.
         """
         return atomic_write_text(Path(folder) / "splits.json", json.dumps(self.manifest, indent=1))
 

@@ -27,7 +27,8 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   ``_transform_loss`` for which images and how many transformations per batch.
 * ``health``: thresholds of the one-line warning of a failed GAN (mode collapse, D overpowering G;
   ``health.py``), checked at every epoch's end.
-* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
+* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.selection``:
+  a callback the pipeline attaches; the settings are checked here).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
   (epoch means D(x) > 1 − ``saturation`` and D(G(z)) < ``saturation``) for ``saturated_epochs``
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from anogan.errors import UserError
+from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
@@ -59,17 +60,12 @@ if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRScheduler
     from torch.optim.lr_scheduler import LRScheduler
 
-    from anogan.models.selection import CheckpointSelection
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
 DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
 DEFAULT_DIVERGENCE = {"max_abs_loss": 1.0e4, "saturation": 0.01, "saturated_epochs": 10}
-
-
-class DivergenceError(UserError, FloatingPointError):
-    """Training stopped because a loss diverged or D saturated; the message says what is kept."""
 
 
 def _whole(value: object, low: int) -> bool:
@@ -210,9 +206,6 @@ class GAN(L.LightningModule):
             self.generator_ema.requires_grad_(False)
         self.augment_policy = parse_policy(diffaugment)
         self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
-        self.selection_callback: CheckpointSelection | None = (
-            None  # made by configure_callbacks when selection.every_n_epochs is set
-        )
         self._saturated_epochs = 0
         self.health_monitor = HealthMonitor(health or DEFAULT_HEALTH, bce=objective == "bce")
         self._health_reals: torch.Tensor | None = None  # the first n_samples training images (health check)
@@ -228,20 +221,6 @@ class GAN(L.LightningModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scoring_generator(z)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        sel = self.hparams.selection
-        if not sel or sel["every_n_epochs"] is None:
-            return []
-        from anogan.models.selection import CheckpointSelection
-
-        self.selection_callback = CheckpointSelection(**sel)
-        return [self.selection_callback]
-
-    def selection_summary(self) -> dict | None:
-        """``{"best_epoch", "best_criterion", "history"}`` of checkpoint selection, or None when off."""
-        cb = self.selection_callback
-        return None if cb is None else cb.summary()
 
     def setup(self, stage: str) -> None:
         # On CPU, oneDNN's convolutions are faster in channels_last memory format: +17% images/s

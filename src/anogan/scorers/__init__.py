@@ -5,7 +5,8 @@
 * ``EncoderSearch`` (``mapping=encoder_search``): z starts at E(x), then a few search steps.
 """
 
-from anogan.scorers.base import ScoreDivergenceError, Scorer, anomaly_map, check_finite_scores
+from anogan.errors import ScoreDivergenceError
+from anogan.scorers.base import Scorer, anomaly_map, check_finite_scores
 from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
 from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
 

@@ -20,17 +20,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from anogan.errors import UserError
+from anogan.errors import ScoreDivergenceError
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
     from torch.utils.data import DataLoader
 
     from anogan.models.dcgan import Discriminator, Generator
-
-
-class ScoreDivergenceError(UserError, FloatingPointError):
-    """A NaN/inf anomaly score: scoring stops, since every metric would be meaningless."""
 
 
 def check_finite_scores(score: torch.Tensor, cause: str) -> None:

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from anogan.console import quiet_lightning
+from anogan.errors import ScoreDivergenceError
 from anogan.progress import progress_callbacks
-from anogan.scorers.base import ScoreDivergenceError, Scorer
+from anogan.scorers.base import Scorer
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

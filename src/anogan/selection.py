@@ -18,11 +18,16 @@ so a resumed run keeps them); when fitting ends they are loaded back into the GA
 saves as its GAN is the chosen epoch's. ``best_epoch``, ``best_criterion`` and ``history`` (one
 entry per evaluated epoch) stay on the callback (``summary()``) and go to the loggers as
 ``selection/*``.
+
+The pipeline (``train.fit_gan``) attaches the callback to the GAN's trainer when
+``model.selection.every_n_epochs`` is set: it reads the data module and runs the latent search, so it
+lives above ``models/`` (which imports nothing from ``data/`` or ``scorers/``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
@@ -40,6 +45,14 @@ if TYPE_CHECKING:
     from anogan.models.gan import GAN
 
 CHUNK = 256  # images per search batch (bounds memory; the search is exact per image, see anogan.scorers.latent)
+
+
+def checkpoint_selection(settings: Mapping | None) -> CheckpointSelection | None:
+    """The callback for ``model.selection`` (``every_n_epochs``, ``images``, ``steps``, ``lr``,
+    ``seed``; checked by ``anogan.models.gan.check_gan_options``), or None when it is off."""
+    if not settings or settings["every_n_epochs"] is None:
+        return None
+    return CheckpointSelection(**settings)
 
 
 class CheckpointSelection(L.Callback):
