@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -21,8 +22,17 @@ from anogan.io import atomic_savefig
 from anogan.metrics import THRESHOLD_RULES, to_unit_interval
 from anogan.scores import corrected_score
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from torch.utils.tensorboard import SummaryWriter
 
-def _figure_histogram(table, threshold, split: str, primary: str):
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
+
+Table: TypeAlias = "dict[str, np.ndarray]"
+
+
+def _figure_histogram(table: Table, threshold: float | dict[str, Any] | None, split: str, primary: str) -> Figure:
     """Histogram of one split's scores by class, the x axis clipped to the bulk (0.5–99.5
     percentiles) with the scores beyond it counted in the legend. ``threshold``: one value, or
     ``metrics["threshold"]`` (every fitted rule drawn as a dashed, labelled line, the one in use
@@ -37,18 +47,18 @@ def _figure_histogram(table, threshold, split: str, primary: str):
     bins = np.linspace(lo, hi, 50)
     for cls, name in ((0, "normal"), (1, "anomalous")):
         if (y == cls).any():
-            ax.hist(s[y == cls], bins=bins, alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
+            ax.hist(s[y == cls], bins=bins.tolist(), alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
     below, above = int((s < lo).sum()), int((s > hi).sum())
     if below + above:
         ax.plot([], [], " ", label=f"{below + above} beyond the axis ({below} below, {above} above)")
     if isinstance(threshold, dict):
         target = threshold.get("fpr_target")
-        what = {
+        described = {
             "fpr": f"{100 * target:g}% of val normals" if target else "val normals",
             "f1": "best F1 on val",
             "youden": "best Youden J on val",
         }
-        lines = [(name, threshold.get(name), what[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
+        lines = [(name, threshold.get(name), described[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
     else:
         lines = [("threshold", threshold, "fitted on val", False)]
     colours = {"fpr": "tab:red", "f1": "tab:green", "youden": "tab:purple", "threshold": "k"}
@@ -68,7 +78,7 @@ def _figure_histogram(table, threshold, split: str, primary: str):
     return fig
 
 
-def _figure_components(table, metrics: dict):
+def _figure_components(table: Table, metrics: dict[str, Any]) -> Figure:
     """Test histograms of the raw score, the image's complexity and the corrected score: shows
     whether the raw score measures the class or merely how detailed an image is."""
     m = table["split"] == "test"
@@ -81,7 +91,8 @@ def _figure_components(table, metrics: dict):
     fig = Figure(figsize=(15, 4))
     axes = fig.subplots(1, 3)
     for ax, (key, s, xlabel) in zip(axes, panels):
-        bins = np.linspace(*np.percentile(s, [0.5, 99.5]), 50)  # a few flat images would stretch the axis
+        low, high = np.percentile(s, [0.5, 99.5])  # a few flat images would stretch the axis
+        bins = np.linspace(float(low), float(high), 50).tolist()
         ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="normal")
         ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
         used = " (primary)" if key == metrics["primary_score"] else ""
@@ -91,7 +102,7 @@ def _figure_components(table, metrics: dict):
     return fig
 
 
-def _figure_curves(table, metrics: dict):
+def _figure_curves(table: Table, metrics: dict[str, Any]) -> Figure:
     m = table["split"] == "test"
     preds, target = to_unit_interval(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
     fpr, tpr, _ = binary_roc(preds, target)
@@ -110,7 +121,7 @@ def _figure_curves(table, metrics: dict):
     return fig
 
 
-def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> None:
+def write_score_figures(table: Table, metrics: dict[str, Any], figures: Path, tb_writer: SummaryWriter | None = None) -> None:
     """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
     figures.mkdir(exist_ok=True)
     thresholds, primary = metrics["threshold"], metrics["primary_score"]
@@ -137,12 +148,19 @@ def reconstruction_grid(images: torch.Tensor, generated: torch.Tensor) -> torch.
     return make_grid(triplets, nrow=3, padding=2, pad_value=1.0)
 
 
-def _show(ax, image_chw: np.ndarray) -> None:
+def _show(ax: Axes, image_chw: np.ndarray) -> None:
     img = np.clip((image_chw.transpose(1, 2, 0) + 1) / 2, 0, 1)
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
 
 
-def figure_examples(images, generated, maps, titles: list[str], pixel_threshold: float | None, masks=None):
+def figure_examples(
+    images: np.ndarray,
+    generated: np.ndarray,
+    maps: np.ndarray,
+    titles: list[str],
+    pixel_threshold: float | None,
+    masks: np.ndarray | None = None,
+) -> Figure:
     """One row per image: original | G(z) | anomaly-map overlay | segmentation at ``pixel_threshold``
     (| ground-truth mask, when given). Images and G(z): N×C×S×S in [-1, 1]; maps: N×S×S."""
     n = len(images)
@@ -181,7 +199,15 @@ def pixel_threshold_from_validation(maps: np.ndarray, normal_rows: np.ndarray, q
 
 
 @torch.no_grad()
-def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_writer=None, n: int = 6) -> None:
+def write_example_figures(
+    table: Table,
+    results: dict[str, torch.Tensor],
+    datamodule: AnomalyDataModule,
+    scorer: Scorer,
+    figures: Path,
+    tb_writer: SummaryWriter | None = None,
+    n: int = 6,
+) -> None:
     """The most and least anomalous test images (by the primary score) with their reconstruction,
     anomaly map and segmentation, labelled with class, score and p-value."""
     if "map" not in results:

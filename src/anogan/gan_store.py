@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+LoadedT = TypeVar("LoadedT")
+BuiltT = TypeVar("BuiltT")
 
 ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm", "self_supervised")
 # Values of architecture keys added later, for GAN folders and checkpoints saved before them.
@@ -310,15 +311,17 @@ def cache_lock(cache_dir: Path, key: str) -> Iterator[None]:
 
 def cached(
     key: str,
-    load: Callable[[], T | None],
-    build: Callable[[], T],
-    publish: Callable[[T], object],
+    load: Callable[[], LoadedT | None],
+    build: Callable[[], BuiltT],
+    publish: Callable[[BuiltT], object],
     lock_dir: Path,
     owner: bool = True,
-) -> tuple[T, bool]:
+) -> tuple[LoadedT | BuiltT, bool]:
     """The one cache protocol of the GAN and encoder caches: under ``key``'s lock (``cache_lock`` in
     ``lock_dir``), ``load()`` the entry (None: absent or damaged), else ``build()`` it and
-    ``publish(built)``. Returns ``(value, True)`` for a cache hit, ``(built, False)`` otherwise.
+    ``publish(built)``. Returns ``(loaded, True)`` for a cache hit, ``(built, False)`` otherwise
+    (what ``load`` returns may differ from what ``build`` returns: a GAN entry loads as networks but
+    is built as a folder).
 
     DDP: only the ``owner`` (global rank 0) locks and publishes. The other ranks must not wait for the
     lock: rank 0 holds it while it trains, and its training needs them. They are started by rank 0's

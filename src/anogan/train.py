@@ -174,16 +174,16 @@ def obtain_gan(
     def build() -> Path:
         return fit_gan(cfg, datamodule, logger, run_dir, extra={"cache_key": key, "spec": spec})
 
-    def publish(folder: Path) -> None:
-        if gan_store.publish(folder, cache_dir, key):
+    def publish(folder: object) -> None:  # the folder build() returned (object: mypy joins load's and build's types here)
+        if gan_store.publish(cast(Path, folder), cache_dir, key):
             log.info("trained a new GAN, cached as %s", cache_dir / key)
 
     found, hit = gan_store.cached(key, load, build, publish, lock_dir=cache_dir, owner=zero)
     if hit:
         log.info("reusing the cached GAN %s (same data, model, training settings, seed, code and world size)", cache_dir / key)
-        g, d = found
+        g, d = cast("tuple[Generator, Discriminator]", found)
         return g, d, f"cache {key}"
-    g, d, _ = gan_store.load_gan_folder(found)
+    g, d, _ = gan_store.load_gan_folder(cast(Path, found))
     return g, d, "trained"
 
 
