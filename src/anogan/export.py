@@ -10,7 +10,9 @@ from which p = (1 + #{normal scores >= score}) / (n + 1). The export is checked 
 Runtime against PyTorch on real images (``input``) or, without them, on images made by the run's
 generator; the largest relative difference is printed and must be <= 1e-4.
 
-Only the f-AnoGAN encoder scorer (``mapping=encoder``) is a fixed graph. The latent search
+The f-AnoGAN encoder scorer (``mapping=encoder``) and the scorers that read D (``mapping=transformations``,
+``dfeatures``, ``dcombined``: their memory banks are constants of the graph) are fixed graphs; a
+scorer without an anomaly map (``transformations``) exports a map of zeros. The latent search
 (``mapping=latent`` / ``encoder_search``) runs Adam on z with gradients through G at inference time:
 it stays PyTorch-only (``predict.py`` with the scorer file), since neither ONNX nor TorchScript
 (deprecated in current PyTorch) carries a per-image optimisation loop with autograd.
@@ -30,7 +32,7 @@ from torch import nn
 
 from anogan.artifact import load_artifact, resolve_path
 from anogan.errors import UserError
-from anogan.scorers import EncoderScorer
+from anogan.scorers import DFeatureScorer, EncoderScorer, TransformationScorer
 from anogan.scorers.base import anomaly_map
 from anogan.scorers.encoder import izif_components
 
@@ -40,6 +42,30 @@ MAX_RELATIVE_DIFFERENCE = 1e-4
 
 class ExportError(UserError):
     """The scorer cannot be exported, or the exported graph does not reproduce PyTorch."""
+
+
+def _complexity_corrected(image: torch.Tensor, raw: torch.Tensor, correction: str) -> torch.Tensor:
+    """raw / input complexity (mean |neighbour difference| of (x + 1) / 2) for ``complexity``, else raw."""
+    if correction != "complexity":
+        return raw
+    u = (image + 1) / 2
+    c = (u[..., :, 1:] - u[..., :, :-1]).abs().flatten(1).mean(1) + (u[..., 1:, :] - u[..., :-1, :]).abs().flatten(1).mean(1)
+    return raw / c.clamp_min(1e-6)
+
+
+class DReaderGraph(nn.Module):
+    """image -> (score, raw_score, anomaly_map) for a scorer that reads D (``anogan.scorers.discriminator``):
+    its own ``infer`` traced as it is, and the run's correction. A scorer without a map gives zeros."""
+
+    def __init__(self, scorer: nn.Module, correction: str):
+        super().__init__()
+        self.scorer, self.correction = scorer, correction
+
+    def forward(self, image: torch.Tensor):
+        out = self.scorer.infer(image)
+        raw = out["score"]
+        amap = out["map"] if "map" in out else torch.zeros_like(image[:, 0])
+        return _complexity_corrected(image, raw, self.correction), raw, amap
 
 
 class EncoderGraph(nn.Module):
@@ -54,14 +80,7 @@ class EncoderGraph(nn.Module):
     def forward(self, image: torch.Tensor):
         generated = self.generator(self.encoder(image))
         raw, _, _ = izif_components(image, self.features(image), generated, self.features(generated), self.kappa)
-        score = raw
-        if self.correction == "complexity":
-            u = (image + 1) / 2
-            c = (u[..., :, 1:] - u[..., :, :-1]).abs().flatten(1).mean(1) + (u[..., 1:, :] - u[..., :-1, :]).abs().flatten(
-                1
-            ).mean(1)
-            score = raw / c.clamp_min(1e-6)
-        return score, raw, anomaly_map(image, generated, self.sigma)
+        return _complexity_corrected(image, raw, self.correction), raw, anomaly_map(image, generated, self.sigma)
 
 
 def _check_images(scorer, payload: dict, input: Path | None, n: int = 32) -> torch.Tensor:
@@ -90,9 +109,10 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     graph with ONNX Runtime; return ``{"onnx", "json", "max_relative_difference", "images"}``."""
     artifact = resolve_path(ckpt)
     scorer, payload = load_artifact(artifact)
-    if not isinstance(scorer, EncoderScorer):
+    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer)):
         raise ExportError(
-            f"{artifact} holds a {type(scorer).__name__}: only the encoder scorer (mapping=encoder) exports to ONNX; "
+            f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
+            "dfeatures, dcombined) export to ONNX; "
             "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
         )
     try:
@@ -102,7 +122,10 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     out = Path(out).expanduser() if out else artifact.parent / "export"
     out.mkdir(parents=True, exist_ok=True)
     cal = payload["calibration"]
-    graph = EncoderGraph(scorer.float().eval(), cal["correction"]).eval()
+    if isinstance(scorer, EncoderScorer):
+        graph = EncoderGraph(scorer.float().eval(), cal["correction"]).eval()
+    else:
+        graph = DReaderGraph(scorer.float().eval(), cal["correction"]).eval()
     images = _check_images(scorer, payload, Path(input).expanduser() if input else None)
     onnx_path = out / "scorer.onnx"
     tmp = out / ".scorer.onnx.tmp"

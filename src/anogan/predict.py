@@ -12,7 +12,8 @@ gets the score it got in the run.
 
 Output (default ``<run folder>/predictions/<input name>.csv``; never the current folder): path,
 score (the run's primary score), p_value (conformal, against the validation normals), label
-(1 = anomalous at the threshold), raw_score, residual, discrimination, complexity, steps. With
+(1 = anomalous at the threshold), raw_score, the scorer's components (residual, discrimination; or
+transformations, dfeatures, dpatches for the scorers that read D), complexity, steps. With
 ``maps=true``: per image the anomaly map at the image's own size as ``.npy`` (float32) and an
 overlay PNG in ``<csv name>_maps/``; with ``save_images=true``: original | G(z) | |x − G(z)| PNGs.
 Files that cannot be read are skipped and listed with their reason; they never stop the batch.
@@ -35,7 +36,7 @@ from anogan.data.images import ImageError, list_images, read_image
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
 from anogan.inference import run_scorer
-from anogan.scores import apply_calibration, complexity
+from anogan.scores import apply_calibration, complexity, score_components
 
 log = logging.getLogger("anogan.predict")
 
@@ -53,7 +54,16 @@ DEFAULTS = {
     "device": "auto",
     "batch_size": None,
 }
-COLUMNS = ("score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps")
+COLUMNS = (
+    "score",
+    "p_value",
+    "label",
+    "raw_score",
+    "residual",
+    "discrimination",
+    "complexity",
+    "steps",
+)  # reconstruction scorers
 
 
 class PredictError(UserError):
@@ -197,6 +207,7 @@ def predict(
         log.warning("skipping %d file(s) that cannot be used (listed at the end)", len(skipped))
     rows: list[dict] = []
     t = None
+    names = COLUMNS
     if kept:
         uint8 = torch.stack(images)
         dataset = AnomalySplit(uint8, np.zeros(len(kept), dtype=np.int64), np.arange(len(kept)), 0)
@@ -208,20 +219,22 @@ def predict(
             "p_value": post["p_value"],
             "label": post["label"],
             "raw_score": results["score"].double(),
-            "residual": results["residual"],
-            "discrimination": results["discrimination"],
+            **{k: results[k] for k in score_components(results)},
             "complexity": complexity(uint8),
             "steps": results.get("steps", torch.zeros(len(kept), dtype=torch.long)),
         }
+        names = tuple(columns)  # a scorer that reads D has its own components instead of residual/discrimination
         for i, path in enumerate(kept):
-            rows.append({"path": str(path), **{k: columns[k][i].item() for k in COLUMNS}})
+            rows.append({"path": str(path), **{k: columns[k][i].item() for k in names}})
         if maps and "map" in results:
             folder = out.with_name(out.stem + "_maps")
             folder.mkdir(parents=True, exist_ok=True)
             vmax = float(torch.quantile(results["map"].flatten()[:10_000_000].float(), 0.99))
             for i, path in enumerate(kept):
                 _write_maps(folder, _name(path, root), path, results["map"][i], vmax)
-        if save_images:
+        if save_images and "z" not in results:
+            log.warning("save_images=true: %s has no reconstruction G(z) to save; writing none", type(scorer).__name__)
+        elif save_images:
             from anogan.io import atomic_save_image
             from anogan.report import reconstruction_grid
 
@@ -238,9 +251,9 @@ def predict(
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", *COLUMNS])
+        writer.writerow(["path", *names])
         for row in rows:
-            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in COLUMNS)])
+            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in names)])
     os.replace(tmp, out)
     n_anom = sum(1 for r in rows if r["label"] == 1)
     log.info(

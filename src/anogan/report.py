@@ -39,7 +39,7 @@ from anogan.metrics import (
     threshold_metrics,
     to_unit_interval,
 )
-from anogan.scores import complexity, corrected_score, primary_score, resolve_auto
+from anogan.scores import complexity, corrected_score, primary_score, resolve_auto, score_components
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = 
         "label": dataset.labels.numpy(),
         "score": primary_score(results["score"], image_complexity, correction).numpy(),
         "raw_score": results["score"].double().numpy(),
-        "residual": results["residual"].double().numpy(),
-        "discrimination": results["discrimination"].double().numpy(),
+        **{k: results[k].double().numpy() for k in score_components(results)},
         "complexity": image_complexity.double().numpy(),
     }
     if "steps" in results:
@@ -192,11 +191,11 @@ def compute_metrics(
     alternatives = {
         "raw_score": raw,
         "complexity_corrected": corrected_score(raw, c),
-        "residual": torch.from_numpy(table["residual"]),
-        "discrimination": torch.from_numpy(table["discrimination"]),
+        **{k: torch.from_numpy(table[k]) for k in score_components(table)},
         "complexity_baseline": -c if low_is_anomalous else c,
-        "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
     }
+    if "residual" in table:
+        alternatives["residual_over_complexity"] = corrected_score(torch.from_numpy(table["residual"]), c)
     components = {k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()}
     # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
     # one number each) the range 95% of such scores would land in for these class counts
@@ -400,8 +399,11 @@ def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_
     device = next(scorer.generator.parameters()).device
     for kind, rows in (("most_anomalous", order[:n]), ("least_anomalous", order[::-1][:n].copy())):
         images = dataset.images[rows].float().div(127.5).sub(1.0)
-        z = results["z"][rows].to(device)
-        generated = scorer.generator(z.to(next(scorer.generator.parameters()).dtype)).float().cpu()
+        if "z" in results:
+            z = results["z"][rows].to(device)
+            generated = scorer.generator(z.to(next(scorer.generator.parameters()).dtype)).float().cpu()
+        else:  # a scorer without reconstruction (it reads D): the image again in the G(z) column
+            generated = images
         titles = [
             f"{table['class_name'][r]} ({'anomalous' if table['label'][r] else 'normal'})\nscore {table['score'][r]:.4g}"
             + (f", p {table['p_value'][r]:.3g}" if "p_value" in table else "")

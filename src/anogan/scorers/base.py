@@ -123,7 +123,9 @@ class Scorer(L.LightningModule):
 
     def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per image: ``score``, ``residual``, ``discrimination``, ``z`` (N×latent), ``steps``
-        (search steps used), ``generated`` (G(z), N×C×S×S) and, for feature maps, ``fx``/``f_generated``."""
+        (search steps used), ``generated`` (G(z), N×C×S×S) and, for feature maps, ``fx``/``f_generated``.
+        A scorer without a reconstruction (``anogan.scorers.discriminator``) returns its own named
+        components instead of ``residual``/``discrimination``/``z``/``generated``, and its own ``map`` (N×S×S)."""
         raise NotImplementedError
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, torch.Tensor]:
@@ -132,8 +134,8 @@ class Scorer(L.LightningModule):
         check_finite_scores(
             out["score"], "the GAN (or encoder) weights are broken (check the GAN stage's losses), or mapping.lr is too high."
         )
-        generated, fx, fg = out.pop("generated"), out.pop("fx", None), out.pop("f_generated", None)
-        if self.hparams.maps:
+        generated, fx, fg = out.pop("generated", None), out.pop("fx", None), out.pop("f_generated", None)
+        if self.hparams.maps and "map" not in out and generated is not None:  # a scorer may give its own map
             use_features = self.hparams.map_features
             out["map"] = anomaly_map(
                 x, generated, self.hparams.map_sigma, fx if use_features else None, fg if use_features else None
