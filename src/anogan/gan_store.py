@@ -33,12 +33,13 @@ from omegaconf import DictConfig, OmegaConf
 from anogan.errors import UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
+from anogan.models.transforms import transform_count
 
 log = logging.getLogger(__name__)
 
-ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm")
+ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_norm", "spectral_norm", "self_supervised")
 # Values of architecture keys added later, for GAN folders and checkpoints saved before them.
-ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False}
+ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False, "self_supervised": None}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
 # The source files whose content defines "the training code" in the cache key: the GAN and its
@@ -91,10 +92,18 @@ def _load_state(path: Path, what: str) -> dict:
 
 
 def build_networks(arch: dict) -> tuple[Generator, Discriminator]:
+    """G and D (freshly initialised) for the architecture ``arch`` (the ``ARCH_KEYS``; missing later
+    keys take ``ARCH_DEFAULTS``); ``self_supervised`` gives D its transformation head."""
     arch = {**ARCH_DEFAULTS, **arch}
     g = Generator(arch["latent_dim"], arch["channels"], arch["image_size"], arch["g_width"])
+    ss = arch["self_supervised"]
     d = Discriminator(
-        arch["channels"], arch["image_size"], arch["d_width"], norm=arch["d_norm"], spectral_norm=arch["spectral_norm"]
+        arch["channels"],
+        arch["image_size"],
+        arch["d_width"],
+        norm=arch["d_norm"],
+        spectral_norm=arch["spectral_norm"],
+        transform_classes=transform_count(ss) if ss else 0,
     )
     return g, d
 
@@ -110,7 +119,8 @@ def load_weights(generator_path: Path, discriminator_path: Path, arch: dict) -> 
             raise GANLoadError(
                 f"the {what} weights in {path} do not fit the configured model "
                 f"({', '.join(f'{k}={arch.get(k, ARCH_DEFAULTS.get(k))}' for k in ARCH_KEYS)}): {shapes}. "
-                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm to the values it was trained with."
+                "Fix: set model.latent_dim / data.channels / data.image_size / model.*_width / model.d_norm / model.spectral_norm "
+                "/ model.self_supervised to the values it was trained with."
             ) from None
     return g, d
 

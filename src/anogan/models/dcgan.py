@@ -18,6 +18,13 @@ Two discriminator options (architecture keys, saved in ``gan.json`` so a saved G
   ``parametrizations.weight.original`` and the power-iteration vectors ``_u``/``_v`` instead of
   ``weight``. Refused with ``norm=batch``: SN-GAN's discriminator has no BatchNorm, and the scorer
   folds Conv→BatchNorm pairs into one conv, which a spectrally normalised conv does not allow.
+
+And one for self-supervision (issue 24): ``transform_classes`` = T > 0 adds ``transform_head``, a
+linear layer from D's flattened final feature stack (``features(x)``, the last width × 4×4) to T
+logits, the auxiliary rotation head of Chen et al., CVPR 2019 ("Self-Supervised GANs via Auxiliary
+Rotation Loss"; google/compare_gan ``ssgan.py``: a linear layer on the flattened last feature map,
+spectrally normalised when D is). ``transform_logits(x)`` gives them; ``models/transforms.py`` names
+the transformation sets. With 0 (the default) the network and its state dict are the plain DCGAN's.
 """
 
 from __future__ import annotations
@@ -95,12 +102,18 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image (N×C×S×S) -> logit (N,). ``features`` halves the size down to 4×4 with widths W, 2W, 4W, ...
 
-    ``norm`` and ``spectral_norm``: see the module docstring; raises ``UserError`` for a norm
-    outside ``D_NORMS`` or spectral norm with BatchNorm.
+    ``norm``, ``spectral_norm`` and ``transform_classes``: see the module docstring; raises
+    ``UserError`` for a norm outside ``D_NORMS`` or spectral norm with BatchNorm.
     """
 
     def __init__(
-        self, channels: int = 3, image_size: int = 64, width: int = 64, norm: str = "batch", spectral_norm: bool = False
+        self,
+        channels: int = 3,
+        image_size: int = 64,
+        width: int = 64,
+        norm: str = "batch",
+        spectral_norm: bool = False,
+        transform_classes: int = 0,
     ):
         super().__init__()
         check_discriminator_options(norm, spectral_norm)
@@ -112,11 +125,21 @@ class Discriminator(nn.Module):
             w_in = w_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(w_in, 1, 4, 1, 0, bias=False)
+        self.transform_classes = int(transform_classes)
+        if self.transform_classes > 0:  # PyTorch's default Linear init (compare_gan: its own linear init)
+            self.transform_head = nn.Linear(w_in * 4 * 4, self.transform_classes)
         self.apply(init_weights)
         if spectral_norm:  # after the init: SN's `original` starts from the N(0, 0.02) weights
             for module in list(self.modules()):
-                if isinstance(module, nn.Conv2d):
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
                     _spectral_norm(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).flatten()
+
+    def transform_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the transformation head: image N×C×S×S -> N×T. Raises ``ValueError`` when D was
+        built without one (``transform_classes=0``)."""
+        if self.transform_classes <= 0:
+            raise ValueError("this discriminator has no transformation head (built with transform_classes=0)")
+        return self.transform_head(self.features(x).flatten(1))

@@ -20,6 +20,11 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; BatchNorm running
   statistics are copied from G, not averaged). ``scoring_generator`` is then the EMA copy: it makes
   the sample grids, is what checkpoint selection scores and what the run saves as its generator.
+* ``self_supervised`` (a set of ``transforms.py``: ``rotations`` or ``geotrans``): D gets a head
+  that names the transformation an image was given (Chen et al., CVPR 2019, "Self-Supervised GANs
+  via Auxiliary Rotation Loss"): D's loss += ``ss_weight_d`` (β) · CE on real images, G's loss +=
+  ``ss_weight_g`` (α) · CE on generated ones (compare_gan's defaults β = 1, α = 0.2). See
+  ``_transform_loss`` for which images and how many transformations per batch.
 * ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
@@ -40,6 +45,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from anogan.errors import UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
+from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
 
 OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
@@ -80,6 +86,11 @@ def check_gan_options(model: Mapping) -> None:
     if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
         raise UserError(f"model.ema_decay={ema!r} is not allowed: use null (off) or a decay in (0, 1), e.g. 0.999.")
     parse_policy(model.get("diffaugment"))
+    check_transform_set(model.get("self_supervised"))
+    for key in ("ss_weight_d", "ss_weight_g"):
+        value = model.get(key, 0.0)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise UserError(f"model.{key}={value!r} is not allowed: use a number >= 0 (Chen et al. 2019: d 1.0, g 0.2).")
     div = model.get("divergence") or DEFAULT_DIVERGENCE
     if set(div) != set(DIVERGENCE_KEYS):
         raise UserError(f"model.divergence must have exactly the keys {', '.join(DIVERGENCE_KEYS)}; it has {', '.join(div)}.")
@@ -152,6 +163,9 @@ class GAN(L.LightningModule):
         spectral_norm: bool = False,
         diffaugment: str | None = None,
         ema_decay: float | None = None,
+        self_supervised: str | None = None,
+        ss_weight_d: float = 1.0,
+        ss_weight_g: float = 0.2,
         divergence: dict | None = None,
         selection: dict | None = None,
     ):
@@ -160,7 +174,14 @@ class GAN(L.LightningModule):
         check_gan_options(self.hparams)
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, channels, image_size, g_width)
-        self.discriminator = Discriminator(channels, image_size, d_width, norm=d_norm, spectral_norm=spectral_norm)
+        self.discriminator = Discriminator(
+            channels,
+            image_size,
+            d_width,
+            norm=d_norm,
+            spectral_norm=spectral_norm,
+            transform_classes=transform_count(self_supervised) if self_supervised else 0,
+        )
         self.generator_ema = None
         if ema_decay is not None:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
@@ -234,6 +255,20 @@ class GAN(L.LightningModule):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.augment_policy) if self.augment_policy else x
 
+    def _transform_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The self-supervised loss of a batch (Chen et al. 2019): each image gets one transformation
+        of the set, drawn so that all T are used equally often (``balanced_labels``), and D's head
+        must name it. Returns (mean cross-entropy, with a graph; accuracy of the head, detached).
+
+        The images are the clean ones, not DiffAugment'ed: the scorers that read the head see clean
+        images, and the transformation is already an augmentation D cannot undo (DiffAugment's own
+        translation is not a transformation to be named). One transformation per image, not all T,
+        keeps the cost at one extra D pass per loss term (docs/gan_training.md, measured)."""
+        labels = balanced_labels(images.shape[0], self.hparams.self_supervised).to(images.device)
+        logits = self.discriminator.transform_logits(apply_one_each(images, labels, self.hparams.self_supervised)).float()
+        accuracy = (logits.detach().argmax(1) == labels).float().mean()
+        return F.cross_entropy(logits, labels), accuracy
+
     def _kept(self) -> str:
         """What survives a stop now, in words (for DivergenceError)."""
         trainer = self._trainer
@@ -276,6 +311,10 @@ class GAN(L.LightningModule):
             penalty = gradient_penalty(self.discriminator, real_in, fake_in)
             loss_d = loss_d + hp.gp_weight * penalty
             values["train/gradient_penalty"] = penalty.detach()
+        if hp.self_supervised and hp.ss_weight_d > 0:
+            ss_real, accuracy = self._transform_loss(x)
+            loss_d = loss_d + hp.ss_weight_d * ss_real
+            values["train/ss_loss_real"], values["train/ss_accuracy_real"] = ss_real.detach(), accuracy
         self._check_loss("discriminator loss", loss_d)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
@@ -288,8 +327,13 @@ class GAN(L.LightningModule):
         if (batch_idx + 1) % hp.critic_steps == 0 or last:
             self.toggle_optimizer(opt_g)
             for _ in range(hp.g_steps):
-                d_gen = self.discriminator(self._augment(self.generator(z)))
+                generated = self.generator(z)
+                d_gen = self.discriminator(self._augment(generated))
                 loss_g = self._g_loss(d_gen)
+                if hp.self_supervised and hp.ss_weight_g > 0:
+                    ss_fake, _ = self._transform_loss(generated)
+                    loss_g = loss_g + hp.ss_weight_g * ss_fake
+                    values["train/ss_loss_fake"] = ss_fake.detach()
                 self._check_loss("generator loss", loss_g)
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)
