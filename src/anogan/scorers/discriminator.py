@@ -94,7 +94,8 @@ def patch_cells(features: torch.Tensor, neighbourhood: int) -> torch.Tensor:
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances (n×m) between the rows of a (n×F) and b (m×F), as
-    sqrt(max(|a|² + |b|² − 2a·b, 0)): one matrix product (exportable to ONNX)."""
+    sqrt(max(|a|² + |b|² − 2a·b, 0)): one matrix product (exportable to ONNX). The cancellation
+    leaves an absolute error of about sqrt(float32 eps)·|a| ≈ 3e-4·|a| for near-identical rows."""
     d2 = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None] - 2 * a @ b.T
     return d2.clamp_min(0).sqrt()
 
