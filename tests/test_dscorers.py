@@ -108,8 +108,8 @@ def test_knn_distances_equal_brute_force(chunk):
     for k in (1, 4, 30, 50):
         brute = torch.tensor([sorted(float(torch.dist(q, b)) for b in bank)[: min(k, 30)] for q in query]).mean(1)
         torch.testing.assert_close(knn_distance(query, bank, k, chunk=chunk), brute, rtol=1e-5, atol=1e-5)
-    # a point's distance to itself: cancellation in |a|² + |b|² − 2a·b leaves about sqrt(float32 eps)·|a|
-    torch.testing.assert_close(pairwise_distances(query, query).diagonal(), torch.zeros(11), rtol=0, atol=1e-2)
+    # a point's distance to itself: float64 keeps the cancellation in |a|² + |b|² − 2a·b small
+    torch.testing.assert_close(pairwise_distances(query, query).diagonal(), torch.zeros(11), rtol=0, atol=1e-6)
 
 
 def test_dfeatures_scores_are_the_brute_force_knn_of_the_pooled_features():
