@@ -610,9 +610,11 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
 
         import onnxruntime as ort
 
-        from anogan.export import EncoderGraph
+        from anogan.calibration import Calibration
+        from anogan.export import ScorerGraph
 
-        graph = EncoderGraph(scorers["encoder"], "none").eval()
+        no_calibration = Calibration("none", "fpr", 0.05, {"fpr": float("inf")}, torch.zeros(1))  # timing only
+        graph = ScorerGraph(scorers["encoder"], no_calibration).eval()
         x = images.float().div(127.5).sub(1.0)
         with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
             torch.onnx.export(

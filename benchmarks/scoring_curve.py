@@ -31,10 +31,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anogan.artifact import gan_from_artifact, read_artifact
+from anogan.calibration import Calibration
 from anogan.inference import run_scorer
 from anogan.io import atomic_savefig, atomic_write_text
 from anogan.report import build_table, compute_metrics
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping
+from anogan.scores import complexity
 
 STOP = {"patience": 10, "rel_tol": 1e-3}
 
@@ -114,8 +116,15 @@ def curve_for_run(run: Path, a: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         results = run_scorer(scorer, dm.eval_set, trainer)
         wall = time.perf_counter() - t0
-        table, resolved = build_table(results, dm, correction)
-        metrics = compute_metrics(table, resolved)
+        val = torch.from_numpy(dm.eval_split == "val")
+        calibration = Calibration.fit(
+            {k: v[val] for k, v in results.items() if k in ("score", "residual", "discrimination")},
+            complexity(dm.eval_set.images[val]),
+            dm.eval_set.labels[val],
+            correction,
+        )
+        table = build_table(results, dm, calibration)
+        metrics = compute_metrics(table, calibration.correction, thresholds=calibration.thresholds)
         steps = float(results["steps"].double().mean())
         rows.append(
             {
@@ -129,7 +138,7 @@ def curve_for_run(run: Path, a: argparse.Namespace) -> list[dict]:
                 "test_auroc": metrics["test"]["auroc"],
                 "scoring_s": round(wall, 1),
                 "images": len(table["score"]),
-                "correction": resolved,
+                "correction": calibration.correction,
                 "extra_fit_s": round(encoder_fit_s, 1) if kind != "latent" else 0.0,
             }
         )

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anogan.artifact import load_artifact, save_artifact
+from anogan.calibration import Calibration
 from anogan.data.splits import AnomalySplit
 from anogan.inference import run_scorer
 from anogan.models import Discriminator, Generator
@@ -99,6 +100,8 @@ def test_transformation_scorer_refuses_a_discriminator_without_its_head():
     g, d = _nets(transform_classes=4)
     with pytest.raises(ScorerConfigError, match="has 72 transformations but the discriminator's head has 4"):
         TransformationScorer(g, d, transforms="geotrans")
+    with pytest.raises(ScorerConfigError, match="mapping.maps=true"):
+        TransformationScorer(g, d, transforms="rotations", maps=True)
 
 
 @pytest.mark.parametrize("chunk", [3, 4096])
@@ -168,16 +171,6 @@ def test_patch_map_peaks_on_a_pasted_patch():
     assert out["dpatches"][1] > 2 * out["dpatches"][0] and amap.max() > 2 * out["map"][0].max()
 
 
-def _calibration(n=5):
-    return {
-        "correction": "none",
-        "thresholds": {"fpr": 1.0, "f1": None, "youden": None},
-        "threshold_rule": "fpr",
-        "target_fpr": 0.05,
-        "normal_scores": torch.arange(float(n), dtype=torch.float64),
-    }
-
-
 @pytest.mark.parametrize("kind", ["transformations", "dfeatures", "dcombined"])
 def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
     g, d = _nets(transform_classes=4)
@@ -194,7 +187,15 @@ def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
     data = _dataset(5)
     want = run_scorer(scorer, data, CPU)
     arch = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8, "self_supervised": "rotations"}
-    path = save_artifact(tmp_path / "scorer.pt", scorer, arch, _calibration(), {"image_size": 32, "channels": 3}, "32-true", {})
+    path = save_artifact(
+        tmp_path / "scorer.pt",
+        scorer,
+        arch,
+        Calibration.fit(torch.arange(30.0), torch.ones(30), torch.zeros(30, dtype=torch.long)),
+        {"image_size": 32, "channels": 3},
+        "32-true",
+        {},
+    )
     loaded, _ = load_artifact(path)
     assert type(loaded) is type(scorer)
     got = run_scorer(loaded, data, CPU)

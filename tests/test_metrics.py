@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from anogan.calibration import primary_score, resolve_auto
 from anogan.metrics import OneClassSplitError, evaluate, fit_thresholds
-from anogan.scores import complexity, primary_score, resolve_auto
+from anogan.scores import complexity
 from conftest import brute_force_auroc
 
 

@@ -85,10 +85,64 @@ def _load_state(path: Path, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise GANLoadError(f"{path} is not a PyTorch state dict ({type(err).__name__}: {err}).") from None
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        raise GANLoadError(f"{path} is not a PyTorch state dict ({type(err).__name__}: {detail}).") from None
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint given by mistake
         raise GANLoadError(f"{path} is a Lightning checkpoint; pass it as gan.checkpoint=..., not as plain weights.")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise GANLoadError(f"{path} is not a state dict of the {what} (names to tensors). Fix: give the {what}'s weights file.")
     return state
+
+
+# gan.json: the architecture (ARCH_KEYS, with these types) and what the pipeline adds
+GAN_JSON_TYPES = {
+    "latent_dim": int,
+    "channels": int,
+    "image_size": int,
+    "g_width": int,
+    "d_width": int,
+    "d_norm": str,
+    "spectral_norm": bool,
+}
+GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict}
+
+
+def read_gan_json(folder: Path) -> dict:
+    """A GAN folder's ``gan.json``, checked: a JSON object with every architecture key (``d_norm``
+    and ``spectral_norm``, added later, default to ``ARCH_DEFAULTS`` for older folders: the only
+    behaviour before them) of the right type, and no key outside ``GAN_JSON_TYPES`` and
+    ``GAN_JSON_EXTRAS``. ``GANLoadError`` (one line naming the key and the fix) otherwise."""
+    path = Path(folder) / "gan.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GANLoadError(f"{path} does not exist: a GAN folder holds generator.pt, discriminator.pt and gan.json.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise GANLoadError(
+            f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]}). Fix: restore it or retrain the GAN."
+        ) from None
+    if not isinstance(meta, dict):
+        raise GANLoadError(f"{path} holds a JSON {type(meta).__name__}, not an object. Fix: restore it or retrain the GAN.")
+    meta = {**ARCH_DEFAULTS, **meta}
+    for key, kind in {**GAN_JSON_TYPES, **GAN_JSON_EXTRAS}.items():
+        if key not in meta:
+            if key in GAN_JSON_EXTRAS:
+                continue
+            raise GANLoadError(
+                f"{path} lacks '{key}': the architecture cannot be guessed. Fix: restore gan.json or retrain the GAN."
+            )
+        value = meta[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise GANLoadError(
+                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else kind.__name__}. Fix: restore gan.json."
+            )
+    unknown = [k for k in meta if k not in GAN_JSON_TYPES and k not in GAN_JSON_EXTRAS]
+    if unknown:
+        raise GANLoadError(
+            f"{path}: unknown key '{unknown[0]}' (gan.json holds {', '.join([*GAN_JSON_TYPES, *GAN_JSON_EXTRAS])}): "
+            "written by another anogan or edited. Fix: restore gan.json or retrain the GAN."
+        )
+    return meta
 
 
 def build_networks(arch: dict) -> tuple[Generator, Discriminator]:
@@ -126,7 +180,8 @@ def load_weights(generator_path: Path, discriminator_path: Path, arch: dict) -> 
 
 
 def load_gan_folder(folder: Path) -> tuple[Generator, Discriminator, dict]:
-    meta = json.loads((folder / "gan.json").read_text())
+    """G, D and the checked ``gan.json`` of a GAN folder; ``GANLoadError`` (one line) for any problem."""
+    meta = read_gan_json(folder)
     g, d = load_weights(folder / "generator.pt", folder / "discriminator.pt", meta)
     return g, d, meta
 
@@ -213,7 +268,7 @@ def load_cache_entry(entry: Path, key: str, arch: dict, move_damaged: bool = Tru
     if not entry.exists():
         return None
     try:
-        meta = json.loads((entry / "gan.json").read_text())
+        meta = read_gan_json(entry)
         if meta.get("cache_key") != key:
             raise GANLoadError(f"gan.json has cache_key {meta.get('cache_key')!r}, not {key!r}")
         g, d = load_weights(entry / "generator.pt", entry / "discriminator.pt", arch)
@@ -301,45 +356,46 @@ def publish_encoder(encoder: torch.nn.Module, path: Path, key: str) -> None:
 
 
 def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discriminator]:
-    """G and D from an earlier run: its scorer file (``scorer.pt``, or a run folder holding one: it
-    carries the exact GAN the run scored with, cached or not), a ``gan/`` folder, or a GAN .ckpt."""
+    """G and D from an earlier run's ``gan/`` folder (or any folder with gan.json) or a GAN .ckpt
+    (a run folder's ``checkpoints/last.ckpt``). Scorer files are read by
+    ``anogan.artifact.load_gan_checkpoint``, which calls this for everything else."""
     path = Path(path).expanduser()
-    artifact = path / "scorer.pt" if path.is_dir() else path
-    if artifact.is_file() and artifact.suffix == ".pt":
-        from anogan.artifact import gan_from_artifact, read_artifact
-
-        payload = read_artifact(artifact)
-        _check_arch(payload["gan_arch"], arch, artifact)
-        return gan_from_artifact(payload)
     for folder in (path, path / "gan"):
         if (folder / "gan.json").is_file():
             g, d, meta = load_gan_folder(folder)
-            _check_arch(meta, arch, folder)
+            check_arch(meta, arch, folder)
             return g, d
     if path.is_dir() and (path / "checkpoints" / "last.ckpt").is_file():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise GANLoadError(
             f"gan.checkpoint={path} does not exist or holds no GAN (expected a .ckpt file, a run folder "
-            "with gan/ or checkpoints/last.ckpt, or a folder with gan.json)."
+            "with scorer.pt, gan/ or checkpoints/last.ckpt, or a folder with gan.json)."
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     except Exception as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
         raise GANLoadError(
-            f"gan.checkpoint={path} is not a Lightning checkpoint of the GAN stage ({type(err).__name__}: {err})."
+            f"gan.checkpoint={path} is not a Lightning checkpoint of the GAN stage ({type(err).__name__}: {detail})."
         ) from None
-    _check_arch({k: hparams[k] for k in ARCH_KEYS if k in hparams}, arch, path)
+    check_arch({k: hparams[k] for k in ARCH_KEYS if k in hparams}, arch, path)
     g, d = build_networks(arch)
     # the EMA generator when the GAN kept one (model.ema_decay): the one the run scores with
     g_prefix = "generator_ema.module." if any(k.startswith("generator_ema.module.") for k in state) else "generator."
-    g.load_state_dict({k[len(g_prefix) :]: v for k, v in state.items() if k.startswith(g_prefix)})
-    d.load_state_dict({k[len("discriminator.") :]: v for k, v in state.items() if k.startswith("discriminator.")})
+    for net, prefix, what in ((g, g_prefix, "generator"), (d, "discriminator.", "discriminator")):
+        found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(found)
+        except RuntimeError as err:
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[:2])[:300]
+            raise GANLoadError(f"gan.checkpoint={path}: the {what}'s weights are incomplete or do not fit ({detail}).") from None
     return g, d
 
 
-def _check_arch(found: dict, wanted: dict, where: Path) -> None:
+def check_arch(found: dict, wanted: dict, where: Path) -> None:
+    """``GANLoadError`` naming every architecture key where ``found`` (a file's) differs from ``wanted`` (the config's)."""
     diff = {
         k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]
     }

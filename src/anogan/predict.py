@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,11 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from anogan.artifact import load_artifact, resolve_path
+from anogan.calibration import Calibration
 from anogan.data.images import ImageError, list_images, read_image
 from anogan.data.splits import AnomalySplit
 from anogan.errors import UserError
 from anogan.inference import run_scorer
-from anogan.scores import apply_calibration, complexity, score_components
+from anogan.scores import complexity, score_components
 
 log = logging.getLogger("anogan.predict")
 
@@ -183,7 +185,8 @@ def predict(
 ) -> dict:
     """Score every image under ``input`` with the scorer file of ``ckpt``; write the CSV (and maps).
 
-    Returns ``{"rows": [...], "skipped": [(path, reason), ...], "threshold": t, "out": csv path}``.
+    Returns ``{"rows": [...], "skipped": [(path, reason), ...], "threshold": t, "out": csv path,
+    "warnings": [...]}`` (warnings: the calibration's, when the threshold used is infinite).
     Raises ``PredictError`` / ``ArtifactError`` (one line each) for unusable arguments or files.
     """
     artifact = resolve_path(ckpt)
@@ -192,7 +195,7 @@ def predict(
     scorer, payload = load_artifact(artifact)
     if batch_size:
         scorer.hparams.batch_size = batch_size
-    prep, calibration = payload["preprocess"], payload["calibration"]
+    prep, calibration = payload["preprocess"], Calibration.from_state(payload["calibration"])
     settings = trainer_settings(device, payload["precision"])
     paths, skipped = find_images(root)
 
@@ -212,13 +215,13 @@ def predict(
         uint8 = torch.stack(images)
         dataset = AnomalySplit(uint8, np.zeros(len(kept), dtype=np.int64), np.arange(len(kept)), 0)
         results = run_scorer(scorer, dataset, settings, what="images")
-        post = apply_calibration(results["score"], complexity(uint8), calibration, threshold)
-        t = post["threshold"]
+        post = calibration(results, complexity(uint8), threshold)
+        t = float(post["threshold"])
         columns = {
             "score": post["score"],
             "p_value": post["p_value"],
             "label": post["label"],
-            "raw_score": results["score"].double(),
+            "raw_score": post["raw_score"],
             **{k: results[k] for k in score_components(results)},
             "complexity": complexity(uint8),
             "steps": results.get("steps", torch.zeros(len(kept), dtype=torch.long)),
@@ -256,10 +259,13 @@ def predict(
             writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in names)])
     os.replace(tmp, out)
     n_anom = sum(1 for r in rows if r["label"] == 1)
+    warnings = calibration.warnings if t is not None and math.isinf(t) else []
+    for warning in warnings:  # never "0 anomalous at threshold inf" without saying why
+        log.warning("%s", warning)
     log.info(
         "scored %d image(s), %d anomalous at threshold %s -> %s", len(rows), n_anom, f"{t:.6g}" if t is not None else "-", out
     )
-    return {"rows": rows, "skipped": skipped, "threshold": t, "out": out}
+    return {"rows": rows, "skipped": skipped, "threshold": t, "out": out, "warnings": warnings}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 from torchvision.utils import make_grid
 
+from anogan.calibration import Calibration
 from anogan.compare import delong
 from anogan.io import atomic_savefig, atomic_write_text
 from anogan.metrics import (
@@ -39,24 +40,22 @@ from anogan.metrics import (
     threshold_metrics,
     to_unit_interval,
 )
-from anogan.scores import complexity, corrected_score, primary_score, resolve_auto, score_components
+from anogan.scores import complexity, corrected_score, score_components
 
 log = logging.getLogger(__name__)
 
 
-def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = "none") -> tuple[dict[str, np.ndarray], str]:
-    """One row per scored image, in evaluation order, with everything scores.csv holds, and the
-    correction used: ``score`` is the primary score (``mapping.correction``, ``auto`` resolved on
-    the validation rows only), ``raw_score`` the scorer's own."""
+def build_table(results: dict[str, torch.Tensor], datamodule, calibration: Calibration) -> dict[str, np.ndarray]:
+    """One row per scored image, in evaluation order, with everything scores.csv holds: ``score``
+    (primary), ``raw_score``, ``p_value`` and ``prediction`` as the run's calibration (fitted on
+    the validation rows) gives them, beside the scorer's own components and the image complexity."""
     dataset = datamodule.eval_set
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
     columns = datamodule.eval_columns()
     image_complexity = complexity(dataset.images)
-    if correction == "auto":
-        val = torch.from_numpy(datamodule.eval_split == "val")
-        correction = resolve_auto(results["score"][val], image_complexity[val], dataset.labels[val])
+    post = calibration(results, image_complexity)
     table = {
         "id": dataset.ids.numpy(),
         "source": columns["source"],
@@ -65,14 +64,16 @@ def build_table(results: dict[str, torch.Tensor], datamodule, correction: str = 
         "class": dataset.classes.numpy(),
         "class_name": columns["class_name"],
         "label": dataset.labels.numpy(),
-        "score": primary_score(results["score"], image_complexity, correction).numpy(),
-        "raw_score": results["score"].double().numpy(),
+        "score": post["score"].numpy(),
+        "raw_score": post["raw_score"].numpy(),
         **{k: results[k].double().numpy() for k in score_components(results)},
         "complexity": image_complexity.double().numpy(),
     }
     if "steps" in results:
         table["steps"] = results["steps"].long().numpy()
-    return table, correction
+    table["p_value"] = post["p_value"].numpy()
+    table["prediction"] = post["label"].numpy()
+    return table
 
 
 def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
@@ -128,6 +129,7 @@ def compute_metrics(
     threshold_rule: str | float = "fpr",
     n_resamples: int = 2000,
     seed: int = 0,
+    thresholds: dict | None = None,
 ) -> dict:
     """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
     made ``table["score"]`` (none or complexity).
@@ -138,14 +140,16 @@ def compute_metrics(
     ``metrics["val"]``; ``{split}_at_{rule}`` give every rule's. A split of normals only reports its
     observed false-positive rate, with AUROC/AP None and a note. AUROC and AP carry stratified
     bootstrap 95% intervals (``n_resamples``, ``seed``). Adds ``table["p_value"]`` (conformal, on
-    the validation normals) unless the table has one. Raises ``CalibrationError`` without
+    the validation normals) unless the table has one. ``thresholds``: the run's calibration's
+    (``Calibration.thresholds``), fitted on the same validation rows; refitted when None. Raises ``CalibrationError`` without
     validation normals, ``ThresholdRuleError`` for an unusable ``threshold_rule``."""
     val, test = table["split"] == "val", table["split"] == "test"
     score = torch.from_numpy(np.asarray(table["score"], dtype=np.float64))
     label = torch.from_numpy(np.asarray(table["label"], dtype=np.int64))
     if "p_value" not in table:
         add_p_values(table)
-    thresholds = fit_thresholds(score[val], label[val], target_fpr)
+    if thresholds is None:
+        thresholds = fit_thresholds(score[val], label[val], target_fpr)
     chosen = resolve_threshold(thresholds, threshold_rule)
     n_cal = int((label[val] == 0).sum())
     metrics = {
@@ -460,36 +464,21 @@ def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
 
 
 def write_report(
-    results: dict[str, torch.Tensor], datamodule, scorer, folder: Path, tb_writer=None, threshold_cfg=None
-) -> tuple[dict, dict]:
-    """scores.csv, metrics.json, figures and TensorBoard images of a scored evaluation set.
+    results: dict[str, torch.Tensor], datamodule, scorer, calibration: Calibration, folder: Path, tb_writer=None
+) -> dict:
+    """scores.csv, figures and TensorBoard images of a scored evaluation set; returns the metrics
+    (the caller writes metrics.json, last: it marks the run finished).
 
-    Returns ``(metrics, calibration)``: the calibration (resolved correction, every rule's threshold,
-    the validation normals' scores) is fitted on validation rows only and travels in the scorer file,
-    so ``predict.py`` post-processes new images exactly as scores.csv's rows were."""
-    from anogan.metrics import THRESHOLD_RULES
-    from anogan.scores import apply_calibration
-
+    ``calibration`` is the run's, fitted on the validation rows only (``Calibration.fit``) and
+    already saved in the scorer file, so ``predict.py`` post-processes new images exactly as
+    scores.csv's rows are here."""
     folder = Path(folder)
-    rule = threshold_cfg.rule if threshold_cfg is not None else "fpr"
-    target_fpr = float(threshold_cfg.target_fpr) if threshold_cfg is not None else 0.05
-    table, correction = build_table(results, datamodule, scorer.hparams.correction)
-    metrics = compute_metrics(table, correction, target_fpr=target_fpr, threshold_rule=rule)
+    rule = calibration.rule
+    table = build_table(results, datamodule, calibration)
+    metrics = compute_metrics(table, calibration.correction, calibration.target_fpr, rule, thresholds=calibration.thresholds)
     metrics.update(pixel_and_defect_metrics(table, results, datamodule))
-    val_normal = (table["split"] == "val") & (table["label"] == 0)
-    calibration = {
-        "correction": correction,
-        "thresholds": {k: metrics["threshold"].get(k) for k in THRESHOLD_RULES},
-        "threshold_rule": rule,
-        "target_fpr": target_fpr,
-        "normal_scores": torch.from_numpy(np.sort(table["score"][val_normal])),
-    }
-    post = apply_calibration(torch.from_numpy(table["raw_score"]), torch.from_numpy(table["complexity"]), calibration)
-    if not (np.array_equal(post["score"].numpy(), table["score"]) and np.array_equal(post["p_value"].numpy(), table["p_value"])):
-        raise RuntimeError("the calibration does not reproduce the table's primary score and p-values")
-    table["prediction"] = post["label"].numpy()
+    metrics["warnings"] = calibration.warnings
     write_csv(table, folder / "scores.csv")
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=1))
     figures = folder / "figures"
     write_score_figures(table, metrics, figures, tb_writer)
     write_example_figures(table, results, datamodule, scorer, figures, tb_writer)
@@ -502,7 +491,7 @@ def write_report(
             test["ap"],
             test["f1"],
             rule,
-            calibration["thresholds"][rule],
+            float(calibration.threshold),
         )
         versus = metrics.get("versus_complexity_baseline", {}).get("test")
         if versus:
@@ -521,7 +510,7 @@ def write_report(
             test.get("false_positive_rate"),
             rule,
         )
-    return metrics, calibration
+    return metrics
 
 
 TEXT_COLUMNS = ("source", "split", "class_name")

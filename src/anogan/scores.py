@@ -1,4 +1,4 @@
-"""The run's anomaly score: the scorer's raw score, optionally corrected for input complexity.
+"""Input complexity and the complexity-corrected score (the calibration applies them: ``anogan.calibration``).
 
 A GAN's reconstruction error grows with how detailed an image is, whatever its class: on
 CIFAR-10 cars (busy images) the raw AnoGAN score ranks plain anomalies (sky, sea) as *more*
@@ -28,52 +28,20 @@ def score_components(results) -> list[str]:
     return [k for k in (*RECONSTRUCTION_COMPONENTS, *D_COMPONENTS) if k in results]
 
 
-def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels, in [0, 2]: the simplest measure of
-    input complexity (low = plain image). Also a baseline that knows nothing of the normal class."""
-    x = images_uint8.float() / 255.0
+def neighbour_difference(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between horizontal plus vertical neighbours of N×C×H×W images with
+    values in [0, 1]; shape (N,), in [0, 2]. The one formula behind ``complexity``."""
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
     return dx + dy
 
 
+def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels, in [0, 2]: the simplest measure of
+    input complexity (low = plain image). Also a baseline that knows nothing of the normal class."""
+    return neighbour_difference(images_uint8.float() / 255.0)
+
+
 def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
     """Raw score per unit of complexity (float64); a flat image (complexity 0) gets the largest."""
     return raw.double() / image_complexity.double().clamp_min(1e-6)
-
-
-def resolve_auto(raw: torch.Tensor, image_complexity: torch.Tensor, labels: torch.Tensor) -> str:
-    """``none`` or ``complexity``: the one with the higher AUROC on these (validation) images."""
-    from anogan.metrics import ranking_metrics
-
-    auroc = {
-        c: ranking_metrics(primary_score(raw, image_complexity, c), labels, "the validation split")["auroc"]
-        for c in ("none", "complexity")
-    }
-    return "complexity" if auroc["complexity"] > auroc["none"] else "none"
-
-
-def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction: str) -> torch.Tensor:
-    """The score thresholds and metrics use, as ``mapping.correction`` says (``auto`` resolved)."""
-    if correction == "none":
-        return raw.double()
-    if correction == "complexity":
-        return corrected_score(raw, image_complexity)
-    raise ValueError(f"mapping.correction={correction!r} is not a resolved correction; use none or complexity")
-
-
-def apply_calibration(
-    raw: torch.Tensor, image_complexity: torch.Tensor, calibration: dict, rule: str | float | None = None
-) -> dict:
-    """The run's post-processing of raw scores, the same in the run's report and in ``predict.py``:
-    primary score (the resolved correction), conformal p-value against the validation normals, and
-    the label at the threshold of ``rule`` (``fpr`` | ``f1`` | ``youden`` | a number; default the
-    run's rule). Returns ``{"score", "p_value", "label", "threshold"}`` (label: 1 = anomalous)."""
-    from anogan.metrics import conformal_p_values, resolve_threshold
-
-    score = primary_score(raw, image_complexity, calibration["correction"])
-    normals = calibration.get("normal_scores")
-    p_value = conformal_p_values(normals, score) if normals is not None and len(normals) else torch.full_like(score, float("nan"))
-    threshold = resolve_threshold(calibration["thresholds"], calibration.get("threshold_rule", "fpr") if rule is None else rule)
-    label = (score >= threshold).long()
-    return {"score": score, "p_value": p_value, "label": label, "threshold": threshold}

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan import conf_dir, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
-from anogan.artifact import save_artifact
+from anogan.artifact import load_gan_checkpoint, save_artifact
+from anogan.calibration import Calibration
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.errors import UserError
 from anogan.hardware import warn_if_slow_bf16
@@ -40,6 +41,7 @@ from anogan.report import add_dashboard_layout, write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
 from anogan.scorers import Scorer
+from anogan.scores import complexity
 from anogan.sweep import parse_optimized_metric, run_name, set_job_threads
 
 log = logging.getLogger("anogan")
@@ -105,7 +107,7 @@ def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] |
         g, d = gan_store.load_weights(cfg.gan.generator, cfg.gan.discriminator, arch)
         return g, d, f"weights {cfg.gan.generator}"
     if cfg.gan.checkpoint:
-        g, d = gan_store.load_checkpoint(cfg.gan.checkpoint, arch)
+        g, d = load_gan_checkpoint(cfg.gan.checkpoint, arch)  # a scorer file (checked), GAN folder or .ckpt
         return g, d, f"checkpoint {cfg.gan.checkpoint}"
     return None
 
@@ -197,7 +199,29 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
     logger.finalize("success")
 
 
-def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: dict, run_dir: Path, source: str) -> Path:
+def fit_calibration(cfg: DictConfig, scorer: Scorer, results: dict[str, torch.Tensor], datamodule) -> Calibration:
+    """The run's calibration (``anogan.calibration``), fitted on the validation rows only: the
+    correction (``mapping.correction``), every threshold rule (``threshold.*``), the validation
+    normals' scores for p-values and, when the scorer names ``combine``, the components' scaling.
+    An unreachable ``threshold.target_fpr`` is logged as a warning naming the fix."""
+    val = torch.from_numpy(datamodule.eval_split == "val")
+    dataset = datamodule.eval_set
+    components = {k: v[val] for k, v in results.items() if k not in ("row", "map", "z") and len(v) == len(val)}
+    calibration = Calibration.fit(
+        components,
+        complexity(dataset.images[val]),
+        dataset.labels[val],
+        correction=scorer.hparams.correction,
+        rule=cfg.threshold.rule,
+        target_fpr=float(cfg.threshold.target_fpr),
+        combine=scorer.hparams.get("combine"),
+    )
+    for warning in calibration.warnings:
+        log.warning("%s", warning)
+    return calibration
+
+
+def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: Calibration, run_dir: Path, source: str) -> Path:
     """The run's one self-contained scorer file (``anogan.artifact``)."""
     preprocess = {
         "image_size": int(cfg.data.image_size),
@@ -250,9 +274,12 @@ def run(cfg: DictConfig) -> float:
     if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
         return float("nan")
 
-    writer = tensorboard.experiment if tensorboard is not None else None
-    metrics, calibration = write_report(results, datamodule, scorer, run_dir, writer, cfg.threshold)
+    # scores -> calibration (validation only) -> scorer.pt -> report -> metrics.json, written once and
+    # last: it marks the run finished, so a kill at any point before leaves an unfinished run
+    calibration = fit_calibration(cfg, scorer, results, datamodule)
     save_scorer(cfg, scorer, calibration, run_dir, source)
+    writer = tensorboard.experiment if tensorboard is not None else None
+    metrics = write_report(results, datamodule, scorer, calibration, run_dir, writer)
     metrics["gan_source"] = source
     gan_meta = run_dir / "gan" / "gan.json"
     if source == "trained" and gan_meta.is_file() and "selection" in (meta := json.loads(gan_meta.read_text())):

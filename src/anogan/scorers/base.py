@@ -128,18 +128,24 @@ class Scorer(L.LightningModule):
         components instead of ``residual``/``discrimination``/``z``/``generated``, and its own ``map`` (N×S×S)."""
         raise NotImplementedError
 
-    def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        out = self.infer(x, batch["key"])
-        check_finite_scores(
-            out["score"], "the GAN (or encoder) weights are broken (check the GAN stage's losses), or mapping.lr is too high."
-        )
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The scorer's whole path on model inputs x (N×C×S×S in [-1, 1]): ``infer``'s per-image
+        components (``score``, ``residual``, ...) plus ``map`` (N×S×S, when ``maps``), on x's device.
+        ``predict_step`` and the exported ONNX graph (``anogan.export``) both run this."""
+        out = self.infer(x, keys)
         generated, fx, fg = out.pop("generated", None), out.pop("fx", None), out.pop("f_generated", None)
         if self.hparams.maps and "map" not in out and generated is not None:  # a scorer may give its own map
             use_features = self.hparams.map_features
             out["map"] = anomaly_map(
                 x, generated, self.hparams.map_sigma, fx if use_features else None, fg if use_features else None
             )
+        return out
+
+    def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        out = self(batch["image"], batch["key"])
+        check_finite_scores(
+            out["score"], "the GAN (or encoder) weights are broken (check the GAN stage's losses), or mapping.lr is too high."
+        )
         out["row"] = batch["row"]
         return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in out.items()}
 

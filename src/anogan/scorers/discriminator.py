@@ -174,7 +174,7 @@ class TransformationScorer(_DReader):
 
     Args (besides ``Scorer``'s): ``transforms``: the transformation set the head was trained on
     (``model.self_supervised``: rotations | geotrans). Raises ``ScorerConfigError`` when D has no
-    such head. No anomaly map (``maps`` is ignored)."""
+    such head. No anomaly map (``maps`` must be false)."""
 
     exportable = True
 
@@ -193,6 +193,8 @@ class TransformationScorer(_DReader):
     ):
         super().__init__(generator, discriminator, batch_size, correction, map_sigma, map_features, maps, seed)
         check_transform_head(discriminator, transforms)
+        if maps:
+            raise ScorerConfigError("mapping.maps=true: mapping=transformations has no anomaly map; mapping=dcombined gives one.")
         self.save_hyperparameters(ignore=["generator", "discriminator"], logger=False)
 
     def summary(self) -> str:
