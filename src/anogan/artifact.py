@@ -53,6 +53,7 @@ SCHEMA = {
         "d_width": int,
         "d_norm": str,
         "spectral_norm": bool,
+        "self_supervised": (str, type(None)),  # the transformation head's set (issue 24), null: none
     },
     "state_dict": dict,
     "calibration": {
