@@ -192,7 +192,7 @@ def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
         scorer,
         arch,
         Calibration.fit(torch.arange(30.0), torch.ones(30), torch.zeros(30, dtype=torch.long)),
-        {"image_size": 32, "channels": 3},
+        {"image_size": 32, "channels": 3, "resize": "stretch"},
         "32-true",
         {},
     )
@@ -256,9 +256,15 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
     exported = export(run, out=tmp_path / "export", input=tmp_path / "pngs")
     assert exported["max_relative_difference"] <= 1e-4
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
-    score, raw, maps = session.run(None, {"image": images.float().div(127.5).sub(1.0).numpy()})
-    assert maps.shape == (len(chosen), 32, 32)
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {"image": images.float().div(127.5).sub(1.0).numpy()})))
+    score, raw = outputs["score"], outputs["raw_score"]
+    if kind == "transformations":
+        assert "anomaly_map" not in names
+    else:
+        assert outputs["anomaly_map"].shape == (len(chosen), 32, 32)
     for k, i in enumerate(chosen):
+        assert abs(outputs["p_value"][k] - float(rows[i]["p_value"])) < 1e-6
         assert abs(score[k] - float(rows[i]["score"])) <= 1e-4 * abs(float(rows[i]["score"])), (i, score[k], rows[i]["score"])
         assert abs(raw[k] - float(rows[i]["raw_score"])) <= 1e-4 * abs(float(rows[i]["raw_score"]))
 

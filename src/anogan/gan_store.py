@@ -103,6 +103,7 @@ GAN_JSON_TYPES = {
     "d_width": int,
     "d_norm": str,
     "spectral_norm": bool,
+    "self_supervised": (str, type(None)),  # the transformation head's set (issue 24), null: none
 }
 GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict}
 
@@ -134,7 +135,7 @@ def read_gan_json(folder: Path) -> dict:
         value = meta[key]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
             raise GANLoadError(
-                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else kind.__name__}. Fix: restore gan.json."
+                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else getattr(kind, '__name__', 'a string or null')}. Fix: restore gan.json."
             )
     unknown = [k for k in meta if k not in GAN_JSON_TYPES and k not in GAN_JSON_EXTRAS]
     if unknown:

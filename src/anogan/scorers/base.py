@@ -89,6 +89,7 @@ class Scorer(L.LightningModule):
     """
 
     needs_fit = False
+    sized_by_fit: tuple[str, ...] = ()  # state-dict keys whose shape fit sets (memory banks), not the constructor
 
     def __init__(
         self,

@@ -176,8 +176,6 @@ class TransformationScorer(_DReader):
     (``model.self_supervised``: rotations | geotrans). Raises ``ScorerConfigError`` when D has no
     such head. No anomaly map (``maps`` must be false)."""
 
-    exportable = True
-
     def __init__(
         self,
         generator: nn.Module,
@@ -222,7 +220,7 @@ class DFeatureScorer(_DReader):
     """
 
     needs_fit = True
-    exportable = True
+    sized_by_fit = ("bank", "patch_bank")
     components = ("dfeatures", "dpatches", "transformations")
 
     def __init__(
