@@ -397,9 +397,10 @@ def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discrimina
 
 def check_arch(found: dict, wanted: dict, where: Path) -> None:
     """``GANLoadError`` naming every architecture key where ``found`` (a file's) differs from ``wanted`` (the config's)."""
-    diff = {
-        k: (found.get(k, ARCH_DEFAULTS.get(k)), wanted[k]) for k in ARCH_KEYS if found.get(k, ARCH_DEFAULTS.get(k)) != wanted[k]
-    }
+    def value(arch: dict, k: str):
+        return arch.get(k, ARCH_DEFAULTS.get(k))
+
+    diff = {k: (value(found, k), value(wanted, k)) for k in ARCH_KEYS if value(found, k) != value(wanted, k)}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         raise GANLoadError(
