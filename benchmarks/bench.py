@@ -13,7 +13,9 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
   BCE-with-logits on real/fake, then ``g_steps`` G steps, Adam with the same settings), warm-up steps
   excluded. ``plain_matched`` (fp32) is a plain loop that also does what the module does beyond
   that (no gradients for the network not being stepped, channels_last on CPU): its ratio to the
-  module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost.
+  module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost;
+* with ``--ssgan-steps N``: the GAN's training speed with and without the self-supervised
+  transformation task (``"ssgan"``: ``model.self_supervised`` rotations / geotrans, fp32).
 
 Speeds are wall-clock. A busy machine makes them noisy, so every measurement is repeated
 (``--rounds``, in alternating order) and the fastest round counts; a training run counts its median
@@ -259,7 +261,8 @@ def _loader(images: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoade
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, drop_last=True)
 
 
-def make_gan(image_size: int, d: dict, seed: int) -> GAN:
+def make_gan(image_size: int, d: dict, seed: int, **options) -> GAN:
+    """The project's GAN with the benchmark's sizes; ``options``: further ``model.*`` keys."""
     torch.manual_seed(seed)
     return GAN(
         latent_dim=d["latent_dim"],
@@ -271,7 +274,31 @@ def make_gan(image_size: int, d: dict, seed: int) -> GAN:
         betas=d["betas"],
         weight_decay=d["weight_decay"],
         g_steps=d["g_steps"],
+        **options,
     )
+
+
+def bench_ssgan(a: argparse.Namespace, d: dict) -> dict:
+    """The cost of the self-supervised auxiliary task (issue 24, ``model.self_supervised``): images/s of
+    the project's GAN under Lightning without it and with each transformation set, fp32, at the first
+    size and ``--train-batch-size``, ``--ssgan-steps`` timed steps after ``--warmup``, side by side on the
+    same images (fastest of ``--rounds``, alternating order). ``epoch_time_ratio`` is a GAN epoch's
+    time with the set over its time without (the budget of issue 24: at most 2)."""
+    size, tb, steps = a.sizes[0], a.train_batch_size, a.ssgan_steps
+    images = random_images(tb * (a.warmup + steps + 1), size, a.seed + 5)
+    variants = {"off": None, **{name: name for name in ("rotations", "geotrans")}}
+    best: dict[str, float] = {}
+    for r in range(a.rounds):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+            log.info("%d px: GAN training, self_supervised=%s, batch %d, %d+%d steps", size, variants[name], tb, a.warmup, steps)
+            model = make_gan(size, d, a.seed, self_supervised=variants[name])
+            out = bench_train_lightning(model, images, batch_size=tb, warmup=a.warmup, precision="32-true")
+            best[name] = max(best.get(name, 0.0), out["img_s"])
+    result = {f"{name}_img_s": v for name, v in best.items()}
+    for name in ("rotations", "geotrans"):
+        result[f"{name}_epoch_time_ratio"] = round(best["off"] / best[name], 3)
+    result.update(image_size=size, batch_size=tb, timed_steps=steps, precision="32-true", g_steps=d["g_steps"])
+    return result
 
 
 def bench_train_lightning(model: GAN, images, *, batch_size, warmup, precision) -> dict:
@@ -512,6 +539,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--scorer-images", type=int, default=128, help="images for the end-to-end scorer comparison (0: skip)")
     p.add_argument("--scorer-steps", type=int, default=200, help="search steps of the latent scorers in that comparison")
+    p.add_argument("--ssgan-steps", type=int, default=0, help="timed steps of the self-supervised cost section (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
@@ -559,6 +587,8 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
             result[f"{size}px"] = res
     if a.scorer_images:
         result["scorers"] = bench_scorers(a, d)
+    if a.ssgan_steps:
+        result["ssgan"] = bench_ssgan(a, d)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     return result
 

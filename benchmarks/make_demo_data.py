@@ -1,11 +1,18 @@
 """Data for the README's demonstrations, written as a user's files would be:
 
     python benchmarks/make_demo_data.py mvtec <out>            # an MVTec AD-layout category "tiles" with masks
+    python benchmarks/make_demo_data.py textures <out>         # real photographs: scikit-image's brick, category "brick"
     python benchmarks/make_demo_data.py car-folder <out> --cifar <root of cifar-10-batches-py> [--n 1500]
 
 ``mvtec``: 64×64 grey-textured tiles (seeded smooth noise plus stripes), 120 training images, 30 good
 test images and 30 per defect type: ``scratch`` (a thin bright line) and ``stain`` (a dark blob), each
 with its 0/255 mask in ``ground_truth/<defect>/<name>_mask.png``.
+``textures``: a real-photograph texture set: 64×64 grey crops of scikit-image's ``brick`` photograph
+(``skimage.data.brick()``, 512×512, shipped with the package: ``pip install scikit-image``), category
+``brick``: 240 training crops from the top three quarters of the photograph, and from its bottom
+quarter (never trained on) 40 good test crops and 30 per defect type, each with its mask:
+``foreign`` (a patch of the ``gravel`` photograph pasted in), ``scratch`` (a thin bright line) and
+``smudge`` (a soft dark blob).
 ``car-folder``: the first ``n`` automobile images of the CIFAR-10 training set as PNGs in
 ``<out>/normal/`` (a normal-only folder: no anomalous images at all).
 """
@@ -67,6 +74,53 @@ def mvtec(out: Path, seed: int = 0) -> None:
     print(f"wrote {root}: train/good 120, test/good 30, test/scratch 30, test/stain 30, masks in ground_truth/")
 
 
+def textures(out: Path, seed: int = 0) -> None:
+    from skimage import data  # a real photograph shipped with scikit-image (no download)
+
+    rng = np.random.default_rng(seed)
+    brick, gravel = data.brick().astype(np.float64), data.gravel().astype(np.float64)
+    root = out / "brick"
+
+    def crop(rows: tuple[int, int], source: np.ndarray = brick) -> np.ndarray:
+        y, x = rng.integers(rows[0], rows[1] - SIZE + 1), rng.integers(0, source.shape[1] - SIZE + 1)
+        return source[y : y + SIZE, x : x + SIZE].copy()
+
+    train_rows, test_rows = (0, 384), (384, 512)
+    for i in range(240):
+        _save(crop(train_rows), root / "train" / "good" / f"{i:03d}.png")
+    for i in range(40):
+        _save(crop(test_rows), root / "test" / "good" / f"{i:03d}.png")
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    for i in range(30):  # foreign material: a square of gravel
+        img, side = crop(test_rows), int(rng.integers(10, 18))
+        y0, x0 = rng.integers(4, SIZE - side - 4, 2)
+        mask = np.zeros((SIZE, SIZE), bool)
+        mask[y0 : y0 + side, x0 : x0 + side] = True
+        img[mask] = crop((0, 512), gravel)[:side, :side].ravel()
+        _save(img, root / "test" / "foreign" / f"{i:03d}.png")
+        _save(mask * 255.0, root / "ground_truth" / "foreign" / f"{i:03d}_mask.png")
+    for i in range(30):  # scratch: a bright line, 2 px wide
+        img = crop(test_rows)
+        x0, y0 = rng.integers(8, 40, 2)
+        length, angle = rng.integers(16, 28), rng.uniform(0, np.pi)
+        t = np.linspace(0, 1, 200)
+        mask = np.zeros((SIZE, SIZE), bool)
+        xs, ys = (x0 + t * length * np.cos(angle)).astype(int), (y0 + t * length * np.sin(angle)).astype(int)
+        for dx in (0, 1):
+            mask[np.clip(ys, 0, SIZE - 1), np.clip(xs + dx, 0, SIZE - 1)] = True
+        img[mask] = 240
+        _save(img, root / "test" / "scratch" / f"{i:03d}.png")
+        _save(mask * 255.0, root / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    for i in range(30):  # smudge: darkened by a soft blob; the mask is where it darkens by > 20%
+        img = crop(test_rows)
+        cy, cx = rng.integers(14, 50, 2)
+        r = rng.uniform(5, 9)
+        shade = 0.6 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r**2))
+        _save(img * (1 - shade), root / "test" / "smudge" / f"{i:03d}.png")
+        _save((shade > 0.2) * 255.0, root / "ground_truth" / "smudge" / f"{i:03d}_mask.png")
+    print(f"wrote {root}: train/good 240, test/good 40, test/foreign, scratch, smudge 30 each, masks in ground_truth/")
+
+
 def car_folder(out: Path, cifar: Path, n: int) -> None:
     images = []
     for b in range(1, 6):
@@ -81,12 +135,17 @@ def car_folder(out: Path, cifar: Path, n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["mvtec", "car-folder"])
+    p.add_argument("what", choices=["mvtec", "textures", "car-folder"])
     p.add_argument("out", type=Path)
     p.add_argument("--cifar", type=Path, default=Path("data/cifar10"))
     p.add_argument("--n", type=int, default=1500)
     a = p.parse_args()
-    mvtec(a.out) if a.what == "mvtec" else car_folder(a.out, a.cifar, a.n)
+    if a.what == "mvtec":
+        mvtec(a.out)
+    elif a.what == "textures":
+        textures(a.out)
+    else:
+        car_folder(a.out, a.cifar, a.n)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import anogan.config_schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
+
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS_PER_BATCH = 4  # 5 batches -> 20 training images per class, 200 in all
@@ -145,3 +147,14 @@ def brute_force_auroc(scores, labels) -> float:
     neg = [s for s, y in zip(scores, labels) if y == 0]
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
     return wins / (len(pos) * len(neg))
+
+
+@pytest.fixture(scope="session")
+def fitted_run(tiny_cifar, tmp_path_factory):
+    """A tiny complexity-corrected run made by ``anogan.fit`` (the Python API), shared by the API,
+    server and notebook tests: ``anogan.api.TrainResult`` (``run_dir``, ``metrics``, ``objective``)."""
+    import anogan
+
+    out = tmp_path_factory.mktemp("fitted_run")
+    overrides = [o for o in tiny_overrides(tiny_cifar, out) if not o.startswith("hydra.run.dir")]
+    return anogan.fit([*overrides, "mapping.correction=complexity"], run_dir=out / "run")

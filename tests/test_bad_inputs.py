@@ -33,6 +33,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("devices_zero", ["trainer.devices=0"], ["trainer.devices=0"]),
         ("unknown_key", ["+mapping.alpah=0.5"], ["mapping.alpah", "did you mean mapping.alpha"]),
         ("unknown_trainer_key", ["+trainer.max_epoch=3"], ["trainer.max_epoch"]),
+        (
+            "clipping_under_manual_optimization",
+            ["+trainer.gradient_clip_val=1"],
+            ["trainer.gradient_clip_val", "model.gp_weight"],
+        ),
+        ("path_with_equals", ["data.root=/data/a=b"], ["data.root=/data/a=b", "quoted", "'data.root=\"/data/a=b\"'"]),
         ("max_epochs_zero", ["trainer.max_epochs=0"], ["trainer.max_epochs=0", "untrained"]),
         ("limit_batches_zero", ["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0"]),
         ("val_subset_fraction", ["data.val_subset=1.5"], ["data.val_subset=1.5", "whole count"]),
@@ -60,33 +66,72 @@ IN_PROCESS_CASES = [
     (["mapping.lr=1e38"], "mapping.lr=1e+38"),
     (["mapping.alpha=abc"], "mapping.alpha='abc'"),
     (["trainer.accelerator=quantum"], "trainer.accelerator='quantum'"),
-    (["+trainer.num_nodes=0"], "trainer.num_nodes=0"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0"),
     (["trainer.devices=[]"], "trainer.devices"),
     (["trainer.max_epochs=-1"], "training would never end"),
     (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0"),
+    (["trainer.max_time=2h"], "DD:HH:MM:SS"),
     (["data.test_subset=abc"], "data.test_subset='abc'"),
     (["data.test_subset=2.5"], "data.test_subset=2.5"),
     (["data.val_subset=0"], "data.val_subset=0"),
     (["mapping.iterations=0"], "mapping.iterations=0"),
     (["mapping.iterations=true"], "mapping.iterations=True"),
+    (["mapping.early_stop={patience: 0, rel_tol: 0.001}"], "mapping.early_stop="),
     (["model.weight_decay=-1"], "model.weight_decay=-1"),
     (["data.val_anomaly_ratio=abc"], "data.val_anomaly_ratio='abc'"),
     (["data.normal_class=[1]"], "data.normal_class"),
     (["+gan.chekpoint=x"], "gan.chekpoint"),
     (["+data.normal_clas=1"], "data.normal_clas"),
+    (["data.normal_clas=1"], "data.normal_clas is not a setting"),
     (["+callbacks.checkpoint.every_n_epoch=2"], "callbacks.checkpoint.every_n_epoch"),
+    (["logger=csv", "+logger.nme=x"], "logger.nme is not a setting"),
     (["+seeed=1"], "seeed is not a setting"),
     (["trainer.precision=nonsense"], "trainer.precision='nonsense'"),
+    # issue 26 §4: Lightning refuses these under manual optimization only after the data has loaded
+    (["+trainer.gradient_clip_val=1"], "trainer.gradient_clip_val is refused: Lightning does not clip"),
+    (["trainer.gradient_clip_val=1"], "model.spectral_norm=true"),
+    (["+trainer.accumulate_grad_batches=2"], "raise data.batch_size"),
+    (["+trainer.val_check_interval=10"], "model.selection.every_n_epochs"),
+    (["+trainer.min_steps=10"], "trainer.min_steps is refused"),
+    # issue 30 §3: max_steps is a setting now (documented without '+')
+    (["+trainer.max_steps=8"], "Fix: drop the '+' (trainer.max_steps=...)"),
+    # issue 30, "Also seen": a value with '=' needs quotes, and the message says how
+    (["data.root=/data/a=b"], "'data.root=\"/data/a=b\"'"),
 ]
 
 
-@pytest.mark.parametrize("overrides,message", IN_PROCESS_CASES, ids=[c[0][0] for c in IN_PROCESS_CASES])
-def test_bad_values_in_process(overrides, message, tiny_cifar):
+def config_error(overrides: list[str]) -> str:
+    """The one-line message ``python train.py <overrides>`` ends with (Hydra's composition errors as
+    ``train.main`` rewrites them, then ``check_config``), or "" when the config is accepted."""
     from anogan.config_check import ConfigError, check_config
+    from anogan.config_schema import explain_composition_error
 
-    with pytest.raises(ConfigError) as err:
-        check_config(compose_config([*tiny_overrides(tiny_cifar), *overrides]))
-    assert message in str(err.value) and "\n" not in str(err.value)
+    try:
+        cfg = compose_config(overrides)
+    except Exception as err:  # Hydra refused the override while composing
+        return explain_composition_error(err, overrides)
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
+@pytest.mark.parametrize("overrides,message", IN_PROCESS_CASES, ids=[c[0][-1] for c in IN_PROCESS_CASES])
+def test_bad_values_in_process(overrides, message, tiny_cifar):
+    error = config_error([*tiny_overrides(tiny_cifar), *overrides])
+    assert message in error and "\n" not in error
+
+
+def test_hydra_itself_refuses_unknown_keys_and_wrong_types(tiny_cifar):
+    """The schemas close every group node: without '+', Hydra refuses a key the schema lacks (even one
+    Lightning's Trainer takes) and a value of the wrong type while composing, before any of our code."""
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("trainer.gradient_clip_val=1", "mapping.alpah=0.5", "model.latent_dim=abc", "data.channels=3.5"):
+        with pytest.raises(ConfigCompositionException):
+            compose_config([*tiny_overrides(tiny_cifar), bad])
 
 
 # Hydra's own errors (before our code runs): its message lists the valid options over several
@@ -144,6 +189,42 @@ def test_bad_inputs_one_line_exit_2_no_traceback(tiny_cifar, tmp_path):
     assert len(cases) + len(HYDRA_CASES) >= 20
 
 
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("data.root=/data/a=b", ["data.root=/data/a=b", "'data.root=\"/data/a=b\"'"]),
+        ("+trainer.gradient_clip_val=1", ["trainer.gradient_clip_val is refused"]),
+        ("mapping.alpha=abc", ["mapping.alpha='abc'", "[0, 1]"]),
+    ],
+)
+def test_command_line_errors_are_one_line_and_exit_2(override, words, monkeypatch, capsys, tmp_path):
+    """train.main in this process: Hydra's composition errors (and ours) end as one line, exit code 2, no
+    traceback, and HYDRA_FULL_ERROR is left as it was."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from anogan import train
+
+    monkeypatch.setattr(sys, "argv", ["train.py", f"hydra.run.dir={tmp_path}/run", override])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(train, "_job_started", False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("anogan").addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            train.main()
+    finally:
+        logging.getLogger("anogan").removeHandler(handler)
+        GlobalHydra.instance().clear()
+    lines = capsys.readouterr().err.strip().splitlines() + [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    lines = [line for line in lines if line.strip()]
+    assert stop.value.code == 2 and "HYDRA_FULL_ERROR" not in __import__("os").environ
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+
+
 def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path):
     from anogan.config_check import ConfigError, check_run_environment
 
@@ -181,7 +262,11 @@ def test_good_overrides_pass_the_key_check(tiny_cifar):
     from anogan.config_check import check_config
 
     for extra in (
-        ["+trainer.gradient_clip_val=1.0"],
+        ["trainer.max_steps=8"],
+        ["trainer.max_time=00:00:01:00"],
+        ["mapping.early_stop={patience: 5, rel_tol: 0.001}"],
+        ["~callbacks.sample_grid"],
+        ["logger=csv"],
         ["trainer=ddp"],
         ["experiment=cifar_car_cpu"],
         ["debug=fast"],
@@ -189,7 +274,7 @@ def test_good_overrides_pass_the_key_check(tiny_cifar):
         ["data.val_subset=2.0"],
         ["data.test_subset=0.5"],
     ):
-        check_config(compose_config([*tiny_overrides(tiny_cifar), *extra]))
+        assert config_error([*tiny_overrides(tiny_cifar), *extra]) == "", extra
     for mapping in ("encoder", "encoder_search"):
         check_config(compose_config(tiny_overrides(tiny_cifar, mapping=mapping)))
 

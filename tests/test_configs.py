@@ -63,3 +63,36 @@ def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
 def test_sweep_config_holds_the_grid():
     cfg = compose_config(["hparams_search=alpha_latent", "experiment=cifar_car_cpu"])
     assert dict(cfg.hydra.sweeper.params) == {"mapping.alpha": "0.1,0.5,0.9", "model.latent_dim": "64,128"}
+
+
+def test_every_group_option_is_typed_by_its_schema(tiny_cifar):
+    """Each option of data/model/mapping/trainer/paths composes onto its dataclass (anogan.config_schema),
+    so Hydra knows every key's type; every key the yaml files set is a field of it."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from anogan.config_schema import SCHEMAS, Config
+
+    cfg = compose_config([])
+    assert OmegaConf.get_type(cfg) is Config
+    for group in ("data", "model", "mapping", "trainer", "paths"):
+        for option in sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")):
+            node = compose_config([f"{group}={option}"])[group]
+            schema = OmegaConf.get_type(node)
+            assert schema in SCHEMAS.values(), (group, option, schema)
+            assert set(node) <= {f.name for f in dataclasses.fields(schema)}, (group, option)
+            assert not _missing(node), (group, option, _missing(node))
+
+
+def _missing(node, prefix: str = "") -> list[str]:
+    """Keys left at the schema's MISSING (no value in the yaml file), without resolving interpolations."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            found.append(prefix + key)
+        elif isinstance(child := node._get_node(key), DictConfig) and not child._is_none():
+            found += _missing(child, f"{prefix}{key}.")
+    return found

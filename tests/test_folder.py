@@ -197,8 +197,10 @@ def test_resize_is_a_config_key_and_a_bad_policy_names_it(tmp_path):
     cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=pad", "data.abnormal_dir=null"])
     dm = instantiate(cfg.data)
     assert dm.hparams.resize == "pad" and dm.normal_only
-    with pytest.raises(DataError, match="data.resize"):
-        FolderAnomalyDataModule(root=str(tmp_path), resize="fit")
+    from anogan.config_check import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match="data.resize='fit' is not allowed: use one of stretch, crop, pad"):
+        check_config(compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=fit"]))
 
 
 # ---------------------------------------------------------------------- normal-only data
@@ -278,7 +280,7 @@ def test_effective_batch_and_steps_rules():
     assert steps_per_epoch(142 * k, 35) >= 20 and steps_per_epoch(142 * (k - 1), 35) < 20  # the smallest k
     assert epoch_repeats(142, 35, None) == 1 and epoch_repeats(10_000, 128, 10) == 1
     msg = training_steps_warning(142, 128, 200)
-    assert msg is not None and "200 optimiser steps" in msg and "trainer.max_epochs=500" in msg
+    assert msg is not None and "200 GAN iterations" in msg and "trainer.max_epochs=500" in msg
     assert training_steps_warning(142, 35, 200) is None  # 200 x 4 = 800 steps
     assert training_steps_warning(142, 35, 100) is not None and training_steps_warning(142, 35, 100, repeats=2) is None
 

@@ -53,6 +53,41 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
     assert gan_store.cache_key(cfg)[0] != key
 
 
+def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
+    """Issue 26 §1: an edit to models/augment.py (DiffAugment) or models/selection.py (checkpoint selection)
+    trains a new GAN; an edit to a module the GAN's training never imports (the report) does not."""
+    import shutil
+
+    package = tmp_path / "anogan"
+    shutil.copytree(gan_store.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(gan_store, "PACKAGE_DIR", package)
+    closure = {p.relative_to(package).as_posix() for p in gan_store.import_closure([package / "models" / "gan.py"])}
+    assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "models/selection.py", "errors.py"} <= closure
+    assert "report.py" not in closure and "predict.py" not in closure
+    before = gan_store.training_code_version()
+    for name in ("models/augment.py", "models/selection.py"):
+        (package / name).write_text((package / name).read_text() + "\n# edited\n")
+        after = gan_store.training_code_version()
+        assert after != before, name
+        before = after
+    (package / "report.py").write_text((package / "report.py").read_text() + "\n# edited\n")
+    assert gan_store.training_code_version() == before
+
+
+def test_cache_key_keeps_val_subset_when_selection_picks_the_epoch():
+    """Issue 26 §1: checkpoint selection chooses the epoch on data.val_subset's rows, so the subset is part
+    of the GAN's key when selection is on, and only then."""
+
+    def key(*overrides):
+        return gan_store.cache_key(compose_config(["data.root=/data", "trainer.default_root_dir=/run", *overrides]))[0]
+
+    off = ["model.selection.every_n_epochs=null"]
+    assert key(*off, "data.val_subset=100") == key(*off, "data.val_subset=200")
+    on = ["model.selection.every_n_epochs=5"]
+    assert key(*on, "data.val_subset=100") != key(*on, "data.val_subset=200")
+    assert key(*on, "data.test_subset=100") == key(*on, "data.test_subset=200")
+
+
 def test_encoder_cache_key_covers_what_changes_the_encoder(tmp_path):
     """The key moves with the GAN's weights, the training images and the encoder's settings, not
     with the search settings or the evaluation subsets (a sweep over those reuses the encoder)."""

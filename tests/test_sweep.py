@@ -74,11 +74,23 @@ def test_run_names_are_unique_and_valid_for_paths_lists_and_unknown_sweeps():
 
 
 def test_optimized_metric_names_a_split_and_a_metric():
-    assert parse_optimized_metric("val/auroc") == ("val", "auroc") and parse_optimized_metric("test/ap") == ("test", "ap")
+    assert parse_optimized_metric("val/auroc") == ("val", "auroc")
+    assert parse_optimized_metric("test/ap", allow_test=True) == ("test", "ap")
     for bad in ("auroc", "train/auroc", "val/auc"):
         with pytest.raises(UserError, match="optimized_metric="):
             parse_optimized_metric(bad)
-    assert compose_config([]).optimized_metric == "val/auroc"
+    cfg = compose_config([])
+    assert cfg.optimized_metric == "val/auroc" and cfg.allow_test_objective is False
+
+
+def test_a_test_metric_is_refused_as_the_sweep_objective_unless_allowed():
+    """Issue 26 §5: optimized_metric=test/... picks settings on the test split; only the documented switch
+    allow_test_objective=true lets it through (today: accepted silently)."""
+    with pytest.raises(UserError, match=r"optimized_metric=test/auroc .*test split.*allow_test_objective=true") as err:
+        parse_optimized_metric("test/auroc")
+    assert "\n" not in str(err.value) and "optimized_metric=val/auroc" in str(err.value)
+    cfg = compose_config(["optimized_metric=test/auroc", "allow_test_objective=true"])
+    assert parse_optimized_metric(cfg.optimized_metric, cfg.allow_test_objective) == ("test", "auroc")
 
 
 def test_threads_setting():

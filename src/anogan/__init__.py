@@ -1,8 +1,15 @@
-"""anogan: GAN-based image anomaly detection (AnoGAN and successors) with Lightning and Hydra."""
+"""anogan: GAN-based image anomaly detection (AnoGAN and successors) with Lightning and Hydra.
+
+The Python API (``anogan.api``, imported on first use so ``import anogan`` stays light):
+``anogan.load(run folder or scorer.pt) -> Detector``, ``Detector.predict(images) -> Predictions``,
+``anogan.fit(overrides) -> TrainResult``.
+"""
 
 from pathlib import Path
 
 __version__ = "0.1.0"
+__all__ = ["ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "conf_dir", "fit", "load"]
+_API = ("ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "fit", "load")
 
 
 def conf_dir() -> str:
@@ -11,3 +18,11 @@ def conf_dir() -> str:
     if (checkout / "config.yaml").is_file():
         return str(checkout)
     return str(Path(__file__).resolve().parent / "conf")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from anogan import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'anogan' has no attribute {name!r}")

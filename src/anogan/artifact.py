@@ -53,7 +53,7 @@ SCHEMA = {
         "d_width": int,
         "d_norm": str,
         "spectral_norm": bool,
-        "self_supervised": (str, type(None)),  # the transformation head's set (issue 24), null: none
+        "self_supervised": (str, type(None)),
     },
     "state_dict": dict,
     "calibration": {
@@ -127,6 +127,8 @@ def _type_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping", list: "a list"}
     names |= {torch.Tensor: "a tensor", type(None): "None"}
+    if int in kinds and float in kinds:
+        kinds = tuple(k for k in kinds if k is not int)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
@@ -305,6 +307,8 @@ def check_payload(payload, path: Path) -> dict:
         )
     if version == 1:
         payload = migrate_v1(payload)
+    if isinstance(payload.get("gan_arch"), dict):  # architecture keys added later: their defaults (plain DCGAN)
+        payload = {**payload, "gan_arch": {**ARCH_DEFAULTS, **payload["gan_arch"]}}
     _check_entries(path, "", payload, SCHEMA, version)
     _check_calibration(path, payload["calibration"])
     cls = _scorer_class(path, payload["scorer"]["target"])

@@ -79,7 +79,9 @@ class Calibration(nn.Module):
     Buffers (float64 unless said): ``normal_scores`` (n,) sorted validation-normal primary scores;
     ``rule_thresholds`` (3,) the fpr / f1 / youden thresholds (NaN: not fitted); ``threshold`` ()
     the run's rule's; ``combine_mean``, ``combine_std`` (k,) and ``combine_log`` (k,) bool, for the
-    ``k`` combined components (empty without ``combine``).
+    ``k`` combined components (empty without ``combine``). Scores are compared in float64: move
+    it with ``.to(device)``, but do not cast it (``.float()``/``.half()`` on a parent module would
+    round the thresholds and the normals' scores, and ties would flip).
     """
 
     def __init__(
@@ -102,6 +104,11 @@ class Calibration(nn.Module):
         self.target_fpr = float(target_fpr)
         self.combine = list(combine) if combine else None
         self.threshold_stats = {k: thresholds.get(k) for k in THRESHOLD_KEYS}
+        if self.threshold_stats["fpr_target"] is None:  # thresholds given as the three rules only
+            self.threshold_stats["fpr_target"] = self.target_fpr
+        fpr = thresholds.get("fpr")
+        if self.threshold_stats["fpr_observed"] is None and fpr is not None and len(normal_scores):
+            self.threshold_stats["fpr_observed"] = float((torch.as_tensor(normal_scores).double() >= fpr).double().mean())
         k = len(self.combine or [])
         self.register_buffer("normal_scores", torch.sort(torch.as_tensor(normal_scores, dtype=torch.float64).flatten()).values)
         self.register_buffer(

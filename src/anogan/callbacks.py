@@ -26,7 +26,7 @@ class SampleGrid(L.Callback):
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs and not trainer.should_stop:
             return
         images = pl_module.sample().float().cpu()
         grid = make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1))
@@ -35,6 +35,25 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("gan/samples", grid, global_step=epoch)
+
+
+class GANIterationLimit(L.Callback):
+    """``trainer.max_steps`` as GAN iterations: training stops after ``max_batches`` training batches in
+    all (each is one D step, plus the G turn of ``model.g_steps`` G steps every ``model.critic_steps``
+    batches), counted across epochs and resumes. Lightning's own ``max_steps`` counts every optimizer
+    step under manual optimization (one bce batch = 1 + g_steps of them), so it is not passed on."""
+
+    def __init__(self, max_batches: int):
+        self.max_batches = int(max_batches)
+
+    @staticmethod
+    def batches_done(trainer: L.Trainer) -> int:
+        """Training batches run so far (restored from a checkpoint on resume)."""
+        return trainer.fit_loop.epoch_loop.batch_progress.total.processed
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.batches_done(trainer) >= self.max_batches:
+            trainer.should_stop = True
 
 
 class RandomStateCheckpoint(L.Callback):

@@ -17,6 +17,7 @@ same run, trains its encoder once.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -42,9 +43,10 @@ ARCH_KEYS = ("latent_dim", "channels", "image_size", "g_width", "d_width", "d_no
 ARCH_DEFAULTS = {"d_norm": "batch", "spectral_norm": False, "self_supervised": None}
 # Data settings that change only the evaluation, never the GAN's training images.
 EVAL_ONLY_DATA_KEYS = ("val_subset", "test_subset", "num_workers", "download", "verify_checksums")
-# The source files whose content defines "the training code" in the cache key: the GAN and its
-# networks, and the data modules (they choose and preprocess the training images).
-TRAINING_CODE = ("models/dcgan.py", "models/gan.py", "data/*.py")
+# The source files whose content defines "the training code" in the cache key: the GAN module and
+# the data modules (they choose and preprocess the training images), each with every package module
+# it imports, directly or not (``import_closure``: DiffAugment, checkpoint selection, the networks, ...).
+TRAINING_CODE = ("models/gan.py", "data/*.py")
 # The same for a cached encoder: its training (izi_f) and the data modules.
 ENCODER_CODE = ("scorers/encoder.py", "data/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -103,9 +105,9 @@ GAN_JSON_TYPES = {
     "d_width": int,
     "d_norm": str,
     "spectral_norm": bool,
-    "self_supervised": (str, type(None)),  # the transformation head's set (issue 24), null: none
+    "self_supervised": (str, type(None)),
 }
-GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict}
+GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict, "health": dict}
 
 
 def read_gan_json(folder: Path) -> dict:
@@ -135,7 +137,7 @@ def read_gan_json(folder: Path) -> dict:
         value = meta[key]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
             raise GANLoadError(
-                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else getattr(kind, '__name__', 'a string or null')}. Fix: restore gan.json."
+                f"{path}: '{key}' is {json.dumps(value)}, not {'an integer' if kind is int else 'a string or null' if isinstance(kind, tuple) else kind.__name__}. Fix: restore gan.json."
             )
     unknown = [k for k in meta if k not in GAN_JSON_TYPES and k not in GAN_JSON_EXTRAS]
     if unknown:
@@ -187,14 +189,52 @@ def load_gan_folder(folder: Path) -> tuple[Generator, Discriminator, dict]:
     return g, d, meta
 
 
+def _module_file(name: str) -> Path | None:
+    """The source file of the package module ``name`` (``anogan.models.gan``), or None."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE_DIR.name:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def import_closure(roots: list[Path]) -> list[Path]:
+    """``roots`` and every source file of this package they import, directly or not: each ``import
+    anogan.x`` and ``from anogan.x import y`` statement (also inside functions), ``y`` itself when it is
+    a module, and the ``__init__.py`` of each package on the way (Python runs them on import)."""
+    seen: set[Path] = set()
+    todo = [Path(r).resolve() for r in roots]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        names: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # the packages on the way, then the module itself
+                found = _module_file(".".join(parts[:i]))
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return sorted(seen)
+
+
 def training_code_version(patterns: tuple[str, ...] = TRAINING_CODE) -> str:
-    """A hash of the training code's source files (``patterns`` under the package: TRAINING_CODE
-    for GANs, ENCODER_CODE for encoders): any edit there, including one that comes with a new git
-    commit or package version, gives new cache keys."""
+    """A hash of the training code's source files: the ``import_closure`` of the files matching
+    ``patterns`` under the package (TRAINING_CODE for GANs, ENCODER_CODE for encoders). Any edit there,
+    including one that comes with a new git commit or package version, gives new cache keys."""
+    roots = [path for pattern in patterns for path in sorted(PACKAGE_DIR.glob(pattern))]
     digest = hashlib.sha256()
-    for pattern in patterns:
-        for path in sorted(PACKAGE_DIR.glob(pattern)):
-            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in import_closure(roots):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -216,13 +256,17 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
     """A hash of everything that determines the trained GAN (and nothing that does not): the data
     it is trained on, the model, the training settings, the seed, the training code's version and
     the world size (the per-process batch and the data order depend on it)."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in EVAL_ONLY_DATA_KEYS}
+    # checkpoint selection (model.selection.every_n_epochs) picks the epoch on validation rows: then
+    # val_subset (which rows) changes the GAN that is kept
+    selection = (cfg.model.get("selection") or {}).get("every_n_epochs") is not None
+    eval_only = [k for k in EVAL_ONLY_DATA_KEYS if not (selection and k == "val_subset")]
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in eval_only}
     data["root"] = str(Path(data["root"]).expanduser().resolve())
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     spec = {
         "data": data,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "training": {k: trainer.get(k) for k in ("max_epochs", "max_steps", "precision", "limit_train_batches")},
+        "training": {k: trainer.get(k) for k in ("max_epochs", "max_steps", "max_time", "precision", "limit_train_batches")},
         "seed": cfg.seed,
         "code": training_code_version(),
         "world_size": world_size(cfg),
@@ -397,10 +441,8 @@ def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discrimina
 
 def check_arch(found: dict, wanted: dict, where: Path) -> None:
     """``GANLoadError`` naming every architecture key where ``found`` (a file's) differs from ``wanted`` (the config's)."""
-    def value(arch: dict, k: str):
-        return arch.get(k, ARCH_DEFAULTS.get(k))
-
-    diff = {k: (value(found, k), value(wanted, k)) for k in ARCH_KEYS if value(found, k) != value(wanted, k)}
+    found, wanted = {**ARCH_DEFAULTS, **found}, {**ARCH_DEFAULTS, **wanted}
+    diff = {k: (found.get(k), wanted.get(k)) for k in ARCH_KEYS if found.get(k) != wanted.get(k)}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
         raise GANLoadError(

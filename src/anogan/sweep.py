@@ -79,13 +79,21 @@ class SweepConfigError(UserError):
 # ---------------------------------------------------------------- the value returned to sweepers
 
 
-def parse_optimized_metric(name: str) -> tuple[str, str]:
-    """ "val/auroc" -> ("val", "auroc"); anything else than <val|test>/<metric> is a config error."""
+def parse_optimized_metric(name: str, allow_test: bool = False) -> tuple[str, str]:
+    """ "val/auroc" -> ("val", "auroc"); anything else than <val|test>/<metric> is a config error, and so
+    is a test/... metric unless ``allow_test`` (``allow_test_objective=true``): a sweep that maximises a
+    test metric picks its settings on the test split, and that split's figures are then biased upwards."""
     split, sep, metric = str(name).partition("/")
     if not sep or split not in SPLITS or metric not in OPTIMIZABLE:
         raise SweepConfigError(
             f"optimized_metric={name!r} is not allowed: use <split>/<metric> with split in {'|'.join(SPLITS)} and metric in "
             f"{'|'.join(OPTIMIZABLE)}, e.g. optimized_metric=val/auroc (select on validation; test/... selects on the test set)."
+        )
+    if split == "test" and allow_test is not True:
+        raise SweepConfigError(
+            f"optimized_metric={name} would let a sweep choose its settings on the test split, whose figures are then "
+            f"biased upwards. Fix: optimized_metric=val/{metric}; or, if you mean it (e.g. reproducing a paper's "
+            "protocol), add allow_test_objective=true (docs/sweeps.md)."
         )
     return split, metric
 

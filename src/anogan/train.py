@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,16 +23,20 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from anogan import conf_dir, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
 from anogan.artifact import load_gan_checkpoint, save_artifact
 from anogan.calibration import Calibration
+from anogan.callbacks import GANIterationLimit
 from anogan.config_check import check_config, check_run_environment, group_choices
+from anogan.config_schema import explain_composition_error
 from anogan.errors import UserError
 from anogan.hardware import warn_if_slow_bf16
 from anogan.inference import run_scorer
@@ -69,10 +74,16 @@ def instantiate_list(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
+# The limits of GAN training alone (fit_gan): not passed to the encoder's training nor to scoring.
+GAN_ONLY_TRAINER_KEYS = ("max_steps", "max_time")
+
+
 def trainer_kwargs(cfg: DictConfig) -> dict:
-    """``conf/trainer`` as keyword arguments of ``lightning.Trainer``."""
+    """``conf/trainer`` as keyword arguments of ``lightning.Trainer``, less the GAN-only limits
+    (``fit_gan`` applies them: ``max_steps`` in GAN iterations, ``max_time`` as wall time)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.pop("_target_", None)
+    for key in ("_target_", *GAN_ONLY_TRAINER_KEYS):
+        kwargs.pop(key, None)
     return kwargs
 
 
@@ -81,8 +92,16 @@ def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: di
     model: GAN = instantiate(cfg.model, _convert_="all")
     # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
     callbacks = instantiate_list(cfg.callbacks)
+    if cfg.trainer.max_steps != -1:  # GAN iterations (batches), not Lightning's optimizer steps
+        callbacks.append(GANIterationLimit(cfg.trainer.max_steps))
     # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
-    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(
+        **trainer_kwargs(cfg),
+        max_time=cfg.trainer.max_time,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -93,10 +112,23 @@ def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: di
     if trainer.is_global_zero:
         # the EMA generator when model.ema_decay is set; the selected epoch's weights when model.selection is on
         selection = model.selection_summary()
-        extra = {**(extra or {}), **({"selection": selection} if selection else {})}
+        extra = {**(extra or {}), **({"selection": selection} if selection else {}), "health": model.health_summary()}
         gan_store.save_gan(model.scoring_generator, model.discriminator, _arch(cfg), folder, extra)
     trainer.strategy.barrier()
     return folder
+
+
+def gan_health(cfg: DictConfig, run_dir: Path, source: str) -> dict:
+    """The health check of the GAN's training (``models/health.py``), as saved in its ``gan.json``
+    (trained in this run or in the cached run); ``{"ok": None, ...}`` where it is unknown."""
+    if source == "trained":
+        meta = run_dir / "gan" / "gan.json"
+    elif source.startswith("cache "):
+        meta = Path(cfg.paths.gan_cache_dir) / source.split(" ", 1)[1] / "gan.json"
+    else:
+        return {"ok": None, "warning": None, "why": f"not checked: the GAN was given ({source})"}
+    health = json.loads(meta.read_text()).get("health") if meta.is_file() else None
+    return health or {"ok": None, "warning": None, "why": "not checked: the GAN was trained before the health check existed"}
 
 
 def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
@@ -234,7 +266,7 @@ def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: Calibration, run_d
 
 def run(cfg: DictConfig) -> float:
     check_config(cfg)
-    split, metric = parse_optimized_metric(cfg.optimized_metric)  # a config error before any data loads
+    split, metric = parse_optimized_metric(cfg.optimized_metric, cfg.allow_test_objective)  # a config error before any data loads
     set_job_threads(cfg)  # threads: null | auto | N (launcher presets)
     if _is_rank_zero():
         warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
@@ -253,7 +285,8 @@ def run(cfg: DictConfig) -> float:
     datamodule.setup("fit")
     if _is_rank_zero():
         datamodule.write_manifest(run_dir)
-        warning = getattr(datamodule, "steps_warning", lambda epochs: None)(cfg.trainer.max_epochs)
+        steps_warning = getattr(datamodule, "steps_warning", lambda *limits: None)
+        warning = steps_warning(cfg.trainer.max_epochs, cfg.trainer.max_steps, cfg.trainer.limit_train_batches)
         if warning and not given:
             if (group_choices(cfg) or {}).get("experiment") != "folder_small":
                 warning += " For a small folder, start from experiment=folder_small."
@@ -281,6 +314,11 @@ def run(cfg: DictConfig) -> float:
     writer = tensorboard.experiment if tensorboard is not None else None
     metrics = write_report(results, datamodule, scorer, calibration, run_dir, writer)
     metrics["gan_source"] = source
+    metrics["gan_health"] = gan_health(cfg, run_dir, source)  # mode collapse, D overpowering G: one warning line
+    if metrics["gan_health"]["warning"]:
+        log.warning("%s", metrics["gan_health"]["warning"])
+    if writer is not None:
+        writer.add_text("gan/health", metrics["gan_health"]["warning"] or metrics["gan_health"].get("why") or "ok")
     gan_meta = run_dir / "gan" / "gan.json"
     if source == "trained" and gan_meta.is_file() and "selection" in (meta := json.loads(gan_meta.read_text())):
         metrics["gan_selection"] = meta["selection"]  # the epoch chosen on validation (model.selection)
@@ -302,12 +340,15 @@ def run(cfg: DictConfig) -> float:
 
 
 _job_started = False  # set once Hydra has composed the config and calls the job
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_user_full_error: str | None = None  # the user's own HYDRA_FULL_ERROR, restored when the job starts
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     global _job_started
     _job_started = True
+    _restore_full_error()  # errors of the job itself are reported as Hydra reports them
     # a run that fails before producing anything leaves no empty run folder behind
     with removed_if_unused(Path(cfg.paths.output_dir), enabled=_is_rank_zero()):
         try:
@@ -317,16 +358,34 @@ def _hydra_main(cfg: DictConfig) -> float:
             raise SystemExit(2) from None
 
 
+def _restore_full_error() -> None:
+    if _user_full_error is None:
+        os.environ.pop(_FULL_ERROR, None)
+    else:
+        os.environ[_FULL_ERROR] = _user_full_error
+
+
 def main() -> float | None:
-    """The command line. Input errors end with exit code 2: ours (one line, see config_check)
-    and Hydra's own (a bad override or config group option: Hydra prints its message, which lists
-    the valid options, and exits with 1 before the job starts; that 1 becomes 2 here)."""
+    """The command line. Input errors end with exit code 2 and one line: ours (see config_check) and
+    Hydra's while it composes the config (a value of the wrong type, an unknown key, an override it
+    cannot parse, an unknown config group option), which ``explain_composition_error`` rewrites;
+    HYDRA_FULL_ERROR=1 set by the user keeps Hydra's own report."""
+    global _user_full_error
+    _user_full_error = os.environ.get(_FULL_ERROR)
+    os.environ[_FULL_ERROR] = "1"  # Hydra raises composition errors instead of printing them
     try:
         return _hydra_main()
     except SystemExit as stop:
         if stop.code == 1 and not _job_started:
             raise SystemExit(2) from None
         raise
+    except (HydraException, OmegaConfBaseException) as err:  # composing the config (a job's own errors: re-raised)
+        if _job_started or _user_full_error:
+            raise
+        print(f"Error: {explain_composition_error(err, sys.argv[1:])}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        _restore_full_error()
 
 
 if __name__ == "__main__":

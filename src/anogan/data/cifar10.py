@@ -106,13 +106,7 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.normal_class = class_index(normal_class)
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"data.protocol={protocol!r} is not supported; use one of {PROTOCOLS}")
-        if image_size not in IMAGE_SIZES:
-            raise ValueError(f"data.image_size={image_size} is not supported; use one of {IMAGE_SIZES}")
-        if channels not in (1, 3):
-            raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
+        self.normal_class = class_index(normal_class)  # the settings' ranges: anogan.config_schema.Cifar10Data
 
     # ------------------------------------------------------------------ loading
     def _load(self, train: bool) -> CIFAR10:

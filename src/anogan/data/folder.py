@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from anogan.data.cifar10 import stratified_subset
-from anogan.data.images import ImageError, check_resize, list_images, read_image, to_model_input
+from anogan.data.images import ImageError, list_images, read_image, to_model_input
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
 
 __all__ = [
@@ -92,25 +92,47 @@ def epoch_repeats(n_train: int, batch_size: int, min_steps_per_epoch: int | None
 
 
 def training_steps_warning(
-    n_train: int, batch_size: int, max_epochs: int, repeats: int = 1, min_steps: int = WARN_BELOW_STEPS
+    n_train: int,
+    batch_size: int,
+    max_epochs: int,
+    repeats: int = 1,
+    min_steps: int = WARN_BELOW_STEPS,
+    max_steps: int = -1,
+    limit_batches: int | float | None = None,
 ) -> str | None:
-    """A one-line warning when GAN training gets fewer than ``min_steps`` optimiser steps in all
-    (``max_epochs`` x ``steps_per_epoch(n_train * repeats, batch_size)``), else None.
+    """A one-line warning when GAN training gets fewer than ``min_steps`` GAN iterations (batches) in all,
+    else None: ``max_epochs`` x the batches of an epoch (``steps_per_epoch(n_train * repeats, batch_size)``,
+    cut to ``limit_batches`` = ``trainer.limit_train_batches`` as Lightning does: a count, or a fraction
+    rounded down), at most ``max_steps`` (``trainer.max_steps``; -1: no limit).
 
     ``n_train``: training images; ``batch_size``: the global batch actually used (the data module's
     ``train_batch_size``); ``repeats``: its ``train_repeats``. ``FolderAnomalyDataModule.steps_warning``
     passes all three for you.
     """
-    per_epoch = steps_per_epoch(n_train * repeats, batch_size)
-    total = int(max_epochs) * per_epoch
+    full_epoch = steps_per_epoch(n_train * repeats, batch_size)
+    per_epoch = full_epoch
+    if isinstance(limit_batches, int) and not isinstance(limit_batches, bool):
+        per_epoch = min(full_epoch, limit_batches)
+    elif isinstance(limit_batches, float):
+        per_epoch = int(full_epoch * limit_batches)
+    total = int(max_epochs) * per_epoch if max_epochs != -1 else math.inf
+    capped = max_steps is not None and max_steps != -1 and max_steps < total
+    total = int(max_steps) if capped else total
     if total >= min_steps:
         return None
     need = math.ceil(min_steps / max(per_epoch, 1))
+    if capped:
+        why, fix = f"trainer.max_steps={max_steps}", f"raise trainer.max_steps to {min_steps} or more (or -1: no limit)"
+    else:
+        limit = f", cut to {per_epoch} by trainer.limit_train_batches={limit_batches}" if per_epoch != full_epoch else ""
+        why = f"{max_epochs} epochs x {per_epoch} batches of {batch_size}{limit}"
+        fix = f"set trainer.max_epochs={need} (or more) or raise data.min_steps_per_epoch"
+        if per_epoch != full_epoch:
+            fix = f"set trainer.limit_train_batches=null, or trainer.max_epochs={need} (or more)"
     return (
-        f"the GAN gets only {total} optimiser steps ({max_epochs} epochs x {per_epoch} batches of {batch_size} "
-        f"from {n_train} training images{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below "
-        f"{min_steps} the generator usually stays noise. Fix: set trainer.max_epochs={need} (or more) or raise "
-        "data.min_steps_per_epoch."
+        f"the GAN gets only {total} GAN iterations ({why}; from {n_train} training images"
+        f"{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below {min_steps} the generator usually stays noise. "
+        f"Fix: {fix}."
     )
 
 
@@ -146,13 +168,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if channels not in (1, 3):
-            raise ValueError(f"data.channels={channels} is not supported; use 1 (grey) or 3 (colour)")
-        check_resize(resize)
-        if max_batch_fraction is not None and not 0.0 < max_batch_fraction <= 1.0:
-            raise DataError(f"data.max_batch_fraction={max_batch_fraction!r}: use a fraction in (0, 1], or null for no cap.")
-        if min_steps_per_epoch is not None and (not isinstance(min_steps_per_epoch, int) or min_steps_per_epoch < 0):
-            raise DataError(f"data.min_steps_per_epoch={min_steps_per_epoch!r}: use a whole number >= 0, or null for no minimum.")
+        # the settings' ranges: anogan.config_schema.FolderData
         if abnormal_dir is None or abnormal_dir == "":
             self.abnormal_dirs: list[str] = []
         else:
@@ -365,9 +381,17 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         """Optimiser steps (batches) per training epoch, after ``setup``."""
         return steps_per_epoch(len(self.train_set) * self.train_repeats, self.train_batch_size)
 
-    def steps_warning(self, max_epochs: int) -> str | None:
-        """``training_steps_warning`` for this module's training images, batch and repeats (after ``setup``)."""
-        return training_steps_warning(len(self.train_set), self.train_batch_size, max_epochs, self.train_repeats)
+    def steps_warning(self, max_epochs: int, max_steps: int = -1, limit_batches: int | float | None = None) -> str | None:
+        """``training_steps_warning`` for this module's training images, batch and repeats (after ``setup``) and
+        the trainer's limits (``trainer.max_epochs``, ``max_steps``, ``limit_train_batches``)."""
+        return training_steps_warning(
+            len(self.train_set),
+            self.train_batch_size,
+            max_epochs,
+            self.train_repeats,
+            max_steps=max_steps,
+            limit_batches=limit_batches,
+        )
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file and its class (folder) name, for scores.csv."""

@@ -247,6 +247,65 @@ def load_pixels(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+def pixels_from_pil(img) -> np.ndarray:
+    """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
+    (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
+    ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
+    from PIL import ImageOps
+
+    try:
+        img.seek(0)
+        img.load()
+        pixels = _to_uint8(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except Exception as err:  # Pillow raises many kinds for truncated or corrupt data
+        raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageError("unreadable (empty image: 0 pixels)")
+    return np.ascontiguousarray(pixels)
+
+
+def pixels_from_array(array: np.ndarray) -> np.ndarray:
+    """An in-memory image (numpy H×W or H×W×C, C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) as uint8
+    H×W×C (C = 1 or 3), by the rules a file of that depth gets (module docstring):
+
+    * uint8: used as is;
+    * uint16: 16-bit data, ``round(v * 255 / 65535)``;
+    * float (16/32/64-bit): intensity in **[0, 1]**, ``round(v * 255)``. Unlike a float file
+      (min-max scaled when outside [0, 1]), an array outside [0, 1] is refused: brightness would be
+      lost silently; divide 8-bit values by 255 (or pass them as uint8);
+    * alpha (C = 2 or 4) is composited on black, as for a file.
+
+    Raises ``ImageError`` (the reason) for another dtype or shape, NaN/inf or out-of-range floats,
+    or an image with no pixels."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ImageError(f"an array of shape {tuple(array.shape)} is not an image: use H×W or H×W×C with C = 1, 2, 3 or 4")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError("empty image: 0 pixels")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif array.dtype == np.uint16:
+        pixels = _scale(array, 65535)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError("float image with NaN or infinite pixel values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageError(
+                f"float pixels must lie in [0, 1] (these span [{low:.4g}, {high:.4g}]): divide 8-bit values by 255 or pass uint8"
+            )
+        pixels = _scale(array, 1.0)
+    else:
+        raise ImageError(f"pixels of dtype {array.dtype} are not supported: use uint8, uint16 or float in [0, 1]")
+    if pixels.shape[2] in (2, 4):
+        pixels = _on_black(pixels[..., :-1], pixels[..., -1])
+    return np.ascontiguousarray(pixels)
+
+
 def make_square(pixels: np.ndarray, resize: str = "stretch") -> np.ndarray:
     """uint8 H×W×C -> the array ``to_model_input`` resizes: unchanged for ``stretch`` (H×W×C),
     the centred min(H, W) square for ``crop``, the image centred on a max(H, W) square filled with

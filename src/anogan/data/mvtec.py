@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.data.cifar10 import IMAGE_SIZES, stratified_subset
+from anogan.data.cifar10 import stratified_subset
 from anogan.data.folder import ImageError, list_images, read_image
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
-from anogan.data.synthetic import METHODS, class_name, synthetic_anomalies
+from anogan.data.synthetic import class_name, synthetic_anomalies
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,7 @@ class MVTecDataModule(AnomalyDataModule):
     def _category(self) -> Path:
         """The category folder, once the settings are checked (here rather than in ``__init__``, whose
         errors Hydra's ``instantiate`` would wrap into a traceback)."""
-        hp = self.hparams
-        if hp.image_size not in IMAGE_SIZES:
-            raise DataError(f"data.image_size={hp.image_size} is not supported; use one of {IMAGE_SIZES}.")
-        if hp.channels not in (1, 3):
-            raise DataError(f"data.channels={hp.channels} is not supported; use 1 (grey) or 3 (colour).")
-        if hp.synthetic_val_anomalies not in (None, *METHODS):
-            raise DataError(
-                f"data.synthetic_val_anomalies={hp.synthetic_val_anomalies!r} is not supported; use null, {' or '.join(METHODS)}."
-            )
-        for key in ("val_fraction", "synthetic_val_fraction"):
-            if not 0.0 < hp[key] < 1.0:
-                raise DataError(f"data.{key}={hp[key]} is not allowed; use a fraction strictly between 0 and 1.")
+        hp = self.hparams  # the settings' ranges: anogan.config_schema.MVTecData
         root = Path(hp.root).expanduser()
         folder = root / hp.category
         for needed in (folder / "train" / "good", folder / "test"):

@@ -25,6 +25,8 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   via Auxiliary Rotation Loss"): D's loss += ``ss_weight_d`` (β) · CE on real images, G's loss +=
   ``ss_weight_g`` (α) · CE on generated ones (compare_gan's defaults β = 1, α = 0.2). See
   ``_transform_loss`` for which images and how many transformations per batch.
+* ``health``: thresholds of the one-line warning of a failed GAN (mode collapse, D overpowering G;
+  ``health.py``), checked at every epoch's end.
 * ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``selection.py``).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
@@ -34,6 +36,7 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,8 +48,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from anogan.errors import UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
+from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
 from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
 
+log = logging.getLogger(__name__)
 OBJECTIVES = ("bce", "wgan_gp")
 SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
 DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
@@ -87,6 +92,7 @@ def check_gan_options(model: Mapping) -> None:
         raise UserError(f"model.ema_decay={ema!r} is not allowed: use null (off) or a decay in (0, 1), e.g. 0.999.")
     parse_policy(model.get("diffaugment"))
     check_transform_set(model.get("self_supervised"))
+    check_health_options(model.get("health", DEFAULT_HEALTH))
     for key in ("ss_weight_d", "ss_weight_g"):
         value = model.get(key, 0.0)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
@@ -167,6 +173,7 @@ class GAN(L.LightningModule):
         ss_weight_d: float = 1.0,
         ss_weight_g: float = 0.2,
         divergence: dict | None = None,
+        health: dict | None = None,
         selection: dict | None = None,
     ):
         super().__init__()
@@ -190,6 +197,8 @@ class GAN(L.LightningModule):
         self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
         self.selection_callback = None  # made by configure_callbacks when selection.every_n_epochs is set
         self._saturated_epochs = 0
+        self.health_monitor = HealthMonitor(health or DEFAULT_HEALTH, bce=objective == "bce")
+        self._health_reals: torch.Tensor | None = None  # the first n_samples training images (health check)
         self._saved_epoch: int | None = None  # epoch of the last checkpoint written (for DivergenceError)
         # Fixed noise: the sample grid of every epoch shows the same z, so epochs compare.
         noise = torch.randn(n_samples, latent_dim, 1, 1, generator=torch.Generator().manual_seed(sample_seed))
@@ -300,6 +309,10 @@ class GAN(L.LightningModule):
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)  # as the weights (see setup)
         z = torch.randn(x.shape[0], hp.latent_dim, 1, 1, device=x.device, dtype=x.dtype)
+        have = 0 if self._health_reals is None else len(self._health_reals)
+        if have < hp.n_samples:  # the real images the samples' diversity is compared with
+            more = x[: hp.n_samples - have].detach().float().cpu().contiguous()
+            self._health_reals = more if self._health_reals is None else torch.cat([self._health_reals, more])
 
         self.toggle_optimizer(opt_d)  # G's weights need no gradients here
         real_in, fake_in = self._augment(x), self._augment(self.generator(z).detach())
@@ -367,6 +380,7 @@ class GAN(L.LightningModule):
             sched.step()
         # the epoch means are synced across ranks (see training_step): every rank stops together
         metrics = self.trainer.callback_metrics
+        self._check_health(metrics)
         for key in ("train/loss_d_epoch", "train/loss_g_epoch"):
             if key in metrics:
                 self._check_loss(key, metrics[key])
@@ -382,6 +396,30 @@ class GAN(L.LightningModule):
                 f"(model.divergence.saturated_epochs; now {real:.4f} / {fake:.4f}), so G's gradient vanishes",
                 fix="try model.diffaugment, model.spectral_norm=true or experiment=cifar_car_cpu_wgan_gp, or raise model.divergence.saturated_epochs",
             )
+
+    def _check_health(self, metrics: Mapping) -> None:
+        """One epoch of the health check (``health.py``): the fixed-noise samples' diversity against the
+        real images', D(x), D(G(z)) and G's loss; a warning line (rank 0) when a failure is first flagged."""
+        diversity = None
+        if self._health_reals is not None and len(self._health_reals) >= 2:
+            diversity = diversity_ratio(self.sample().float(), self._health_reals)
+            self.log("train/sample_diversity", diversity, on_epoch=True, sync_dist=True)
+
+        def value(key: str) -> float | None:
+            return float(metrics[key]) if key in metrics else None
+
+        before = self.health_monitor.flags()
+        new = self.health_monitor.update(
+            self.current_epoch, diversity, value("train/d_real_epoch"), value("train/d_fake_epoch"), value("train/loss_g_epoch")
+        )
+        if self.global_rank == 0 and new:
+            log.warning("%s", self.health_monitor.warning())
+        elif self.global_rank == 0 and before and not self.health_monitor.flags():
+            log.info("the GAN recovered at epoch %d (no longer flagged: %s)", self.current_epoch, ", ".join(before))
+
+    def health_summary(self) -> dict:
+        """``HealthMonitor.summary()`` of this training (saved in ``gan.json``; ``gan_health`` in metrics.json)."""
+        return self.health_monitor.summary()
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor | None = None) -> torch.Tensor:

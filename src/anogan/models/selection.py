@@ -114,8 +114,8 @@ class CheckpointSelection(L.Callback):
     # --- Lightning hooks -------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
-            return
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs and not trainer.should_stop:
+            return  # trainer.should_stop: the last epoch of a run ended by trainer.max_steps / max_time
         result = {"epoch": epoch, **self.evaluate(pl_module, trainer.datamodule)}
         self.history.append(result)
         for logger in trainer.loggers:
