@@ -283,7 +283,7 @@ def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
     """The load-time message (data.download=true without internet ends here too) names data.root,
     data.download=true (needs internet) and data.verify_checksums=false at once."""
     from anogan.data.cifar10 import CIFAR10AnomalyDataModule
-    from anogan.data.splits import DataError
+    from anogan.errors import DataError
 
     with pytest.raises(DataError) as err:
         CIFAR10AnomalyDataModule(root=str(tmp_path), download=False).prepare_data()

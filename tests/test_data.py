@@ -123,3 +123,38 @@ def test_class_index(value, index):
 def test_unknown_class_is_refused():
     with pytest.raises(ValueError, match="not a CIFAR-10 class"):
         class_index("unicorn")
+
+
+def test_the_data_package_has_no_import_circle():
+    """Every ``anogan.data.*`` import inside the package (also those inside functions) points one way."""
+    import ast
+    from pathlib import Path
+
+    import anogan.data
+
+    package = Path(anogan.data.__file__).parent
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("anogan.data."):
+                found.add(node.module.split(".")[2])
+        graph[path.stem] = found
+    assert graph["images"] and "splits" not in graph["images"]  # today: images <-> splits
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m)] == []
+
+
+def test_min_normals_for_fpr_is_where_fpr_threshold_becomes_finite():
+    import math
+
+    from anogan.metrics import fpr_threshold, min_normals_for_fpr
+
+    for rate in (0.5, 1 / 3, 0.3, 0.29, 0.25, 0.2, 0.1, 0.07, 0.05, 0.02, 0.01, 0.001):
+        n = min_normals_for_fpr(rate)
+        assert math.isfinite(fpr_threshold(torch.rand(n, dtype=torch.float64), rate)), rate
+        assert n == 1 or fpr_threshold(torch.rand(n - 1, dtype=torch.float64), rate) == math.inf, rate
+    assert min_normals_for_fpr(0.05) == 19 and min_normals_for_fpr(0.01) == 99

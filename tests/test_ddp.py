@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from anogan.data.cifar10 import CIFAR10AnomalyDataModule, DataError
+from anogan.data.cifar10 import CIFAR10AnomalyDataModule
+from anogan.errors import DataError
 from conftest import REPO, tiny_overrides
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]

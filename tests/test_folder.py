@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from anogan.data.cifar10 import DataError
 from anogan.data.folder import FolderAnomalyDataModule
+from anogan.errors import DataError
 from conftest import compose_config
 
 
@@ -311,3 +311,56 @@ def test_masks_follow_the_resize_policy(tmp_path, resize):
     else:  # 48x48 with 8 black rows above and below, then 48 -> 32 (x 2/3)
         assert 13 <= cols[0] <= 14 and 18 <= cols[-1] <= 19 and 5 <= rows[0] <= 6 and 26 <= rows[-1] <= 27
     assert (dm.eval_set.masks[~anomalous] == 0).all()
+
+
+# ---------------------------------------------------------------------- validation sized for threshold.target_fpr
+@pytest.mark.parametrize(
+    "n_normal,target_fpr,expected",  # (train, validation normals, test normals)
+    [
+        (140, 0.05, (112, 19, 9)),  # today: 14 validation normals, the 5% threshold is +inf
+        (60, 0.05, (40, 19, 1)),  # 12 held out by the fraction: raised to 20
+        (60, 0.1, (48, 9, 3)),  # 9 needed at 10%
+        (40, 0.5, (32, 4, 4)),  # the fraction already gives enough: the split of today
+    ],
+)
+def test_a_normal_only_folder_holds_out_the_validation_normals_the_target_rate_needs(tmp_path, n_normal, target_fpr, expected):
+    import math
+
+    from anogan.metrics import fpr_threshold
+
+    _write(tmp_path / "normal", n_normal, 60, size=8)
+    cfg = compose_config(
+        [
+            "data=folder",
+            f"data.root={tmp_path}",
+            "data.image_size=32",
+            "data.abnormal_dir=null",
+            f"threshold.target_fpr={target_fpr}",
+        ]
+    )
+    dm = instantiate(cfg.data)
+    dm.setup()
+    s = dm.manifest["splits"]
+    assert (s["train"]["size"], s["val"]["normal"], s["test"]["normal"]) == expected
+    assert dm.manifest["calibration"] == {
+        "target_fpr": target_fpr,
+        "val_normals": expected[1],
+        "min_val_normals": expected[1] if target_fpr < 0.5 else 1,
+        "reachable": True,
+    }
+    assert math.isfinite(fpr_threshold(torch.rand(s["val"]["normal"], dtype=torch.float64), target_fpr))
+
+
+def test_a_folder_too_small_for_the_target_rate_keeps_its_split_and_says_why(tmp_path, caplog):
+    import logging
+
+    _write(tmp_path / "normal", 25, 60, size=8)
+    cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.image_size=32", "data.abnormal_dir=null"])
+    dm = instantiate(cfg.data)
+    with caplog.at_level(logging.WARNING, logger="anogan.data.folder"):
+        dm.setup()
+    s = dm.manifest["splits"]
+    assert (s["train"]["size"], s["val"]["size"], s["test"]["size"]) == (20, 2, 3)  # 19 + 1 would leave fewer than half
+    assert dm.manifest["calibration"]["reachable"] is False
+    assert "the validation split holds 2 normal images; threshold.target_fpr=0.05 needs at least 19" in caplog.text
+    assert "raise data.normal_test_fraction or data.val_fraction" in caplog.text and "threshold.target_fpr=0.334" in caplog.text

@@ -17,7 +17,7 @@ from anogan.data.images import (
     read_image,
     to_model_input,
 )
-from anogan.data.splits import DataError
+from anogan.errors import DataError
 
 RNG = np.random.default_rng(0)
 
@@ -276,3 +276,78 @@ def test_an_unknown_policy_names_the_key(tmp_path):
     path = _save(_rgb(8, 8), tmp_path / "x.png")
     with pytest.raises(DataError, match="data.resize='squash'"):
         read_image(path, 32, 3, resize="squash")
+
+
+# ---------------------------------------------------------------------- big images: bounded memory, named warnings
+def _block_mean(pixels, k):
+    h, w = pixels.shape[0] // k * k, pixels.shape[1] // k * k
+    return pixels[:h, :w].reshape(h // k, k, w // k, k, -1).astype(np.float64).mean((1, 3))
+
+
+def _gradient(h, w):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (h + w)], axis=2).astype(np.uint8)
+
+
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_in_full(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    import anogan.data.images as images
+
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 64)
+    pixels = _gradient(256, 256)
+    path = _save(pixels, tmp_path / "big.jpg", quality=95)
+    requested, draft = [], JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        requested.append(size)
+        return draft(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    out = load_pixels(path)
+    assert requested == [(64, 64)] and out.shape == (64, 64, 3)  # decoded at 1/4 scale by libjpeg
+    assert np.abs(out - _block_mean(pixels, 4)).max() <= 8  # the same picture (JPEG error only)
+    assert read_image(path, 32, 3).shape == (3, 32, 32)
+
+
+def test_a_big_png_is_box_reduced_and_a_palette_by_its_colours(tmp_path, monkeypatch):
+    import anogan.data.images as images
+
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 64)
+    pixels = _gradient(200, 300)
+    out = load_pixels(_save(pixels, tmp_path / "big.png"))
+    assert out.shape == (50, 75, 3) and np.abs(out - _block_mean(pixels, 4)).max() <= 1  # factor 4: 75 x 50 <= 4096
+    checker = (np.indices((256, 256)).sum(0) % 2).astype(np.uint8)  # palette indices 0 / 1, alternating
+    img = Image.fromarray(checker, mode="P")
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.save(tmp_path / "palette.png")
+    out = load_pixels(tmp_path / "palette.png")
+    assert out.shape == (64, 64, 3) and np.abs(out.astype(int) - [128, 0, 128]).max() <= 1  # red + blue, not index 0 or 1
+
+
+def test_a_big_image_keeps_its_exif_orientation(tmp_path, monkeypatch):
+    import anogan.data.images as images
+
+    pixels = _gradient(128, 256)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    path = tmp_path / "turned.png"
+    Image.fromarray(pixels).save(path, exif=exif)
+    full = load_pixels(path)
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 32 * 32)
+    small = load_pixels(path)  # reduced 6x as stored (22 x 43, last boxes partial), then turned upright
+    assert (full == np.rot90(pixels, -1)).all() and small.shape == (43, 22, 3)
+    assert np.abs(small[:42, 1:] - np.rot90(_block_mean(pixels, 6), -1)).max() <= 1  # full boxes
+
+
+def test_pillow_warnings_while_reading_name_the_file(tmp_path, monkeypatch, caplog):
+    import logging
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 40 = 1600: above the warning limit, below the error (2000)
+    path = _save(_rgb(40, 40), tmp_path / "bomb.png")
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level(logging.WARNING, logger="anogan.data.images"):
+        warnings.simplefilter("always")
+        assert load_pixels(path).shape == (40, 40, 3)
+    assert not escaped  # Pillow's raw warning (naming no file) does not reach the user
+    assert f"{path}: Image size (1600 pixels) exceeds limit" in caplog.text and "DecompressionBombWarning" in caplog.text

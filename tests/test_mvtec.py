@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from anogan.data.mvtec import MVTecDataModule
-from anogan.data.splits import DataError
+from anogan.errors import DataError
 from conftest import compose_config
 
 SIZE = 16  # image files are 16x16; masks are written at 32x32 (2x) to test nearest resizing
@@ -183,7 +183,7 @@ def test_train_py_runs_on_mvtec(mvtec_root, tmp_path):
 
 @pytest.mark.parametrize("shape", [(37, 37, 16, 16), (13, 13, 32, 32), (50, 40, 64, 64), (900, 900, 64, 64)])
 def test_resize_mask_is_pils_nearest(shape):
-    from anogan.data.splits import resize_mask
+    from anogan.data.images import resize_mask
 
     h, w, height, width = shape
     mask = (np.random.default_rng(h).random((h, w)) > 0.5).astype(np.uint8)
@@ -235,7 +235,7 @@ def test_config_check_accepts_mvtec_and_names_its_fractions(mvtec_root):
 def test_a_defect_too_small_for_its_mask_is_counted(mvtec_root, caplog):
     folder = mvtec_root / "widget"
     for i in range(2):  # a mask 4x larger than its image, marking one of its pixels not sampled by nearest
-        _grey(folder / "test" / "dot" / f"{i:03d}.png", 120)
+        _grey(folder / "test" / "dot" / f"{i:03d}.png", 120 + i)  # two pictures (copies would be one: duplicates)
         mask = np.zeros((4 * SIZE, 4 * SIZE), dtype=np.uint8)
         mask[0, 0] = 255
         (folder / "ground_truth" / "dot").mkdir(exist_ok=True)

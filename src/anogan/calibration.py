@@ -33,6 +33,7 @@ from anogan.metrics import (
     CalibrationError,
     conformal_p_values,
     fit_thresholds,
+    min_normals_for_fpr,
     ranking_metrics,
     resolve_threshold,
 )
@@ -227,7 +228,7 @@ class Calibration(nn.Module):
         """One line per problem a user must hear about, each naming the fix (empty when none)."""
         if not self.target_unreachable:
             return []
-        n, needed = self.normal_scores.numel(), math.ceil(1 / self.target_fpr - 1e-9) - 1
+        n, needed = self.normal_scores.numel(), min_normals_for_fpr(self.target_fpr)
         return [
             f"threshold.target_fpr={self.target_fpr:g} is unreachable with {n} validation normals (at least {needed} "
             f"are needed): the fpr threshold is infinite, so it flags no image, and no p-value is below {1 / (n + 1):.3g}. "

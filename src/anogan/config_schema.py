@@ -39,8 +39,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from anogan.data.cifar10 import CLASSES, IMAGE_SIZES, PROTOCOLS, class_index
+from anogan.data.cifar10 import CLASSES, PROTOCOLS, class_index
+from anogan.data.duplicates import HASH_BITS, POLICIES
 from anogan.data.images import RESIZE_POLICIES
+from anogan.data.splits import IMAGE_SIZES
 from anogan.data.synthetic import METHODS
 from anogan.errors import UserError
 from anogan.metrics import THRESHOLD_RULES
@@ -328,6 +330,15 @@ class DataCommon:
     batch_size: int = whole(1)
     num_workers: int = whole(0)
     split_seed: int = MISSING
+    duplicates: str = one_of(POLICIES, f"use one of {', '.join(POLICIES)} (a picture in two splits: anogan.data.duplicates)")
+    near_duplicates: int | None = rule(
+        lambda v: v is None or (is_whole(v) and 0 <= v < HASH_BITS // 2),
+        f"use null (exact copies only) or a number of differing hash bits from 0 to {HASH_BITS // 2 - 1}, e.g. 2",
+    )
+
+
+def _target_fpr(value) -> bool:
+    return value is None or (is_number(value) and 0.0 < value < 1.0)
 
 
 @dataclass
@@ -354,6 +365,7 @@ class FolderData(DataCommon):
         lambda v: v is None or (is_number(v) and 0.0 < v <= 1.0), "use a fraction in (0, 1], or null for no cap"
     )
     min_steps_per_epoch: int | None = whole(0, nullable=True)
+    target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
 
 
 @dataclass
@@ -361,6 +373,7 @@ class MVTecData(DataCommon):
     category: str = MISSING
     synthetic_val_anomalies: str | None = one_of((None, *METHODS), f"use null, {' or '.join(METHODS)}")
     synthetic_val_fraction: float = fraction()
+    target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
 
 
 @dataclass

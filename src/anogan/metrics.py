@@ -102,6 +102,18 @@ def _cut_points(scores: torch.Tensor, labels: torch.Tensor):
     return s[last_of_value], tp[last_of_value], fp[last_of_value]
 
 
+def min_normals_for_fpr(target_fpr: float) -> int:
+    """The fewest calibration normals n for which ``fpr_threshold`` is finite: the smallest n with
+    ⌊target_fpr·(n+1)⌋ ≥ 1, i.e. ⌈1/target_fpr⌉ − 1 (19 at 5%, 99 at 1%). With fewer, no p-value can
+    reach the target: the threshold is +inf and nothing is flagged. ``ValueError`` outside (0, 1)."""
+    if not 0.0 < float(target_fpr) < 1.0:
+        raise ValueError(f"target_fpr={target_fpr!r} must lie strictly between 0 and 1")
+    n = max(1, math.floor(1.0 / target_fpr) - 2)
+    while math.floor(target_fpr * (n + 1) + 1e-12) < 1:  # the same expression as fpr_threshold's k
+        n += 1
+    return n
+
+
 def fpr_threshold(normal_scores, target_fpr: float = 0.05) -> float:
     """The smallest threshold t such that ``(1 + #{normals ≥ t}) / (n + 1) ≤ target_fpr``.
 
@@ -115,7 +127,7 @@ def fpr_threshold(normal_scores, target_fpr: float = 0.05) -> float:
     n = 100 at 5%.)
 
     When ``target_fpr·(n+1) < 1`` no p-value can be that small and t = +inf (nothing flagged):
-    at least ⌈1/target_fpr⌉ − 1 normals are needed. Raises ``CalibrationError`` without normals,
+    at least ⌈1/target_fpr⌉ − 1 normals are needed (``min_normals_for_fpr``). Raises ``CalibrationError`` without normals,
     ``ValueError`` for a target outside (0, 1).
     """
     if not 0.0 < float(target_fpr) < 1.0:

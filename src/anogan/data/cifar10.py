@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, split_summary
+from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, pixel_digest
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, split_summary, stratified_subset
+from anogan.errors import DataError
 
 log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PROTOCOLS = ("seed", "one_class")
-IMAGE_SIZES = (32, 64, 128)
 # Everything a missing or unreadable CIFAR-10 copy may need, in one message (config_check and _load).
 MISSING_DATA_FIX = (
     "point data.root at the folder that holds cifar-10-batches-py (e.g. data.root=../shared/data/cifar10); "
@@ -55,26 +56,6 @@ def class_index(normal_class: int | str) -> int:
     if not 0 <= int(normal_class) <= 9:
         raise ValueError(f"data.normal_class={normal_class} is out of range; use 0-9 or one of {CLASSES}")
     return int(normal_class)
-
-
-def stratified_subset(classes: np.ndarray, size: int | float | None, seed: int) -> np.ndarray:
-    """Positions of a seeded subset with each class in proportion (largest-remainder rounding)."""
-    n = len(classes)
-    if size is None:
-        return np.arange(n)
-    count = int(round(size * n)) if isinstance(size, float) and size <= 1.0 else int(size)
-    if count >= n:
-        return np.arange(n)
-    if count < 1:
-        return np.arange(0)
-    rng = np.random.default_rng(seed)
-    values, counts = np.unique(classes, return_counts=True)
-    exact = counts * count / n
-    take = np.floor(exact).astype(int)
-    order = np.argsort(-(exact - take), kind="stable")
-    take[order[: count - take.sum()]] += 1
-    chosen = [rng.choice(np.flatnonzero(classes == v), k, replace=False) for v, k in zip(values, take)]
-    return np.sort(np.concatenate(chosen))
 
 
 class _UnverifiedCIFAR10(CIFAR10):
@@ -103,6 +84,8 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         split_seed: int = 0,
+        duplicates: str = "drop",
+        near_duplicates: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -175,6 +158,10 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
             val_ids = np.sort(np.concatenate([val_normal, val_anom]))
             test_pool = test_ids
 
+        all_data = np.concatenate([train.data, test.data])
+        check = self._duplicate_check(all_data, global_ids, [fit_ids, val_ids, test_pool])
+        val_ids = check.separate(fit_ids, val_ids, "train", "val")
+        test_pool = check.separate(val_ids, check.separate(fit_ids, test_pool, "train", "test"), "val", "test")
         val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
         test_ids_final = test_pool[stratified_subset(classes[test_pool], hp.test_subset, hp.split_seed + 3)]
         for name, chosen in (("validation", val_ids), ("test", test_ids_final)):
@@ -186,13 +173,32 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
                     f"data.test_subset or data.val_fraction/data.val_anomaly_ratio."
                 )
 
-        all_data = np.concatenate([train.data, test.data])
         eval_ids = np.concatenate([val_ids, test_ids_final])
         self.train_set = AnomalySplit(self._resize(all_data[fit_ids]), classes[fit_ids], global_ids[fit_ids], self.normal_class)
         self.eval_set = AnomalySplit(self._resize(all_data[eval_ids]), classes[eval_ids], global_ids[eval_ids], self.normal_class)
         self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids_final))
         self.manifest = self._manifest(classes, global_ids, fit_ids, val_ids, test_ids_final)
+        self.manifest["duplicates"] = check.manifest({"train": fit_ids, "val": val_ids, "test": test_ids_final})
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
+
+    def _duplicate_check(self, data: np.ndarray, global_ids: np.ndarray, splits: list[np.ndarray]) -> DuplicateCheck:
+        """Pictures of the pooled rows (``data``: N×32×32×3 uint8) that the ``splits`` use, compared
+        by pixel digest (and average hash with ``near_duplicates``); rows are named ``train[i]`` / ``test[i]``."""
+        hp = self.hparams
+        used = np.unique(np.concatenate(splits))
+        near = None
+        if hp.near_duplicates is not None:
+            near = average_hash(torch.from_numpy(data[used]).permute(0, 3, 1, 2))
+        local = duplicate_groups([pixel_digest(data[i]) for i in used], near, hp.near_duplicates)
+        group = np.arange(len(data))
+        group[used] = used[local]
+
+        def name(i: int) -> str:
+            g = int(global_ids[i])
+            return f"test[{g - TEST_ID_OFFSET}]" if g >= TEST_ID_OFFSET else f"train[{g}]"
+
+        return DuplicateCheck(group, name, hp.duplicates, hp.near_duplicates)
 
     def _manifest(self, classes, global_ids, fit_ids, val_ids, test_ids) -> dict:
         def describe(chosen: np.ndarray) -> dict:

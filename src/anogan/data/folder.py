@@ -21,7 +21,14 @@ The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous ima
 stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
 fitted there) and test. With anomalies, both splits must hold both classes (else ``DataError``).
 Normal-only data (``abnormal_dir: null``): validation and test hold only normals, ``has_anomalies``
-is False (thresholds then come from the normals alone; AUROC needs anomalous images).
+is False (thresholds then come from the normals alone; AUROC needs anomalous images). Validation is
+then sized for ``target_fpr`` (``threshold.target_fpr`` in the config): it holds at least
+``min_normals_for_fpr(target_fpr)`` normals (19 at 5%) when the held-out normals allow it, else more
+normals are held out (training keeping at least half); otherwise ``setup`` warns before training.
+
+Copies of one picture (same decoded pixels; optionally near copies, ``near_duplicates``) are split
+together, and a picture found in two splits is handled by ``duplicates`` (drop | refuse | keep; see
+``anogan.data.duplicates``), reported in the manifest's ``duplicates``.
 
 Small folders: the training batch is at most ``max_batch_fraction`` of the training images (never
 below ``MIN_AUTO_BATCH``), and the training images are repeated within an epoch so that an epoch has
@@ -43,9 +50,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.data.cifar10 import stratified_subset
-from anogan.data.images import ImageError, list_images, read_image, to_model_input
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
+from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, group_units
+from anogan.data.images import list_images, read_image, read_images, read_mask, to_model_input
+from anogan.data.splits import (
+    AnomalyDataModule,
+    AnomalySplit,
+    calibration_entry,
+    calibration_warning,
+    mask_counts,
+    split_summary,
+    stratified_subset,
+)
+from anogan.errors import DataError, ImageError
+from anogan.metrics import min_normals_for_fpr
 
 __all__ = [
     "FolderAnomalyDataModule",
@@ -165,6 +182,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         mask_dir: str | list[str] | None = None,
+        target_fpr: float | None = None,
+        duplicates: str = "drop",
+        near_duplicates: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -217,20 +237,65 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             f"{path} has no mask: neither {candidates[0]} nor {candidates[1]} exists. Fix: add it, or set data.mask_dir=null."
         )
 
-    def _read(self, folder: Path, seen: dict, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
-        """Every usable image under ``folder``; what is not usable goes to ``skipped`` with its reason."""
+    def _read(self, folder: Path, seen: dict, skipped: list) -> tuple[list[Path], list[torch.Tensor], list[bytes]]:
+        """Every usable image under ``folder`` with its pixel digest; what is not usable goes to
+        ``skipped`` with its reason."""
         hp = self.hparams
         paths, listing_skips = list_images(folder, seen)
-        skipped += listing_skips
-        kept, images = [], []
-        for path in paths:
-            try:
-                images.append(read_image(path, hp.image_size, hp.channels, hp.resize))
-                kept.append(path)
-            except ImageError as err:
-                log.debug("skipping %s: %s", path, err)
-                skipped.append({"file": str(path), "reason": str(err)})
-        return kept, images
+        kept, images, digests, unreadable = read_images(paths, hp.image_size, hp.channels, hp.resize)
+        for entry in unreadable:
+            log.debug("skipping %s: %s", entry["file"], entry["reason"])
+        skipped += listing_skips + unreadable
+        return kept, images, digests
+
+    def _held_out_units(self, n_units: int) -> int:
+        """How many of the ``n_units`` pictures of ``normal_dir`` to hold out for evaluation:
+        ``round(n_units * normal_test_fraction)``, raised for a normal-only folder (without
+        ``normal_test_dir``) to one more than ``min_normals_for_fpr(target_fpr)`` so that validation
+        can hold that many, as long as training keeps at least half of the pictures."""
+        hp = self.hparams
+        n_held = int(round(n_units * hp.normal_test_fraction))
+        if self.normal_only and hp.target_fpr is not None:
+            need = min_normals_for_fpr(hp.target_fpr) + 1  # validation, and one test normal
+            if n_held < need <= n_units // 2:
+                log.info(
+                    "normal-only folder: holding out %d of %d normal images instead of %d (data.normal_test_fraction=%s): "
+                    "threshold.target_fpr=%s needs %d validation normals",
+                    need,
+                    n_units,
+                    n_held,
+                    hp.normal_test_fraction,
+                    hp.target_fpr,
+                    need - 1,
+                )
+                n_held = need
+        return n_held
+
+    def _val_rows(self, pool: np.ndarray, classes: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """The rows of the evaluation ``pool`` that go to validation: a stratified (by class), seeded
+        ``val_fraction`` of its pictures (copies of one picture go together), with every copy; for
+        normal-only data at least ``min_normals_for_fpr(target_fpr)`` pictures when the pool has more (one
+        is left for test); when it has too few, the fraction's split is kept and ``setup`` warns."""
+        hp = self.hparams
+        units, members = group_units(pool, group)
+        n = len(units)
+        size: float | int = float(hp.val_fraction)
+        if self.normal_only and hp.target_fpr is not None and (need := min_normals_for_fpr(hp.target_fpr)) < n:
+            default = int(round(hp.val_fraction * n))
+            size = max(default, need)  # the same draw as the fraction's when unchanged
+            if size > default:
+                log.info(
+                    "normal-only folder: validation holds %d of the %d held-out normal images instead of %d "
+                    "(data.val_fraction=%s): threshold.target_fpr=%s needs %d",
+                    size,
+                    n,
+                    default,
+                    hp.val_fraction,
+                    hp.target_fpr,
+                    need,
+                )
+        chosen = stratified_subset(classes[units], size, hp.split_seed)
+        return np.sort(np.concatenate([members[u] for u in chosen])) if len(chosen) else np.arange(0)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -239,20 +304,13 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         root = Path(hp.root).expanduser()
         skipped: list[dict] = []
         seen: dict = {}  # one file reached from two folders counts once (in the first folder read)
-        normal, normal_images = self._read(self._folder(hp.normal_dir), seen, skipped)
+        normal, normal_images, normal_digests = self._read(self._folder(hp.normal_dir), seen, skipped)
+        held, held_images, held_digests = [], [], []
         if hp.normal_test_dir:
-            held, held_images = self._read(self._folder(hp.normal_test_dir), seen, skipped)
-            fit = np.arange(len(normal))
-        else:
-            order = np.random.default_rng(hp.split_seed).permutation(len(normal))
-            n_held = int(round(len(normal) * hp.normal_test_fraction))
-            held_pos, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
-            held, held_images = [normal[i] for i in held_pos], [normal_images[i] for i in held_pos]
-            normal, normal_images = [normal[i] for i in fit], [normal_images[i] for i in fit]
-            fit = np.arange(len(normal))
-        abnormal, abnormal_images, abnormal_classes, abnormal_masks = [], [], [], []
+            held, held_images, held_digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
+        abnormal, abnormal_images, abnormal_digests, abnormal_classes, abnormal_masks = [], [], [], [], []
         for c, name in enumerate(self.abnormal_dirs, start=1):
-            paths, images = self._read(self._folder(name), seen, skipped)
+            paths, images, digests = self._read(self._folder(name), seen, skipped)
             if not paths:
                 raise DataError(
                     f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
@@ -261,21 +319,46 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
             abnormal += paths
             abnormal_images += images
+            abnormal_digests += digests
             abnormal_classes += [c] * len(paths)
-        if not len(fit):
+
+        # Pictures (copies of one image count once) of every file read, in reading order.
+        read_images_all = normal_images + held_images + abnormal_images
+        near = average_hash(torch.stack(read_images_all)) if hp.near_duplicates is not None and read_images_all else None
+        group = duplicate_groups(normal_digests + held_digests + abnormal_digests, near, hp.near_duplicates)
+        # normal_dir is split by picture, so copies inside it stay on one side (train or evaluation).
+        if hp.normal_test_dir:
+            fit_pos, held_pos = np.arange(len(normal)), np.arange(0)
+        else:
+            units, members = group_units(np.arange(len(normal)), group)
+            order = np.random.default_rng(hp.split_seed).permutation(len(units))
+            n_held = self._held_out_units(len(units))
+            held_units = [members[u] for u in order[:n_held]]
+            held_pos = np.sort(np.concatenate(held_units)) if held_units else np.arange(0)
+            fit_pos = np.setdiff1d(np.arange(len(normal)), held_pos)
+        if not len(fit_pos):
             raise DataError(
                 f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped)."
             )
 
         # One id per file: training normals, then evaluation normals, then anomalies.
-        files = normal + held + abnormal
-        images = torch.stack(normal_images + held_images + abnormal_images)
-        classes = np.array([0] * (len(normal) + len(held)) + abnormal_classes, dtype=np.int64)
+        order = np.concatenate([fit_pos, held_pos, len(normal) + np.arange(len(held) + len(abnormal))]).astype(np.int64)
+        read_files = normal + held + abnormal
+        files = [read_files[i] for i in order]
+        images = torch.stack([read_images_all[i] for i in order])
+        group = group[order]
+        n_fit, n_normal = len(fit_pos), len(normal) + len(held)
+        classes = np.array([0] * n_normal + abnormal_classes, dtype=np.int64)
+
+        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
+            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+        check = DuplicateCheck(group, lambda i: rel(files[i]), hp.duplicates, hp.near_duplicates)
         ids = np.arange(len(files))
-        pool = ids[len(normal) :]
-        val_pos = stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)
-        val_ids = pool[val_pos]
-        test_ids = np.setdiff1d(pool, val_ids)
+        fit = ids[:n_fit]
+        pool = check.separate(fit, ids[n_fit:], "train", "evaluation")
+        val_ids = self._val_rows(pool, classes, group)
+        test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
         val_all, test_all = val_ids, test_ids
         val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
         test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
@@ -293,12 +376,9 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                     "data.normal_test_fraction / data.val_subset / data.test_subset."
                 )
 
-        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
-            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
         for i in np.setdiff1d(np.concatenate([val_all, test_all]), np.concatenate([val_ids, test_ids])):
             skipped.append({"file": str(files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
-        skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped]
+        skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped] + check.dropped()
         self.has_anomalies = bool((classes[val_ids] != 0).any() and (classes[val_ids] == 0).any())
 
         n_train = len(fit)
@@ -360,21 +440,30 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
             },
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
+            "duplicates": check.manifest({"train": fit, "val": val_ids, "test": test_ids}),
+            "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
         }
         if skipped:
             kinds = Counter(_reason_kind(s["reason"]) for s in skipped)
-            n_found = len(files) + len(skipped) - kinds["not in the subset"]  # subset files are in files too
+            in_files = kinds["not in the subset"] + self.manifest["duplicates"]["dropped"]  # these files are in files too
+            n_found = len(files) + len(skipped) - in_files
             log.warning(
                 "skipped %d of %d files: %s; see splits.json",
                 len(skipped),
                 n_found,
                 ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info(
             "splits: %s%s",
             {k: v["size"] for k, v in self.manifest["splits"].items()},
             "" if self.has_anomalies else " (normal images only)",
         )
+        fix = "give data.normal_test_dir" if hp.normal_test_dir else "raise data.normal_test_fraction"
+        if warning := calibration_warning(
+            self.manifest["calibration"]["val_normals"], hp.target_fpr, fix + " or data.val_fraction"
+        ):
+            log.warning("%s", warning)
 
     @property
     def train_steps_per_epoch(self) -> int:

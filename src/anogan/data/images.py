@@ -43,8 +43,11 @@ Then ``to_model_input`` gives the model its input exactly as the CIFAR-10 module
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import os
 import stat
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -52,9 +55,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.data.splits import DataError
+from anogan.data.duplicates import pixel_digest
+from anogan.errors import DataError, ImageError
+
+log = logging.getLogger(__name__)
 
 RESIZE_POLICIES = ("stretch", "crop", "pad")
+# Larger images are read reduced by an integer factor (bounded memory; the model sees <= 128 px).
+MAX_DECODE_PIXELS = 4096 * 4096
+EXIF_ORIENTATION = 0x0112
 PAD_FILL = 0  # the value of the border that ``pad`` adds (black), in every channel
 # Files skipped by name: text and metadata that often sit beside images. Everything else is opened.
 NOT_IMAGE_SUFFIXES = frozenset(
@@ -91,10 +100,6 @@ NOT_IMAGE_SUFFIXES = frozenset(
     }
 )
 GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
-
-
-class ImageError(Exception):
-    """One file cannot be used as an image; ``str(err)`` is the reason. It is skipped, the rest go on."""
 
 
 def check_resize(resize: str) -> str:
@@ -222,26 +227,82 @@ def _to_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _reduce_factor(width: int, height: int) -> int:
+    """The smallest integer f with ``ceil(width / f) * ceil(height / f) <= MAX_DECODE_PIXELS`` (1: no
+    reduction); ``Image.reduce`` keeps a partial last box, hence the ceilings."""
+    f = max(1, math.ceil(math.sqrt(width * height / MAX_DECODE_PIXELS)))
+    while -(-width // f) * -(-height // f) > MAX_DECODE_PIXELS:
+        f += 1
+    return f
+
+
+def _reduced(img, factor: int):
+    """``img`` (loaded) box-averaged by ``factor`` with Pillow's ``reduce``, after turning the modes
+    whose values must not be averaged as stored (palette indices, 1-bit, a transparent colour key)
+    or that ``reduce`` refuses (16-bit) into RGBA / LA / L / I; EXIF orientation applied after."""
+    from PIL import Image
+
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if img.mode in ("P", "PA") or ("transparency" in img.info and img.mode not in ("1", "L")):
+        img = img.convert("RGBA")
+    elif "transparency" in img.info:
+        img = img.convert("LA")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    img = img.reduce(factor)
+    img.info.pop("transparency", None)
+    t = Image.Transpose  # as ImageOps.exif_transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270, 7: t.TRANSVERSE}
+    method[8] = t.ROTATE_90
+    return img.transpose(method[orientation]) if orientation in method else img
+
+
+def _upright_pixels(img) -> np.ndarray:
+    """A loaded Pillow image as uint8 H×W×C: reduced when above ``MAX_DECODE_PIXELS`` (``_reduced``),
+    EXIF orientation applied, then ``_to_uint8``."""
+    from PIL import ImageOps
+
+    factor = _reduce_factor(*img.size)
+    return _to_uint8(_reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img))
+
+
 def load_pixels(path: str | Path) -> np.ndarray:
     """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
     applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
-    reason) when Pillow cannot open or decode the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    reason) when Pillow cannot open or decode the file.
 
-    try:
-        with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            pixels = _to_uint8(upright)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image (Pillow cannot identify the file)") from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"unreadable (too large to read safely: {err})") from None
-    except Exception as err:  # Pillow raises many kinds for truncated or corrupt files
-        raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
+    Memory is bounded: an image of more than ``MAX_DECODE_PIXELS`` pixels is read reduced by the
+    smallest integer factor that brings it under the limit (JPEG: decoded at 1/2, 1/4 or 1/8 scale
+    by ``Image.draft``, never in full; other formats: decoded once, then box-averaged by
+    ``Image.reduce`` before any copy). Any warning Pillow raises while reading (e.g. its
+    decompression-bomb warning) is logged naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(path) as img:
+                img.seek(0)
+                factor = _reduce_factor(*img.size)
+                if factor > 1 and img.format == "JPEG":
+                    scale = min(8, 1 << (factor - 1).bit_length())  # draft scales: 1/2, 1/4, 1/8
+                    img.draft(img.mode, (-(-img.width // scale), -(-img.height // scale)))
+                img.load()
+                pixels = _upright_pixels(img)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError("not an image (Pillow cannot identify the file)") from None
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"unreadable (too large to read safely: {err})") from None
+        except Exception as err:  # Pillow raises many kinds for truncated or corrupt files
+            raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
+        finally:
+            for w in caught:
+                log.warning("%s: %s (%s)", path, w.message, w.category.__name__)
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError("unreadable (empty image: 0 pixels)")
     return np.ascontiguousarray(pixels)
@@ -249,14 +310,13 @@ def load_pixels(path: str | Path) -> np.ndarray:
 
 def pixels_from_pil(img) -> np.ndarray:
     """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
-    (``load_pixels``): first frame, EXIF orientation, bit depth, alpha on black. Raises
+    (``load_pixels``): first frame, reduced above ``MAX_DECODE_PIXELS``, EXIF orientation, bit depth,
+    alpha on black. Raises
     ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
-    from PIL import ImageOps
-
     try:
         img.seek(0)
         img.load()
-        pixels = _to_uint8(ImageOps.exif_transpose(img))
+        pixels = _upright_pixels(img)
     except ImageError:
         raise
     except Exception as err:  # Pillow raises many kinds for truncated or corrupt data
@@ -351,3 +411,62 @@ def read_image(path: str | Path, image_size: int, channels: int, resize: str = "
     """
     check_resize(resize)
     return to_model_input(make_square(load_pixels(path), resize), image_size, channels)
+
+
+def read_images(
+    paths: list[Path], image_size: int, channels: int, resize: str = "stretch"
+) -> tuple[list[Path], list[torch.Tensor], list[bytes], list[dict]]:
+    """Each of ``paths`` read as ``read_image`` does, with the ``pixel_digest`` of its decoded pixels
+    (for ``anogan.data.duplicates``). Returns ``(paths read, images, digests, skipped)``: a file that
+    cannot be used is a ``{"file", "reason"}`` entry of ``skipped`` and the others go on."""
+    check_resize(resize)
+    kept, images, digests, skipped = [], [], [], []
+    for path in paths:
+        try:
+            pixels = load_pixels(path)
+        except ImageError as err:
+            skipped.append({"file": str(path), "reason": str(err)})
+            continue
+        kept.append(path)
+        digests.append(pixel_digest(pixels))
+        images.append(to_model_input(make_square(pixels, resize), image_size, channels))
+    return kept, images, digests, skipped
+
+
+# ---------------------------------------------------------------------- masks
+def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of a uint8 {0,1} mask (1×h×w or N×1×h×w) to ``height``×``width``,
+    pixel centres aligned (``nearest-exact``, as PIL's NEAREST): no value other than 0 and 1 appears."""
+    if tuple(mask.shape[-2:]) == (height, width):
+        return mask
+    batch = mask[None] if mask.dim() == 3 else mask
+    out = F.interpolate(batch.float(), size=(height, width), mode="nearest-exact").to(torch.uint8)
+    return out[0] if mask.dim() == 3 else out
+
+
+def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = "stretch") -> torch.Tensor:
+    """The ground-truth mask of ``image_path`` as uint8 {0,1}, 1×``image_size``×``image_size``.
+
+    Foreground: pixel > 0 for 0/1 masks, ≥ 128 for 0/255 masks (MVTec AD's; robust to JPEG noise).
+    A mask of another size than its image is first resized to the image's size, then to the model
+    size, both nearest-neighbour, after the image's ``resize`` policy (stretch; crop: the centred
+    square; pad: a border of 0 = normal, see ``make_square``), so mask pixels stay
+    on the image pixels they mark. Raises ``DataError`` naming the file when the
+    mask cannot be read.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(mask_path) as img:
+            data = np.asarray(img.convert("L"), dtype=np.uint8)
+        with Image.open(image_path) as img:
+            width, height = img.size  # header only
+    except Exception as err:  # PIL raises many kinds for broken files
+        raise DataError(
+            f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask."
+        ) from None
+    mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
+    mask = resize_mask(mask, height, width)
+    if resize != "stretch":
+        mask = torch.from_numpy(make_square(mask.permute(1, 2, 0).numpy(), resize)).permute(2, 0, 1).contiguous()
+    return resize_mask(mask, image_size, image_size)

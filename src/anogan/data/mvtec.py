@@ -35,10 +35,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.data.cifar10 import stratified_subset
-from anogan.data.folder import ImageError, list_images, read_image
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, DataError, mask_counts, read_mask, split_summary
+from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups
+from anogan.data.images import list_images, read_images, read_mask
+from anogan.data.splits import (
+    AnomalyDataModule,
+    AnomalySplit,
+    calibration_entry,
+    calibration_warning,
+    mask_counts,
+    split_summary,
+    stratified_subset,
+)
 from anogan.data.synthetic import class_name, synthetic_anomalies
+from anogan.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,9 @@ class MVTecDataModule(AnomalyDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         split_seed: int = 0,
+        target_fpr: float | None = None,
+        duplicates: str = "drop",
+        near_duplicates: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -88,18 +100,13 @@ class MVTecDataModule(AnomalyDataModule):
     def prepare_data(self) -> None:
         self._category()
 
-    def _read(self, folder: Path, skipped: list) -> tuple[list[Path], list[torch.Tensor]]:
+    def _read(self, folder: Path, skipped: list) -> tuple[list[Path], list[torch.Tensor], list[bytes]]:
         paths, listing_skips = list_images(folder)  # (candidate files, broken links / duplicates / text files)
-        skipped += listing_skips
-        kept, images = [], []
-        for path in paths:
-            try:
-                images.append(read_image(path, self.hparams.image_size, self.hparams.channels))
-                kept.append(path)
-            except ImageError as err:
-                log.warning("skipping %s: %s", path, err)
-                skipped.append({"file": str(path), "reason": str(err)})
-        return kept, images
+        kept, images, digests, unreadable = read_images(paths, self.hparams.image_size, self.hparams.channels)
+        for entry in unreadable:
+            log.warning("skipping %s: %s", entry["file"], entry["reason"])
+        skipped += listing_skips + unreadable
+        return kept, images, digests
 
     def _mask(self, folder: Path, defect: str, image_path: Path) -> torch.Tensor:
         path = folder / "ground_truth" / defect / f"{image_path.stem}_mask.png"
@@ -116,14 +123,15 @@ class MVTecDataModule(AnomalyDataModule):
         hp = self.hparams
         folder = self._category()
         size, skipped = hp.image_size, []
-        train_files, train_images = self._read(folder / "train" / "good", skipped)
+        train_files, train_images, digests = self._read(folder / "train" / "good", skipped)
         if not train_files:
             raise DataError(f"no usable training image in {folder / 'train' / 'good'}. Fix: check data.root and data.category.")
         defects = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good")
         names = ["good", *defects]
         test_files, test_images, test_masks, test_classes = [], [], [], []
         for c, defect in enumerate(names):
-            paths, images = self._read(folder / "test" / defect, skipped)
+            paths, images, found = self._read(folder / "test" / defect, skipped)
+            digests += found
             test_files += paths
             test_images += images
             test_classes += [c] * len(paths)
@@ -140,12 +148,16 @@ class MVTecDataModule(AnomalyDataModule):
             masks[n_train:] = torch.stack(test_masks)
         classes = np.array([0] * n_train + test_classes, dtype=np.int64)
         ids = np.arange(len(files))
+        near = average_hash(images) if hp.near_duplicates is not None else None
+        group = duplicate_groups(digests, near, hp.near_duplicates)
+        check = DuplicateCheck(group, lambda i: self._relative(folder, files[i]), hp.duplicates, hp.near_duplicates)
         pool = ids[n_train:]
         synthetic = None
         if hp.synthetic_val_anomalies is None:
             fit = ids[:n_train]
+            pool = check.separate(fit, pool, "train", "evaluation")
             val_ids = pool[stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)]
-            test_ids = np.setdiff1d(pool, val_ids)
+            test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
             validation = f"a stratified {hp.val_fraction} of test/ (by defect type); test is the rest of test/"
         else:
             order = np.random.default_rng(hp.split_seed).permutation(n_train)
@@ -156,6 +168,14 @@ class MVTecDataModule(AnomalyDataModule):
                     "training images; at least one must be held out and one trained on. Fix: change data.synthetic_val_fraction."
                 )
             held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
+            held = check.separate(fit, held, "train", "val")
+            if not len(held):
+                raise DataError(
+                    "every held-out train/good image is a copy of a trained one (see data.duplicates). Fix: remove the "
+                    "copies from train/good or raise data.synthetic_val_fraction."
+                )
+            pool = check.separate(held, check.separate(fit, pool, "train", "test"), "val", "test")
+            n_held = len(held)
             method = hp.synthetic_val_anomalies
             fake_images, fake_masks = synthetic_anomalies(images[held], method, hp.split_seed + 4)
             fake_ids = len(files) + np.arange(n_held)
@@ -213,7 +233,10 @@ class MVTecDataModule(AnomalyDataModule):
             "synthetic": synthetic,
             "skipped": skipped,
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
+            "duplicates": check.manifest({"train": fit, "val": val_ids[val_ids < len(files)], "test": test_ids}),
+            "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
         }
+        self.manifest["skipped"] += check.dropped()
         empty = (
             self.manifest["masks"]["val"]["anomalous_with_empty_mask"]
             + self.manifest["masks"]["test"]["anomalous_with_empty_mask"]
@@ -222,7 +245,11 @@ class MVTecDataModule(AnomalyDataModule):
             log.warning(
                 "%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size
             )
+        DuplicateCheck.log(self.manifest["duplicates"], log)
         log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
+        fix = "raise data.synthetic_val_fraction" if hp.synthetic_val_anomalies else "raise data.val_fraction"
+        if warning := calibration_warning(self.manifest["calibration"]["val_normals"], hp.target_fpr, fix):
+            log.warning("%s", warning)
 
     @staticmethod
     def _relative(folder: Path, path: Path) -> str:

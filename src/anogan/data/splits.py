@@ -1,23 +1,26 @@
-"""What every data module shares: the in-memory split, the loaders, the per-image key that seeds z."""
+"""What every data module shares: the in-memory split (``AnomalySplit``), the loaders, the per-image
+key that seeds z, and the split code (seeded stratified subsets, the manifest's split summaries, the
+validation a false-positive-rate target needs: ``calibration_entry``, ``calibration_warning``).
+
+Reading files is ``anogan.data.images``; duplicate images across splits are ``anogan.data.duplicates``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from anogan.errors import UserError
+from anogan.errors import DataError
 from anogan.io import atomic_write_text
+from anogan.metrics import min_normals_for_fpr
 
-
-class DataError(UserError):
-    """Data cannot be loaded as configured; the message says how to fix it."""
+IMAGE_SIZES = (32, 64, 128)  # square model input sizes (pixels) the DCGAN networks are built for
 
 
 def image_key(image_uint8: torch.Tensor) -> int:
@@ -56,44 +59,49 @@ class AnomalySplit(Dataset):
         return {"image": image, "label": self.labels[i], "id": self.ids[i], "row": i, "key": image_key(self.images[i])}
 
 
-def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest-neighbour resize of a uint8 {0,1} mask (1×h×w or N×1×h×w) to ``height``×``width``,
-    pixel centres aligned (``nearest-exact``, as PIL's NEAREST): no value other than 0 and 1 appears."""
-    if tuple(mask.shape[-2:]) == (height, width):
-        return mask
-    batch = mask[None] if mask.dim() == 3 else mask
-    out = F.interpolate(batch.float(), size=(height, width), mode="nearest-exact").to(torch.uint8)
-    return out[0] if mask.dim() == 3 else out
+def stratified_subset(classes: np.ndarray, size: int | float | None, seed: int) -> np.ndarray:
+    """Positions of a seeded subset with each class in proportion (largest-remainder rounding)."""
+    n = len(classes)
+    if size is None:
+        return np.arange(n)
+    count = int(round(size * n)) if isinstance(size, float) and size <= 1.0 else int(size)
+    if count >= n:
+        return np.arange(n)
+    if count < 1:
+        return np.arange(0)
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(classes, return_counts=True)
+    exact = counts * count / n
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: count - take.sum()]] += 1
+    chosen = [rng.choice(np.flatnonzero(classes == v), k, replace=False) for v, k in zip(values, take)]
+    return np.sort(np.concatenate(chosen))
 
 
-def read_mask(mask_path: Path, image_path: Path, image_size: int, resize: str = "stretch") -> torch.Tensor:
-    """The ground-truth mask of ``image_path`` as uint8 {0,1}, 1×``image_size``×``image_size``.
+def calibration_warning(n_val_normals: int, target_fpr: float | None, fix: str) -> str | None:
+    """One line when ``n_val_normals`` validation normals are too few for ``target_fpr`` (None: no
+    target, no warning); ``fix`` names the data keys that give validation more normals."""
+    if target_fpr is None or n_val_normals >= (need := min_normals_for_fpr(target_fpr)):
+        return None
+    reachable = 1.0 / (n_val_normals + 1)
+    return (
+        f"the validation split holds {n_val_normals} normal images; threshold.target_fpr={target_fpr} needs at least "
+        f"{need}, so its threshold will be infinite and nothing will be flagged. Fix: {fix}, add normal images, or set "
+        f"threshold.target_fpr={math.ceil(reachable * 1000) / 1000} or higher."
+    )
 
-    Foreground: pixel > 0 for 0/1 masks, ≥ 128 for 0/255 masks (MVTec AD's; robust to JPEG noise).
-    A mask of another size than its image is first resized to the image's size, then to the model
-    size, both nearest-neighbour, after the image's ``resize`` policy (stretch; crop: the centred
-    square; pad: a border of 0 = normal, see ``anogan.data.images.make_square``), so mask pixels stay
-    on the image pixels they mark. Raises ``DataError`` naming the file when the
-    mask cannot be read.
-    """
-    from PIL import Image
 
-    try:
-        with Image.open(mask_path) as img:
-            data = np.asarray(img.convert("L"), dtype=np.uint8)
-        with Image.open(image_path) as img:
-            width, height = img.size  # header only
-    except Exception as err:  # PIL raises many kinds for broken files
-        raise DataError(
-            f"mask {mask_path} cannot be read ({type(err).__name__}: {err}). Fix: replace it with a PNG mask."
-        ) from None
-    mask = torch.from_numpy((data >= (1 if data.max() <= 1 else 128)).astype(np.uint8))[None]
-    mask = resize_mask(mask, height, width)
-    if resize != "stretch":
-        from anogan.data.images import make_square
-
-        mask = torch.from_numpy(make_square(mask.permute(1, 2, 0).numpy(), resize)).permute(2, 0, 1).contiguous()
-    return resize_mask(mask, image_size, image_size)
+def calibration_entry(n_val_normals: int, target_fpr: float | None) -> dict:
+    """The manifest's ``calibration`` entry: validation normals, the target rate and the normals it
+    needs (``min_normals_for_fpr``), and whether the false-positive-rate threshold can be finite."""
+    need = None if target_fpr is None else min_normals_for_fpr(target_fpr)
+    return {
+        "target_fpr": target_fpr,
+        "val_normals": int(n_val_normals),
+        "min_val_normals": need,
+        "reachable": None if need is None else bool(n_val_normals >= need),
+    }
 
 
 def split_summary(

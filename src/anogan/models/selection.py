@@ -28,7 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from anogan.data.cifar10 import stratified_subset
+from anogan.data.splits import stratified_subset
 from anogan.errors import UserError
 from anogan.metrics import ranking_metrics
 from anogan.scorers.latent import LatentMapping, initial_latents
