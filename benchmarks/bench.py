@@ -16,6 +16,10 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
   module (``lightning_vs_matched_plain_fp32``) is Lightning's own cost;
 * with ``--ssgan-steps N``: the GAN's training speed with and without the self-supervised
   transformation task (``"ssgan"``: ``model.self_supervised`` rotations / geotrans, fp32).
+* phases (``"phases"``, per experiment of ``--phase-experiments``; ``--phases-only`` for this alone):
+  the run's three phases (GAN training, encoder training, scoring) through the project's own
+  modules, in fp32 and bf16-mixed (``bf16_speedup``), and the cost estimate a run prints
+  (``anogan.estimate``) against the measured cost (``estimate_vs_measured``, ratio within 0.7-1.3).
 
 Speeds are wall-clock. A busy machine makes them noisy, so every measurement is repeated
 (``--rounds``, in alternating order) and the fastest round counts; a training run counts its median
@@ -539,6 +543,16 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--scorer-images", type=int, default=128, help="images for the end-to-end scorer comparison (0: skip)")
     p.add_argument("--scorer-steps", type=int, default=200, help="search steps of the latent scorers in that comparison")
+    p.add_argument(
+        "--phase-experiments",
+        nargs="*",
+        default=["cifar_car_cpu", "cifar_car:mapping.iterations=20"],  # 400 steps x 128 images: too long for a bench
+        help="experiments of the per-phase section, each NAME or NAME:override[:override...] (none: skip)",
+    )
+    p.add_argument("--phase-overrides", nargs="*", default=[], help="Hydra overrides of those experiments (e.g. smaller nets)")
+    p.add_argument("--phase-batches", type=int, default=3, help="timed training batches per phase")
+    p.add_argument("--phase-images", type=int, default=32, help="scored images per measurement (at least the scorer's batch)")
+    p.add_argument("--phases-only", action="store_true", help="only the per-phase section (estimates, precision)")
     p.add_argument("--ssgan-steps", type=int, default=0, help="timed steps of the self-supervised cost section (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -548,6 +562,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
         a.train_steps, a.train_steps_large, a.warmup = min(a.train_steps, 3), min(a.train_steps_large, 2), 1
         a.train_batch_size_large = min(a.train_batch_size_large, 32)
         a.scorer_images, a.scorer_steps = min(a.scorer_images, 32), min(a.scorer_steps, 50)
+        a.phase_batches, a.phase_images = min(a.phase_batches, 2), min(a.phase_images, 16)
         a.rounds = 1
     if a.single_images > a.search_batch_size:
         p.error("--single-images must not exceed --search-batch-size")
@@ -579,16 +594,18 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
         "training: median step time after warm-up steps",
         "memory": "peak RSS (VmHWM reset via /proc/self/clear_refs) above the RSS before, MiB",
     }
-    for i, size in enumerate(a.sizes):
+    for i, size in enumerate([] if a.phases_only else a.sizes):
         res = bench_size(size, a, d)
         if i == 0:
             result.update(res)
         else:
             result[f"{size}px"] = res
-    if a.scorer_images:
+    if a.scorer_images and not a.phases_only:
         result["scorers"] = bench_scorers(a, d)
-    if a.ssgan_steps:
+    if a.ssgan_steps and not a.phases_only:
         result["ssgan"] = bench_ssgan(a, d)
+    if a.phase_experiments:
+        result["phases"] = bench_phases(a)
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -599,7 +616,7 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
     (fastest of ``--rounds``, alternating order): the latent search with and without early stopping
     and anomaly maps, the encoder with and without maps, the encoder-initialised search, and the
     encoder exported to ONNX under ONNX Runtime. Untrained networks: speeds, not step counts, are the
-    point here (early stopping stops where a trained GAN's loss flattens; see the README's curve)."""
+    point here (early stopping stops where a trained GAN's loss flattens; see docs/speed.md's curve)."""
     from anogan.data.splits import AnomalySplit
     from anogan.inference import run_scorer
     from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping
@@ -667,6 +684,103 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
         result["encoder_onnxruntime"] = None
     result.update(images=n, image_size=size, search_batch_size=bs, precision="32-true")
     return result
+
+
+def experiment_config(experiment: str, overrides: list[str]):
+    """The project's config of ``experiment=<experiment>`` with ``overrides`` (no data is read)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+
+
+def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
+    """What the run's phases cost at the configured sizes (not the estimator's small probe batch):
+    seconds per GAN training batch and per encoder training batch (the mean of ``batches`` after one
+    warm-up, at ``data.batch_size``), and per scored image (``images`` images, at least one batch, at
+    the scorer's own batch size and search steps, after a warm-up batch). Random images, freshly initialised networks."""
+    import tempfile
+
+    from hydra.utils import instantiate
+
+    from anogan import estimate
+    from anogan.inference import run_scorer
+
+    batch, size, channels = int(cfg.data.batch_size), int(cfg.data.image_size), int(cfg.data.channels)
+    out = {}
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = estimate.probe_trainer_kwargs({"accelerator": "cpu", "precision": precision}, root)
+        out["gan_batch_s"] = estimate.gan_batch_seconds(cfg, kw, batch, batches)
+        model = instantiate(cfg.model, _convert_="all")
+        scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
+        if scorer.needs_fit:
+            out["encoder_batch_s"] = estimate.encoder_batch_seconds(scorer, kw, batch, channels, size, batches)
+        images = max(images, int(scorer.hparams.batch_size))  # at least one batch of the scorer's size
+        data = estimate._random_split(images, channels, size)
+        steps = scorer.hparams.get("iterations")
+        if steps is not None:
+            scorer.hparams.iterations = 1  # the warm-up batch: one search step is enough
+        run_scorer(scorer, estimate._random_split(int(scorer.hparams.batch_size), channels, size), kw)
+        if steps is not None:
+            scorer.hparams.iterations = steps
+        t0 = time.perf_counter()
+        run_scorer(scorer, data, kw)
+        out["scoring_image_s"] = (time.perf_counter() - t0) / images
+    return {k: round(v, 6) for k, v in out.items()}
+
+
+def bench_phases(a: argparse.Namespace) -> dict:
+    """Per experiment (``--phase-experiments``, own overrides after ``:``): the estimator's per-batch / per-image figures
+    (``anogan.estimate.unit_costs``: small probe batch, scaled) against the measured ones at the
+    configured sizes (``measured_costs``), ``ratio`` = estimate / measured (within ±30%: 0.7-1.3),
+    at the experiment's resolved precision; and for every experiment the phases in fp32 and
+    bf16-mixed side by side (fastest of ``--rounds``, alternating order), ``bf16_speedup`` = fp32 time
+    / bf16 time per phase."""
+    from anogan import estimate
+    from anogan.hardware import resolve_precision
+
+    out = {}
+    for spec in a.phase_experiments:
+        experiment, *own = spec.split(":")
+        cfg = experiment_config(experiment, [*a.phase_overrides, *own])
+        precision = str(resolve_precision(cfg.trainer.precision, "cpu"))
+        precision = normalise_precision(precision)
+        log.info("%s: phase costs, fp32 vs bf16-mixed, and the estimate at %s", experiment, precision)
+        runs: dict[str, list[dict]] = {"32-true": [], "bf16-mixed": [], "estimate": []}
+        kw = {"accelerator": "cpu", "precision": precision}
+        for r in range(a.rounds):  # the estimate is probed in every round too: a load that changes hits all alike
+            for p in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                if p == "estimate":
+                    cost = estimate.unit_costs(cfg, kw, int(cfg.data.batch_size))
+                    units = {"gan_batch_s": cost.gan_batch_s, "encoder_batch_s": cost.encoder_batch_s}
+                    units = {**{k: v for k, v in units.items() if v is not None}, "scoring_image_s": cost.scoring_image_s}
+                    runs[p].append(units)
+                else:
+                    runs[p].append(measured_costs(cfg, p, batches=a.phase_batches, images=a.phase_images))
+        best = {p: {k: min(m[k] for m in ms) for k in ms[0]} for p, ms in runs.items()}
+        estimated = best.pop("estimate")
+        measured = best.get(precision, best["32-true"])
+        versus = {}
+        for k, v in measured.items():
+            e = round(estimated[k], 6)
+            versus[k] = {"estimate": e, "measured": v, "ratio": round(e / v, 2)}
+        out[experiment] = {
+            "overrides": [*a.phase_overrides, *own],
+            "image_size": int(cfg.data.image_size),
+            "batch_size": int(cfg.data.batch_size),
+            "scorer": cost.scorer_summary,
+            "precision": precision,
+            "estimate_vs_measured": versus,
+            "estimate_within_30pct": all(0.7 <= v["ratio"] <= 1.3 for v in versus.values()),
+            "precision_comparison": best,
+            "bf16_speedup": {k: round(best["32-true"][k] / best["bf16-mixed"][k], 2) for k in best["32-true"]},
+        }
+    out["timing"] = (
+        f"seconds per training batch (mean of {a.phase_batches} after a warm-up) and per scored image "
+        f"({a.phase_images} images); fastest of {a.rounds} round(s)"
+    )
+    return out
 
 
 def _cpu_name() -> str:

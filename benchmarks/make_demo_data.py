@@ -1,4 +1,4 @@
-"""Data for the README's demonstrations, written as a user's files would be:
+"""Data for the documented demonstrations (docs/mvtec.md, docs/own_images.md), written as a user's files would be:
 
     python benchmarks/make_demo_data.py mvtec <out>            # an MVTec AD-layout category "tiles" with masks
     python benchmarks/make_demo_data.py textures <out>         # real photographs: scikit-image's brick, category "brick"

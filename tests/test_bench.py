@@ -24,6 +24,10 @@ TINY = [
     "--rounds", "1",
     "--scorer-images", "4",
     "--scorer-steps", "2",
+    "--phase-overrides", "model.latent_dim=8", "model.g_width=8", "model.d_width=8", "data.batch_size=8",
+    "mapping.batch_size=4", "mapping.iterations=2",
+    "--phase-batches", "1",
+    "--phase-images", "2",
 ]  # fmt: skip
 
 SIZE_KEYS = {
@@ -69,6 +73,15 @@ def test_tiny_benchmark_prints_one_json_object_with_every_key(capsys):
     assert scorers["latent_2"]["mean_steps"] == 2 and scorers["encoder"]["mean_steps"] == 0
     assert scorers["encoder_search_10"]["mean_steps"] == 10 and scorers["latent_2_early_stop"]["mean_steps"] <= 2
     assert {"maps_overhead_latent", "maps_overhead_encoder"} <= set(scorers)
+    # per phase: the estimate against the measured cost, and fp32 against bf16-mixed
+    phases = result["phases"]
+    assert set(phases) == {"cifar_car_cpu", "cifar_car", "timing"}
+    assert set(phases["cifar_car_cpu"]["estimate_vs_measured"]) == {"gan_batch_s", "encoder_batch_s", "scoring_image_s"}
+    assert set(phases["cifar_car"]["estimate_vs_measured"]) == {"gan_batch_s", "scoring_image_s"}  # no encoder
+    for res in phases["cifar_car_cpu"], phases["cifar_car"]:
+        assert set(res["precision_comparison"]) == {"32-true", "bf16-mixed"}
+        for k, v in res["estimate_vs_measured"].items():
+            assert v["measured"] > 0 and abs(v["ratio"] - v["estimate"] / v["measured"]) <= 0.005 + 1e-9, k
 
 
 def test_search_batch_size_defaults_to_the_mapping_config():

@@ -41,7 +41,7 @@ def test_debug_config_composes(tiny_cifar):
 
 def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
     """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps); mapping=latent_cpu gives back the
-    200-step search the README's car table used, with none of the hybrid's keys."""
+    200-step search the earlier car table (docs/history.md) used, with none of the hybrid's keys."""
     from anogan.config_check import check_config
 
     cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])

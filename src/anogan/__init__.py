@@ -7,7 +7,7 @@ The Python API (``anogan.api``, imported on first use so ``import anogan`` stays
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "conf_dir", "fit", "load"]
 _API = ("ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "fit", "load")
 
@@ -20,7 +20,7 @@ def conf_dir() -> str:
     return str(Path(__file__).resolve().parent / "conf")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _API:
         from anogan import api
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ from anogan.errors import UserError
 from anogan.inference import run_scorer
 from anogan.metrics import THRESHOLD_RULES
 from anogan.scores import complexity
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from omegaconf import DictConfig
 
 log = logging.getLogger("anogan.api")
 
@@ -89,7 +93,7 @@ class _Item:
     pixels: np.ndarray  # uint8 H×W×C, the image at its own size
 
 
-def _is_pil(obj) -> bool:
+def _is_pil(obj: object) -> bool:
     return type(obj).__module__.startswith("PIL.") and hasattr(obj, "mode") and hasattr(obj, "size")
 
 
@@ -121,14 +125,14 @@ def _collect(images: Images, errors: str) -> tuple[list[_Item], list[tuple[str, 
                 raise InputError(f"{path}: {err}") from None
             skipped.append((str(path), str(err)))
 
-    def add_memory(pixels_of, obj, name: str) -> None:
+    def add_memory(pixels_of: Callable[[Any], np.ndarray], obj: Any, name: str) -> None:
         try:
             items.append(_Item(name, pixels_of(obj)))
         except ImageError as err:
             raise InputError(f"{name}: {err}") from None
 
     single = not isinstance(images, (list, tuple))
-    for index, obj in enumerate([images] if single else images):
+    for index, obj in enumerate(list(images) if isinstance(images, (list, tuple)) else [images]):
         name = f"input[{index}]"
         if isinstance(obj, (str, Path)):
             path = Path(obj).expanduser()
@@ -194,7 +198,7 @@ class Predictions:
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows)
 
     def column(self, name: str) -> np.ndarray:
@@ -205,7 +209,7 @@ class Predictions:
         """The rows as a list of plain dicts (copies)."""
         return [dict(row) for row in self.rows]
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """The rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
         try:
             import pandas as pd
@@ -230,7 +234,7 @@ def trainer_settings(device: str, precision: str) -> dict:
     return {"accelerator": accelerator, "devices": 1, "precision": precision, "enable_model_summary": False}
 
 
-def _check_rule(threshold) -> str | float | None:
+def _check_rule(threshold: object) -> str | float | None:
     if threshold is None or isinstance(threshold, str) and threshold in THRESHOLD_RULES:
         return threshold
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and not math.isnan(threshold):
@@ -280,7 +284,9 @@ class Detector:
         kwargs = {**self.trainer_kwargs, "enable_progress_bar": progress}
         return run_scorer(self.scorer, dataset, kwargs, what="images")
 
-    def postprocess(self, results: dict[str, torch.Tensor], images: torch.Tensor, threshold=None) -> dict:
+    def postprocess(
+        self, results: dict[str, torch.Tensor], images: torch.Tensor, threshold: str | float | None = None
+    ) -> dict[str, Any]:
         """The run's calibration (``anogan.calibration.Calibration``, from the scorer file) applied to
         the scorer's outputs for model inputs ``images`` (uint8 N×C×S×S): ``raw_score``, ``score``
         (primary), ``p_value``, ``label``, ``complexity`` (N,), ``threshold`` (a float) and
@@ -422,7 +428,7 @@ class TrainResult:
         return self.run_dir / "scorer.pt"
 
 
-def compose(overrides: Sequence[str] = ()):
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The project's real Hydra config (``conf/``, as ``anogan-train`` composes it) with
     ``overrides``, including the ``hydra`` node. Raises ``ConfigError`` (Hydra's reason, one line)."""
     from hydra import compose as hydra_compose

@@ -28,6 +28,7 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +36,10 @@ from anogan.calibration import THRESHOLD_KEYS, Calibration
 from anogan.errors import UserError
 from anogan.gan_store import ARCH_DEFAULTS, build_networks, check_arch, load_checkpoint
 from anogan.metrics import THRESHOLD_RULES
+
+if TYPE_CHECKING:
+    from anogan.models.dcgan import Discriminator, Generator
+    from anogan.scorers.base import Scorer
 
 FORMAT = "anogan-scorer"
 VERSION = 2
@@ -93,7 +98,13 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def save_artifact(
-    path: Path, scorer, gan_arch: dict, calibration: Calibration | dict, preprocess: dict, precision: str, provenance: dict
+    path: Path,
+    scorer: Scorer,
+    gan_arch: dict,
+    calibration: Calibration | dict,
+    preprocess: dict,
+    precision: str,
+    provenance: dict,
 ) -> Path:
     """Write the scorer file (module docstring) atomically and return its path. ``calibration``:
     the run's ``Calibration`` (or its ``state()``)."""
@@ -123,7 +134,7 @@ def save_artifact(
 
 
 # ---------------------------------------------------------------------- checking
-def _type_name(kind) -> str:
+def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping", list: "a list"}
     names |= {torch.Tensor: "a tensor", type(None): "None"}
@@ -132,7 +143,7 @@ def _type_name(kind) -> str:
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
-def _is(value, kind) -> bool:
+def _is(value: object, kind: type | tuple[type, ...]) -> bool:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool):  # bool is an int to Python, never to a schema
         return bool in kinds
@@ -174,7 +185,7 @@ def migrate_v1(payload: dict) -> dict:
     if isinstance(cal, dict) and isinstance(cal.get("thresholds"), dict):
         thresholds = dict(cal["thresholds"])
         normals = cal.get("normal_scores")
-        fpr = thresholds.get("fpr")
+        fpr: Any = thresholds.get("fpr")
         if isinstance(normals, torch.Tensor) and _is(fpr, NUMBER) and len(normals):
             thresholds.setdefault("fpr_observed", float((normals.double() >= fpr).double().mean()))
         thresholds.setdefault("fpr_target", cal.get("target_fpr"))
@@ -242,9 +253,7 @@ def _scorer_class(path: Path, target: str) -> type:
 def _check_hparams(path: Path, cls: type, hparams: dict) -> None:
     """The scorer's settings are exactly its constructor's parameters (besides G and D), each of
     the type of its default: a missing one is refused, never filled with the class default."""
-    params = {
-        k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "generator", "discriminator")
-    }
+    params = {k: p for k, p in inspect.signature(cls).parameters.items() if k not in ("generator", "discriminator")}
     for name, param in params.items():
         if name not in hparams:
             raise ArtifactError(
@@ -254,9 +263,16 @@ def _check_hparams(path: Path, cls: type, hparams: dict) -> None:
         default, value = param.default, hparams[name]
         if default is inspect.Parameter.empty or default is None or value is None:
             continue
-        kind = {bool: bool, int: int, float: NUMBER, str: str, tuple: (tuple, list), list: (tuple, list), dict: dict}.get(
-            type(default)
-        )
+        kinds: dict[type, type | tuple[type, ...]] = {
+            bool: bool,
+            int: int,
+            float: NUMBER,
+            str: str,
+            tuple: (tuple, list),
+            list: (tuple, list),
+            dict: dict,
+        }
+        kind = kinds.get(type(default))
         if kind is not None and not _is(value, kind):
             raise ArtifactError(
                 f"{path}: entry 'scorer.hparams.{name}' is {type(value).__name__} {value!r}, not {_type_name(kind)}: {DAMAGED}."
@@ -293,12 +309,12 @@ def check_state_dict(
             raise ArtifactError(f"{path}: entry '{where}' holds '{prefix}{k}' as {shape}, not {tuple(want.shape)}: {DAMAGED}.")
 
 
-def check_payload(payload, path: Path) -> dict:
+def check_payload(payload: object, path: Path) -> dict[str, Any]:
     """The scorer file's contents checked against ``SCHEMA`` (a version-1 file migrated first);
     returns the version-2 payload. ``ArtifactError`` (one line) on the first problem."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an anogan scorer file (no '{FORMAT}' format tag).")
-    version = payload.get("version")
+    version: Any = payload.get("version")
     if not _is(version, int) or version < 1:
         raise ArtifactError(f"{path}: entry 'version' is {version!r}, not a format version (1 or {VERSION}): {DAMAGED}.")
     if version > VERSION:
@@ -330,7 +346,7 @@ def read_artifact(path: str | Path) -> dict:
     return check_payload(payload, path)
 
 
-def gan_from_artifact(payload: dict, path: Path | str = FILENAME) -> tuple[torch.nn.Module, torch.nn.Module]:
+def gan_from_artifact(payload: dict, path: Path | str = FILENAME) -> tuple[Generator, Discriminator]:
     """G and D (eval mode) rebuilt from a checked scorer file's contents; ``ArtifactError`` when their
     tensors are incomplete or of other shapes."""
     try:
@@ -345,7 +361,7 @@ def gan_from_artifact(payload: dict, path: Path | str = FILENAME) -> tuple[torch
     return generator.eval(), discriminator.eval()
 
 
-def load_artifact(path: str | Path):
+def load_artifact(path: str | Path) -> tuple[Scorer, dict[str, Any]]:
     """``(scorer, payload)``: the scorer rebuilt with its weights (eval mode) and the file's checked
     contents (``payload["calibration"]``: ``Calibration.state``; ``["preprocess"]``,
     ``["precision"]``, ``["provenance"]``). ``ArtifactError`` (one line) for any problem."""
@@ -366,7 +382,7 @@ def load_artifact(path: str | Path):
     return scorer.eval(), payload
 
 
-def load_gan_checkpoint(path: str | Path, arch: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+def load_gan_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discriminator]:
     """``gan.checkpoint=...``: G and D from a scorer file, or a run folder holding one (the exact GAN
     the run scored with, cached or not; checked as ``read_artifact`` does), else from a GAN folder
     or a GAN .ckpt (``anogan.gan_store.load_checkpoint``). ``arch``: the configured architecture,

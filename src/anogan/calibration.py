@@ -69,7 +69,7 @@ def resolve_auto(raw: torch.Tensor, image_complexity: torch.Tensor, labels: torc
     return "complexity" if auroc["complexity"] > auroc["none"] else "none"
 
 
-def _nan_if_none(value) -> float:
+def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
@@ -84,6 +84,13 @@ class Calibration(nn.Module):
     it with ``.to(device)``, but do not cast it (``.float()``/``.half()`` on a parent module would
     round the thresholds and the normals' scores, and ties would flip).
     """
+
+    normal_scores: torch.Tensor
+    rule_thresholds: torch.Tensor
+    threshold: torch.Tensor
+    combine_mean: torch.Tensor
+    combine_std: torch.Tensor
+    combine_log: torch.Tensor
 
     def __init__(
         self,

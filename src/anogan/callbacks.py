@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
 from anogan.io import atomic_save_image
+
+if TYPE_CHECKING:
+    from anogan.models.gan import GAN
 
 
 class SampleGrid(L.Callback):
@@ -28,7 +32,7 @@ class SampleGrid(L.Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs and not trainer.should_stop:
             return
-        images = pl_module.sample().float().cpu()
+        images = cast("GAN", pl_module).sample().float().cpu()
         grid = make_grid(images, nrow=self.nrow, normalize=True, value_range=(-1, 1))
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_save_image(grid, self.folder / f"epoch_{epoch:04d}.png")
@@ -49,9 +53,12 @@ class GANIterationLimit(L.Callback):
     @staticmethod
     def batches_done(trainer: L.Trainer) -> int:
         """Training batches run so far (restored from a checkpoint on resume)."""
-        return trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        total: Any = trainer.fit_loop.epoch_loop.batch_progress.total  # a _ProcessedTracker (declared as its base)
+        return int(total.processed)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.batches_done(trainer) >= self.max_batches:
             trainer.should_stop = True
 
@@ -73,8 +80,10 @@ class RandomStateCheckpoint(L.Callback):
     ``GAN.on_train_start`` re-offsets ranks > 0: exact resume is guaranteed for one process.
     """
 
-    def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+    def state_dict(self) -> dict[str, Any]:
+        # the legacy form: (kind, keys, pos, has_gauss, cached)
+        legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+        kind, keys, pos, has_gauss, cached = legacy
         version, internal, gauss_next = random.getstate()
         return {
             "torch": torch.get_rng_state(),
@@ -89,7 +98,7 @@ class RandomStateCheckpoint(L.Callback):
             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         }
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
         cuda = state_dict["cuda"]
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

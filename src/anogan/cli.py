@@ -54,7 +54,7 @@ def parse_key_values(argv: list[str], schema: type, usage: str, error: type[User
     return cfg
 
 
-def _type_name(kind) -> str:
+def _type_name(kind: object) -> str:
     text = str(kind)
     if "bool" in text:
         return "true or false"

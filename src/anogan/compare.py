@@ -25,19 +25,28 @@ import math
 import sys
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import torch
 
 from anogan.errors import UserError
-from anogan.metrics import _check_both_classes, _weighted_auroc, auroc, midranks, percentile_interval, stratified_counts
+from anogan.metrics import (
+    ScoresLike,
+    _check_both_classes,
+    _weighted_auroc,
+    auroc,
+    midranks,
+    percentile_interval,
+    stratified_counts,
+)
 
 
 class CompareError(UserError):
     """The two runs cannot be compared (missing file, other images, one class)."""
 
 
-def _inputs(scores_a, scores_b, labels):
+def _inputs(scores_a: ScoresLike, scores_b: ScoresLike, labels: ScoresLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = np.asarray(scores_a, dtype=np.float64).ravel(), np.asarray(scores_b, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)
     if not len(a) == len(b) == len(y):
@@ -48,7 +57,9 @@ def _inputs(scores_a, scores_b, labels):
     return a, b, y
 
 
-def paired_bootstrap(scores_a, scores_b, labels, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_bootstrap(
+    scores_a: ScoresLike, scores_b: ScoresLike, labels: ScoresLike, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Stratified paired bootstrap of AUROC(a) − AUROC(b) on the same images.
 
     ``scores_a``, ``scores_b``, ``labels``: shape (n,), row i the same image under both runs,
@@ -80,7 +91,7 @@ def paired_bootstrap(scores_a, scores_b, labels, n_resamples: int = 2000, seed: 
     }
 
 
-def delong_components(scores, labels):
+def delong_components(scores: ScoresLike, labels: ScoresLike) -> tuple[float, np.ndarray, np.ndarray]:
     """Sun & Xu's (2014) structural components of one scorer's AUROC: (auroc, V10 (n1,), V01 (n0,))
     with V10_i = P(anomaly i > a normal) and V01_j = P(an anomaly > normal j), ties counted ½."""
     s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
@@ -93,7 +104,7 @@ def delong_components(scores, labels):
     return float((t_all[:m].sum() - m * (m + 1) / 2) / (m * n)), v10, v01
 
 
-def delong(scores_a, scores_b, labels, level: float = 0.95) -> dict:
+def delong(scores_a: ScoresLike, scores_b: ScoresLike, labels: ScoresLike, level: float = 0.95) -> dict[str, Any]:
     """DeLong's test (1988) of AUROC(a) = AUROC(b) for two scorers of the same images, by the
     O(n log n) algorithm of Sun & Xu (2014).
 
@@ -154,7 +165,7 @@ def read_test_scores(run_dir: Path) -> dict[int, tuple[int, float]]:
     return rows
 
 
-def join_runs(run_a: Path, run_b: Path):
+def join_runs(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Test scores of both runs on the same images, sorted by id: (ids, labels, scores_a, scores_b).
     Raises ``CompareError`` when the image sets or their labels differ."""
     a, b = read_test_scores(run_a), read_test_scores(run_b)

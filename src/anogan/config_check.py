@@ -27,7 +27,7 @@ from anogan.io import describe_os_error
 __all__ = ["ConfigError", "check_config", "check_run_environment", "group_choices", "probe_writable"]
 
 
-def _fail(key: str, value, allowed: str) -> None:
+def _fail(key: str, value: object, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.")
 
 

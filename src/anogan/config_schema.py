@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
@@ -103,11 +103,11 @@ def rule(ok: Callable[[Any], bool], allowed: str, default: Any = MISSING) -> Any
     return field(default=default, metadata={"rule": Rule(ok, allowed)})
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def is_whole(value) -> bool:
+def is_whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -138,11 +138,11 @@ def one_of(choices: tuple, allowed: str | None = None) -> Any:
     return rule(lambda v: v in choices, allowed or f"use one of {', '.join(map(str, choices))}")
 
 
-def _subset(value) -> bool:
+def _subset(value: object) -> bool:
     return value is None or (is_number(value) and value > 0 and (value <= 1 or float(value).is_integer()))
 
 
-def _normal_class(value) -> bool:
+def _normal_class(value: Any) -> bool:
     try:
         class_index(value)
     except (ValueError, TypeError):
@@ -162,7 +162,7 @@ def _precisions() -> tuple:
     return get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS) + get_args(_PRECISION_INPUT_INT)
 
 
-def _devices(value) -> bool:
+def _devices(value: Any) -> bool:
     return (
         value == "auto"
         or (is_whole(value) and (value >= 1 or value == -1))
@@ -175,7 +175,7 @@ def _devices(value) -> bool:
     )
 
 
-def _limit_batches(value) -> bool:
+def _limit_batches(value: object) -> bool:
     return value is None or (is_whole(value) and value >= 1) or (is_number(value) and not is_whole(value) and 0 < value <= 1)
 
 
@@ -203,6 +203,7 @@ class Config:
 
     seed: int = MISSING
     ckpt_path: str | None = MISSING
+    plan: bool = MISSING  # anogan.estimate.show_plan
     overwrite: bool = MISSING
     gan: GanSource = MISSING
     optimized_metric: str = MISSING  # checked by anogan.sweep.parse_optimized_metric
@@ -238,7 +239,10 @@ class Trainer:
     num_nodes: int = whole(1, default=1)
     strategy: Any = "auto"
     sync_batchnorm: bool = False
-    precision: Any = rule(lambda v: v in _precisions(), "Lightning accepts " + ", ".join(map(str, _precisions())))
+    precision: Any = rule(  # auto: anogan.hardware.resolve_precision
+        lambda v: v == "auto" or v in _precisions(),
+        "use auto or a value Lightning accepts: " + ", ".join(map(str, _precisions())),
+    )
     max_epochs: int = rule(
         lambda v: v == -1 or (is_whole(v) and v >= 1),
         f"use a whole number >= 1 ({UNTRAINED}; a trained GAN can be given with gan.checkpoint=...)",
@@ -339,7 +343,7 @@ class DataCommon:
     )
 
 
-def _target_fpr(value) -> bool:
+def _target_fpr(value: object) -> bool:
     return value is None or (is_number(value) and 0.0 < value < 1.0)
 
 
@@ -523,7 +527,7 @@ def _accepts(target: str, key: str) -> bool:
     """Whether the class ``target`` takes ``key`` as a keyword argument (True when it cannot be imported:
     instantiate then reports it)."""
     try:
-        params = inspect.signature(get_class(target).__init__).parameters
+        params = inspect.signature(get_class(target)).parameters  # the constructor's, without self
     except Exception:
         return True
     return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -533,7 +537,7 @@ def _walk(node: DictConfig, path: str) -> None:
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
         fields = {f.name: f for f in dataclasses.fields(schema)}
-        for key in node:
+        for key in map(str, node):
             if key not in fields:
                 raise _unknown_key(f"{path}{key}", list(fields))
         for name, spec in fields.items():
@@ -544,10 +548,10 @@ def _walk(node: DictConfig, path: str) -> None:
                     raise ConfigError(f"{path}{name}={value!r} is not allowed: {check.allowed}.")
     elif "_target_" in node:
         target = node["_target_"]
-        for key in node:
+        for key in map(str, node):
             if key != "_target_" and not _accepts(target, key):
-                raise _unknown_key(f"{path}{key}", [k for k in node if k != key])
-    for key in node:
+                raise _unknown_key(f"{path}{key}", [str(k) for k in node if k != key])
+    for key in map(str, node):
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             _walk(child, f"{path}{key}.")
@@ -578,7 +582,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------ Hydra's composition errors
-def _allowed(schema, key: str) -> str:
+def _allowed(schema: object, key: str) -> str:
     """What a field of ``schema`` allows, from its rule or its type."""
     spec = {f.name: f for f in dataclasses.fields(schema)}.get(key) if dataclasses.is_dataclass(schema) else None
     if spec is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 _LIGHTNING_INFO = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
@@ -24,7 +25,7 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 
 @contextmanager
-def quiet_lightning():
+def quiet_lightning() -> Iterator[None]:
     """Lightning's per-Trainer banner ("GPU available: ...") is printed once, by the GAN stage's
     Trainer; the later Trainers of a run (scoring, encoder) stay quiet."""
     loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO]

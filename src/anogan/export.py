@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from anogan.artifact import load_artifact, resolve_path
 from anogan.calibration import Calibration, complexity_of_model_input
 from anogan.errors import UserError
 from anogan.io import atomic_write_text
-from anogan.scorers import DFeatureScorer, EncoderScorer, TransformationScorer
+from anogan.scorers import DFeatureScorer, EncoderScorer, Scorer, TransformationScorer
 from anogan.scores import complexity
 
 log = logging.getLogger("anogan.export")
@@ -60,13 +61,13 @@ class ScorerGraph(nn.Module):
         self.scorer, self.calibration = scorer, calibration
         self.output_names = ["score", "raw_score", *(["anomaly_map"] if scorer.hparams.maps else []), "p_value", "label"]
 
-    def forward(self, image: torch.Tensor):
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.scorer(image)
         post = self.calibration(out, complexity_of_model_input(image))
         return tuple(out["map"] if name == "anomaly_map" else post[name] for name in self.output_names)
 
 
-def _check_images(scorer, payload: dict, input: Path | None, n: int = 32) -> torch.Tensor:
+def _check_images(scorer: Scorer, payload: dict, input: Path | None, n: int = 32) -> torch.Tensor:
     """uint8 images (N×C×S×S) to check the export on: ``input``'s, or quantised G(z) samples."""
     prep = payload["preprocess"]
     if input is not None:
@@ -83,7 +84,7 @@ def _check_images(scorer, payload: dict, input: Path | None, n: int = 32) -> tor
     return ((fake + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def reference_outputs(scorer, calibration: Calibration, images: torch.Tensor) -> dict[str, np.ndarray]:
+def reference_outputs(scorer: Scorer, calibration: Calibration, images: torch.Tensor) -> dict[str, np.ndarray]:
     """What the framework itself gives for uint8 ``images``: ``anogan.inference.run_scorer`` (the
     path of the run and of ``predict.py``) on the CPU in float32, then the calibration."""
     from anogan.data.splits import AnomalySplit
@@ -218,7 +219,7 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    args = {"ckpt": None, "out": None, "input": None}
+    args: dict[str, Any] = {"ckpt": None, "out": None, "input": None}
     try:
         for item in sys.argv[1:] if argv is None else argv:
             key, sep, value = item.partition("=")

@@ -24,8 +24,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import filelock
 import torch
@@ -35,6 +37,9 @@ from anogan.errors import UserError
 from anogan.io import atomic_torch_save, atomic_write_text
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.transforms import transform_count
+
+if TYPE_CHECKING:
+    from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ class GANLoadError(UserError):
     """A checkpoint or weight file is missing, unreadable or does not fit the configured model."""
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file in the same folder (see :mod:`anogan.io`).
 
     Raises:
@@ -97,7 +102,7 @@ def _load_state(path: Path, what: str) -> dict:
 
 
 # gan.json: the architecture (ARCH_KEYS, with these types) and what the pipeline adds
-GAN_JSON_TYPES = {
+GAN_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "latent_dim": int,
     "channels": int,
     "image_size": int,
@@ -107,7 +112,7 @@ GAN_JSON_TYPES = {
     "spectral_norm": bool,
     "self_supervised": (str, type(None)),
 }
-GAN_JSON_EXTRAS = {"cache_key": str, "spec": dict, "selection": dict, "health": dict}
+GAN_JSON_EXTRAS: dict[str, type | tuple[type, ...]] = {"cache_key": str, "spec": dict, "selection": dict, "health": dict}
 
 
 def read_gan_json(folder: Path) -> dict:
@@ -252,6 +257,11 @@ def world_size(cfg: DictConfig) -> int | str:
     return devices * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
+def _as_dict(group: DictConfig) -> dict[str, Any]:
+    """A config group as a plain dict (OmegaConf declares lists and scalars too; a group is a mapping)."""
+    return cast(dict[str, Any], OmegaConf.to_container(group, resolve=True))
+
+
 def cache_key(cfg: DictConfig) -> tuple[str, dict]:
     """A hash of everything that determines the trained GAN (and nothing that does not): the data
     it is trained on, the model, the training settings, the seed, the training code's version and
@@ -260,9 +270,9 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
     # val_subset (which rows) changes the GAN that is kept
     selection = (cfg.model.get("selection") or {}).get("every_n_epochs") is not None
     eval_only = [k for k in EVAL_ONLY_DATA_KEYS if not (selection and k == "val_subset")]
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in eval_only}
+    data = {k: v for k, v in _as_dict(cfg.data).items() if k not in eval_only}
     data["root"] = str(Path(data["root"]).expanduser().resolve())
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = _as_dict(cfg.trainer)
     spec = {
         "data": data,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -276,7 +286,7 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict]:
 
 
 @contextmanager
-def cache_lock(cache_dir: Path, key: str):
+def cache_lock(cache_dir: Path, key: str) -> Iterator[None]:
     """An exclusive lock per cache entry (``filelock.FileLock`` on ``<key>.lock``): a second job
     waits, then finds the entry trained. Where the filesystem refuses locks, jobs go on without
     one (a warning): publishing stays atomic, at worst two jobs train the same GAN."""
@@ -348,7 +358,7 @@ def publish(source: Path, cache_dir: Path, key: str) -> Path | None:
     return target
 
 
-def encoder_cache_key(cfg: DictConfig, scorer) -> str:
+def encoder_cache_key(cfg: DictConfig, scorer: Scorer) -> str:
     """A hash of everything that determines a scorer's trained encoder: the weights of its G and D
     (wherever the GAN came from: trained, cached or given), the training images and their batches
     (``cfg.data`` as in ``cache_key``), precision, batch limit and world size, the encoder's own

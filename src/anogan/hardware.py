@@ -1,4 +1,5 @@
-"""What the CPU can do: native bfloat16, and what asking for bf16 without it costs."""
+"""What the hardware can do: native bfloat16, the precision ``trainer.precision=auto`` resolves to
+(the one place that decides it), and what asking for bf16 without native support costs."""
 
 from __future__ import annotations
 
@@ -47,9 +48,33 @@ def bf16_slowdown(repeats: int = 3) -> float:
     return run(True) / run(False)
 
 
-def warn_if_slow_bf16(precision, accelerator: str) -> float | None:
+def device_has_native_bf16(accelerator: str) -> bool:
+    """True when the device Lightning will use for ``accelerator`` computes in bfloat16 natively:
+    a CUDA GPU that supports bf16, or (``cpu``, or ``auto`` without a GPU) a CPU with AVX512_BF16,
+    AMX-BF16 or ARM's bf16 (:func:`cpu_has_native_bf16`)."""
+    accelerator = str(accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator in ("cpu", "auto"):
+        return cpu_has_native_bf16()
+    return False  # mps, tpu, ...: Lightning's bf16 there is not what this project measured
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str | int:
+    """``trainer.precision`` as Lightning takes it: ``auto`` becomes ``bf16-mixed`` where the device
+    does bf16 natively (:func:`device_has_native_bf16`) and ``32-true`` elsewhere; any other value is
+    returned unchanged. bf16-mixed keeps weights and optimiser state in fp32 and runs convolutions and
+    matrix products in bf16 (docs/performance.md has the speed and AUROC measurements)."""
+    if str(precision) != "auto":
+        return precision
+    return "bf16-mixed" if device_has_native_bf16(accelerator) else "32-true"
+
+
+def warn_if_slow_bf16(precision: str | int | None, accelerator: str) -> float | None:
     """On a CPU without native bf16, a bf16 precision is emulated: warn once with the measured
-    slowdown (returned), so advice follows the machine rather than a table."""
+    slowdown (returned), so advice follows the machine rather than a table. On a CPU with native
+    bf16 (AVX512_BF16 or AMX) nothing is measured or printed: bf16 is the fast choice there.
+    ``precision`` is the resolved value (:func:`resolve_precision`)."""
     if "bf16" not in str(precision) or str(accelerator) not in ("cpu", "auto") or torch.cuda.is_available():
         return None
     if cpu_has_native_bf16():

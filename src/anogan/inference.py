@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Sized
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -25,6 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from anogan.console import quiet_lightning
 from anogan.io import atomic_torch_save, atomic_write_text
+from anogan.progress import progress_callbacks
+
+if TYPE_CHECKING:
+    from anogan.scorers.base import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,9 @@ class ScoringProgressBar(TQDMProgressBar):
     def predict_description(self) -> str:
         return self._description
 
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+    def on_predict_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
         self.predict_progress_bar.set_description(self._description)  # not "... DataLoader 0"
 
@@ -51,12 +59,14 @@ class _BatchCache(L.Callback):
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         path = self.folder / f"part-r{trainer.global_rank}-{int(outputs['row'][0]):08d}.pt"
         atomic_torch_save(outputs, path)
 
 
-def fingerprint(scorer: L.LightningModule, dataset: Dataset) -> str:
+def fingerprint(scorer: Scorer, dataset: Dataset) -> str:
     """A hash of the scorer's weights and settings and of the images: cached batches are reused
     only for the same scorer on the same images."""
     h = hashlib.sha256(json.dumps(dict(scorer.hparams), sort_keys=True, default=str).encode())
@@ -64,7 +74,7 @@ def fingerprint(scorer: L.LightningModule, dataset: Dataset) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     images = getattr(dataset, "images", None)
-    h.update(images.contiguous().numpy().tobytes() if images is not None else str(len(dataset)).encode())
+    h.update(images.contiguous().numpy().tobytes() if images is not None else str(len(cast(Sized, dataset))).encode())
     return h.hexdigest()[:32]
 
 
@@ -104,7 +114,7 @@ def _merge(parts: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def run_scorer(
-    scorer: L.LightningModule,
+    scorer: Scorer,
     dataset: Dataset,
     trainer_kwargs: dict,
     cache_dir: Path | None = None,
@@ -115,17 +125,19 @@ def run_scorer(
     ``scorer.predict_step``; return the outputs of all rows (``row`` 0..len-1, sorted), gathered
     across processes. ``trainer_kwargs``: Trainer arguments (accelerator, devices, precision, ...);
     ``callbacks``: extra Lightning callbacks for the prediction loop."""
+    n_rows = len(cast(Sized, dataset))  # a map-style dataset: one row per image
     done: list[dict] = []
     if cache_dir is not None:
         done = _load_cache(Path(cache_dir), fingerprint(scorer, dataset))
     done_rows = set(torch.cat([p["row"] for p in done]).tolist()) if done else set()
-    todo = [i for i in range(len(dataset)) if i not in done_rows]
+    todo = [i for i in range(n_rows) if i not in done_rows]
     if done_rows:
-        log.info("resuming scoring: %d of %d %s already scored in %s", len(done_rows), len(dataset), what, cache_dir)
+        log.info("resuming scoring: %d of %d %s already scored in %s", len(done_rows), n_rows, what, cache_dir)
     new: list[dict] = []
     if todo:
-        bar = ScoringProgressBar(f"Scoring {len(todo)} {what} ({scorer.summary()})")
-        callbacks = [*(callbacks or []), bar] if trainer_kwargs.get("enable_progress_bar", True) else [*(callbacks or [])]
+        phase = f"Scoring {len(todo)} {what} ({scorer.summary()})"
+        bar = progress_callbacks(phase, trainer_kwargs.get("enable_progress_bar", True), ScoringProgressBar(phase))
+        callbacks = [*(callbacks or []), *bar]
         if cache_dir is not None:
             callbacks.insert(0, _BatchCache(Path(cache_dir)))
         kwargs = {
@@ -133,14 +145,14 @@ def run_scorer(
         }
         with quiet_lightning():
             trainer = L.Trainer(**kwargs, logger=False, callbacks=callbacks, enable_checkpointing=False, inference_mode=False)
-        subset = dataset if len(todo) == len(dataset) else Subset(dataset, todo)
+        subset = dataset if len(todo) == n_rows else Subset(dataset, todo)
         loader = DataLoader(subset, batch_size=int(scorer.hparams.batch_size), shuffle=False)
-        new = trainer.predict(scorer, dataloaders=loader, return_predictions=True) or []
+        new = cast(list[dict], trainer.predict(scorer, dataloaders=loader, return_predictions=True) or [])  # one dict per batch
         if trainer.world_size > 1:
-            gathered = [None] * trainer.world_size
+            gathered: list[list[dict] | None] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, new)
-            new = [p for rank in gathered for p in rank]
+            new = [p for rank in gathered for p in rank or []]
     results = _merge(done + new)
-    if len(results["row"]) != len(dataset):
-        raise RuntimeError(f"scoring returned {len(results['row'])} rows for {len(dataset)} {what}: some were lost")
+    if len(results["row"]) != n_rows:
+        raise RuntimeError(f"scoring returned {len(results['row'])} rows for {n_rows} {what}: some were lost")
     return results

@@ -20,12 +20,15 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from anogan.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class WriteError(UserError):
@@ -63,9 +66,10 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``.
 
+    Any other exception of ``write`` propagates unchanged (the temporary file is removed).
+
     Raises:
         WriteError: an ``OSError`` while creating, writing or renaming (the target is untouched).
-        Any other exception of ``write`` propagates unchanged (the temporary file is removed).
     """
     path = Path(path)
     tmp = None
@@ -89,7 +93,11 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically. Raises: WriteError (disk full, read-only, ...)."""
-    return atomic_write(path, lambda handle: handle.write(data))
+
+    def write(handle: io.BufferedWriter) -> None:
+        handle.write(data)
+
+    return atomic_write(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -102,14 +110,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
+def atomic_savefig(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
     """``fig.savefig(path, **kwargs)`` (matplotlib), atomically; the format comes from the suffix
     unless ``format=`` is given. Raises: WriteError (disk full, read-only, ...)."""
     kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
     return atomic_write(path, lambda handle: fig.savefig(handle, **kwargs))
 
 
-def atomic_save_image(tensor: torch.Tensor, path: str | Path, **kwargs) -> Path:
+def atomic_save_image(tensor: torch.Tensor, path: str | Path, **kwargs: Any) -> Path:
     """``torchvision.utils.save_image(tensor, path, **kwargs)``, atomically.
     Raises: WriteError (disk full, read-only, ...)."""
     from torchvision.utils import save_image
@@ -128,7 +136,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     target, so the previous checkpoint stays loadable until the new one is complete.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         """Raises: WriteError (disk full, read-only, ...); TypeError if ``storage_options`` is given."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")

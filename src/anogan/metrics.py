@@ -15,7 +15,9 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from torchmetrics.functional.classification import (
 from anogan.errors import UserError
 
 THRESHOLD_RULES = ("fpr", "f1", "youden")
+
+# Scores or labels as callers hold them: a tensor, an array or a list (converted to float64 inside).
+ScoresLike: TypeAlias = "torch.Tensor | np.ndarray | Sequence[float]"
 
 
 class OneClassSplitError(UserError):
@@ -56,7 +61,7 @@ def _check_both_classes(labels: torch.Tensor, what: str) -> None:
         )
 
 
-def _as_float64(x, name: str) -> torch.Tensor:
+def _as_float64(x: ScoresLike, name: str) -> torch.Tensor:
     t = torch.as_tensor(x).double().flatten()
     if torch.isnan(t).any():
         raise ValueError(f"{name} holds NaN scores")
@@ -64,7 +69,7 @@ def _as_float64(x, name: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- conformal p-values
-def conformal_p_values(calibration_normal_scores, scores) -> torch.Tensor:
+def conformal_p_values(calibration_normal_scores: ScoresLike, scores: ScoresLike) -> torch.Tensor:
     """Conformal p-value of each score against normal calibration scores (Vovk et al. 2005;
     Bates et al., Ann. Statist. 2023, eq. 2):
 
@@ -92,7 +97,7 @@ def conformal_p_values(calibration_normal_scores, scores) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- thresholds
-def _cut_points(scores: torch.Tensor, labels: torch.Tensor):
+def _cut_points(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each distinct score t (descending): true/false positives when predicting score >= t."""
     order = torch.argsort(scores.double(), descending=True, stable=True)
     s, y = scores.double()[order], labels.double()[order]
@@ -114,7 +119,7 @@ def min_normals_for_fpr(target_fpr: float) -> int:
     return n
 
 
-def fpr_threshold(normal_scores, target_fpr: float = 0.05) -> float:
+def fpr_threshold(normal_scores: ScoresLike, target_fpr: float = 0.05) -> float:
     """The smallest threshold t such that ``(1 + #{normals ≥ t}) / (n + 1) ≤ target_fpr``.
 
     Exact relation to the conformal p-values (same normals as calibration): for every float64
@@ -276,7 +281,7 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def auroc(scores, labels) -> float:
+def auroc(scores: ScoresLike, labels: ScoresLike) -> float:
     """AUROC as the Mann-Whitney statistic P(anomalous > normal) + ½ P(equal), from average ranks
     (Hanley & McNeil 1982). ``scores``, ``labels``: shape (n,). Raises ``OneClassSplitError``."""
     s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
@@ -285,7 +290,7 @@ def auroc(scores, labels) -> float:
     return float((midranks(s)[y].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def _weighted_wins(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray):
+def _weighted_wins(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For weight rows ``w_neg`` (B, n0) over the normals: per anomaly, the weighted count of
     normals below it plus half of those tied (B, n1), and of normals at or above it (B, n1)."""
     order = np.argsort(neg, kind="stable")
@@ -297,13 +302,13 @@ def _weighted_wins(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray):
     return 0.5 * (cb + cu), cum[:, -1:] - cb
 
 
-def _weighted_auroc(neg, pos, w_neg, w_pos) -> np.ndarray:
+def _weighted_auroc(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray, w_pos: np.ndarray) -> np.ndarray:
     """AUROC of each weighted resample (rows of ``w_neg`` (B, n0), ``w_pos`` (B, n1))."""
     wins, _ = _weighted_wins(neg, pos, w_neg)
     return (w_pos * wins).sum(1) / (w_neg.sum(1) * w_pos.sum(1))
 
 
-def _weighted_ap(neg, pos, w_neg, w_pos) -> np.ndarray:
+def _weighted_ap(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray, w_pos: np.ndarray) -> np.ndarray:
     """Average precision of each weighted resample: mean over the anomalies of the precision at
     their own score as threshold (ties counted together, as torchmetrics / scikit-learn do)."""
     _, fp = _weighted_wins(neg, pos, w_neg)
@@ -321,18 +326,20 @@ def _weighted_ap(neg, pos, w_neg, w_pos) -> np.ndarray:
 _STATISTICS = {"auroc": _weighted_auroc, "ap": _weighted_ap}
 
 
-def stratified_counts(n0: int, n1: int, n_resamples: int, rng: np.random.Generator):
+def stratified_counts(n0: int, n1: int, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Multiplicities of a stratified bootstrap: each row draws n0 normals and n1 anomalies with
     replacement. Returns ((B, n0), (B, n1)) float64 counts."""
 
-    def counts(n):
+    def counts(n: int) -> np.ndarray:
         idx = rng.integers(0, n, size=(n_resamples, n)) + n * np.arange(n_resamples)[:, None]
         return np.bincount(idx.ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
 
     return counts(n0), counts(n1)
 
 
-def bootstrap_statistics(scores, labels, metrics=("auroc", "ap"), n_resamples: int = 2000, seed: int = 0) -> dict:
+def bootstrap_statistics(
+    scores: ScoresLike, labels: ScoresLike, metrics: Sequence[str] = ("auroc", "ap"), n_resamples: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
     """The bootstrap distribution of each metric (``auroc``, ``ap``): {metric: (n_resamples,)}.
     Stratified: every resample keeps the numbers of normals and anomalies. Seeded (numpy PCG64)."""
     s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
@@ -342,7 +349,7 @@ def bootstrap_statistics(scores, labels, metrics=("auroc", "ap"), n_resamples: i
         raise ValueError(f"unknown metric(s) {sorted(unknown)}: use {sorted(_STATISTICS)}")
     neg, pos = s[~y], s[y]
     rng = np.random.default_rng(seed)
-    out = {m: [] for m in metrics}
+    out: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     chunk = max(1, min(n_resamples, 4_000_000 // len(s)))  # bound the memory of the count matrices
     for start in range(0, n_resamples, chunk):
         w_neg, w_pos = stratified_counts(len(neg), len(pos), min(chunk, n_resamples - start), rng)
@@ -359,7 +366,9 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     return float(lo), float(hi)
 
 
-def bootstrap_ci(scores, labels, metric: str = "auroc", n_resamples: int = 2000, seed: int = 0, level: float = 0.95):
+def bootstrap_ci(
+    scores: ScoresLike, labels: ScoresLike, metric: str = "auroc", n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Stratified percentile bootstrap interval ``(low, high)`` for AUROC or average precision
     (Efron & Tibshirani 1993, ch. 13): normals and anomalies are resampled separately with
     replacement, keeping their counts; the same seed gives the same interval.

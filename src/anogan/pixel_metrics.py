@@ -15,19 +15,25 @@ with an all-zero mask contributes only to the false-positive rate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeAlias
+
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from anogan.errors import UserError
-from anogan.metrics import auroc, to_unit_interval
+from anogan.metrics import ScoresLike, auroc, to_unit_interval
+
+# Anomaly maps or masks, (N, H, W): a tensor or an array.
+MapsLike: TypeAlias = "torch.Tensor | np.ndarray"
 
 
 class MaskError(UserError):
     """Maps and masks that cannot be scored (shapes differ, no defect pixel, no normal pixel)."""
 
 
-def _check(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+def _check(maps: MapsLike, masks: MapsLike) -> tuple[np.ndarray, np.ndarray]:
     m = np.asarray(maps.detach().cpu() if isinstance(maps, torch.Tensor) else maps, dtype=np.float64)
     g = np.asarray(masks.detach().cpu() if isinstance(masks, torch.Tensor) else masks)
     if m.ndim != 3 or m.shape != g.shape:
@@ -44,7 +50,7 @@ def _check(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     return m, g
 
 
-def pixel_auroc(maps, masks) -> float:
+def pixel_auroc(maps: MapsLike, masks: MapsLike) -> float:
     """AUROC over all pixels of all images (torchmetrics ``binary_auroc`` on the flattened maps,
     mapped monotonically into [0, 1] first so that no sigmoid is applied). Raises ``MaskError``."""
     m, g = _check(maps, masks)
@@ -52,7 +58,7 @@ def pixel_auroc(maps, masks) -> float:
     return float(binary_auroc(preds, torch.from_numpy(g.ravel().astype(np.int64))))
 
 
-def connected_components(masks) -> np.ndarray:
+def connected_components(masks: MapsLike) -> np.ndarray:
     """Labels of the 8-connected components of each image's mask: int64 (N, H, W), 0 for
     background, 1..R for the R regions of all images (no region spans two images).
 
@@ -92,7 +98,7 @@ def connected_components(masks) -> np.ndarray:
     return labels
 
 
-def pro_curve(maps, masks, num_thresholds: int | None = None):
+def pro_curve(maps: MapsLike, masks: MapsLike, num_thresholds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """False-positive rate and per-region overlap of flagging ``map ≥ t`` for every threshold t:
     all distinct map values (exact) or, with ``num_thresholds``, that many evenly spaced between
     the smallest and the largest value. Returns (fpr, pro), float64 arrays ordered by decreasing
@@ -135,7 +141,7 @@ def integrate_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
-def aupro(maps, masks, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
+def aupro(maps: MapsLike, masks: MapsLike, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
     """Area under the per-region-overlap curve up to the pixel false-positive rate ``fpr_limit``,
     divided by ``fpr_limit`` (Bergmann et al., IJCV 2021), in [0, 1].
 
@@ -150,7 +156,7 @@ def aupro(maps, masks, fpr_limit: float = 0.3, num_thresholds: int | None = None
     return integrate_to(fpr, pro, fpr_limit) / fpr_limit
 
 
-def per_defect_auroc(scores, labels, defect_names) -> dict[str, float]:
+def per_defect_auroc(scores: ScoresLike, labels: ScoresLike, defect_names: Sequence[str] | np.ndarray) -> dict[str, float]:
     """Image AUROC of each defect type against all normal images: ``{defect: auroc}``.
 
     ``scores``, ``labels`` (1 = anomalous), ``defect_names``: shape (n,); the names of normal

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import matplotlib
 
@@ -25,6 +26,7 @@ from torchvision.utils import make_grid
 
 from anogan.calibration import Calibration
 from anogan.compare import delong
+from anogan.data.splits import after_setup
 from anogan.io import atomic_savefig, atomic_write_text
 from anogan.metrics import (
     THRESHOLD_RULES,
@@ -42,25 +44,37 @@ from anogan.metrics import (
 )
 from anogan.scores import complexity, corrected_score, score_components
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from torch.utils.tensorboard import SummaryWriter
+
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
+
+# The per-image columns of scores.csv (build_table): column name -> one value per evaluation row.
+Table: TypeAlias = "dict[str, np.ndarray]"
+
 log = logging.getLogger(__name__)
 
 
-def build_table(results: dict[str, torch.Tensor], datamodule, calibration: Calibration) -> dict[str, np.ndarray]:
+def build_table(results: dict[str, torch.Tensor], datamodule: AnomalyDataModule, calibration: Calibration) -> Table:
     """One row per scored image, in evaluation order, with everything scores.csv holds: ``score``
     (primary), ``raw_score``, ``p_value`` and ``prediction`` as the run's calibration (fitted on
     the validation rows) gives them, beside the scorer's own components and the image complexity."""
-    dataset = datamodule.eval_set
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     rows = results["row"].numpy()
     if len(rows) != len(dataset) or not np.array_equal(rows, np.arange(len(dataset))):
         raise RuntimeError(f"scoring returned {len(rows)} rows for {len(dataset)} images: some were lost or repeated")
     columns = datamodule.eval_columns()
+    eval_split = after_setup(datamodule.eval_split, "eval_split")
     image_complexity = complexity(dataset.images)
     post = calibration(results, image_complexity)
     table = {
         "id": dataset.ids.numpy(),
         "source": columns["source"],
         "source_index": columns["source_index"],
-        "split": datamodule.eval_split,
+        "split": eval_split,
         "class": dataset.classes.numpy(),
         "class_name": columns["class_name"],
         "label": dataset.labels.numpy(),
@@ -152,7 +166,7 @@ def compute_metrics(
         thresholds = fit_thresholds(score[val], label[val], target_fpr)
     chosen = resolve_threshold(thresholds, threshold_rule)
     n_cal = int((label[val] == 0).sum())
-    metrics = {
+    metrics: dict[str, Any] = {
         "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
         "correction": correction,
         "threshold": {
@@ -230,7 +244,7 @@ def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Te
     }
 
 
-def _figure_histogram(table, threshold, split: str, primary: str):
+def _figure_histogram(table: Table, threshold: float | dict[str, Any] | None, split: str, primary: str) -> Figure:
     """Histogram of one split's scores by class, the x axis clipped to the bulk (0.5–99.5
     percentiles) with the scores beyond it counted in the legend. ``threshold``: one value, or
     ``metrics["threshold"]`` (every fitted rule drawn as a dashed, labelled line, the one in use
@@ -244,18 +258,18 @@ def _figure_histogram(table, threshold, split: str, primary: str):
     bins = np.linspace(lo, hi, 50)
     for cls, name in ((0, "normal"), (1, "anomalous")):
         if (y == cls).any():
-            ax.hist(s[y == cls], bins=bins, alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
+            ax.hist(s[y == cls], bins=bins.tolist(), alpha=0.6, density=True, label=f"{name} ({(y == cls).sum()})")
     below, above = int((s < lo).sum()), int((s > hi).sum())
     if below + above:
         ax.plot([], [], " ", label=f"{below + above} beyond the axis ({below} below, {above} above)")
     if isinstance(threshold, dict):
         target = threshold.get("fpr_target")
-        what = {
+        described = {
             "fpr": f"{100 * target:g}% of val normals" if target else "val normals",
             "f1": "best F1 on val",
             "youden": "best Youden J on val",
         }
-        lines = [(name, threshold.get(name), what[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
+        lines = [(name, threshold.get(name), described[name], name == threshold.get("rule")) for name in THRESHOLD_RULES]
     else:
         lines = [("threshold", threshold, "fitted on val", False)]
     colours = {"fpr": "tab:red", "f1": "tab:green", "youden": "tab:purple", "threshold": "k"}
@@ -275,7 +289,7 @@ def _figure_histogram(table, threshold, split: str, primary: str):
     return fig
 
 
-def _figure_components(table, metrics: dict):
+def _figure_components(table: Table, metrics: dict[str, Any]) -> Figure:
     """Test histograms of the raw score, the image's complexity and the corrected score: shows
     whether the raw score measures the class or merely how detailed an image is."""
     m = table["split"] == "test"
@@ -287,7 +301,8 @@ def _figure_components(table, metrics: dict):
     )
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (key, s, xlabel) in zip(axes, panels):
-        bins = np.linspace(*np.percentile(s, [0.5, 99.5]), 50)  # a few flat images would stretch the axis
+        lo, hi = np.percentile(s, [0.5, 99.5])  # a few flat images would stretch the axis
+        bins = np.linspace(lo, hi, 50).tolist()
         ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="normal")
         ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
         used = " (primary)" if key == metrics["primary_score"] else ""
@@ -297,7 +312,7 @@ def _figure_components(table, metrics: dict):
     return fig
 
 
-def _figure_curves(table, metrics: dict):
+def _figure_curves(table: Table, metrics: dict[str, Any]) -> Figure:
     m = table["split"] == "test"
     preds, target = to_unit_interval(torch.from_numpy(table["score"][m])), torch.from_numpy(table["label"][m]).long()
     fpr, tpr, _ = binary_roc(preds, target)
@@ -315,7 +330,7 @@ def _figure_curves(table, metrics: dict):
     return fig
 
 
-def write_score_figures(table, metrics: dict, figures: Path, tb_writer=None) -> None:
+def write_score_figures(table: Table, metrics: dict[str, Any], figures: Path, tb_writer: SummaryWriter | None = None) -> None:
     """The score figures as PNGs in ``figures/`` (and in TensorBoard under ``scores/``)."""
     figures.mkdir(exist_ok=True)
     thresholds, primary = metrics["threshold"], metrics["primary_score"]
@@ -343,12 +358,19 @@ def reconstruction_grid(images: torch.Tensor, generated: torch.Tensor) -> torch.
     return make_grid(triplets, nrow=3, padding=2, pad_value=1.0)
 
 
-def _show(ax, image_chw: np.ndarray) -> None:
+def _show(ax: Axes, image_chw: np.ndarray) -> None:
     img = np.clip((image_chw.transpose(1, 2, 0) + 1) / 2, 0, 1)
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
 
 
-def figure_examples(images, generated, maps, titles: list[str], pixel_threshold: float | None, masks=None):
+def figure_examples(
+    images: np.ndarray,
+    generated: np.ndarray,
+    maps: np.ndarray,
+    titles: list[str],
+    pixel_threshold: float | None,
+    masks: np.ndarray | None = None,
+) -> Figure:
     """One row per image: original | G(z) | anomaly-map overlay | segmentation at ``pixel_threshold``
     (| ground-truth mask, when given). Images and G(z): N×C×S×S in [-1, 1]; maps: N×S×S."""
     n = len(images)
@@ -386,12 +408,20 @@ def pixel_threshold_from_validation(maps: np.ndarray, normal_rows: np.ndarray, q
 
 
 @torch.no_grad()
-def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_writer=None, n: int = 6) -> None:
+def write_example_figures(
+    table: Table,
+    results: dict[str, torch.Tensor],
+    datamodule: AnomalyDataModule,
+    scorer: Scorer,
+    figures: Path,
+    tb_writer: SummaryWriter | None = None,
+    n: int = 6,
+) -> None:
     """The most and least anomalous test images (by the primary score) with their reconstruction,
     anomaly map and segmentation, labelled with class, score and p-value."""
     if "map" not in results:
         return
-    dataset = datamodule.eval_set
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     maps = results["map"].numpy()
     val_normal = np.flatnonzero((table["split"] == "val") & (table["label"] == 0))
     pix_t = pixel_threshold_from_validation(maps, val_normal)
@@ -421,7 +451,7 @@ def write_example_figures(table, results, datamodule, scorer, figures: Path, tb_
         plt.close(fig)
 
 
-def add_dashboard_layout(tb_writer) -> None:
+def add_dashboard_layout(tb_writer: SummaryWriter) -> None:
     """TensorBoard's CUSTOM SCALARS tab: related curves on one chart (losses; D(x) against D(G(z)))."""
     from tensorboard.summary.v1 import custom_scalar_pb  # noqa: F401  (tensorboard is a dependency)
     from torch.utils.tensorboard.summary import custom_scalars
@@ -436,7 +466,7 @@ def add_dashboard_layout(tb_writer) -> None:
     tb_writer._get_file_writer().add_summary(custom_scalars(layout))
 
 
-def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
+def pixel_and_defect_metrics(table: Table, results: dict[str, torch.Tensor], datamodule: AnomalyDataModule) -> dict[str, Any]:
     """With ground-truth masks (MVTec layout, or folder data with a mask folder): pixel AUROC and
     AUPRO (up to a pixel FPR of 0.3, Bergmann et al., IJCV 2021) of the anomaly maps on the test
     rows, and the image AUROC of each defect type against all test normals."""
@@ -464,8 +494,13 @@ def pixel_and_defect_metrics(table, results: dict, datamodule) -> dict:
 
 
 def write_report(
-    results: dict[str, torch.Tensor], datamodule, scorer, calibration: Calibration, folder: Path, tb_writer=None
-) -> dict:
+    results: dict[str, torch.Tensor],
+    datamodule: AnomalyDataModule,
+    scorer: Scorer,
+    calibration: Calibration,
+    folder: Path,
+    tb_writer: SummaryWriter | None = None,
+) -> dict[str, Any]:
     """scores.csv, figures and TensorBoard images of a scored evaluation set; returns the metrics
     (the caller writes metrics.json, last: it marks the run finished).
 

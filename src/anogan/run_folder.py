@@ -27,8 +27,10 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -95,16 +97,16 @@ def is_fresh(run_dir: Path) -> bool:
     return run_dir.is_dir() and all(_is_hydra_file(p) for p in run_dir.iterdir())
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
     if isinstance(tree, dict):
-        out = {}
+        out: dict[str, object] = {}
         for key, value in tree.items():
             out.update(_flat(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every key that differs, except :data:`RESUME_IRRELEVANT_KEYS`."""
     a, b = _flat(old), _flat(new)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith("hydra."))
@@ -163,12 +165,13 @@ def check_run_folder(cfg: DictConfig, run_dir: Path) -> None:
             f"the run folder {run_dir} already holds {', '.join(present)} but no config_resolved.yaml to compare with. {_choices(run_dir)}"
         )
     try:
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        # a mapping's YAML gives a dict (to_container's declared type also allows lists and scalars)
+        old = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
     except Exception as err:  # a damaged file: treat as a different run
         raise RunFolderError(
             f"the run folder {run_dir} holds an unreadable config_resolved.yaml ({type(err).__name__}). {_choices(run_dir)}"
         ) from None
-    new = OmegaConf.to_container(cfg, resolve=True)
+    new = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     diff = config_differences(old, new)
     if diff:
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
@@ -185,7 +188,7 @@ def check_run_folder(cfg: DictConfig, run_dir: Path) -> None:
 
 
 @contextmanager
-def removed_if_unused(run_dir: Path, enabled: bool = True):
+def removed_if_unused(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     """On an exception inside the block, remove ``run_dir`` if it held only Hydra's files when
     the block started and holds nothing useful now (``.hydra/``, ``*.log`` and
     :data:`SETUP_OUTPUTS` only). The exception is re-raised either way."""
@@ -203,10 +206,10 @@ class OutputFolderCheck(Callback):
     writes ``.hydra/`` into it, check that it can be created and written. Otherwise Hydra fails
     with its own traceback; here the user gets one line naming the key, and exit code 2."""
 
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._probe(config.hydra.run.dir, "hydra.run.dir")
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._probe(config.hydra.sweep.dir, "hydra.sweep.dir")
 
     @staticmethod

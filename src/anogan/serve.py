@@ -36,6 +36,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from anogan.cli import parse_key_values
 from anogan.errors import UserError
@@ -44,6 +45,14 @@ try:  # the serve extra; without it the command line says what to install
     import litserve as ls
 except ImportError:  # pragma: no cover - depends on the installation
     ls = None
+
+if TYPE_CHECKING:
+    import numpy as np
+    from litserve import LitAPI as _LitAPIBase
+    from omegaconf import DictConfig
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+else:
+    _LitAPIBase = ls.LitAPI if ls is not None else object
 
 log = logging.getLogger("anogan.serve")
 
@@ -85,7 +94,7 @@ class BadRequest(Exception):
         self.status, self.reason = status, reason
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: object) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -111,7 +120,7 @@ def check_json(body: bytes, max_images: int) -> None:
         raise BadRequest(400, '"maps" must be true or false')
 
 
-def _form_flag(value) -> bool:
+def _form_flag(value: object) -> bool:
     text = str(value).strip().lower()
     if text in ("true", "1", "yes", "on"):
         return True
@@ -120,12 +129,12 @@ def _form_flag(value) -> bool:
     raise BadRequest(400, f"maps={value!r}: use true or false")
 
 
-async def check_form(scope, body: bytes, max_images: int) -> None:
+async def check_form(scope: Scope, body: bytes, max_images: int) -> None:
     """A multipart body holds 1..max_images file fields named ``file`` (and optionally ``maps``);
     ``BadRequest`` (400) otherwise."""
     from starlette.requests import Request
 
-    async def replay():
+    async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
@@ -154,10 +163,10 @@ class RequestGate:
     LitServe queues it, answering 4xx with ``{"detail": "<one line>"}`` otherwise. The images
     themselves are decoded by the inference worker (``ScorerAPI.decode_request``)."""
 
-    def __init__(self, app, max_bytes: int, max_images: int, path: str = API_PATH):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_images: int, path: str = API_PATH):
         self.app, self.max_bytes, self.max_images, self.path = app, max_bytes, max_images, path
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -180,7 +189,7 @@ class RequestGate:
             return
         sent = False
 
-        async def replay():
+        async def replay() -> Message:
             nonlocal sent
             if sent:
                 return await receive()  # the client's disconnect, if any
@@ -189,14 +198,15 @@ class RequestGate:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, headers: dict, receive) -> bytes:
+    async def _read(self, headers: dict[str, str], receive: Receive) -> bytes:
         too_large = BadRequest(413, f"the request is larger than {self.max_bytes} bytes (max_bytes)")
         try:
             if int(headers.get("content-length", 0)) > self.max_bytes:
                 raise too_large
         except ValueError:
             raise BadRequest(400, "the Content-Length header is not a number") from None
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -210,7 +220,7 @@ class RequestGate:
                 return b"".join(chunks)
 
     @staticmethod
-    async def _answer(send, status: int, reason: str) -> None:
+    async def _answer(send: Send, status: int, reason: str) -> None:
         body = json.dumps({"detail": reason}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -218,16 +228,24 @@ class RequestGate:
 
 
 # ---------------------------------------------------------------------- the scorer behind it
-class ScorerAPI(ls.LitAPI if ls is not None else object):
+class ScorerAPI(_LitAPIBase):
     """The LitServe API over one scorer file: decode (worker) -> batch -> ``Detector.predict``
     -> one answer per request. A request whose images cannot be decoded is answered 400 on its
     own; the other requests of its batch are scored as usual."""
 
-    def __init__(self, artifact: str, device: str, threshold, max_batch_size: int, batch_timeout: float, max_pixels: int):
+    def __init__(
+        self,
+        artifact: str,
+        device: str,
+        threshold: str | float | None,
+        max_batch_size: int,
+        batch_timeout: float,
+        max_pixels: int,
+    ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH)
         self.artifact, self.device_setting, self.threshold, self.max_pixels = artifact, device, threshold, max_pixels
 
-    def setup(self, device):
+    def setup(self, device: str) -> None:
         from anogan.api import load
 
         self.detector = load(self.artifact, device=self.device_setting)
@@ -244,7 +262,9 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         except Exception:  # not an image: load_pixels says why
             return False
 
-    def decode_request(self, request):
+    # LitServe builds the endpoint from these two signatures: decode_request's ``request`` and
+    # encode_response's return must stay unannotated (FastAPI's Request and Response).
+    def decode_request(self, request):  # type: ignore[no-untyped-def]
         """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": bool}``, or
         ``{"error": (status, reason)}``."""
         from anogan.data.images import ImageError, load_pixels
@@ -252,7 +272,7 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         try:
             if isinstance(request, dict):
                 maps = bool(request.get("maps", False))
-                blobs = []
+                blobs: list[tuple[str, bytes]] = []
                 for i, text in enumerate(request["images"]):
                     try:
                         blobs.append((f"images[{i}]", base64.b64decode(text, validate=True)))
@@ -261,7 +281,7 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
             else:
                 maps = _form_flag(request.get("maps", "false"))
                 blobs = [(f.filename or f"file[{i}]", f.file.read()) for i, f in enumerate(request.getlist("file"))]
-            pixels = []
+            pixels: list[np.ndarray] = []
             for name, blob in blobs:
                 if self._too_large(blob):
                     raise BadRequest(413, f"{name}: more than max_pixels={self.max_pixels} pixels")
@@ -273,13 +293,13 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         except BadRequest as bad:
             return {"error": (bad.status, bad.reason)}
 
-    def batch(self, inputs):
+    def batch(self, inputs: Any) -> list[Any]:
         return list(inputs)
 
-    def unbatch(self, output):
+    def unbatch(self, output: Any) -> list[Any]:
         return list(output)
 
-    def predict(self, requests):
+    def predict(self, requests: Any) -> Any:
         """Every image of the batch's valid requests in one ``Detector.predict`` call."""
         single = isinstance(requests, dict)  # max_batch_size=1: LitServe passes one request
         requests = [requests] if single else requests
@@ -295,7 +315,7 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
                     row = {key: result.rows[k][key] for key in result.rows[k] if key != "source"}
                     row["p_value"] = _finite(row["p_value"])
                     if r["maps"]:
-                        row["map"] = result.maps[k].tolist()
+                        row["map"] = result.maps[k].tolist() if result.maps is not None else None
                     rows.append(row)
                 start += len(r["pixels"])
                 answers.append(
@@ -310,7 +330,7 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         out = [r if "error" in r else next(it) for r in requests]
         return out[0] if single else out
 
-    def encode_response(self, output):
+    def encode_response(self, output: dict[str, Any]):  # type: ignore[no-untyped-def]  # see decode_request
         if "error" in output:
             from fastapi.responses import JSONResponse
 
@@ -319,8 +339,8 @@ class ScorerAPI(ls.LitAPI if ls is not None else object):
         return output
 
 
-def build_server(cfg):
-    """The ``litserve.LitServer`` for ``cfg`` (a ``ServeConfig``), not yet running."""
+def build_server(cfg: DictConfig) -> Any:
+    """The ``litserve.LitServer`` for ``cfg`` (a structured ``ServeConfig``), not yet running."""
     import torch
 
     from anogan.api import Detector, _check_rule, load, trainer_settings
@@ -359,7 +379,7 @@ def build_server(cfg):
     )
 
 
-def _parse_threshold(value):
+def _parse_threshold(value: str | float | None) -> str | float | None:
     if value is None:
         return None
     try:

@@ -21,12 +21,15 @@ import logging
 import os
 import re
 import statistics
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
@@ -134,11 +137,11 @@ def set_job_threads(cfg: DictConfig) -> None:
 # ------------------------------------------------------------------------------ job folder names
 
 
-def _parse(overrides) -> list:
+def _parse(overrides: Iterable[object]) -> list[Override]:
     return OverridesParser.create().parse_overrides([str(o) for o in overrides])
 
 
-def sweep_keys(task_overrides, sweeper_params) -> set[str]:
+def sweep_keys(task_overrides: Iterable[object], sweeper_params: Iterable[str] | None) -> set[str]:
     """Keys a multirun varies: command-line sweeps (a,b / range / choice / interval / glob) and the
     keys of ``hydra.sweeper.params`` (shown in job names even where the command line fixes them,
     so that names stay alike across runs of one preset)."""
@@ -152,14 +155,14 @@ def current_swept_keys() -> set[str] | None:
     return set(json.loads(text)) if text else None
 
 
-def short_keys(keys) -> dict[str, str]:
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
     """ "mapping.alpha" -> "alpha", unless two keys end alike (then both stay in full)."""
     keys = list(keys)
     last = [k.split(".")[-1] for k in keys]
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
-def _readable(value) -> str:
+def _readable(value: object) -> str:
     """A value as folder-name text: lists joined by "+", paths by their last two parts, other
     characters than letters, digits and ._+- as "_"."""
     if isinstance(value, (list, tuple, ListConfig)):
@@ -172,7 +175,7 @@ def _readable(value) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
-def run_name(overrides, exclude_keys=(), swept: set[str] | None = None) -> str:
+def run_name(overrides: Iterable[object], exclude_keys: Sequence[str] = (), swept: set[str] | None = None) -> str:
     """A job folder name from its overrides, e.g. "alpha=0.1,latent_dim=64".
 
     Shows the swept keys (all non-excluded overrides when the swept keys are unknown), with short
@@ -201,7 +204,7 @@ def run_name(overrides, exclude_keys=(), swept: set[str] | None = None) -> str:
         name, exact = name[:MAX_NAME], False
     if exact:
         return name or "default"
-    digest = hashlib.sha1("\n".join(sorted(o.input_line for o in parsed)).encode()).hexdigest()[:6]
+    digest = hashlib.sha1("\n".join(sorted(o.input_line or "" for o in parsed)).encode()).hexdigest()[:6]
     return f"{name or 'default'}-{digest}"
 
 
@@ -223,7 +226,7 @@ def _class_name(job: Path) -> str | None:
     return CLASSES[class_index(data["normal_class"])]
 
 
-def _with_interval(row: dict, column: str, value, interval) -> None:
+def _with_interval(row: dict[str, Any], column: str, value: object, interval: object) -> None:
     row[column] = value
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
         row[f"{column}_ci_low"], row[f"{column}_ci_high"] = interval
@@ -252,7 +255,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     names = short_keys(varying)
     rows = []
     for job in jobs:
-        row = {names[k]: overrides[job].get(k, "") for k in varying}
+        row: dict[str, Any] = {names[k]: overrides[job].get(k, "") for k in varying}
         name = _class_name(job)
         if name:  # the name, also where the override gave an index ("1" -> "automobile")
             row["normal_class"] = name
@@ -297,8 +300,8 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
     for setting, members in groups.items():
         agg = dict(setting)
         for column in [f"{split}_{metric}" for metric in METRICS for split in SPLITS] + [VERSUS]:
-            values = [m.get(column) for m in members]
-            if all(isinstance(v, (int, float)) for v in values):
+            values = [v for v in (m.get(column) for m in members) if isinstance(v, (int, float))]
+            if len(values) == len(members):
                 agg[f"{column}_mean"] = statistics.fmean(values)
                 agg[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
                 _mean_interval(agg, f"{column}_mean", members, column)
@@ -321,7 +324,7 @@ def _mean_interval(agg: dict, target: str, members: list[dict], column: str) -> 
             agg[f"{target}_ci_{bound}"] = statistics.fmean(m[f"{column}_ci_{bound}"] for m in members)
 
 
-def _fmt(v) -> str:
+def _fmt(v: object) -> str:
     """A markdown cell: metrics with 4 decimals, a setting given with more than 4 significant digits
     (Optuna's 0.04734989304499478) with 4 (the CSV keeps every digit)."""
     if isinstance(v, float):
@@ -407,11 +410,11 @@ class SweepSummary(Callback):
     """Hydra callback: publish the swept keys (for job folder names) when a multirun starts; print
     and write the sweep's summary table when it ends."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         keys = sweep_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
         os.environ[SWEPT_ENV] = json.dumps(sorted(keys))
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(SWEPT_ENV, None)
         print(summarize(config.hydra.sweep.dir))
 

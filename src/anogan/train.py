@@ -19,29 +19,33 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 import lightning as L
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from anogan import conf_dir, gan_store
+from anogan import conf_dir, estimate, gan_store
 from anogan.artifact import FILENAME as ARTIFACT
 from anogan.artifact import load_gan_checkpoint, save_artifact
 from anogan.calibration import Calibration
 from anogan.callbacks import GANIterationLimit
 from anogan.config_check import check_config, check_run_environment, group_choices
 from anogan.config_schema import explain_composition_error
+from anogan.data.splits import AnomalyDataModule, after_setup
 from anogan.errors import UserError
-from anogan.hardware import warn_if_slow_bf16
+from anogan.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.inference import run_scorer
 from anogan.io import AtomicCheckpointIO, atomic_write_text
+from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
+from anogan.progress import progress_callbacks
 from anogan.report import add_dashboard_layout, write_report
 from anogan.run_folder import check_run_folder, removed_if_unused
 from anogan.run_info import write_run_info
@@ -54,10 +58,15 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job
 CONF_DIR = conf_dir()
 
 
+def _rank_zero_only_rank() -> int:
+    """Lightning's global rank guess (an attribute it sets on ``rank_zero_only``, undeclared for type checkers)."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def _is_rank_zero() -> bool:
     """Global rank 0, also before any Trainer exists. Lightning's guess then comes from RANK,
     LOCAL_RANK or SLURM_PROCID; a process started by hand on another node has only NODE_RANK."""
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    return _rank_zero_only_rank() == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def _arch(cfg: DictConfig) -> dict:
@@ -78,20 +87,22 @@ def instantiate_list(group: DictConfig | None) -> list:
 GAN_ONLY_TRAINER_KEYS = ("max_steps", "max_time")
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``conf/trainer`` as keyword arguments of ``lightning.Trainer``, less the GAN-only limits
     (``fit_gan`` applies them: ``max_steps`` in GAN iterations, ``max_time`` as wall time)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))  # a config group is a mapping
     for key in ("_target_", *GAN_ONLY_TRAINER_KEYS):
         kwargs.pop(key, None)
     return kwargs
 
 
-def fit_gan(cfg: DictConfig, datamodule, loggers: list, run_dir: Path, extra: dict | None = None) -> Path:
+def fit_gan(
+    cfg: DictConfig, datamodule: AnomalyDataModule, loggers: list[Logger], run_dir: Path, extra: dict | None = None
+) -> Path:
     """Stage 1: fit the GAN and save G/D as plain state dicts in ``run_dir/gan``."""
     model: GAN = instantiate(cfg.model, _convert_="all")
     # conf/callbacks: checkpoints/last.ckpt, sample grids, random states for exact resume, ...
-    callbacks = instantiate_list(cfg.callbacks)
+    callbacks = instantiate_list(cfg.callbacks) + progress_callbacks("GAN training", cfg.trainer.enable_progress_bar)
     if cfg.trainer.max_steps != -1:  # GAN iterations (batches), not Lightning's optimizer steps
         callbacks.append(GANIterationLimit(cfg.trainer.max_steps))
     # AtomicCheckpointIO: last.ckpt is written beside itself and renamed, never left half-written
@@ -131,7 +142,7 @@ def gan_health(cfg: DictConfig, run_dir: Path, source: str) -> dict:
     return health or {"ok": None, "warning": None, "why": "not checked: the GAN was trained before the health check existed"}
 
 
-def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
+def given_gan(cfg: DictConfig) -> tuple[Generator, Discriminator, str] | None:
     """G and D the user handed in (weights or a checkpoint), loaded before any data so that a
     wrong file or a mismatched architecture fails in seconds."""
     arch = _arch(cfg)
@@ -144,7 +155,9 @@ def given_gan(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, str] |
     return None
 
 
-def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+def obtain_gan(
+    cfg: DictConfig, datamodule: AnomalyDataModule, logger: list[Logger], run_dir: Path
+) -> tuple[Generator, Discriminator, str]:
     """G and D from the cache (same data, model, training settings and seed), or trained now."""
     if not cfg.gan.cache:
         g, d, _ = gan_store.load_gan_folder(fit_gan(cfg, datamodule, logger, run_dir))
@@ -169,7 +182,7 @@ def obtain_gan(cfg: DictConfig, datamodule, logger: list, run_dir: Path) -> tupl
     return g, d, "trained"
 
 
-def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> None:
+def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule: AnomalyDataModule, kwargs: dict[str, Any]) -> None:
     """Train the scorer's encoder on the normal training images, or load it from the cache
     (``<gan_cache_dir>/encoders``, with ``gan.cache``; key: ``gan_store.encoder_cache_key``).
     DDP: as for the GAN, only rank 0 locks and publishes; every rank makes the same choice."""
@@ -177,21 +190,29 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule, kwargs: dict) -> Non
         scorer.fit(datamodule.train_dataloader(), kwargs)
         return
     key = gan_store.encoder_cache_key(cfg, scorer)
+    encoder = cast(torch.nn.Module, scorer.encoder)  # scorers with needs_fit train an encoder
     folder = Path(cfg.paths.gan_cache_dir) / "encoders"
     zero = _is_rank_zero()
     with gan_store.cache_lock(folder, key) if zero else nullcontext():
-        if gan_store.load_encoder(folder / f"{key}.pt", key, scorer.encoder):
+        if gan_store.load_encoder(folder / f"{key}.pt", key, encoder):
             log.info(
                 "reusing the cached encoder %s (same GAN weights, training images and encoder settings)", folder / f"{key}.pt"
             )
             return
         scorer.fit(datamodule.train_dataloader(), kwargs)
         if zero:
-            gan_store.publish_encoder(scorer.encoder, folder / f"{key}.pt", key)
+            gan_store.publish_encoder(encoder, folder / f"{key}.pt", key)
             log.info("trained the encoder, cached as %s", folder / f"{key}.pt")
 
 
-def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, run_dir: Path) -> tuple[Scorer, dict]:
+def score(
+    cfg: DictConfig,
+    generator: Generator,
+    discriminator: Discriminator,
+    datamodule: AnomalyDataModule,
+    loggers: list[Logger],
+    run_dir: Path,
+) -> tuple[Scorer, dict]:
     """Stage 2: build the scorer of ``conf/mapping`` (``_target_``), fit it if it has a training phase
     (the encoder, on the normal training images), and score validation + test through the one
     inference path (``anogan.inference.run_scorer``), resumable from ``<run>/scoring``."""
@@ -199,14 +220,16 @@ def score(cfg: DictConfig, generator, discriminator, datamodule, loggers: list, 
     kwargs = trainer_kwargs(cfg)
     if scorer.needs_fit:
         fit_scorer(cfg, scorer, datamodule, {**kwargs, "logger": loggers or False, "callbacks": []})
-    results = run_scorer(scorer, datamodule.eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
+    eval_set = after_setup(datamodule.eval_set, "eval_set")
+    results = run_scorer(scorer, eval_set, kwargs, cache_dir=run_dir / "scoring", what="evaluation images")
     return scorer, results
 
 
-def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
+def log_hparams(cfg: DictConfig, metrics: dict, logger: TensorBoardLogger) -> None:
     """TensorBoard's HPARAMS tab: the scorer's own settings and the shared ones, with real metrics
     (validation and test) and the *resolved* correction."""
-    scorer_keys = {f"mapping/{k}": v for k, v in OmegaConf.to_container(cfg.mapping, resolve=True).items() if k != "_target_"}
+    mapping = cast(dict[str, Any], OmegaConf.to_container(cfg.mapping, resolve=True))  # a config group is a mapping
+    scorer_keys = {f"mapping/{k}": v for k, v in mapping.items() if k != "_target_"}
     hparams = {
         "scorer": cfg.mapping._target_.rsplit(".", 1)[-1],
         **{k: (str(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in scorer_keys.items()},
@@ -231,13 +254,15 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger) -> None:
     logger.finalize("success")
 
 
-def fit_calibration(cfg: DictConfig, scorer: Scorer, results: dict[str, torch.Tensor], datamodule) -> Calibration:
+def fit_calibration(
+    cfg: DictConfig, scorer: Scorer, results: dict[str, torch.Tensor], datamodule: AnomalyDataModule
+) -> Calibration:
     """The run's calibration (``anogan.calibration``), fitted on the validation rows only: the
     correction (``mapping.correction``), every threshold rule (``threshold.*``), the validation
     normals' scores for p-values and, when the scorer names ``combine``, the components' scaling.
     An unreachable ``threshold.target_fpr`` is logged as a warning naming the fix."""
-    val = torch.from_numpy(datamodule.eval_split == "val")
-    dataset = datamodule.eval_set
+    val = torch.from_numpy(after_setup(datamodule.eval_split, "eval_split") == "val")
+    dataset = after_setup(datamodule.eval_set, "eval_set")
     components = {k: v[val] for k, v in results.items() if k not in ("row", "map", "z") and len(v) == len(val)}
     calibration = Calibration.fit(
         components,
@@ -268,11 +293,15 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg)
     split, metric = parse_optimized_metric(cfg.optimized_metric, cfg.allow_test_objective)  # a config error before any data loads
     set_job_threads(cfg)  # threads: null | auto | N (launcher presets)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)  # auto: bf16-mixed or 32-true
     if _is_rank_zero():
         warn_if_slow_bf16(cfg.trainer.precision, cfg.trainer.accelerator)
     run_start = time.perf_counter()
     given = given_gan(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.plan:  # splits, steps and estimated time of each phase; nothing trained or written
+        estimate.show_plan(cfg, trainer_kwargs(cfg), run_dir, given=given is not None)
+        return float("nan")
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():  # DDP processes > 0 re-run this script with extra overrides
         check_run_folder(cfg, run_dir)  # another or a finished run there: refused (or cleared: overwrite=true)
@@ -280,7 +309,7 @@ def run(cfg: DictConfig) -> float:
         write_run_info(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule: AnomalyDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     if _is_rank_zero():
@@ -291,6 +320,10 @@ def run(cfg: DictConfig) -> float:
             if (group_choices(cfg) or {}).get("experiment") != "folder_small":
                 warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
+        networks = (given[0], given[1]) if given else None
+        estimate.log_estimate(
+            cfg, datamodule, trainer_kwargs(cfg), given=given is not None, networks=networks
+        )  # one line per phase
     loggers = instantiate_list(cfg.logger)
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is not None and _is_rank_zero():
@@ -304,7 +337,7 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     scorer, results = score(cfg, generator, discriminator, datamodule, loggers, run_dir)
     score_s = time.perf_counter() - start
-    if rank_zero_only.rank != 0:  # every rank holds the gathered scores; rank zero reports
+    if _rank_zero_only_rank() != 0:  # every rank holds the gathered scores; rank zero reports
         return float("nan")
 
     # scores -> calibration (validation only) -> scorer.pt -> report -> metrics.json, written once and

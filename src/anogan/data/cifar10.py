@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, pixel_digest
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, split_summary, stratified_subset
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, after_setup, split_summary, stratified_subset
 from anogan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
 
         return DuplicateCheck(group, name, hp.duplicates, hp.near_duplicates)
 
-    def _manifest(self, classes, global_ids, fit_ids, val_ids, test_ids) -> dict:
+    def _manifest(
+        self, classes: np.ndarray, global_ids: np.ndarray, fit_ids: np.ndarray, val_ids: np.ndarray, test_ids: np.ndarray
+    ) -> dict[str, Any]:
         def describe(chosen: np.ndarray) -> dict:
             return split_summary(chosen, classes, list(CLASSES), self.normal_class, ids=global_ids)
 
@@ -216,9 +219,10 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: where the image comes from and its class name (for scores.csv)."""
-        ids = self.eval_set.ids.numpy()
+        eval_set = after_setup(self.eval_set, "eval_set")
+        ids = eval_set.ids.numpy()
         return {
             "source": np.where(ids >= TEST_ID_OFFSET, "test", "train"),
             "source_index": np.where(ids >= TEST_ID_OFFSET, ids - TEST_ID_OFFSET, ids),
-            "class_name": np.array([CLASSES[c] for c in self.eval_set.classes.tolist()]),
+            "class_name": np.array([CLASSES[c] for c in eval_set.classes.tolist()]),
         }

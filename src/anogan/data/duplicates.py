@@ -148,7 +148,7 @@ class DuplicateCheck:
         """The rows of ``later`` to keep: all of them, minus (policy ``drop``) those showing a picture
         that ``earlier`` holds. Every such row is recorded; ``refuse`` raises ``DataError`` naming
         up to three pairs and the fix."""
-        first = {}
+        first: dict[int, int] = {}
         for r in earlier:
             first.setdefault(int(self.group[r]), int(r))
         copies = [(int(r), first[int(self.group[r])]) for r in later if int(self.group[r]) in first]

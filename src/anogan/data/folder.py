@@ -55,6 +55,7 @@ from anogan.data.images import list_images, read_image, read_images, read_mask, 
 from anogan.data.splits import (
     AnomalyDataModule,
     AnomalySplit,
+    after_setup,
     calibration_entry,
     calibration_warning,
     mask_counts,
@@ -305,12 +306,14 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         skipped: list[dict] = []
         seen: dict = {}  # one file reached from two folders counts once (in the first folder read)
         normal, normal_images, normal_digests = self._read(self._folder(hp.normal_dir), seen, skipped)
-        held, held_images, held_digests = [], [], []
+        held: list[Path] = []
+        held_images: list[torch.Tensor] = []
+        held_digests: list[bytes] = []
         if hp.normal_test_dir:
             held, held_images, held_digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
         abnormal, abnormal_images, abnormal_digests, abnormal_classes, abnormal_masks = [], [], [], [], []
         for c, name in enumerate(self.abnormal_dirs, start=1):
-            paths, images, digests = self._read(self._folder(name), seen, skipped)
+            paths, read, digests = self._read(self._folder(name), seen, skipped)
             if not paths:
                 raise DataError(
                     f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
@@ -318,7 +321,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 )
             abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
             abnormal += paths
-            abnormal_images += images
+            abnormal_images += read
             abnormal_digests += digests
             abnormal_classes += [c] * len(paths)
 
@@ -468,14 +471,18 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     @property
     def train_steps_per_epoch(self) -> int:
         """Optimiser steps (batches) per training epoch, after ``setup``."""
-        return steps_per_epoch(len(self.train_set) * self.train_repeats, self.train_batch_size)
+        train_set, batch = (
+            after_setup(self.train_set, "train_set"),
+            after_setup(self.train_batch_size, "train_batch_size"),
+        )
+        return steps_per_epoch(len(train_set) * self.train_repeats, batch)
 
     def steps_warning(self, max_epochs: int, max_steps: int = -1, limit_batches: int | float | None = None) -> str | None:
         """``training_steps_warning`` for this module's training images, batch and repeats (after ``setup``) and
         the trainer's limits (``trainer.max_epochs``, ``max_steps``, ``limit_train_batches``)."""
         return training_steps_warning(
-            len(self.train_set),
-            self.train_batch_size,
+            len(after_setup(self.train_set, "train_set")),
+            after_setup(self.train_batch_size, "train_batch_size"),
             max_epochs,
             self.train_repeats,
             max_steps=max_steps,
@@ -484,10 +491,11 @@ class FolderAnomalyDataModule(AnomalyDataModule):
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file and its class (folder) name, for scores.csv."""
-        ids = self.eval_set.ids.numpy()
-        names = self.manifest["classes"]
+        eval_set, manifest = after_setup(self.eval_set, "eval_set"), after_setup(self.manifest, "manifest")
+        ids = eval_set.ids.numpy()
+        names = manifest["classes"]
         return {
-            "source": np.array([self.manifest["files"][i] for i in ids]),
+            "source": np.array([manifest["files"][i] for i in ids]),
             "source_index": ids,
-            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+            "class_name": np.array([names[c] for c in eval_set.classes.tolist()]),
         }

@@ -50,6 +50,7 @@ import stat
 import warnings
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from anogan.data.duplicates import pixel_digest
 from anogan.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 # Larger images are read reduced by an integer factor (bounded memory; the model sees <= 128 px).
@@ -139,7 +143,7 @@ def list_images(folder: str | Path, seen: dict | None = None) -> tuple[list[Path
     skipped: list[dict] = []
     candidates: list[tuple[Path, os.stat_result]] = []
     visited: set[tuple[int, int]] = set()
-    real_dirs, linked_dirs = deque([folder]), deque()  # real folders first: their paths are preferred
+    real_dirs, linked_dirs = deque([folder]), deque[Path]()  # real folders first: their paths are preferred
     while real_dirs or linked_dirs:
         current = real_dirs.popleft() if real_dirs else linked_dirs.popleft()
         try:
@@ -200,7 +204,7 @@ def _on_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _to_uint8(img) -> np.ndarray:
+def _to_uint8(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image as uint8 H×W×C (C = 1 for grey modes, else 3), by the module's rules."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
@@ -236,7 +240,7 @@ def _reduce_factor(width: int, height: int) -> int:
     return f
 
 
-def _reduced(img, factor: int):
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
     """``img`` (loaded) box-averaged by ``factor`` with Pillow's ``reduce``, after turning the modes
     whose values must not be averaged as stored (palette indices, 1-bit, a transparent colour key)
     or that ``reduce`` refuses (16-bit) into RGBA / LA / L / I; EXIF orientation applied after."""
@@ -259,7 +263,7 @@ def _reduced(img, factor: int):
     return img.transpose(method[orientation]) if orientation in method else img
 
 
-def _upright_pixels(img) -> np.ndarray:
+def _upright_pixels(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image as uint8 H×W×C: reduced when above ``MAX_DECODE_PIXELS`` (``_reduced``),
     EXIF orientation applied, then ``_to_uint8``."""
     from PIL import ImageOps
@@ -268,8 +272,8 @@ def _upright_pixels(img) -> np.ndarray:
     return _to_uint8(_reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img))
 
 
-def load_pixels(path: str | Path) -> np.ndarray:
-    """The first frame of an image file as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
+def load_pixels(path: str | Path | BinaryIO) -> np.ndarray:
+    """The first frame of an image file (a path, or a binary file object) as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
     applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
     reason) when Pillow cannot open or decode the file.
 
@@ -308,7 +312,7 @@ def load_pixels(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def pixels_from_pil(img) -> np.ndarray:
+def pixels_from_pil(img: Image.Image) -> np.ndarray:
     """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
     (``load_pixels``): first frame, reduced above ``MAX_DECODE_PIXELS``, EXIF orientation, bit depth,
     alpha on black. Raises

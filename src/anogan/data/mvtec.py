@@ -40,6 +40,7 @@ from anogan.data.images import list_images, read_images, read_mask
 from anogan.data.splits import (
     AnomalyDataModule,
     AnomalySplit,
+    after_setup,
     calibration_entry,
     calibration_warning,
     mask_counts,
@@ -122,7 +123,8 @@ class MVTecDataModule(AnomalyDataModule):
             return
         hp = self.hparams
         folder = self._category()
-        size, skipped = hp.image_size, []
+        size = hp.image_size
+        skipped: list[dict[str, str]] = []
         train_files, train_images, digests = self._read(folder / "train" / "good", skipped)
         if not train_files:
             raise DataError(f"no usable training image in {folder / 'train' / 'good'}. Fix: check data.root and data.category.")
@@ -130,10 +132,10 @@ class MVTecDataModule(AnomalyDataModule):
         names = ["good", *defects]
         test_files, test_images, test_masks, test_classes = [], [], [], []
         for c, defect in enumerate(names):
-            paths, images, found = self._read(folder / "test" / defect, skipped)
+            paths, read, found = self._read(folder / "test" / defect, skipped)
             digests += found
             test_files += paths
-            test_images += images
+            test_images += read
             test_classes += [c] * len(paths)
             test_masks += [
                 torch.zeros(1, size, size, dtype=torch.uint8) if c == 0 else self._mask(folder, defect, p) for p in paths
@@ -258,12 +260,13 @@ class MVTecDataModule(AnomalyDataModule):
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file (for a synthetic row, the file it was made from) and its
         class name: ``good``, the defect folder name (e.g. ``crack``) or ``synthetic_<method>``."""
-        ids = self.eval_set.ids.numpy()
-        files = self.manifest["files"]
-        synthetic = {r["id"]: r["source"] for r in (self.manifest["synthetic"] or {}).get("rows", [])}
-        names = self.manifest["classes"]
+        eval_set, manifest = after_setup(self.eval_set, "eval_set"), after_setup(self.manifest, "manifest")
+        ids = eval_set.ids.numpy()
+        files = manifest["files"]
+        synthetic = {r["id"]: r["source"] for r in (manifest["synthetic"] or {}).get("rows", [])}
+        names = manifest["classes"]
         return {
             "source": np.array([files[i] if i < len(files) else synthetic[i] for i in ids]),
             "source_index": ids,
-            "class_name": np.array([names[c] for c in self.eval_set.classes.tolist()]),
+            "class_name": np.array([names[c] for c in eval_set.classes.tolist()]),
         }

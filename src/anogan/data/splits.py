@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from anogan.errors import DataError
 from anogan.io import atomic_write_text
 from anogan.metrics import min_normals_for_fpr
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+
+T = TypeVar("T")
 
 IMAGE_SIZES = (32, 64, 128)  # square model input sizes (pixels) the DCGAN networks are built for
 
@@ -121,7 +127,7 @@ def split_summary(
     """
     counts = np.bincount(classes[chosen], minlength=len(names))
     n_anom = int((classes[chosen] != normal).sum())
-    out = {"size": int(len(chosen)), "normal": int(len(chosen) - n_anom), "anomalous": n_anom}
+    out: dict[str, Any] = {"size": int(len(chosen)), "normal": int(len(chosen) - n_anom), "anomalous": n_anom}
     if synthetic is not None:
         out["synthetic"] = int(synthetic[chosen].sum())
     out["class_counts"] = {n: int(counts[c]) for c, n in enumerate(names)}
@@ -155,6 +161,14 @@ class RepeatedSplit(Dataset):
         return self.split[i % len(self.split)]
 
 
+def after_setup(value: T | None, name: str) -> T:
+    """``value``, an attribute a data module's ``setup`` fills (``train_set``, ``eval_set``,
+    ``manifest``, ...). Raises ``RuntimeError`` when it is still unset, i.e. before ``setup``."""
+    if value is None:
+        raise RuntimeError(f"the data module's {name} is not set: call setup() first")
+    return value
+
+
 class AnomalyDataModule(L.LightningDataModule):
     """What every data module shares once ``setup`` has filled ``train_set``, ``eval_set``,
     ``eval_split`` ("val"/"test" per eval row) and ``manifest``: the loaders and the manifest file.
@@ -162,12 +176,21 @@ class AnomalyDataModule(L.LightningDataModule):
     ``train_batch_size`` (the global batch actually used, when it differs from ``data.batch_size``)
     and ``train_repeats`` (passes over the training images per epoch)."""
 
+    if TYPE_CHECKING:  # save_hyperparameters stores an AttributeDict (Lightning declares a wider type)
+
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     train_set: AnomalySplit | None = None
     eval_set: AnomalySplit | None = None
     eval_split: np.ndarray | None = None
     manifest: dict | None = None
     train_batch_size: int | None = None
     train_repeats: int = 1
+
+    def eval_columns(self) -> dict[str, np.ndarray]:
+        """Per evaluation row: ``source``, ``source_index`` and ``class_name`` (for scores.csv)."""
+        raise NotImplementedError
 
     def write_manifest(self, folder: str | Path) -> Path:
         """Write the split manifest to ``folder/splits.json`` (atomically).
@@ -191,7 +214,8 @@ class AnomalyDataModule(L.LightningDataModule):
             )
         if self.train_batch_size is not None:
             batch_size = max(world_size, self.train_batch_size // world_size * world_size)
-        dataset = self.train_set if self.train_repeats <= 1 else RepeatedSplit(self.train_set, self.train_repeats)
+        train_set = after_setup(self.train_set, "train_set")
+        dataset = train_set if self.train_repeats <= 1 else RepeatedSplit(train_set, self.train_repeats)
         return DataLoader(
             dataset,
             batch_size=batch_size // world_size,
@@ -203,4 +227,5 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, batch_size: int) -> DataLoader:
         """Validation and test rows in one pass; ``eval_split`` says which row is which."""
-        return DataLoader(self.eval_set, batch_size=batch_size, shuffle=False, num_workers=self.hparams.num_workers)
+        eval_set = after_setup(self.eval_set, "eval_set")
+        return DataLoader(eval_set, batch_size=batch_size, shuffle=False, num_workers=self.hparams.num_workers)

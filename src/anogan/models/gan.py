@@ -39,10 +39,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from anogan.errors import UserError
@@ -50,6 +52,14 @@ from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
 from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.utilities.types import OptimizerLRScheduler
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from anogan.models.selection import CheckpointSelection
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("bce", "wgan_gp")
@@ -62,7 +72,7 @@ class DivergenceError(UserError, FloatingPointError):
     """Training stopped because a loss diverged or D saturated; the message says what is kept."""
 
 
-def _whole(value, low: int) -> bool:
+def _whole(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
@@ -146,6 +156,11 @@ class GAN(L.LightningModule):
     Raises ``UserError`` (via ``check_gan_options``) for an invalid option combination.
     """
 
+    if TYPE_CHECKING:  # save_hyperparameters stores an AttributeDict (Lightning declares a wider type)
+
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(
         self,
         latent_dim: int = 128,
@@ -189,13 +204,15 @@ class GAN(L.LightningModule):
             spectral_norm=spectral_norm,
             transform_classes=transform_count(self_supervised) if self_supervised else 0,
         )
-        self.generator_ema = None
+        self.generator_ema: AveragedModel | None = None
         if ema_decay is not None:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
             self.generator_ema.requires_grad_(False)
         self.augment_policy = parse_policy(diffaugment)
         self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
-        self.selection_callback = None  # made by configure_callbacks when selection.every_n_epochs is set
+        self.selection_callback: CheckpointSelection | None = (
+            None  # made by configure_callbacks when selection.every_n_epochs is set
+        )
         self._saturated_epochs = 0
         self.health_monitor = HealthMonitor(health or DEFAULT_HEALTH, bce=objective == "bce")
         self._health_reals: torch.Tensor | None = None  # the first n_samples training images (health check)
@@ -205,14 +222,14 @@ class GAN(L.LightningModule):
         self.register_buffer("fixed_noise", noise, persistent=False)
 
     @property
-    def scoring_generator(self) -> torch.nn.Module:
+    def scoring_generator(self) -> Generator:
         """The EMA generator when ``ema_decay`` is set, else the trained one."""
-        return self.generator if self.generator_ema is None else self.generator_ema.module
+        return self.generator if self.generator_ema is None else cast(Generator, self.generator_ema.module)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scoring_generator(z)
 
-    def configure_callbacks(self):
+    def configure_callbacks(self) -> list[L.Callback]:
         sel = self.hparams.selection
         if not sel or sel["every_n_epochs"] is None:
             return []
@@ -233,7 +250,7 @@ class GAN(L.LightningModule):
         if stage == "fit" and self.trainer.strategy.root_device.type == "cpu":
             self.to(memory_format=torch.channels_last)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         hp = self.hparams
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
@@ -281,7 +298,8 @@ class GAN(L.LightningModule):
     def _kept(self) -> str:
         """What survives a stop now, in words (for DivergenceError)."""
         trainer = self._trainer
-        paths = [Path(cb.best_model_path) for cb in (trainer.checkpoint_callbacks if trainer else []) if cb.best_model_path]
+        callbacks = trainer.checkpoint_callbacks if trainer else []
+        paths = [Path(cb.best_model_path) for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.best_model_path]
         paths = [p for p in paths if p.is_file()]
         if paths and self._saved_epoch is not None:
             return f"kept: {paths[0]}, written at the end of epoch {self._saved_epoch} (no gan/ folder is written for this run)"
@@ -304,7 +322,7 @@ class GAN(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
-        opt_g, opt_d = self.optimizers()
+        opt_g, opt_d = cast("list[LightningOptimizer]", self.optimizers())  # configure_optimizers: [G's, D's]
         x = batch["image"]
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)  # as the weights (see setup)
@@ -376,7 +394,7 @@ class GAN(L.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers() or []:
+        for sched in cast("list[LRScheduler]", self.lr_schedulers() or []):  # G's and D's, or none
             sched.step()
         # the epoch means are synced across ranks (see training_step): every rank stops together
         metrics = self.trainer.callback_metrics

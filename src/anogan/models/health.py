@@ -24,7 +24,7 @@ cache entry) and the run's ``metrics.json`` (``gan_health``) carry, with the Ten
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,7 @@ class HealthMonitor:
         self.history.append({"epoch": epoch, "diversity": diversity, "d_real": d_real, "d_fake": d_fake, "loss_g": loss_g})
         return [f for f in self.flags() if f not in before]
 
-    def _streak(self, bad) -> list[dict]:
+    def _streak(self, bad: Callable[[dict], bool]) -> list[dict]:
         """The last ``epochs`` epochs when every one of them is ``bad``, else []."""
         last = self.history[-self.t["epochs"] :]
         return last if len(last) == self.t["epochs"] and all(bad(h) for h in last) else []

@@ -23,16 +23,21 @@ entry per evaluated epoch) stay on the callback (``summary()``) and go to the lo
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 
-from anogan.data.splits import stratified_subset
+from anogan.data.splits import after_setup, stratified_subset
 from anogan.errors import UserError
 from anogan.metrics import ranking_metrics
 from anogan.scorers.latent import LatentMapping, initial_latents
 from anogan.scores import complexity, corrected_score
+
+if TYPE_CHECKING:
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.models.gan import GAN
 
 CHUNK = 256  # images per search batch (bounds memory; the search is exact per image, see anogan.scorers.latent)
 
@@ -58,7 +63,7 @@ class CheckpointSelection(L.Callback):
         self._best_state: dict | None = None
 
     # --- the criterion ---------------------------------------------------------------------------
-    def validation_rows(self, datamodule) -> np.ndarray:
+    def validation_rows(self, datamodule: AnomalyDataModule) -> np.ndarray:
         """Positions in ``datamodule.eval_set`` of the fixed stratified validation subset (sorted)."""
         split = getattr(datamodule, "eval_split", None)
         val = np.flatnonzero(np.asarray(split) == "val") if split is not None else np.arange(0)
@@ -67,13 +72,14 @@ class CheckpointSelection(L.Callback):
                 "model.selection.every_n_epochs is set but the GAN is fitted without validation rows (a data module with eval_split 'val'): "
                 "set it to null, or give validation images."
             )
-        classes = datamodule.eval_set.classes[torch.as_tensor(val)].numpy()
+        classes = after_setup(datamodule.eval_set, "eval_set").classes[torch.as_tensor(val)].numpy()
         return val[stratified_subset(classes, self.images, self.seed)]
 
-    def evaluate(self, pl_module, datamodule) -> dict:
+    def evaluate(self, pl_module: GAN, datamodule: AnomalyDataModule) -> dict[str, Any]:
         """The criterion of the current weights: ``{"criterion", "kind", ...}`` (module docstring)."""
         rows = self.validation_rows(datamodule)
-        items = [datamodule.eval_set[int(i)] for i in rows]  # only validation rows are read
+        eval_set = after_setup(datamodule.eval_set, "eval_set")
+        items = [eval_set[int(i)] for i in rows]  # only validation rows are read
         images = torch.stack([it["image"] for it in items])
         labels = torch.stack([torch.as_tensor(it["label"]) for it in items])
         keys = torch.tensor([it["key"] for it in items], dtype=torch.long)
@@ -116,7 +122,8 @@ class CheckpointSelection(L.Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs and not trainer.should_stop:
             return  # trainer.should_stop: the last epoch of a run ended by trainer.max_steps / max_time
-        result = {"epoch": epoch, **self.evaluate(pl_module, trainer.datamodule)}
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, not declared on Trainer
+        result = {"epoch": epoch, **self.evaluate(cast("GAN", pl_module), datamodule)}
         self.history.append(result)
         for logger in trainer.loggers:
             logger.log_metrics({f"selection/{k}": v for k, v in result.items() if isinstance(v, float)}, step=epoch)
@@ -131,7 +138,7 @@ class CheckpointSelection(L.Callback):
         state = {k: v.to(device=current[k].device) for k, v in self._best_state.items()}
         pl_module.load_state_dict(state, strict=False)
         for logger in trainer.loggers:
-            logger.log_metrics({"selection/best_epoch": float(self.best_epoch)}, step=trainer.current_epoch)
+            logger.log_metrics({"selection/best_epoch": float(cast(int, self.best_epoch))}, step=trainer.current_epoch)
 
     def summary(self) -> dict:
         """What to report: best epoch (0-based), its criterion and every evaluated epoch's values."""
@@ -145,7 +152,7 @@ class CheckpointSelection(L.Callback):
         self.history, self._best_state = list(state_dict["history"]), state_dict["best_state"]
 
 
-def _nets_state(pl_module) -> dict[str, torch.Tensor]:
+def _nets_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
     """The module's state entries of G, D and the EMA G (not optimiser or sample buffers)."""
     prefixes = ("generator.", "discriminator.", "generator_ema.")
     return {k: v for k, v in pl_module.state_dict().items() if k.startswith(prefixes)}

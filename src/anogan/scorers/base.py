@@ -14,13 +14,19 @@ discriminator-feature residual averaged over channels and upsampled bilinearly t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from anogan.errors import UserError
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+    from torch.utils.data import DataLoader
+
+    from anogan.models.dcgan import Discriminator, Generator
 
 
 class ScoreDivergenceError(UserError, FloatingPointError):
@@ -79,7 +85,8 @@ class Scorer(L.LightningModule):
     ``fit`` learns: the key of the encoder cache, ``anogan.gan_store.encoder_cache_key``).
 
     Args:
-        generator, discriminator: the trained GAN (frozen here, always in eval mode).
+        generator: the trained GAN's generator (frozen here, always in eval mode).
+        discriminator: the trained GAN's discriminator (frozen here, always in eval mode).
         batch_size: images scored together (the scores never depend on the batch).
         correction: ``none`` | ``complexity`` | ``auto`` — the primary score (``anogan.scores``).
         map_sigma: Gaussian smoothing of the anomaly map, in pixels of the model's resolution.
@@ -88,13 +95,18 @@ class Scorer(L.LightningModule):
         seed: seeds anything random in the scorer (starting z, encoder initialisation).
     """
 
+    if TYPE_CHECKING:  # save_hyperparameters stores an AttributeDict (Lightning declares a wider type)
+
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     needs_fit = False
     sized_by_fit: tuple[str, ...] = ()  # state-dict keys whose shape fit sets (memory banks), not the constructor
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         batch_size: int = 128,
         correction: str = "none",
         map_sigma: float = 1.0,
@@ -110,7 +122,7 @@ class Scorer(L.LightningModule):
         self.generator.eval()
         self.discriminator.eval()
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Scorer:
         # G and D stay in eval mode: BatchNorm on running statistics, so no image in a batch
         # influences another and batching stays exact. Subclasses with trainable parts override.
         super().train(mode)
@@ -122,7 +134,7 @@ class Scorer(L.LightningModule):
     def latent_dim(self) -> int:
         return self.generator.latent_dim
 
-    def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    def infer(self, x: torch.Tensor, keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Per image: ``score``, ``residual``, ``discrimination``, ``z`` (N×latent), ``steps``
         (search steps used), ``generated`` (G(z), N×C×S×S) and, for feature maps, ``fx``/``f_generated``.
         A scorer without a reconstruction (``anogan.scorers.discriminator``) returns its own named
@@ -153,3 +165,11 @@ class Scorer(L.LightningModule):
     def summary(self) -> str:
         """A few words for the progress bar and the log (what one image costs)."""
         return type(self).__name__
+
+    def fit(self, train_loader: DataLoader, trainer_kwargs: dict[str, Any]) -> None:
+        """Train the scorer's own parts (scorers with ``needs_fit``) on the normal training images."""
+        raise NotImplementedError
+
+    def fit_settings(self) -> dict[str, Any]:
+        """What, besides G, D and the images, determines what ``fit`` learns (the encoder cache's key)."""
+        raise NotImplementedError

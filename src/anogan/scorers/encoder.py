@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import nn
 
 from anogan.console import quiet_lightning
+from anogan.progress import progress_callbacks
 from anogan.scorers.base import ScoreDivergenceError, Scorer
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from anogan.models.dcgan import Discriminator, Generator
 
 
 def izif_components(
@@ -59,7 +67,7 @@ class Encoder(nn.Module):
         self.latent_dim = latent_dim
 
     @classmethod
-    def for_generator(cls, generator: nn.Module, width: int) -> Encoder:
+    def for_generator(cls, generator: Generator, width: int) -> Encoder:
         """An encoder whose input is G's output shape and whose output is G's latent size."""
         with torch.no_grad():
             was = generator.training
@@ -76,18 +84,26 @@ class Encoder(nn.Module):
 class _EncoderTraining(L.LightningModule):
     """izi_f training of E with G and D frozen (``trainer.fit`` on the normal training images)."""
 
-    def __init__(self, encoder: Encoder, generator: nn.Module, discriminator: nn.Module, kappa: float, lr: float, betas):
+    def __init__(
+        self,
+        encoder: Encoder,
+        generator: Generator,
+        discriminator: Discriminator,
+        kappa: float,
+        lr: float,
+        betas: Sequence[float],
+    ):
         super().__init__()
         self.encoder, self.generator, self.discriminator = encoder, generator, discriminator
-        self.kappa, self.lr, self.betas = kappa, lr, tuple(betas)
+        self.kappa, self.lr, self.betas = kappa, lr, (float(betas[0]), float(betas[1]))
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> _EncoderTraining:
         super().train(mode)
         self.generator.eval()
         self.discriminator.eval()
         return self
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.encoder.parameters(), lr=self.lr, betas=self.betas)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -104,15 +120,15 @@ class _EncoderTraining(L.LightningModule):
 
 def train_encoder(
     encoder: Encoder,
-    generator,
-    discriminator,
-    train_loader,
-    trainer_kwargs: dict,
+    generator: Generator,
+    discriminator: Discriminator,
+    train_loader: DataLoader,
+    trainer_kwargs: dict[str, Any],
     *,
     kappa: float,
     epochs: int,
     lr: float,
-    betas,
+    betas: Sequence[float],
     seed: int,
 ) -> Encoder:
     """Train ``encoder`` in place with izi_f (module docstring) for ``epochs`` over ``train_loader``,
@@ -121,8 +137,10 @@ def train_encoder(
         p.requires_grad_(False)
     encoder.requires_grad_(True)
     module = _EncoderTraining(encoder, generator, discriminator, kappa, lr, betas)
+    bar = progress_callbacks("encoder training", trainer_kwargs.get("enable_progress_bar", True))
+    callbacks = [*(trainer_kwargs.get("callbacks") or []), *bar]
     with quiet_lightning():
-        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False})
+        trainer = L.Trainer(**{**trainer_kwargs, "max_epochs": epochs, "enable_checkpointing": False, "callbacks": callbacks})
     with warnings.catch_warnings():  # G and D are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         L.seed_everything(seed, workers=True, verbose=False)
@@ -142,8 +160,8 @@ class EncoderScorer(Scorer):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         kappa: float = 1.0,
         width: int = 64,
         epochs: int = 20,
@@ -165,11 +183,11 @@ class EncoderScorer(Scorer):
     def summary(self) -> str:
         return "f-AnoGAN encoder, one forward pass"
 
-    def fit_settings(self) -> dict:
+    def fit_settings(self) -> dict[str, Any]:
         hp = self.hparams
         return {"width": hp.width, "kappa": hp.kappa, "epochs": hp.epochs, "lr": hp.lr, "betas": list(hp.betas), "seed": hp.seed}
 
-    def fit(self, train_loader, trainer_kwargs: dict) -> None:
+    def fit(self, train_loader: DataLoader, trainer_kwargs: dict[str, Any]) -> None:
         hp = self.hparams
         train_encoder(
             self.encoder,
@@ -185,7 +203,7 @@ class EncoderScorer(Scorer):
         )
 
     @torch.no_grad()
-    def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    def infer(self, x: torch.Tensor, keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         features = self.discriminator.features
         fx = features(x)
         z = self.encoder(x)

@@ -20,6 +20,7 @@ steps each image used.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +28,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from anogan.scorers.base import Scorer
 from anogan.scorers.encoder import Encoder, train_encoder
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from anogan.models.dcgan import Discriminator, Generator
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def initial_latents(keys: torch.Tensor, latent_dim: int, seed: int) -> torch.Tensor:
@@ -47,7 +55,7 @@ def score_components(
     return (1.0 - alpha) * residual + alpha * discrimination, residual, discrimination
 
 
-def search_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
+def search_copy(module: ModuleT, channels_last: bool = True) -> ModuleT:
     """A frozen eval-mode copy of a network for the search, the same function up to float rounding.
 
     Every Conv→BatchNorm pair inside an ``nn.Sequential`` is folded into one convolution (eval-mode
@@ -84,8 +92,8 @@ class LatentMapping(Scorer):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         alpha: float = 0.5,
         iterations: int = 400,
         lr: float = 1e-3,
@@ -101,25 +109,28 @@ class LatentMapping(Scorer):
     ):
         super().__init__(generator, discriminator, batch_size, correction, map_sigma, map_features, maps, seed)
         self.save_hyperparameters(ignore=["generator", "discriminator"], logger=False)
-        self._search_nets: tuple | None = None  # (fingerprint, G copy, D copy): a tuple, not submodules
+        # (fingerprint, G copy, D copy): a tuple, not submodules
+        self._search_nets: tuple[tuple[object, ...], Generator, Discriminator] | None = None
 
     def summary(self) -> str:
         stop = " (early stopping)" if self.hparams.early_stop else ""
         return f"latent search, {self.hparams.iterations} steps{stop}"
 
-    def start(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """The starting z of each image (N×latent_dim, float32)."""
+    def start(self, x: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        """The starting z of each image (N×latent_dim, float32), from its key (``ValueError`` without keys)."""
+        if keys is None:
+            raise ValueError("the random-start search needs each image's key (it seeds the image's starting z)")
         return initial_latents(keys.cpu(), self.latent_dim, self.hparams.seed).to(x.device)
 
-    def infer(self, x: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    def infer(self, x: torch.Tensor, keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return self.search(x, self.start(x, keys))
 
-    def search_networks(self, channels_last: bool) -> tuple[nn.Module, nn.Module]:
+    def search_networks(self, channels_last: bool) -> tuple[Generator, Discriminator]:
         """The search copies of G and D (``search_copy``), made again only when a weight or buffer
         of G or D changed: in place (``load_state_dict``), moved (``.to``) or replaced."""
         tensors = [*self.generator.parameters(), *self.generator.buffers()]
         tensors += [*self.discriminator.parameters(), *self.discriminator.buffers()]
-        key = (channels_last, id(self.generator), id(self.discriminator))
+        key: tuple[object, ...] = (channels_last, id(self.generator), id(self.discriminator))
         key += tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         if self._search_nets is None or self._search_nets[0] != key:
             nets = (search_copy(self.generator, channels_last), search_copy(self.discriminator, channels_last))
@@ -205,8 +216,8 @@ class EncoderSearch(LatentMapping):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         encoder: dict,
         alpha: float = 0.0,
         iterations: int = 10,
@@ -245,7 +256,7 @@ class EncoderSearch(LatentMapping):
     def summary(self) -> str:
         return f"encoder + {self.hparams.iterations} search steps" + (" (early stopping)" if self.hparams.early_stop else "")
 
-    def fit_settings(self) -> dict:
+    def fit_settings(self) -> dict[str, Any]:
         e = self.hparams.encoder
         return {
             "width": e["width"],
@@ -256,7 +267,7 @@ class EncoderSearch(LatentMapping):
             "seed": self.hparams.seed,
         }
 
-    def fit(self, train_loader, trainer_kwargs: dict) -> None:
+    def fit(self, train_loader: DataLoader, trainer_kwargs: dict[str, Any]) -> None:
         e = self.hparams.encoder
         train_encoder(
             self.encoder,
@@ -271,6 +282,6 @@ class EncoderSearch(LatentMapping):
             seed=self.hparams.seed,
         )
 
-    def start(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def start(self, x: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             return self.encoder(x).float()
