@@ -13,6 +13,8 @@ hurts plain ones such as airplane or ship); the raw score is always reported bes
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import torch
 
 CORRECTIONS = ("none", "complexity", "auto")
@@ -21,7 +23,7 @@ RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
 
 
-def score_components(results) -> list[str]:
+def score_components(results: Container[str]) -> list[str]:
     """The named per-image score components among the keys of ``results`` (scorer outputs or a
     scores table), in a fixed order: the reconstruction scorers' ``residual``/``discrimination``,
     the D readers' ``transformations``/``dfeatures``/``dpatches`` (columns of scores.csv)."""

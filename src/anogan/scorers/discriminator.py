@@ -30,12 +30,15 @@ mode), so batching is exact and scoring is resumable.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from anogan.errors import UserError
+from anogan.models.dcgan import Discriminator, Generator
 from anogan.scorers.base import Scorer, smooth
 
 POOLINGS = ("mean", "max", "flatten")
@@ -46,7 +49,7 @@ class ScorerConfigError(UserError):
     """A scorer setting that does not fit the discriminator it reads."""
 
 
-def layer_outputs(discriminator: nn.Module, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+def layer_outputs(discriminator: Discriminator, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
     """The feature maps of D's feature stack after its blocks ``layers`` (1-based; -1 = the last).
 
     A block ends at each activation (``nn.LeakyReLU``) of ``discriminator.features``; block k of
@@ -130,12 +133,12 @@ def subsample(bank: torch.Tensor, size: int, method: str, seed: int) -> torch.Te
     return bank[torch.tensor(chosen)]
 
 
-def transformation_scores(discriminator: nn.Module, x: torch.Tensor, transforms: str) -> torch.Tensor:
+def transformation_scores(discriminator: Discriminator, x: torch.Tensor, transforms: str) -> torch.Tensor:
     """Σ_t cross-entropy of D's transformation head on τ_t(x) with label t (module docstring), float32 (N,)."""
     from anogan.models.transforms import apply_transforms, transform_count
 
     copies = apply_transforms(x, transforms).unflatten(0, (transform_count(transforms), -1))  # T×N×C×S×S
-    total = 0
+    total = x.new_zeros(x.shape[0], dtype=torch.float32)
     for t in range(copies.shape[0]):
         logits = discriminator.transform_logits(copies[t]).float()
         total = total + (logits.logsumexp(1) - logits[:, t])
@@ -178,8 +181,8 @@ class TransformationScorer(_DReader):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         transforms: str | None = None,
         batch_size: int = 256,
         correction: str = "none",
@@ -225,8 +228,8 @@ class DFeatureScorer(_DReader):
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        generator: Generator,
+        discriminator: Discriminator,
         k: int = 5,
         layer: int = -1,
         pooling: str = "mean",
@@ -273,7 +276,7 @@ class DFeatureScorer(_DReader):
             self.generator.train(was)
         return torch.zeros(shape, dtype=p.dtype, device=p.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("bank", "patch_bank"):  # the banks' sizes come from the file
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
