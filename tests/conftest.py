@@ -76,6 +76,14 @@ def tiny_overrides(root: Path, out: Path | None = None, mapping: str = "latent")
         "latent": ["mapping.iterations=3"],
         "encoder": ["mapping=encoder", "mapping.epochs=2"],
         "encoder_search": ["mapping=encoder_search", "mapping.encoder.epochs=1", "mapping.iterations=2"],
+        "transformations": ["model.self_supervised=rotations", "mapping=transformations"],
+        "dfeatures": ["mapping=dfeatures", "mapping.bank_size=20", "mapping.patch_bank_size=200"],
+        "dcombined": [
+            "model.self_supervised=rotations",
+            "mapping=dcombined",
+            "mapping.bank_size=20",
+            "mapping.patch_bank_size=200",
+        ],
     }[mapping]
     if out is not None:
         o += [f"paths.log_dir={out}", f"hydra.run.dir={out}/run"]

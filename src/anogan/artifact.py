@@ -281,10 +281,13 @@ def _check_hparams(path: Path, cls: type, hparams: dict) -> None:
         )
 
 
-def check_state_dict(path: Path, where: str, expected: dict[str, torch.Tensor], found: dict, prefix: str = "") -> None:
+def check_state_dict(
+    path: Path, where: str, expected: dict[str, torch.Tensor], found: dict, prefix: str = "", sized_by_fit: tuple = ()
+) -> None:
     """``found`` holds exactly ``expected``'s tensors with the same shapes; else one ``ArtifactError``
     naming the first missing, unexpected or mis-shaped key (``where``: the entry's name, ``prefix``:
-    the keys' prefix inside it)."""
+    the keys' prefix inside it). Keys in ``sized_by_fit`` (a scorer's memory banks, whose size the
+    training images set) need only the same number of dimensions."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     for keys, what in ((missing, "lacks"), (unexpected, "has the unknown tensor")):
@@ -295,6 +298,8 @@ def check_state_dict(path: Path, where: str, expected: dict[str, torch.Tensor], 
             )
     for k, want in expected.items():
         got = found[k]
+        if k in sized_by_fit and isinstance(got, torch.Tensor) and got.dim() == want.dim():
+            continue
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise ArtifactError(f"{path}: entry '{where}' holds '{prefix}{k}' as {shape}, not {tuple(want.shape)}: {DAMAGED}.")
@@ -364,7 +369,7 @@ def load_artifact(path: str | Path) -> tuple[Scorer, dict[str, Any]]:
         scorer = cls(generator, discriminator, **payload["scorer"]["hparams"])
     except (ValueError, TypeError, UserError) as err:
         raise ArtifactError(f"{path}: entry 'scorer.hparams' is refused by {cls.__name__} ({err}): {DAMAGED}.") from None
-    check_state_dict(path, "state_dict", scorer.state_dict(), payload["state_dict"])
+    check_state_dict(path, "state_dict", scorer.state_dict(), payload["state_dict"], sized_by_fit=scorer.sized_by_fit)
     scorer.load_state_dict(payload["state_dict"])
     try:
         Calibration.from_state(payload["calibration"])

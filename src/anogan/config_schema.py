@@ -47,6 +47,8 @@ from anogan.data.synthetic import METHODS
 from anogan.errors import ConfigError, UserError
 from anogan.metrics import THRESHOLD_RULES
 from anogan.models.gan import check_gan_options
+from anogan.models.transforms import TRANSFORM_SETS
+from anogan.scorers.discriminator import CORESETS, POOLINGS
 from anogan.scores import CORRECTIONS
 
 # A learning rate above this is refused: Adam moves every weight by up to lr per step, and the
@@ -435,6 +437,48 @@ class EncoderSearch(LatentSearch):
     encoder: EncoderTraining = MISSING
 
 
+def _transforms() -> Any:
+    return rule(
+        lambda v: v is None or v in TRANSFORM_SETS, f"use ${{model.self_supervised}}: null or one of {', '.join(TRANSFORM_SETS)}"
+    )
+
+
+def _combine() -> Any:
+    return rule(
+        lambda v: (
+            v is None
+            or ((OmegaConf.is_list(v) or isinstance(v, (list, tuple))) and len(v) > 0 and all(isinstance(c, str) for c in v))
+        ),
+        "use null or a list of score components, e.g. [transformations, dfeatures]",
+        None,
+    )
+
+
+@dataclass
+class TransformationScorer(ScorerCommon):
+    """``mapping=transformations`` (``anogan.scorers.discriminator``)."""
+
+    transforms: Any = _transforms()
+    combine: Any = _combine()
+
+
+@dataclass
+class DFeatureScorer(ScorerCommon):
+    """``mapping=dfeatures`` and ``dcombined`` (``anogan.scorers.discriminator``)."""
+
+    k: int = whole(1)
+    layer: int = rule(lambda v: is_whole(v) and v != 0, "use a block of D's feature stack: 1, 2, ... or -1 (the last)")
+    pooling: str = one_of(POOLINGS)
+    bank_size: int = whole(1)
+    patch_layer: int = rule(lambda v: is_whole(v) and v != 0, "use a block of D's feature stack: 1, 2, ... or -1 (the last)")
+    patch_neighbourhood: int = rule(lambda v: is_whole(v) and v >= 1 and v % 2 == 1, "use an odd whole number >= 1")
+    patch_bank_size: int = whole(1)
+    coreset: str = one_of(CORESETS)
+    transforms: Any = _transforms()
+    score: str = one_of(("dfeatures", "dpatches", "transformations"))
+    combine: Any = _combine()
+
+
 # (group, option) -> schema; the yaml file of each option names it in its defaults list.
 SCHEMAS = {
     ("trainer", "trainer"): Trainer,
@@ -446,6 +490,8 @@ SCHEMAS = {
     ("mapping", "latent"): LatentSearch,
     ("mapping", "encoder"): EncoderScorer,
     ("mapping", "encoder_search"): EncoderSearch,
+    ("mapping", "transformations"): TransformationScorer,
+    ("mapping", "dfeatures"): DFeatureScorer,
 }
 
 

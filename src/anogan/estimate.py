@@ -234,7 +234,7 @@ def _encoder_cached(cfg: DictConfig, networks: tuple[torch.nn.Module, torch.nn.M
         if networks is None:
             return False
     scorer = instantiate(cfg.mapping, generator=networks[0], discriminator=networks[1], seed=cfg.seed, _convert_="all")
-    if not scorer.needs_fit:
+    if not scorer.needs_fit or not hasattr(scorer, "encoder"):  # a D-feature memory bank is never cached
         return False
     key = gan_store.encoder_cache_key(cfg, scorer)
     return (Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt").is_file()
@@ -276,12 +276,13 @@ def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = Tr
                 cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=cfg.seed, _convert_="all"
             )
             summary, epochs, encoder_s = scorer.summary(), None, None
-            if scorer.needs_fit:
+            if scorer.needs_fit and hasattr(scorer, "encoder"):  # an encoder to train (not a D-feature bank)
                 epochs = int(scorer.fit_settings()["epochs"])
                 encoder_s = (
                     batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch) if encoder else 0.0
                 )
-            scoring_s = scoring_image_seconds(scorer, kw, channels, size)
+            # a memory-bank scorer (mapping=dfeatures) scores only once fit on the training images: not probed
+            scoring_s = None if scorer.sized_by_fit else scoring_image_seconds(scorer, kw, channels, size)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
@@ -334,7 +335,7 @@ def estimate_run(
     if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
         model = instantiate(cfg.model, _convert_="all")
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
-        fit = scorer.fit_settings() if scorer.needs_fit else None
+        fit = scorer.fit_settings() if scorer.needs_fit and hasattr(scorer, "encoder") else None
         cost = UnitCosts(None, None, None, fit and int(fit["epochs"]), scorer.summary())
         measured = False
     else:

@@ -14,7 +14,9 @@ calibration) on real images (``input``) or, without them, on images made by the 
 the largest relative difference of scores and maps must be <= 1e-4, and p-values and labels must
 be equal except at float ties.
 
-Only the f-AnoGAN encoder scorer (``mapping=encoder``) is a fixed graph. The latent search
+The f-AnoGAN encoder scorer (``mapping=encoder``) and the scorers that read D (``mapping=transformations``,
+``dfeatures``, ``dcombined``: their memory banks are constants of the graph) are fixed graphs; a
+scorer without an anomaly map (``transformations``) exports no ``anomaly_map``. The latent search
 (``mapping=latent`` / ``encoder_search``) runs Adam on z with gradients through G at inference time:
 it stays PyTorch-only (``predict.py`` with the scorer file), since neither ONNX nor TorchScript
 (deprecated in current PyTorch) carries a per-image optimisation loop with autograd.
@@ -37,7 +39,7 @@ from anogan.artifact import load_artifact, resolve_path
 from anogan.calibration import Calibration, complexity_of_model_input
 from anogan.errors import ExportError, UserError
 from anogan.io import atomic_write_text
-from anogan.scorers import EncoderScorer, Scorer
+from anogan.scorers import DFeatureScorer, EncoderScorer, Scorer, TransformationScorer
 from anogan.scores import complexity
 
 log = logging.getLogger("anogan.export")
@@ -50,7 +52,7 @@ class ScorerGraph(nn.Module):
     followed by the run's ``Calibration`` module, unchanged; the image complexity the correction
     needs is computed from the input (``complexity_of_model_input``)."""
 
-    def __init__(self, scorer: EncoderScorer, calibration: Calibration):
+    def __init__(self, scorer: Scorer, calibration: Calibration):
         super().__init__()
         self.scorer, self.calibration = scorer, calibration
         self.output_names = ["score", "raw_score", *(["anomaly_map"] if scorer.hparams.maps else []), "p_value", "label"]
@@ -135,9 +137,10 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     "max_relative_difference", "images"}``. Raises ``ExportError`` / ``ArtifactError`` (one line)."""
     artifact = resolve_path(ckpt)
     scorer, payload = load_artifact(artifact)
-    if not isinstance(scorer, EncoderScorer):
+    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer)):
         raise ExportError(
-            f"{artifact} holds a {type(scorer).__name__}: only the encoder scorer (mapping=encoder) exports to ONNX; "
+            f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
+            "dfeatures, dcombined) export to ONNX; "
             "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
         )
     try:

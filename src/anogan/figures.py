@@ -224,8 +224,11 @@ def write_example_figures(
     device = next(scorer.generator.parameters()).device
     for kind, rows in (("most_anomalous", order[:n]), ("least_anomalous", order[::-1][:n].copy())):
         images = dataset.images[rows].float().div(127.5).sub(1.0)
-        z = results["z"][rows].to(device)
-        generated = scorer.generator(z.to(next(scorer.generator.parameters()).dtype)).float().cpu()
+        if "z" in results:
+            z = results["z"][rows].to(device)
+            generated = scorer.generator(z.to(next(scorer.generator.parameters()).dtype)).float().cpu()
+        else:  # a scorer without reconstruction (it reads D): the image again in the G(z) column
+            generated = images
         titles = [
             f"{table['class_name'][r]} ({'anomalous' if table['label'][r] else 'normal'})\nscore {table['score'][r]:.4g}"
             + (f", p {table['p_value'][r]:.3g}" if "p_value" in table else "")

@@ -14,7 +14,8 @@ config (``PredictConfig``, ``anogan.cli``).
 
 Output (default ``<run folder>/predictions/<input name>.csv``; never the current folder): path,
 score (the run's primary score), p_value (conformal, against the validation normals), label
-(1 = anomalous at the threshold), raw_score, residual, discrimination, complexity, steps. With
+(1 = anomalous at the threshold), raw_score, the scorer's components (residual, discrimination; or
+transformations, dfeatures, dpatches for the scorers that read D), complexity, steps. With
 ``maps=true``: per image the anomaly map at the image's own size as ``.npy`` (float32) and an
 overlay PNG in ``<csv name>_maps/``; with ``save_images=true``: original | G(z) | |x − G(z)| PNGs.
 Files that cannot be read are skipped and listed with their reason; they never stop the batch.

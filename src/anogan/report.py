@@ -32,7 +32,7 @@ from anogan.metrics import (
     resolve_threshold,
     threshold_metrics,
 )
-from anogan.scores import complexity, corrected_score
+from anogan.scores import complexity, corrected_score, score_components
 from anogan.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
 
 if TYPE_CHECKING:
@@ -69,8 +69,7 @@ def build_table(results: dict[str, torch.Tensor], datamodule: AnomalyDataModule,
         "label": dataset.labels.numpy(),
         "score": post["score"].numpy(),
         "raw_score": post["raw_score"].numpy(),
-        "residual": results["residual"].double().numpy(),
-        "discrimination": results["discrimination"].double().numpy(),
+        **{k: results[k].double().numpy() for k in score_components(results)},
         "complexity": image_complexity.double().numpy(),
     }
     if "steps" in results:
@@ -199,11 +198,11 @@ def compute_metrics(
     alternatives = {
         "raw_score": raw,
         "complexity_corrected": corrected_score(raw, c),
-        "residual": torch.from_numpy(table["residual"]),
-        "discrimination": torch.from_numpy(table["discrimination"]),
+        **{k: torch.from_numpy(table[k]) for k in score_components(table)},
         "complexity_baseline": -c if low_is_anomalous else c,
-        "residual_over_complexity": corrected_score(torch.from_numpy(table["residual"]), c),
     }
+    if "residual" in table:
+        alternatives["residual_over_complexity"] = corrected_score(torch.from_numpy(table["residual"]), c)
     components = {k: ranking_metrics(v[test], label[test], "the test split")["auroc"] for k, v in alternatives.items()}
     # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
     # one number each) the range 95% of such scores would land in for these class counts

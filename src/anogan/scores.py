@@ -13,9 +13,21 @@ hurts plain ones such as airplane or ship); the raw score is always reported bes
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import torch
 
 CORRECTIONS = ("none", "complexity", "auto")
+RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
+# the per-image components of the scorers that read D (anogan.scorers.discriminator)
+D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
+
+
+def score_components(results: Container[str]) -> list[str]:
+    """The named per-image score components among the keys of ``results`` (scorer outputs or a
+    scores table), in a fixed order: the reconstruction scorers' ``residual``/``discrimination``,
+    the D readers' ``transformations``/``dfeatures``/``dpatches`` (columns of scores.csv)."""
+    return [k for k in (*RECONSTRUCTION_COMPONENTS, *D_COMPONENTS) if k in results]
 
 
 def neighbour_difference(x: torch.Tensor) -> torch.Tensor:

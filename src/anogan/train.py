@@ -191,7 +191,7 @@ def fit_scorer(cfg: DictConfig, scorer: Scorer, datamodule: AnomalyDataModule, k
     """Train the scorer's encoder on the normal training images, or load it from the cache
     (``<gan_cache_dir>/encoders``, with ``gan.cache``; key: ``gan_store.encoder_cache_key``).
     DDP: as for the GAN, only rank 0 locks and publishes; every rank makes the same choice."""
-    if not cfg.gan.cache:
+    if not cfg.gan.cache or not hasattr(scorer, "encoder"):  # no encoder (a D-feature memory bank): built each run
         scorer.fit(datamodule.train_dataloader(), kwargs)
         return
     key = gan_store.encoder_cache_key(cfg, scorer)

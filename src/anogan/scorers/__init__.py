@@ -3,14 +3,19 @@
 * ``LatentMapping`` (``mapping=latent``): AnoGAN's per-image latent search from a random z.
 * ``EncoderScorer`` (``mapping=encoder``): f-AnoGAN's izi_f encoder, one forward pass.
 * ``EncoderSearch`` (``mapping=encoder_search``): z starts at E(x), then a few search steps.
+* ``TransformationScorer`` (``mapping=transformations``): D's transformation head, summed cross-entropy.
+* ``DFeatureScorer`` (``mapping=dfeatures`` / ``dcombined``): kNN distances in D's feature space, per image and per patch.
 """
 
 from anogan.errors import ScoreDivergenceError
 from anogan.scorers.base import Scorer, anomaly_map, check_finite_scores
+from anogan.scorers.discriminator import DFeatureScorer, TransformationScorer
 from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
 from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
 
 __all__ = [
+    "DFeatureScorer",
+    "TransformationScorer",
     "Encoder",
     "EncoderScorer",
     "EncoderSearch",

@@ -97,6 +97,7 @@ class Scorer(L.LightningModule):
         def hparams(self) -> AttributeDict: ...
 
     needs_fit = False
+    sized_by_fit: tuple[str, ...] = ()  # state-dict keys whose shape fit sets (memory banks), not the constructor
 
     def __init__(
         self,
@@ -131,7 +132,9 @@ class Scorer(L.LightningModule):
 
     def infer(self, x: torch.Tensor, keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Per image: ``score``, ``residual``, ``discrimination``, ``z`` (N×latent), ``steps``
-        (search steps used), ``generated`` (G(z), N×C×S×S) and, for feature maps, ``fx``/``f_generated``."""
+        (search steps used), ``generated`` (G(z), N×C×S×S) and, for feature maps, ``fx``/``f_generated``.
+        A scorer without a reconstruction (``anogan.scorers.discriminator``) returns its own named
+        components instead of ``residual``/``discrimination``/``z``/``generated``, and its own ``map`` (N×S×S)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -139,8 +142,8 @@ class Scorer(L.LightningModule):
         components (``score``, ``residual``, ...) plus ``map`` (N×S×S, when ``maps``), on x's device.
         ``predict_step`` and the exported ONNX graph (``anogan.export``) both run this."""
         out = self.infer(x, keys)
-        generated, fx, fg = out.pop("generated"), out.pop("fx", None), out.pop("f_generated", None)
-        if self.hparams.maps:
+        generated, fx, fg = out.pop("generated", None), out.pop("fx", None), out.pop("f_generated", None)
+        if self.hparams.maps and "map" not in out and generated is not None:  # a scorer may give its own map
             use_features = self.hparams.map_features
             out["map"] = anomaly_map(
                 x, generated, self.hparams.map_sigma, fx if use_features else None, fg if use_features else None
