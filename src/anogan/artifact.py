@@ -34,7 +34,7 @@ import torch
 
 from anogan.calibration import THRESHOLD_KEYS, Calibration
 from anogan.errors import ArtifactError, UserError
-from anogan.gan_store import ARCH_DEFAULTS, build_networks, check_arch, load_checkpoint
+from anogan.gan_store import ARCH_DEFAULTS, GAN_JSON_TYPES, build_networks, check_arch, load_checkpoint
 from anogan.metrics import THRESHOLD_RULES
 
 if TYPE_CHECKING:
@@ -50,16 +50,7 @@ SCHEMA = {
     "format": str,
     "version": int,
     "scorer": {"target": str, "hparams": dict},
-    "gan_arch": {
-        "latent_dim": int,
-        "channels": int,
-        "image_size": int,
-        "g_width": int,
-        "d_width": int,
-        "d_norm": str,
-        "spectral_norm": bool,
-        "self_supervised": (str, type(None)),
-    },
+    "gan_arch": dict(GAN_JSON_TYPES),  # the architecture, typed as in gan.json
     "state_dict": dict,
     "calibration": {
         "correction": str,
