@@ -158,3 +158,34 @@ def fitted_run(tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("fitted_run")
     overrides = [o for o in tiny_overrides(tiny_cifar, out) if not o.startswith("hydra.run.dir")]
     return anogan.fit([*overrides, "mapping.correction=complexity"], run_dir=out / "run")
+
+
+def small_nets(latent: int = 16, size: int = 32, width: int = 8, transform_classes: int = 0):
+    """A small G and D (D with a transformation head when ``transform_classes``) whose BatchNorm
+    running statistics are exact averages over a few batches of G's images, in eval mode: G then
+    makes varied images, as a trained one does."""
+    import torch
+
+    from anogan.models.dcgan import Discriminator, Generator
+
+    torch.manual_seed(0)
+    g, d = Generator(latent, 3, size, width), Discriminator(3, size, width, transform_classes=transform_classes)
+    for m in list(g.modules()) + list(d.modules()):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    g.train(), d.train()
+    with torch.no_grad():
+        for _ in range(3):
+            d(g(torch.randn(64, latent, 1, 1)))
+    return g.eval(), d.eval()
+
+
+def random_split(n: int = 10, seed: int = 1):
+    """An ``AnomalySplit`` of ``n`` random 32 px colour images, all normal."""
+    import torch
+
+    from anogan.data.splits import AnomalySplit
+
+    rng = np.random.default_rng(seed)
+    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
+    return AnomalySplit(images, np.zeros(n, dtype=np.int64), np.arange(n), 0)

@@ -16,11 +16,10 @@ from anogan.artifact import load_artifact, save_artifact
 from anogan.calibration import Calibration
 from anogan.data.splits import AnomalySplit
 from anogan.inference import run_scorer
-from anogan.models import Discriminator, Generator
 from anogan.models.transforms import TRANSFORM_SETS, apply_transform, apply_transforms, transform_labels
 from anogan.scorers import DFeatureScorer, TransformationScorer
 from anogan.scorers.discriminator import ScorerConfigError, knn_distance, layer_outputs, pairwise_distances, subsample
-from conftest import tiny_overrides
+from conftest import random_split, small_nets, tiny_overrides
 from conftest import train_in_process as run_train
 
 CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true"}
@@ -52,27 +51,8 @@ def _marker_images(size: int = 8):
     return marked, torch.zeros(1, 3, size, size)
 
 
-def _nets(latent=16, size=32, width=8, transform_classes=0):
-    torch.manual_seed(0)
-    g, d = Generator(latent, 3, size, width), Discriminator(3, size, width, transform_classes=transform_classes)
-    for m in list(g.modules()) + list(d.modules()):  # exact running statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    g.train(), d.train()
-    with torch.no_grad():
-        for _ in range(3):
-            d(g(torch.randn(64, latent, 1, 1)))
-    return g.eval(), d.eval()
-
-
-def _dataset(n=10, seed=1):
-    rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
-    return AnomalySplit(images, np.zeros(n, dtype=np.int64), np.arange(n), 0)
-
-
 def test_transformation_score_is_low_when_the_head_is_right_and_log_t_times_t_when_it_cannot_tell():
-    g, _ = _nets()
+    g, _ = small_nets()
     scorer = TransformationScorer(g, MarkerHead(), transforms="rotations")
     marked, plain = _marker_images()
     score = scorer.infer(torch.cat([marked, plain]))["score"]
@@ -82,7 +62,7 @@ def test_transformation_score_is_low_when_the_head_is_right_and_log_t_times_t_wh
 
 
 def test_transformation_score_equals_the_summed_cross_entropy_of_a_trained_head():
-    g, d = _nets(transform_classes=4)
+    g, d = small_nets(transform_classes=4)
     torch.nn.init.normal_(d.transform_head.weight, 0, 0.05)
     x = torch.rand(5, 3, 32, 32) * 2 - 1
     got = TransformationScorer(g, d, transforms="rotations").infer(x)["transformations"]
@@ -94,10 +74,10 @@ def test_transformation_score_equals_the_summed_cross_entropy_of_a_trained_head(
 
 
 def test_transformation_scorer_refuses_a_discriminator_without_its_head():
-    g, d = _nets()
+    g, d = small_nets()
     with pytest.raises(ScorerConfigError, match="model.self_supervised=rotations"):
         TransformationScorer(g, d, transforms="rotations")
-    g, d = _nets(transform_classes=4)
+    g, d = small_nets(transform_classes=4)
     with pytest.raises(ScorerConfigError, match="has 72 transformations but the discriminator's head has 4"):
         TransformationScorer(g, d, transforms="geotrans")
     with pytest.raises(ScorerConfigError, match="mapping.maps=true"):
@@ -116,8 +96,8 @@ def test_knn_distances_equal_brute_force(chunk):
 
 
 def test_dfeatures_scores_are_the_brute_force_knn_of_the_pooled_features():
-    g, d = _nets()
-    train, test = _dataset(12, seed=1), _dataset(4, seed=2)
+    g, d = small_nets()
+    train, test = random_split(12, seed=1), random_split(4, seed=2)
     scorer = DFeatureScorer(g, d, k=3, layer=-1, pooling="max", bank_size=100, patch_bank_size=10_000)
     scorer.fit(DataLoader(train, batch_size=5, shuffle=True))
     x_train = torch.stack([train[i]["image"] for i in range(12)])
@@ -140,7 +120,7 @@ def test_greedy_coreset_keeps_the_outlier_and_random_is_a_seeded_subset():
 
 
 def test_layer_outputs_name_the_blocks_and_refuse_a_missing_one():
-    _, d = _nets()
+    _, d = small_nets()
     x = torch.rand(2, 3, 32, 32)
     out = layer_outputs(d, x, [1, 2, -1])
     assert [tuple(out[k].shape[1:]) for k in (1, 2, -1)] == [(8, 16, 16), (16, 8, 8), (32, 4, 4)]
@@ -149,7 +129,7 @@ def test_layer_outputs_name_the_blocks_and_refuse_a_missing_one():
 
 
 def test_patch_map_peaks_on_a_pasted_patch():
-    g, d = _nets()
+    g, d = small_nets()
     gen = torch.Generator().manual_seed(0)
     # normal images: smooth colour gradients; the anomaly: one of them with an 8x8 noise patch pasted in
     ramp = torch.linspace(-1, 1, 32)
@@ -173,7 +153,7 @@ def test_patch_map_peaks_on_a_pasted_patch():
 
 @pytest.mark.parametrize("kind", ["transformations", "dfeatures", "dcombined"])
 def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
-    g, d = _nets(transform_classes=4)
+    g, d = small_nets(transform_classes=4)
     torch.nn.init.normal_(d.transform_head.weight, 0, 0.05)
     scorer = {
         "transformations": lambda: TransformationScorer(g, d, transforms="rotations"),
@@ -183,8 +163,8 @@ def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
         ),
     }[kind]()
     if scorer.needs_fit:
-        scorer.fit(DataLoader(_dataset(12, seed=4), batch_size=5))
-    data = _dataset(5)
+        scorer.fit(DataLoader(random_split(12, seed=4), batch_size=5))
+    data = random_split(5)
     want = run_scorer(scorer, data, CPU)
     arch = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8, "self_supervised": "rotations"}
     path = save_artifact(
@@ -270,7 +250,7 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
 
 
 def test_dfeatures_needs_a_fit_and_names_bad_settings():
-    g, d = _nets()
+    g, d = small_nets()
     with pytest.raises(ScorerConfigError, match="no memory bank"):
         DFeatureScorer(g, d).infer(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ScorerConfigError, match="mapping.pooling='median'"):

@@ -3,39 +3,17 @@ anomaly map, the one inference path (resumable), the scorer file, and train.py e
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from anogan.artifact import load_artifact, save_artifact
-from anogan.data.splits import AnomalySplit
 from anogan.inference import run_scorer
-from anogan.models import Discriminator, Generator
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping, anomaly_map, izif_components
-from conftest import read_scores, tiny_overrides
+from conftest import random_split, read_scores, small_nets, tiny_overrides
 from conftest import train_in_process as run_train
 
 CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true"}
-
-
-def _nets(latent=16, size=32, width=8):
-    torch.manual_seed(0)
-    g, d = Generator(latent, 3, size, width), Discriminator(3, size, width)
-    for m in list(g.modules()) + list(d.modules()):  # exact running statistics: G in eval mode makes varied images
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    g.train(), d.train()
-    with torch.no_grad():
-        for _ in range(3):
-            d(g(torch.randn(64, latent, 1, 1)))
-    return g.eval(), d.eval()
-
-
-def _dataset(n=10, seed=1):
-    rng = np.random.default_rng(seed)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
-    return AnomalySplit(images, np.zeros(n, dtype=np.int64), np.arange(n), 0)
 
 
 def test_izif_formula_on_a_hand_made_case():
@@ -48,7 +26,7 @@ def test_izif_formula_on_a_hand_made_case():
 
 
 def test_encoder_training_reduces_its_loss_and_trains_only_the_encoder():
-    g, d = _nets()
+    g, d = small_nets()
     with torch.no_grad():  # "normal" images: the ones G can make, so E can learn to invert G
         images = g(torch.randn(64, 16, generator=torch.Generator().manual_seed(5)))
     loader = DataLoader([{"image": x, "row": i} for i, x in enumerate(images)], batch_size=16, shuffle=True)
@@ -63,9 +41,9 @@ def test_encoder_training_reduces_its_loss_and_trains_only_the_encoder():
 
 
 def test_encoder_scores_through_the_inference_path_equal_the_formula():
-    g, d = _nets()
+    g, d = small_nets()
     scorer = EncoderScorer(g, d, width=8, kappa=0.7, seed=3, batch_size=4)
-    data = _dataset(10)
+    data = random_split(10)
     res = run_scorer(scorer, data, CPU)
     assert torch.equal(res["row"], torch.arange(10))
     x = torch.stack([data[i]["image"] for i in range(10)])
@@ -82,7 +60,7 @@ def test_encoder_scores_through_the_inference_path_equal_the_formula():
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_early_stopping_is_exact_per_image_and_stops_early(alpha):
-    g, d = _nets()
+    g, d = small_nets()
     stop = {"patience": 3, "rel_tol": 1e-3}
     scorer = LatentMapping(g, d, alpha=alpha, iterations=60, lr=0.2, early_stop=stop)
     x = torch.rand(6, 3, 32, 32) * 2 - 1
@@ -102,7 +80,7 @@ def test_early_stopping_is_exact_per_image_and_stops_early(alpha):
 
 
 def test_encoder_search_starts_at_the_encoders_latent_and_refines_it():
-    g, d = _nets()
+    g, d = small_nets()
     enc = {"width": 8, "kappa": 1.0, "epochs": 1, "lr": 1e-4, "betas": [0.5, 0.999]}
     hybrid = EncoderSearch(g, d, encoder=enc, iterations=0, lr=0.05, map_sigma=0)
     x = torch.rand(4, 3, 32, 32) * 2 - 1
@@ -128,9 +106,9 @@ def test_anomaly_map_peaks_on_the_changed_region_and_smoothing_keeps_mass():
 
 
 def test_bf16_true_keeps_z_in_float32_and_every_coordinate_moves():
-    g, d = _nets()
+    g, d = small_nets()
     scorer = LatentMapping(g, d, alpha=0.0, iterations=5, lr=0.05, batch_size=4)
-    data = _dataset(4)
+    data = random_split(4)
     res = run_scorer(scorer, data, {**CPU, "precision": "bf16-true"})
     from anogan.scorers import initial_latents
 
@@ -147,8 +125,8 @@ class _Interrupt(Exception):
 def test_interrupted_scoring_resumes_and_equals_an_uninterrupted_run(tmp_path):
     import lightning as L
 
-    g, d = _nets()
-    data = _dataset(10)
+    g, d = small_nets()
+    data = random_split(10)
     full = run_scorer(LatentMapping(g, d, iterations=4, lr=0.05, batch_size=3), data, CPU)
 
     class StopAfterTwoBatches(L.Callback):
@@ -170,14 +148,14 @@ def test_interrupted_scoring_resumes_and_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("kind", ["latent", "encoder", "hybrid"])
 def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
-    g, d = _nets()
+    g, d = small_nets()
     enc = {"width": 8, "kappa": 1.0, "epochs": 1, "lr": 1e-4, "betas": [0.5, 0.999]}
     scorer = {
         "latent": lambda: LatentMapping(g, d, alpha=0.3, iterations=3, seed=5),
         "encoder": lambda: EncoderScorer(g, d, width=8),
         "hybrid": lambda: EncoderSearch(g, d, encoder=enc, iterations=2),
     }[kind]()
-    data = _dataset(5)
+    data = random_split(5)
     want = run_scorer(scorer, data, CPU)
     arch = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8}
     calibration = {
@@ -218,8 +196,8 @@ def test_train_end_to_end_with_each_scorer(tiny_cifar, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_scoring_on_a_gpu_matches_the_cpu():
-    g, d = _nets()
-    data = _dataset(8)
+    g, d = small_nets()
+    data = random_split(8)
     cpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, CPU)
     gpu = run_scorer(LatentMapping(g, d, alpha=0.3, iterations=5, lr=0.05, batch_size=4), data, {**CPU, "accelerator": "gpu"})
     torch.testing.assert_close(gpu["score"], cpu["score"], rtol=1e-3, atol=1e-3)
