@@ -18,6 +18,10 @@ TRAIN_PER_CLASS_PER_BATCH = 4  # 5 batches -> 20 training images per class, 200 
 TEST_PER_CLASS = 10  # 100 test images
 
 
+# Trainer arguments for in-process scoring in tests: one CPU, fp32, quiet.
+CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true"}
+
+
 def write_tiny_cifar(root: Path, seed: int = 0) -> Path:
     """CIFAR-10 pickles with class-dependent images (class c has mean brightness ~ c)."""
     rng = np.random.default_rng(seed)

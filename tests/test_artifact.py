@@ -15,7 +15,7 @@ from anogan.calibration import Calibration
 from anogan.errors import ArtifactError, GANLoadError
 from anogan.inference import run_scorer
 from anogan.scorers import EncoderScorer, LatentMapping
-from test_scorers import CPU, _dataset, _nets
+from conftest import CPU, random_split, small_nets
 
 ARCH = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8, "d_norm": "batch", "spectral_norm": False}
 PREP = {"image_size": 32, "channels": 3, "resize": "stretch"}
@@ -25,7 +25,7 @@ PREP = {"image_size": 32, "channels": 3, "resize": "stretch"}
 def saved(tmp_path_factory):
     """A latent scorer file (3 search steps, not the class default 400) and its payload."""
     folder = tmp_path_factory.mktemp("artifact")
-    g, d = _nets()
+    g, d = small_nets()
     scorer = LatentMapping(g, d, iterations=3, seed=1)
     cal = Calibration.fit(torch.arange(30.0), torch.ones(30), torch.zeros(30, dtype=torch.long))
     path = save_artifact(folder / "scorer.pt", scorer, ARCH, cal, PREP, "32-true", {"seed": 1})
@@ -142,7 +142,7 @@ def test_a_version_1_file_loads_through_the_migration_and_scores_the_same(saved,
     thresholds = payload["calibration"]["thresholds"]
     assert thresholds["fpr_target"] == 0.05 and thresholds["f1_value"] is None
     assert thresholds["fpr_observed"] == saved[1]["calibration"]["thresholds"]["fpr_observed"]
-    data = _dataset(3)
+    data = random_split(3)
     assert torch.equal(run_scorer(old, data, CPU)["score"], run_scorer(new, data, CPU)["score"])
     # a version-1 file missing a scorer setting is refused like a damaged one, naming its version
     torch.save(_without(_as_v1(saved[1]), "scorer.hparams.iterations"), path)
@@ -154,7 +154,7 @@ def test_a_version_1_file_loads_through_the_migration_and_scores_the_same(saved,
 
 
 def test_a_combination_survives_the_file(tmp_path):
-    g, d = _nets()
+    g, d = small_nets()
     scorer = EncoderScorer(g, d, width=8)
     comps = {"score": torch.rand(20) + 1, "residual": torch.rand(20) + 1, "discrimination": torch.rand(20) + 1}
     cal = Calibration.fit(comps, torch.ones(20), torch.zeros(20, dtype=torch.long), combine=["residual", "discrimination"])
@@ -174,7 +174,7 @@ def test_a_combination_survives_the_file(tmp_path):
 # ---------------------------------------------------------------------- GAN folders and gan.checkpoint
 @pytest.fixture()
 def gan_folder(tmp_path):
-    g, d = _nets()
+    g, d = small_nets()
     return gan_store.save_gan(g, d, ARCH, tmp_path / "gan", {"cache_key": "abc"})
 
 

@@ -113,9 +113,9 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
     from anogan.artifact import save_artifact
     from anogan.export import export, reference_outputs
     from anogan.scorers import EncoderScorer
-    from test_scorers import _nets
+    from conftest import small_nets
 
-    g, d = _nets()
+    g, d = small_nets()
     scorer = EncoderScorer(g, d, width=8, map_features=True, correction="complexity")
     images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))
     labels = torch.tensor([0] * 9 + [1] * 3)

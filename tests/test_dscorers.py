@@ -19,10 +19,8 @@ from anogan.inference import run_scorer
 from anogan.models.transforms import TRANSFORM_SETS, apply_transform, apply_transforms, transform_labels
 from anogan.scorers import DFeatureScorer, TransformationScorer
 from anogan.scorers.discriminator import ScorerConfigError, knn_distance, layer_outputs, pairwise_distances, subsample
-from conftest import random_split, small_nets, tiny_overrides
+from conftest import CPU, random_split, small_nets, tiny_overrides
 from conftest import train_in_process as run_train
-
-CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true"}
 
 
 class MarkerHead(nn.Module):

@@ -10,10 +10,8 @@ from torch.utils.data import DataLoader
 from anogan.artifact import load_artifact, save_artifact
 from anogan.inference import run_scorer
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping, anomaly_map, izif_components
-from conftest import random_split, read_scores, small_nets, tiny_overrides
+from conftest import CPU, random_split, read_scores, small_nets, tiny_overrides
 from conftest import train_in_process as run_train
-
-CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true"}
 
 
 def test_izif_formula_on_a_hand_made_case():
