@@ -84,6 +84,20 @@ def test_over_an_hour_on_a_cpu_warns_with_the_cheaper_choices(caplog):
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_a_phase_that_cannot_be_estimated_says_why_and_the_total_names_it():
+    bank = "not estimated: the memory bank is built from the training images first"
+    phases = [
+        estimate.Phase("GAN", "4 epochs × 35 batches", 140, 90.0),
+        estimate.Phase("scoring", "3000 images (kNN)", 3000, None, bank),
+    ]
+    lines = estimate.report(phases, {"accelerator": "cpu"})
+    assert lines == [
+        "GAN: 4 epochs × 35 batches ≈ 1m30s on this CPU",
+        f"scoring: 3000 images (kNN): {bank}",
+        "total ≈ 1m30s on this CPU without scoring (not estimated)",
+    ]
+
+
 def test_a_run_logged_to_a_file_has_progress_lines_for_every_phase_and_no_carriage_returns(tiny_cifar, tmp_path, caplog, capfd):
     overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search") + ["trainer.enable_progress_bar=true"]
     with caplog.at_level(logging.INFO, logger="anogan"):

@@ -346,7 +346,8 @@ def estimate_run(
         note = "reused from the cache" if encoder_cached else ("less if cached" if cfg.gan.cache else "")
         phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
     seconds = cost.scoring_image_s * n_eval / world if measured and cost.scoring_image_s is not None else None
-    phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds))
+    note = "not estimated: the memory bank is built from the training images first" if measured and seconds is None else ""
+    phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds, note))
     return phases
 
 
@@ -362,7 +363,12 @@ def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = N
     device = device_name(trainer_kwargs)
     lines = [p.line(device) for p in phases]
     total = total_seconds(phases)
-    lines.append(f"total ≈ {duration(total)} on {device}" if total is not None else "total: not measurable on this machine")
+    if total is not None:
+        lines.append(f"total ≈ {duration(total)} on {device}")
+    else:
+        missing = ", ".join(p.name for p in phases if p.seconds is None)
+        known = sum(p.seconds for p in phases if p.seconds is not None)
+        lines.append(f"total ≈ {duration(known)} on {device} without {missing} (not estimated)")
     for line in lines:
         log.info("estimate: %s", line)
     if total is not None and total > HOUR and device == "this CPU":

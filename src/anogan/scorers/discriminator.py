@@ -284,6 +284,8 @@ class DFeatureScorer(_DReader):
 
     def summary(self) -> str:
         hp = self.hparams
+        if len(self.bank) == 0:  # not fit yet (a plan): the banks' sizes are the configured caps
+            return f"D-feature kNN (k={hp.k}, banks of up to {hp.bank_size} images and {hp.patch_bank_size} cells, built first)"
         return f"D-feature kNN (k={hp.k}, {len(self.bank)} images, {len(self.patch_bank)} cells)"
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
