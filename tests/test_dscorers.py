@@ -117,6 +117,16 @@ def test_greedy_coreset_keeps_the_outlier_and_random_is_a_seeded_subset():
     assert torch.equal(subsample(points, 500, "greedy", seed=0), points)
 
 
+def test_greedy_coreset_equals_the_textbook_k_center_loop():
+    """Each new row is the one farthest from those chosen (Sener & Savarese 2018), distances as pairwise_distances."""
+    bank = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
+    chosen = [int(torch.randint(300, (1,), generator=torch.Generator().manual_seed(4)))]
+    while len(chosen) < 40:
+        nearest = pairwise_distances(bank, bank[chosen]).amin(1)
+        chosen.append(int(nearest.argmax()))
+    assert torch.equal(subsample(bank, 40, "greedy", seed=4), bank[chosen])
+
+
 def test_layer_outputs_name_the_blocks_and_refuse_a_missing_one():
     _, d = small_nets()
     x = torch.rand(2, 3, 32, 32)
