@@ -113,6 +113,22 @@ def _final_step(run_dir):
     return ckpt["global_step"], ckpt["epoch"]
 
 
+def test_sigterm_during_training_exits_143_and_leaves_the_run_unfinished(tiny_cifar, tmp_path):
+    """Lightning turns SIGTERM into SystemExit() (exit code 0): a scheduler would take the run for finished."""
+    run_dir = tmp_path / "stopped"
+    common = [*tiny_overrides(tiny_cifar), "trainer.max_epochs=1000", "gan.cache=false", f"paths.log_dir={tmp_path}"]
+    cmd = [sys.executable, str(REPO / "train.py"), *common, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be stopped"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not (run_dir / "metrics.json").exists()
+    assert "stopped by SIGTERM: the run is not finished" in (run_dir / "train.log").read_text()
+
+
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(tiny_cifar, tmp_path):
     common = [*tiny_overrides(tiny_cifar), "trainer.max_epochs=12", "trainer.limit_train_batches=null", "gan.cache=false"]

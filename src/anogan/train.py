@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -407,7 +409,8 @@ def _restore_full_error() -> None:
 
 
 def main() -> float | None:
-    """The command line. Input errors end with exit code 2 and one line: ours (see config_check) and
+    """The command line. A SIGTERM (a scheduler's stop, ``kill``) ends with exit code 143 and no
+    ``metrics.json``, never 0. Input errors end with exit code 2 and one line: ours (see config_check) and
     Hydra's while it composes the config (a value of the wrong type, an unknown key, an override it
     cannot parse, an unknown config group option), which ``explain_composition_error`` rewrites;
     HYDRA_FULL_ERROR=1 set by the user keeps Hydra's own report."""
@@ -416,6 +419,9 @@ def main() -> float | None:
     os.environ[_FULL_ERROR] = "1"  # Hydra raises composition errors instead of printing them
     try:
         return _hydra_main()
+    except SIGTERMException:  # Lightning stops on SIGTERM with SystemExit() = exit code 0, as if it had finished
+        log.error("stopped by SIGTERM: the run is not finished (no metrics.json); ckpt_path=last resumes its GAN training")
+        raise SystemExit(128 + signal.SIGTERM) from None
     except SystemExit as stop:
         if stop.code == 1 and not _job_started:
             raise SystemExit(2) from None
