@@ -246,3 +246,35 @@ def test_a_defect_too_small_for_its_mask_is_counted(mvtec_root, caplog):
     counts = dm.manifest["masks"]
     assert counts["val"]["anomalous_with_empty_mask"] == counts["test"]["anomalous_with_empty_mask"] == 1
     assert "2 defect images have an empty mask" in caplog.text
+
+
+def test_small_textures_preset_scores_patches_of_a_self_supervised_d(mvtec_root, tmp_path):
+    """experiment=small_textures end to end: rotation head in D, dpatches as the score, pixel metrics."""
+    import csv
+
+    from conftest import train_in_process
+
+    run = tmp_path / "run"
+    train_in_process(
+        [
+            "experiment=small_textures",
+            "data=mvtec",
+            f"data.root={mvtec_root}",
+            "data.category=widget",
+            "data.batch_size=5",
+            "model.g_width=8",
+            "model.d_width=8",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "mapping.patch_bank_size=500",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.run.dir={run}",
+        ]
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    gan = json.loads((run / "gan" / "gan.json").read_text())
+    assert gan["self_supervised"] == "rotations" and metrics["correction"] == "none"
+    with open(run / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["score"]) == float(r["dpatches"]) for r in rows)  # the score is dpatches
+    assert metrics["pixel"]["images"] == sum(r["split"] == "test" for r in rows)  # maps scored against the masks

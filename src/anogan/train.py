@@ -327,7 +327,7 @@ def run(cfg: DictConfig) -> float:
         steps_warning = getattr(datamodule, "steps_warning", lambda *limits: None)
         warning = steps_warning(cfg.trainer.max_epochs, cfg.trainer.max_steps, cfg.trainer.limit_train_batches)
         if warning and not given:
-            if (group_choices(cfg) or {}).get("experiment") != "folder_small":
+            if (group_choices(cfg) or {}).get("experiment") not in ("folder_small", "small_textures"):
                 warning += " For a small folder, start from experiment=folder_small."
             log.warning("%s", warning)
         networks = (given[0], given[1]) if given else None
