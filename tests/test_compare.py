@@ -122,3 +122,21 @@ def test_compare_ignores_validation_rows(tmp_path, capsys):
     write_scores(tmp_path / "b", ids[5:], y[5:], np.arange(35.0), splits[5:])  # differs only in val rows
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--n-resamples", "100"]) == 0
     assert json.loads(capsys.readouterr().out.rsplit("}\n", 1)[0] + "}")["images"] == 30
+
+
+def test_compare_on_validation_uses_only_the_validation_rows(tmp_path, capsys):
+    """--split val: the rows a setting may be chosen on; the test rows (here reversed in run b) do not count."""
+    ids = np.arange(60)
+    y = (ids % 2).astype(int)
+    splits = ["val" if i < 20 else "test" for i in ids]
+    a = np.where(y == 1, 1.0, 0.0) + ids * 1e-3  # perfect on both splits
+    b = np.where(ids < 20, a, -a)  # perfect on val, inverted on test
+    write_scores(tmp_path / "a", ids, y, a, splits)
+    write_scores(tmp_path / "b", ids, y, b, splits)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--split", "val", "--n-resamples", "100"]) == 0
+    result = json.loads(capsys.readouterr().out.rsplit("}\n", 1)[0] + "}")
+    assert result["split"] == "val" and result["images"] == 20
+    assert result["paired_bootstrap"]["auroc_a"] == result["paired_bootstrap"]["auroc_b"] == 1.0
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--n-resamples", "100"]) == 0
+    result = json.loads(capsys.readouterr().out.rsplit("}\n", 1)[0] + "}")
+    assert result["split"] == "test" and result["paired_bootstrap"]["auroc_b"] == 0.0

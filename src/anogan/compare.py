@@ -1,4 +1,4 @@
-"""Is run A's test AUROC really different from run B's? Two tests for two scorers of the same images.
+"""Is run A's AUROC really different from run B's? Two tests for two scorers of the same images.
 
 - ``anogan.stats.paired_bootstrap``: stratified paired bootstrap of the AUROC difference (the same
   resampled images score under both runs; Efron & Tibshirani 1993), percentile interval and
@@ -8,10 +8,11 @@
 
 Command line::
 
-    python -m anogan.compare <run_a> <run_b> [--n-resamples 2000] [--seed 0] [--level 0.95]
+    python -m anogan.compare <run_a> <run_b> [--split test|val] [--n-resamples 2000] [--seed 0] [--level 0.95]
 
-reads both runs' ``scores.csv`` (columns id, split, label, score), joins the test rows on ``id``,
-refuses (exit 2, one line) when the two runs did not score the same test images, and prints JSON
+reads both runs' ``scores.csv`` (columns id, split, label, score), joins the rows of one split
+(``--split``: test by default; ``val`` to choose between two settings without looking at test) on
+``id``, refuses (exit 2, one line) when the two runs did not score the same images, and prints JSON
 and one sentence.
 """
 
@@ -29,8 +30,8 @@ from anogan.errors import CompareError, UserError
 from anogan.stats import delong, paired_bootstrap
 
 
-def read_test_scores(run_dir: Path) -> dict[int, tuple[int, float]]:
-    """``{id: (label, score)}`` of the test rows of a run's scores.csv; raises ``CompareError``."""
+def read_split_scores(run_dir: Path, split: str = "test") -> dict[int, tuple[int, float]]:
+    """``{id: (label, score)}`` of the ``split`` rows of a run's scores.csv; raises ``CompareError``."""
     path = Path(run_dir) / "scores.csv"
     if not path.is_file():
         raise CompareError(f"{run_dir} has no scores.csv: give the folder of a finished train.py run")
@@ -41,31 +42,31 @@ def read_test_scores(run_dir: Path) -> dict[int, tuple[int, float]]:
         if missing:
             raise CompareError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
         for r in reader:
-            if r["split"] != "test":
+            if r["split"] != split:
                 continue
             key = int(r["id"])
             if key in rows:
-                raise CompareError(f"{path} lists the test image id {key} twice")
+                raise CompareError(f"{path} lists the {split} image id {key} twice")
             rows[key] = (int(r["label"]), float(r["score"]))
     if not rows:
-        raise CompareError(f"{path} has no test rows")
+        raise CompareError(f"{path} has no {split} rows")
     return rows
 
 
-def join_runs(run_a: Path, run_b: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Test scores of both runs on the same images, sorted by id: (ids, labels, scores_a, scores_b).
+def join_runs(run_a: Path, run_b: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of both runs on the same ``split`` images, sorted by id: (ids, labels, scores_a, scores_b).
     Raises ``CompareError`` when the image sets or their labels differ."""
-    a, b = read_test_scores(run_a), read_test_scores(run_b)
+    a, b = read_split_scores(run_a, split), read_split_scores(run_b, split)
     if a.keys() != b.keys():
         only_a, only_b = len(a.keys() - b.keys()), len(b.keys() - a.keys())
         raise CompareError(
-            f"the runs scored different test images ({only_a} only in {run_a}, {only_b} only in {run_b}): "
+            f"the runs scored different {split} images ({only_a} only in {run_a}, {only_b} only in {run_b}): "
             "compare runs of the same data and split"
         )
     ids = sorted(a)
     bad = [i for i in ids if a[i][0] != b[i][0]]
     if bad:
-        raise CompareError(f"the runs label {len(bad)} test image(s) differently (first id {bad[0]}): not the same data")
+        raise CompareError(f"the runs label {len(bad)} {split} image(s) differently (first id {bad[0]}): not the same data")
     labels = np.array([a[i][0] for i in ids])
     return np.array(ids), labels, np.array([a[i][1] for i in ids]), np.array([b[i][1] for i in ids])
 
@@ -80,9 +81,11 @@ def sentence(result: dict, level: float) -> str:
     )
 
 
-def compare_runs(run_a: Path, run_b: Path, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Paired bootstrap and DeLong on the test images both runs scored."""
-    ids, labels, a, b = join_runs(run_a, run_b)
+def compare_runs(
+    run_a: Path, run_b: Path, n_resamples: int = 2000, seed: int = 0, level: float = 0.95, split: str = "test"
+) -> dict:
+    """Paired bootstrap and DeLong on the ``split`` images both runs scored."""
+    ids, labels, a, b = join_runs(run_a, run_b, split)
     try:
         boot = paired_bootstrap(a, b, labels, n_resamples, seed, level)
         dl = delong(a, b, labels, level)
@@ -91,6 +94,7 @@ def compare_runs(run_a: Path, run_b: Path, n_resamples: int = 2000, seed: int = 
     return {
         "run_a": str(run_a),
         "run_b": str(run_b),
+        "split": split,
         "images": len(ids),
         "normal": int((labels == 0).sum()),
         "anomalous": int((labels == 1).sum()),
@@ -103,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anogan.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="the rows compared (val: to choose a setting)")
     parser.add_argument("--n-resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level", type=float, default=0.95)
     args = parser.parse_args(argv)
     try:
-        result = compare_runs(args.run_a, args.run_b, args.n_resamples, args.seed, args.level)
+        result = compare_runs(args.run_a, args.run_b, args.n_resamples, args.seed, args.level, args.split)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
