@@ -40,13 +40,13 @@ def test_debug_config_composes(tiny_cifar):
 
 
 def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
-    """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps); mapping=latent_cpu gives back the
+    """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps) with issue 26's alpha 0.1; mapping=latent_cpu gives back the
     200-step search the earlier car table (docs/history.md) used, with none of the hybrid's keys."""
     from anogan.config_check import check_config
 
     cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])
     check_config(cfg)
-    assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0 and cfg.mapping.correction == "auto"
+    assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0.1 and cfg.mapping.correction == "auto"
     cfg = compose_config(["experiment=cifar_car_cpu"])
     assert cfg.mapping.iterations == 5 and cfg.mapping.encoder.epochs == 20
     # ... and its GAN trains with DiffAugment (docs/gan_training.md); the guidebook's cifar_car and the
