@@ -363,12 +363,14 @@ def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = N
     device = device_name(trainer_kwargs)
     lines = [p.line(device) for p in phases]
     total = total_seconds(phases)
+    known = [p.seconds for p in phases if p.seconds is not None]
     if total is not None:
         lines.append(f"total ≈ {duration(total)} on {device}")
-    else:
+    elif known:
         missing = ", ".join(p.name for p in phases if p.seconds is None)
-        known = sum(p.seconds for p in phases if p.seconds is not None)
-        lines.append(f"total ≈ {duration(known)} on {device} without {missing} (not estimated)")
+        lines.append(f"total ≈ {duration(sum(known))} on {device} without {missing} (not estimated)")
+    else:
+        lines.append("total: not measurable on this machine")
     for line in lines:
         log.info("estimate: %s", line)
     if total is not None and total > HOUR and device == "this CPU":
