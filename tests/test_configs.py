@@ -46,7 +46,9 @@ def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
 
     cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])
     check_config(cfg)
-    assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0.1 and cfg.mapping.correction == "auto"
+    assert (
+        cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0.1 and cfg.mapping.correction == "auto"
+    )
     cfg = compose_config(["experiment=cifar_car_cpu"])
     assert cfg.mapping.iterations == 5 and cfg.mapping.encoder.epochs == 20
     # ... and its GAN trains with DiffAugment (docs/gan_training.md); the guidebook's cifar_car and the
