@@ -293,6 +293,7 @@ def test_identical_samples_are_flagged_as_collapse_after_the_patience_and_divers
     line = monitor.warning()
     assert "mode collapse" in line and "0.010 x that of real training images" in line and "model.diffaugment" in line
     assert "\n" not in line and "overpowering" not in line
+    assert "that use G (latent search, encoder) are not to be trusted" in line and "read only D" in line
     assert monitor.summary()["ok"] is False and monitor.summary()["flags"] == ["collapse"]
     healthy = HealthMonitor(DEFAULT_HEALTH)
     assert _epochs(healthy, 10, diversity=0.8) == [] and healthy.summary()["ok"] is True

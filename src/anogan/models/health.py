@@ -137,8 +137,9 @@ class HealthMonitor:
             return None
         tries += ["a lower model.lr", "the WGAN-GP options of experiment=cifar_car_cpu_wgan_gp"]
         return (
-            f"the GAN failed at epoch {self.history[-1]['epoch']}: {' and '.join(parts)}; its scores and maps are not "
-            f"to be trusted. Try {', '.join(dict.fromkeys(tries))}, and look at the sample grids (tensorboard gan/samples)."
+            f"the GAN failed at epoch {self.history[-1]['epoch']}: {' and '.join(parts)}; scores and maps that use G "
+            f"(latent search, encoder) are not to be trusted, those that read only D (transformations, dfeatures) judge by "
+            f"their validation AUROC. Try {', '.join(dict.fromkeys(tries))}, and look at the sample grids (tensorboard gan/samples)."
         )
 
     def summary(self) -> dict:
