@@ -5,7 +5,7 @@ python predict.py ckpt=outputs/runs/<run> input=<folder or image> [threshold=0.5
 
 import sys
 
-from anogan.predict import main
+from anogan.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ same random images, at 32 px (top-level keys) and 64 px (under ``"64px"``), in f
 * phases (``"phases"``, per experiment of ``--phase-experiments``; ``--phases-only`` for this alone):
   the run's three phases (GAN training, encoder training, scoring) through the project's own
   modules, in fp32 and bf16-mixed (``bf16_speedup``), and the cost estimate a run prints
-  (``anogan.estimate``) against the measured cost (``estimate_vs_measured``, ratio within 0.7-1.3).
+  (``anogan.engine.estimate``) against the measured cost (``estimate_vs_measured``, ratio within 0.7-1.3).
 
 Speeds are wall-clock. A busy machine makes them noisy, so every measurement is repeated
 (``--rounds``, in alternating order) and the fastest round counts; a training run counts its median
@@ -611,14 +611,14 @@ def run_benchmark(a: argparse.Namespace, defaults: dict | None = None) -> dict:
 
 
 def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
-    """End-to-end scoring images/s of every scorer through ``anogan.inference.run_scorer`` (the
+    """End-to-end scoring images/s of every scorer through ``anogan.engine.inference.run_scorer`` (the
     Trainer.predict path of train.py and predict.py), on the same images and networks, side by side
     (fastest of ``--rounds``, alternating order): the latent search with and without early stopping
     and anomaly maps, the encoder with and without maps, the encoder-initialised search, and the
     encoder exported to ONNX under ONNX Runtime. Untrained networks: speeds, not step counts, are the
     point here (early stopping stops where a trained GAN's loss flattens; see docs/speed.md's curve)."""
     from anogan.data.splits import AnomalySplit
-    from anogan.inference import run_scorer
+    from anogan.engine.inference import run_scorer
     from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping
 
     size, n, steps = a.sizes[0], a.scorer_images, a.scorer_steps
@@ -657,8 +657,8 @@ def bench_scorers(a: argparse.Namespace, d: dict) -> dict:
 
         import onnxruntime as ort
 
-        from anogan.calibration import Calibration
-        from anogan.export import ScorerGraph
+        from anogan.deploy.export import ScorerGraph
+        from anogan.post_processing.calibration import Calibration
 
         no_calibration = Calibration("none", "fpr", 0.05, {"fpr": float("inf")}, torch.zeros(1))  # timing only
         graph = ScorerGraph(scorers["encoder"], no_calibration).eval()
@@ -703,8 +703,8 @@ def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
 
     from hydra.utils import instantiate
 
-    from anogan import estimate
-    from anogan.inference import run_scorer
+    from anogan.engine import estimate
+    from anogan.engine.inference import run_scorer
 
     batch, size, channels = int(cfg.data.batch_size), int(cfg.data.image_size), int(cfg.data.channels)
     out = {}
@@ -732,13 +732,13 @@ def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
 
 def bench_phases(a: argparse.Namespace) -> dict:
     """Per experiment (``--phase-experiments``, own overrides after ``:``): the estimator's per-batch / per-image figures
-    (``anogan.estimate.unit_costs``: small probe batch, scaled) against the measured ones at the
+    (``anogan.engine.estimate.unit_costs``: small probe batch, scaled) against the measured ones at the
     configured sizes (``measured_costs``), ``ratio`` = estimate / measured (within ±30%: 0.7-1.3),
     at the experiment's resolved precision; and for every experiment the phases in fp32 and
     bf16-mixed side by side (fastest of ``--rounds``, alternating order), ``bf16_speedup`` = fp32 time
     / bf16 time per phase."""
-    from anogan import estimate
-    from anogan.hardware import resolve_precision
+    from anogan.engine import estimate
+    from anogan.engine.hardware import resolve_precision
 
     out = {}
     for spec in a.phase_experiments:

@@ -24,7 +24,7 @@ _PHASE = {"GAN training": "GAN", "encoder training": "encoder"}
 
 
 def seconds(text: str) -> float:
-    """``4s``, ``3m20s``, ``2h05m`` (anogan.progress.duration) in seconds."""
+    """``4s``, ``3m20s``, ``2h05m`` (anogan.utils.progress.duration) in seconds."""
     return float(sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smh])", text)))
 
 

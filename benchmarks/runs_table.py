@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.metrics import ranking_metrics
-from anogan.report import read_csv
-from anogan.scores import score_components
+from anogan.metrics.image import ranking_metrics
+from anogan.post_processing.scores import score_components
+from anogan.reporting.report import read_csv
 
 
 def _ci(interval) -> str:

@@ -7,7 +7,7 @@
 Each argument is a finished train.py run folder: its scorer file gives the GAN (and its seed), its
 config the data (the same validation and test images). Per run, the f-AnoGAN encoder is trained once
 and shared by the encoder scorer and every hybrid (z0 = E(x), then K search steps); each scorer runs
-through ``anogan.inference.run_scorer``, timed, with and without per-image early stopping. The
+through ``anogan.engine.inference.run_scorer``, timed, with and without per-image early stopping. The
 primary score follows the run's ``mapping.correction`` (``auto``: resolved on validation only).
 Writes ``<out>.json``, ``<out>.md`` (mean ± std over runs) and ``<out>.png`` (validation and test
 AUROC against image-steps per image). Test AUROC is reported, never used to choose.
@@ -30,13 +30,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from anogan.artifact import gan_from_artifact, read_artifact
-from anogan.calibration import Calibration
-from anogan.inference import run_scorer
-from anogan.io import atomic_savefig, atomic_write_text
-from anogan.report import build_table, compute_metrics
+from anogan.deploy.artifact import gan_from_artifact, read_artifact
+from anogan.engine.inference import run_scorer
+from anogan.post_processing.calibration import Calibration
+from anogan.post_processing.scores import complexity
+from anogan.reporting.report import build_table, compute_metrics
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping
-from anogan.scores import complexity
+from anogan.utils.io import atomic_savefig, atomic_write_text
 
 STOP = {"patience": 10, "rel_tol": 1e-3}
 

@@ -67,7 +67,7 @@ def _start(cfg, port: int, env: dict) -> subprocess.Popen:
         "1800",
         sys.executable,
         "-m",
-        "anogan.serve",
+        "anogan.deploy.serve",
         f"ckpt={cfg.ckpt}",
         f"port={port}",
         "host=127.0.0.1",
@@ -124,8 +124,8 @@ def _load(url: str, blobs: list[bytes], clients: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from anogan.cli import parse_key_values
-    from anogan.errors import UserError
+    from anogan.config.arguments import parse_key_values
+    from anogan.utils.errors import UserError
 
     cfg = parse_key_values(sys.argv[1:] if argv is None else argv, BenchConfig, (__doc__ or "").splitlines()[0], UserError)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-import anogan.config_schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
+import anogan.config.schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPO = Path(__file__).resolve().parents[1]
@@ -113,12 +113,12 @@ def run_train(overrides: list[str], check: bool = True):
 
 
 def train_in_process(overrides: list[str]) -> float:
-    """The real config composed with ``overrides`` and run in this process (``anogan.train.run``),
+    """The real config composed with ``overrides`` and run in this process (``anogan.engine.pipeline.run``),
     as ``python train.py`` would, minus the interpreter start: returns the optimized metric."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from anogan.train import run
+    from anogan.engine.pipeline import run
 
     cfg = compose_config(overrides)
     with open_dict(cfg):
@@ -156,7 +156,7 @@ def brute_force_auroc(scores, labels) -> float:
 @pytest.fixture(scope="session")
 def fitted_run(tiny_cifar, tmp_path_factory):
     """A tiny complexity-corrected run made by ``anogan.fit`` (the Python API), shared by the API,
-    server and notebook tests: ``anogan.api.TrainResult`` (``run_dir``, ``metrics``, ``objective``)."""
+    server and notebook tests: ``anogan.deploy.api.TrainResult`` (``run_dir``, ``metrics``, ``objective``)."""
     import anogan
 
     out = tmp_path_factory.mktemp("fitted_run")

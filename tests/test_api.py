@@ -13,7 +13,7 @@ from PIL import Image
 
 import anogan
 from anogan.data.images import load_pixels, pixels_from_array
-from anogan.errors import ConfigError, ImageError, InputError
+from anogan.utils.errors import ConfigError, ImageError, InputError
 from conftest import tiny_overrides
 
 
@@ -102,7 +102,7 @@ def test_predictions_table_maps_rules_and_warnings(fitted, evaluation):
     assert [r["source"] for r in result] == ["input[0]", "input[1]"]
     records = result.to_records()
     assert records == result.rows and records is not result.rows
-    assert list(records[0]) == ["source", *anogan.api.COLUMNS]
+    assert list(records[0]) == ["source", *anogan.deploy.api.COLUMNS]
     frame = result.to_pandas()
     assert frame["score"].tolist() == list(result.column("score")) and len(frame) == 2
     # another rule, or a number
@@ -146,7 +146,7 @@ def test_bad_inputs_raise_one_line_typed_errors(fitted, bad, message):
     with pytest.raises(InputError, match=None) as err:
         detector.predict(bad)
     assert message in str(err.value) and "\n" not in str(err.value)
-    assert isinstance(err.value, anogan.errors.UserError)
+    assert isinstance(err.value, anogan.utils.errors.UserError)
 
 
 def test_unreadable_files_raise_or_are_skipped(fitted, evaluation, tmp_path):

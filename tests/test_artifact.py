@@ -9,12 +9,12 @@ import logging
 import pytest
 import torch
 
-from anogan import gan_store
-from anogan.artifact import VERSION, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
-from anogan.calibration import Calibration
-from anogan.errors import ArtifactError, GANLoadError
-from anogan.inference import run_scorer
+from anogan.deploy.artifact import VERSION, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
+from anogan.engine import gan_store
+from anogan.engine.inference import run_scorer
+from anogan.post_processing.calibration import Calibration
 from anogan.scorers import EncoderScorer, LatentMapping
+from anogan.utils.errors import ArtifactError, GANLoadError
 from conftest import CPU, random_split, small_nets
 
 ARCH = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8, "d_norm": "batch", "spectral_norm": False}
@@ -92,7 +92,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_damaged_file_is_one_line_naming_the_entry(variant, saved, tmp_path, caplog):
-    from anogan.predict import main
+    from anogan.cli.predict import main
 
     make, message = VARIANTS[variant]
     path = tmp_path / "scorer.pt"
@@ -101,7 +101,7 @@ def test_each_damaged_file_is_one_line_naming_the_entry(variant, saved, tmp_path
         load_artifact(path)
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="anogan.predict"):
+    with caplog.at_level(logging.ERROR, logger="anogan.cli.predict"):
         assert main([f"ckpt={path}", f"input={tmp_path}"]) == 2
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0].getMessage() and errors[0].exc_info is None

@@ -1,4 +1,4 @@
-"""Crash-safe writes (anogan.io, AtomicCheckpointIO) and exact resume (RandomStateCheckpoint)."""
+"""Crash-safe writes (anogan.utils.io, AtomicCheckpointIO) and exact resume (RandomStateCheckpoint)."""
 
 import errno
 from pathlib import Path
@@ -8,11 +8,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from anogan import io as aio
-from anogan.callbacks import RandomStateCheckpoint
-from anogan.errors import WriteError
+from anogan.engine.callbacks import RandomStateCheckpoint
+from anogan.engine.pipeline import fit_gan
 from anogan.models.gan import GAN
-from anogan.train import fit_gan
+from anogan.utils import io as aio
+from anogan.utils.errors import WriteError
 from conftest import compose_config, tiny_overrides
 
 

@@ -104,9 +104,9 @@ IN_PROCESS_CASES = [
 def config_error(overrides: list[str]) -> str:
     """The one-line message ``python train.py <overrides>`` ends with (Hydra's composition errors as
     ``train.main`` rewrites them, then ``check_config``), or "" when the config is accepted."""
-    from anogan.config_check import check_config
-    from anogan.config_schema import explain_composition_error
-    from anogan.errors import ConfigError
+    from anogan.config.checks import check_config
+    from anogan.config.schema import explain_composition_error
+    from anogan.utils.errors import ConfigError
 
     try:
         cfg = compose_config(overrides)
@@ -205,7 +205,7 @@ def test_command_line_errors_are_one_line_and_exit_2(override, words, monkeypatc
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from anogan import train
+    from anogan.engine import pipeline as train
 
     monkeypatch.setattr(sys, "argv", ["train.py", f"hydra.run.dir={tmp_path}/run", override])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -227,8 +227,8 @@ def test_command_line_errors_are_one_line_and_exit_2(override, words, monkeypatc
 
 
 def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path):
-    from anogan.config_check import check_run_environment
-    from anogan.errors import ConfigError
+    from anogan.config.checks import check_run_environment
+    from anogan.utils.errors import ConfigError
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -244,7 +244,8 @@ def test_corrupt_last_checkpoint_is_refused_before_training(tiny_cifar, tmp_path
 def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    from anogan import config_check, errors
+    from anogan.config import checks as config_check
+    from anogan.utils import errors
 
     def refuse(code):
         def mkstemp(*args, **kwargs):
@@ -261,7 +262,7 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
 
 
 def test_good_overrides_pass_the_key_check(tiny_cifar):
-    from anogan.config_check import check_config
+    from anogan.config.checks import check_config
 
     for extra in (
         ["trainer.max_steps=8"],
@@ -285,7 +286,7 @@ def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
     """The load-time message (data.download=true without internet ends here too) names data.root,
     data.download=true (needs internet) and data.verify_checksums=false at once."""
     from anogan.data.cifar10 import CIFAR10AnomalyDataModule
-    from anogan.errors import DataError
+    from anogan.utils.errors import DataError
 
     with pytest.raises(DataError) as err:
         CIFAR10AnomalyDataModule(root=str(tmp_path), download=False).prepare_data()

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from anogan.calibration import Calibration, complexity_of_model_input, primary_score
-from anogan.errors import CalibrationError, ThresholdRuleError
-from anogan.metrics import fit_thresholds
-from anogan.scores import complexity
-from anogan.stats import conformal_p_values
+from anogan.metrics.image import fit_thresholds
+from anogan.metrics.stats import conformal_p_values
+from anogan.post_processing.calibration import Calibration, complexity_of_model_input, primary_score
+from anogan.post_processing.scores import complexity
+from anogan.utils.errors import CalibrationError, ThresholdRuleError
 from conftest import tiny_overrides
 from conftest import train_in_process as run_train
 
@@ -110,8 +110,8 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
     """map_features=true: the exported maps hold the feature term (today's copy dropped it), and
     ONNX Runtime reproduces run_scorer + the calibration (the check inside ``export``)."""
     pytest.importorskip("onnxruntime")
-    from anogan.artifact import save_artifact
-    from anogan.export import export, reference_outputs
+    from anogan.deploy.artifact import save_artifact
+    from anogan.deploy.export import export, reference_outputs
     from anogan.scorers import EncoderScorer
     from conftest import small_nets
 
@@ -144,18 +144,18 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
     post = cal(torch.from_numpy(want["raw_score"]), complexity(images))
     assert np.allclose(got["score"], post["score"].numpy(), rtol=1e-5)
     meta = json.loads(result["json"].read_text())
-    assert meta["checked"]["against"].startswith("anogan.inference.run_scorer") and meta["correction"] == "complexity"
+    assert meta["checked"]["against"].startswith("anogan.engine.inference.run_scorer") and meta["correction"] == "complexity"
 
 
 def test_a_failure_writing_the_scorer_leaves_no_finished_marker(tiny_cifar, tmp_path, monkeypatch):
     """scorer.pt is written before metrics.json (the run-folder guard's "finished" marker)."""
-    import anogan.train
-    from anogan.errors import ArtifactError
+    import anogan.engine.pipeline
+    from anogan.utils.errors import ArtifactError
 
     def fail(*args, **kwargs):
         raise ArtifactError("disk full (simulated)")
 
-    monkeypatch.setattr(anogan.train, "save_artifact", fail)
+    monkeypatch.setattr(anogan.engine.pipeline, "save_artifact", fail)
     out = tmp_path / "killed"
     with pytest.raises(ArtifactError, match="simulated"):
         run_train(tiny_overrides(tiny_cifar, out))
@@ -165,7 +165,7 @@ def test_a_failure_writing_the_scorer_leaves_no_finished_marker(tiny_cifar, tmp_
 
 
 def test_unreachable_target_warns_in_the_log_metrics_and_predict(tiny_cifar, tmp_path, caplog):
-    from anogan.predict import predict
+    from anogan.cli.predict import predict
 
     out = tmp_path / "strict"
     with caplog.at_level(logging.WARNING, logger="anogan"):
@@ -180,7 +180,7 @@ def test_unreachable_target_warns_in_the_log_metrics_and_predict(tiny_cifar, tmp
     (tmp_path / "in").mkdir()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "in" / "grey.png")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="anogan.predict"):
+    with caplog.at_level(logging.WARNING, logger="anogan.cli.predict"):
         result = predict(ckpt=run, input=tmp_path / "in", out=tmp_path / "p.csv")
     assert result["threshold"] == math.inf and result["warnings"] == metrics["warnings"]
     assert any("unreachable" in r.getMessage() for r in caplog.records)

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from anogan.compare import main
-from anogan.stats import auroc, delong, delong_components, paired_bootstrap
+from anogan.metrics.compare import main
+from anogan.metrics.stats import auroc, delong, delong_components, paired_bootstrap
 
 
 def brute_force_delong(a, b, y):

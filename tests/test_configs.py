@@ -42,7 +42,7 @@ def test_debug_config_composes(tiny_cifar):
 def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
     """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps) with issue 26's alpha 0.1; mapping=latent_cpu gives back the
     200-step search the earlier car table (docs/history.md) used, with none of the hybrid's keys."""
-    from anogan.config_check import check_config
+    from anogan.config.checks import check_config
 
     cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])
     check_config(cfg)
@@ -68,13 +68,13 @@ def test_sweep_config_holds_the_grid():
 
 
 def test_every_group_option_is_typed_by_its_schema(tiny_cifar):
-    """Each option of data/model/mapping/trainer/paths composes onto its dataclass (anogan.config_schema),
+    """Each option of data/model/mapping/trainer/paths composes onto its dataclass (anogan.config.schema),
     so Hydra knows every key's type; every key the yaml files set is a field of it."""
     import dataclasses
 
     from omegaconf import OmegaConf
 
-    from anogan.config_schema import SCHEMAS, Config
+    from anogan.config.schema import SCHEMAS, Config
 
     cfg = compose_config([])
     assert OmegaConf.get_type(cfg) is Config

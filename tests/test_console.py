@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from anogan.console import _LIGHTNING_INFO, _NoTips, quiet_lightning
+from anogan.utils.console import _LIGHTNING_INFO, _NoTips, quiet_lightning
 
 _TREE_FLATTEN = "from lightning.pytorch.utilities._pytree import _tree_flatten; _tree_flatten(1)"
 
@@ -36,4 +36,4 @@ def test_lightning_leafspec_deprecation_is_not_printed():
 
     if "LeafSpec" not in stderr(_TREE_FLATTEN):
         pytest.skip("this torch/Lightning pair no longer warns")
-    assert "LeafSpec" not in stderr("import anogan.console; " + _TREE_FLATTEN)
+    assert "LeafSpec" not in stderr("import anogan.utils.console; " + _TREE_FLATTEN)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anogan.data import CIFAR10AnomalyDataModule, class_index, stratified_subset
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 from conftest import TEST_PER_CLASS, TRAIN_PER_CLASS_PER_BATCH
 
 TRAIN_PER_CLASS = 5 * TRAIN_PER_CLASS_PER_BATCH  # 20
@@ -152,7 +152,7 @@ def test_the_data_package_has_no_import_circle():
 def test_min_normals_for_fpr_is_where_fpr_threshold_becomes_finite():
     import math
 
-    from anogan.metrics import fpr_threshold, min_normals_for_fpr
+    from anogan.metrics.image import fpr_threshold, min_normals_for_fpr
 
     for rate in (0.5, 1 / 3, 0.3, 0.29, 0.25, 0.2, 0.1, 0.07, 0.05, 0.02, 0.01, 0.001):
         n = min_normals_for_fpr(rate)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 from conftest import REPO, tiny_overrides
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anogan.artifact import load_artifact, save_artifact
-from anogan.calibration import Calibration
 from anogan.data.splits import AnomalySplit
-from anogan.inference import run_scorer
+from anogan.deploy.artifact import load_artifact, save_artifact
+from anogan.engine.inference import run_scorer
 from anogan.models.transforms import TRANSFORM_SETS, apply_transform, apply_transforms, transform_labels
+from anogan.post_processing.calibration import Calibration
 from anogan.scorers import DFeatureScorer, TransformationScorer
 from anogan.scorers.discriminator import ScorerConfigError, knn_distance, layer_outputs, pairwise_distances, subsample
 from conftest import CPU, random_split, small_nets, tiny_overrides
@@ -208,8 +208,8 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from anogan.export import export
-    from anogan.predict import predict
+    from anogan.cli.predict import predict
+    from anogan.deploy.export import export
 
     kind, run = tiny_d_run
     with open(run / "scores.csv") as f:

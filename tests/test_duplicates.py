@@ -14,7 +14,7 @@ from anogan.data.duplicates import average_hash, duplicate_groups, pixel_digest
 from anogan.data.folder import FolderAnomalyDataModule
 from anogan.data.images import load_pixels
 from anogan.data.mvtec import MVTecDataModule
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 from conftest import write_tiny_cifar
 from test_mvtec import write_tiny_mvtec
 
@@ -197,8 +197,8 @@ def test_cifar_test_copy_of_a_training_image_is_dropped(tmp_path):
     ],
 )
 def test_bad_duplicate_and_target_settings_name_the_key(override, message):
-    from anogan.config_schema import validate
-    from anogan.errors import ConfigError
+    from anogan.config.schema import validate
+    from anogan.utils.errors import ConfigError
     from conftest import compose_config
 
     validate(compose_config(["data=folder"]))  # the defaults pass

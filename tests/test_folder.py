@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from anogan.data.folder import FolderAnomalyDataModule
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 from conftest import compose_config
 
 
@@ -197,8 +197,8 @@ def test_resize_is_a_config_key_and_a_bad_policy_names_it(tmp_path):
     cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=pad", "data.abnormal_dir=null"])
     dm = instantiate(cfg.data)
     assert dm.hparams.resize == "pad" and dm.normal_only
-    from anogan.config_check import check_config
-    from anogan.errors import ConfigError
+    from anogan.config.checks import check_config
+    from anogan.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.resize='fit' is not allowed: use one of stretch, crop, pad"):
         check_config(compose_config(["data=folder", f"data.root={tmp_path}", "data.resize=fit"]))
@@ -327,7 +327,7 @@ def test_masks_follow_the_resize_policy(tmp_path, resize):
 def test_a_normal_only_folder_holds_out_the_validation_normals_the_target_rate_needs(tmp_path, n_normal, target_fpr, expected):
     import math
 
-    from anogan.metrics import fpr_threshold
+    from anogan.metrics.image import fpr_threshold
 
     _write(tmp_path / "normal", n_normal, 60, size=8)
     cfg = compose_config(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import anogan.scorers.latent as latent
-from anogan import gan_store
+from anogan.engine import gan_store
 from conftest import compose_config, read_scores, run_train, tiny_overrides, train_in_process
 
 
@@ -55,7 +55,7 @@ def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
 
 
 def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
-    """Issue 26 §1: an edit to models/augment.py (DiffAugment) or selection.py (checkpoint selection, a
+    """Issue 26 §1: an edit to models/augment.py (DiffAugment) or engine/selection.py (checkpoint selection, a
     callback the pipeline attaches to the GAN's training) trains a new GAN; an edit to a module the GAN's
     training never imports (the report) does not."""
     import shutil
@@ -64,16 +64,16 @@ def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
     shutil.copytree(gan_store.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(gan_store, "PACKAGE_DIR", package)
     closure = {p.relative_to(package).as_posix() for p in gan_store.import_closure([package / "models" / "gan.py"])}
-    assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "errors.py"} <= closure
-    assert "report.py" not in closure and "predict.py" not in closure
-    assert "selection.py" not in closure and "selection.py" in gan_store.TRAINING_CODE  # models/ does not import it
+    assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "utils/errors.py"} <= closure
+    assert "reporting/report.py" not in closure and "cli/predict.py" not in closure
+    assert "engine/selection.py" not in closure and "engine/selection.py" in gan_store.TRAINING_CODE  # models/ does not import it
     before = gan_store.training_code_version()
-    for name in ("models/augment.py", "selection.py"):
+    for name in ("models/augment.py", "engine/selection.py"):
         (package / name).write_text((package / name).read_text() + "\n# edited\n")
         after = gan_store.training_code_version()
         assert after != before, name
         before = after
-    (package / "report.py").write_text((package / "report.py").read_text() + "\n# edited\n")
+    (package / "reporting/report.py").write_text((package / "reporting/report.py").read_text() + "\n# edited\n")
     assert gan_store.training_code_version() == before
 
 

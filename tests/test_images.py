@@ -17,7 +17,7 @@ from anogan.data.images import (
     read_image,
     to_model_input,
 )
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 
 RNG = np.random.default_rng(0)
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from anogan.errors import UserError
 from anogan.models import Discriminator, Generator
 from anogan.scorers import LatentMapping, initial_latents, score_components
+from anogan.utils.errors import UserError
 
 
 def _nets(latent=16, size=32, width=8):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from anogan.calibration import primary_score, resolve_auto
-from anogan.errors import OneClassSplitError
-from anogan.metrics import evaluate, fit_thresholds
-from anogan.scores import complexity
+from anogan.metrics.image import evaluate, fit_thresholds
+from anogan.post_processing.calibration import primary_score, resolve_auto
+from anogan.post_processing.scores import complexity
+from anogan.utils.errors import OneClassSplitError
 from conftest import brute_force_auroc
 
 
@@ -104,9 +104,8 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision  # noqa: E402
 
-from anogan.errors import CalibrationError, ThresholdRuleError  # noqa: E402
-from anogan.metrics import fpr_threshold, resolve_threshold, to_unit_interval  # noqa: E402
-from anogan.stats import (  # noqa: E402
+from anogan.metrics.image import fpr_threshold, resolve_threshold, to_unit_interval  # noqa: E402
+from anogan.metrics.stats import (  # noqa: E402
     _weighted_ap,
     _weighted_auroc,
     auroc,
@@ -117,6 +116,7 @@ from anogan.stats import (  # noqa: E402
     random_auroc_interval,
     stratified_counts,
 )
+from anogan.utils.errors import CalibrationError, ThresholdRuleError  # noqa: E402
 
 
 def test_p_values_on_a_known_list():

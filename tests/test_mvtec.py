@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from anogan.data.mvtec import MVTecDataModule
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 from conftest import compose_config
 
 SIZE = 16  # image files are 16x16; masks are written at 32x32 (2x) to test nearest resizing
@@ -222,8 +222,8 @@ def test_folder_module_reads_a_mask_folder(mvtec_root):
 
 
 def test_config_check_accepts_mvtec_and_names_its_fractions(mvtec_root):
-    from anogan.config_check import check_config
-    from anogan.errors import ConfigError
+    from anogan.config.checks import check_config
+    from anogan.utils.errors import ConfigError
 
     base = ["data=mvtec", f"data.root={mvtec_root}", "data.category=widget", "data.image_size=32"]
     check_config(compose_config(base))

@@ -6,9 +6,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from anogan.errors import MaskError
-from anogan.pixel_metrics import aupro, connected_components, per_defect_auroc, pixel_auroc, pro_curve
-from anogan.stats import auroc
+from anogan.metrics.pixel import aupro, connected_components, per_defect_auroc, pixel_auroc, pro_curve
+from anogan.metrics.stats import auroc
+from anogan.utils.errors import MaskError
 
 
 def bfs_regions(mask):

@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from anogan.cli.predict import parse_args, predict
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
 from anogan.data.folder import to_model_input
-from anogan.errors import PredictError
-from anogan.predict import parse_args, predict
+from anogan.utils.errors import PredictError
 from conftest import REPO, tiny_overrides
 from conftest import train_in_process as run_train
 
@@ -199,7 +199,7 @@ def test_predict_errors_are_one_line_with_exit_code_2(tiny_run, tmp_path):
 def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, tmp_path):
     import onnxruntime as ort
 
-    from anogan.export import export
+    from anogan.deploy.export import export
 
     images, rows = _eval_images(tiny_encoder_run)
     chosen = list(range(0, len(rows), 7))[:12]
@@ -229,7 +229,11 @@ def test_onnx_export_of_an_encoder_run_reproduces_its_scores(tiny_encoder_run, t
 
 def test_export_refuses_a_search_scorer_in_one_line(tiny_run, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "anogan.export", f"ckpt={tiny_run}"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        [sys.executable, "-m", "anogan.deploy.export", f"ckpt={tiny_run}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 2 and "stays PyTorch-only" in proc.stderr and "Traceback" not in proc.stderr
 

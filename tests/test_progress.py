@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from anogan import estimate, hardware
-from anogan.progress import duration
+from anogan.engine import estimate, hardware
+from anogan.utils.progress import duration
 from conftest import compose_config, tiny_overrides, train_in_process
 
 # The tiny CIFAR folder (conftest) holds 20 cars for training and 100 test images; one_class holds
@@ -29,7 +29,7 @@ def test_plan_lists_splits_and_steps_and_writes_nothing(tiny_cifar, tmp_path, ca
     overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="encoder") + ["plan=true", "trainer.max_epochs=3"]
     with caplog.at_level(logging.INFO, logger="anogan"):
         train_in_process(overrides)
-    lines = _messages(caplog, "anogan.estimate")
+    lines = _messages(caplog, "anogan.engine.estimate")
     assert f"plan: run folder {run_dir}" in lines
     assert "plan: splits train 18, val 20, test 100" in lines
     # GAN: 3 epochs x 1 batch; encoder: mapping.epochs=2 x 1 batch; scoring: every val + test image
@@ -46,7 +46,7 @@ def test_estimate_counts_steps_and_leaves_the_random_state_alone(tiny_cifar, tmp
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from anogan.train import trainer_kwargs
+    from anogan.engine.pipeline import trainer_kwargs
 
     cfg = compose_config(tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search") + ["trainer.max_epochs=4"])
     with open_dict(cfg):
@@ -102,14 +102,14 @@ def test_a_run_logged_to_a_file_has_progress_lines_for_every_phase_and_no_carria
     overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search") + ["trainer.enable_progress_bar=true"]
     with caplog.at_level(logging.INFO, logger="anogan"):
         train_in_process(overrides)  # pytest captures stdout: not a terminal
-    lines = _messages(caplog, "anogan.progress")
+    lines = _messages(caplog, "anogan.utils.progress")
     # the first and the last batch of each phase at least (1 batch: one line)
     assert any(re.match(r"GAN training: 1/1 batches \(epoch 1/1\), \S+ elapsed", m) for m in lines), lines
     assert any(re.match(r"encoder training: 1/1 batches \(epoch 1/1\), \S+ elapsed", m) for m in lines), lines
     assert any(
         re.match(r"Scoring 120 evaluation images \(encoder \+ 2 search steps\): 4/4 batches, \S+ elapsed", m) for m in lines
     ), lines
-    estimates = _messages(caplog, "anogan.estimate")
+    estimates = _messages(caplog, "anogan.engine.estimate")
     assert [m.split(":")[1].strip() for m in estimates] == [
         "GAN",
         "encoder",

@@ -10,12 +10,12 @@ import lightning as L
 import pytest
 import torch
 
-from anogan import gan_store
-from anogan.config_check import check_config
-from anogan.errors import DivergenceError, UserError
+from anogan.config.checks import check_config
+from anogan.engine import gan_store
+from anogan.engine.pipeline import given_gan
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
-from anogan.train import given_gan
+from anogan.utils.errors import DivergenceError, UserError
 from conftest import REPO, compose_config, run_train, tiny_overrides
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from anogan.errors import CalibrationError, ThresholdRuleError
-from anogan.figures import _figure_histogram
-from anogan.metrics import fit_thresholds
-from anogan.report import add_p_values, compute_metrics, read_csv, rereport, write_csv
-from anogan.stats import auroc
+from anogan.metrics.image import fit_thresholds
+from anogan.metrics.stats import auroc
+from anogan.reporting.figures import _figure_histogram
+from anogan.reporting.report import add_p_values, compute_metrics, read_csv, rereport, write_csv
+from anogan.utils.errors import CalibrationError, ThresholdRuleError
 
 
 def make_table(val_scores, val_labels, test_scores, test_labels, seed=0):
@@ -149,7 +149,7 @@ def test_the_score_is_compared_with_the_complexity_baseline_on_the_same_images()
 
 
 def test_rereport_keeps_the_runs_threshold_rule_and_what_scores_csv_cannot_give(tmp_path):
-    """python -m anogan.report recomputes metrics.json from scores.csv with the run's own threshold
+    """python -m anogan.reporting.report recomputes metrics.json from scores.csv with the run's own threshold
     rule and target, adds new metrics, and keeps keys it cannot recompute (pixel metrics, scorer file)."""
     table = both_classes_table()
     table["class_name"] = np.array(["n"] * len(table["score"]))
@@ -209,20 +209,20 @@ def test_the_report_modules_select_no_matplotlib_backend(monkeypatch, tmp_path):
 
     import matplotlib
 
-    import anogan.figures
-    import anogan.report
+    import anogan.reporting.figures
+    import anogan.reporting.report
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"matplotlib.use{args} called")
 
     monkeypatch.setattr(matplotlib, "use", refuse)
-    importlib.reload(anogan.figures)
-    importlib.reload(anogan.report)
+    importlib.reload(anogan.reporting.figures)
+    importlib.reload(anogan.reporting.report)
     table = both_classes_table()
     m = compute_metrics(table, "none", n_resamples=100)
-    fig = anogan.figures._figure_histogram(table, m["threshold"], "test", "raw_score")
+    fig = anogan.reporting.figures._figure_histogram(table, m["threshold"], "test", "raw_score")
     assert fig.canvas.manager is None  # not a pyplot figure: nothing to close, no window
-    anogan.figures.write_score_figures(table, m, tmp_path / "figures")
+    anogan.reporting.figures.write_score_figures(table, m, tmp_path / "figures")
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "components_test.png",
         "histogram_test.png",

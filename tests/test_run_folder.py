@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from anogan.errors import RunFolderError
-from anogan.run_folder import check_run_folder, is_fresh, removed_if_unused
-from anogan.run_info import write_run_info
+from anogan.engine.run_folder import check_run_folder, is_fresh, removed_if_unused
+from anogan.engine.run_info import write_run_info
+from anogan.utils.errors import RunFolderError
 from conftest import compose_config, tiny_overrides
 
 

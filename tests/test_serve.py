@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import anogan
-from anogan.serve import main as serve_main
+from anogan.deploy.serve import main as serve_main
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("litserve")
@@ -50,7 +50,7 @@ def server(fitted_run):
         "600",
         sys.executable,
         "-m",
-        "anogan.serve",
+        "anogan.deploy.serve",
         f"ckpt={fitted_run.run_dir / 'scorer.pt'}",
         f"port={port}",
         "host=127.0.0.1",

@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anogan import gan_store
-from anogan.artifact import gan_from_artifact, read_artifact
-from anogan.config_check import check_config
-from anogan.errors import UserError
+from anogan.config.checks import check_config
+from anogan.deploy.artifact import gan_from_artifact, read_artifact
+from anogan.engine import gan_store
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, diversity_ratio, mean_pairwise_distance
@@ -28,6 +27,7 @@ from anogan.models.transforms import (
     transform_count,
     transform_labels,
 )
+from anogan.utils.errors import UserError
 from conftest import compose_config, tiny_overrides, train_in_process
 
 TINY = dict(latent_dim=16, image_size=32, g_width=8, d_width=8)

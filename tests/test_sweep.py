@@ -10,8 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from anogan.errors import UserError
-from anogan.sweep import aggregate_seeds, job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
+from anogan.reporting.sweep import aggregate_seeds, job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
+from anogan.utils.errors import UserError
 from conftest import compose_config, run_train, tiny_overrides
 
 

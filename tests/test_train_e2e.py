@@ -54,9 +54,9 @@ def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny
     labels = [int(r["label"]) for r in test]
     assert abs(components["raw_score"] - brute_force_auroc([float(r["raw_score"]) for r in test], labels)) < 1e-6
 
-    # python -m anogan.report rebuilds the same metrics from scores.csv alone
+    # python -m anogan.reporting.report rebuilds the same metrics from scores.csv alone
     (run / "figures" / "components_test.png").unlink()
-    proc = subprocess.run([sys.executable, "-m", "anogan.report", str(run)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "anogan.reporting.report", str(run)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((run / "metrics.json").read_text())
     assert again["wall_time_s"] == metrics["wall_time_s"] and again["primary_score"] == "complexity_corrected"

@@ -1,6 +1,6 @@
 """anogan: GAN-based image anomaly detection (AnoGAN and successors) with Lightning and Hydra.
 
-The Python API (``anogan.api``, imported on first use so ``import anogan`` stays light):
+The Python API (``anogan.deploy.api``, imported on first use so ``import anogan`` stays light):
 ``anogan.load(run folder or scorer.pt) -> Detector``, ``Detector.predict(images) -> Predictions``,
 ``anogan.fit(overrides) -> TrainResult``.
 """
@@ -22,7 +22,7 @@ def conf_dir() -> str:
 
 def __getattr__(name: str) -> object:
     if name in _API:
-        from anogan import api
+        from anogan.deploy import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'anogan' has no attribute {name!r}")

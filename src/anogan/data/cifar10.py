@@ -28,7 +28,7 @@ from torchvision.datasets import CIFAR10
 
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, pixel_digest
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, after_setup, split_summary, stratified_subset
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.normal_class = class_index(normal_class)  # the settings' ranges: anogan.config_schema.Cifar10Data
+        self.normal_class = class_index(normal_class)  # the settings' ranges: anogan.config.schema.Cifar10Data
 
     # ------------------------------------------------------------------ loading
     def _load(self, train: bool) -> CIFAR10:

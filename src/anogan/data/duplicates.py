@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ from anogan.data.splits import (
     split_summary,
     stratified_subset,
 )
-from anogan.errors import DataError, ImageError
-from anogan.metrics import min_normals_for_fpr
+from anogan.metrics.image import min_normals_for_fpr
+from anogan.utils.errors import DataError, ImageError
 
 __all__ = [
     "FolderAnomalyDataModule",
@@ -189,7 +189,7 @@ class FolderAnomalyDataModule(AnomalyDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        # the settings' ranges: anogan.config_schema.FolderData
+        # the settings' ranges: anogan.config.schema.FolderData
         if abnormal_dir is None or abnormal_dir == "":
             self.abnormal_dirs: list[str] = []
         else:

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.data.duplicates import pixel_digest
-from anogan.errors import DataError, ImageError
+from anogan.utils.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from anogan.data.splits import (
     stratified_subset,
 )
 from anogan.data.synthetic import class_name, synthetic_anomalies
-from anogan.errors import DataError
+from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class MVTecDataModule(AnomalyDataModule):
     def _category(self) -> Path:
         """The category folder, once the settings are checked (here rather than in ``__init__``, whose
         errors Hydra's ``instantiate`` would wrap into a traceback)."""
-        hp = self.hparams  # the settings' ranges: anogan.config_schema.MVTecData
+        hp = self.hparams  # the settings' ranges: anogan.config.schema.MVTecData
         root = Path(hp.root).expanduser()
         folder = root / hp.category
         for needed in (folder / "train" / "good", folder / "test"):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from anogan.errors import DataError
-from anogan.io import atomic_write_text
-from anogan.metrics import min_normals_for_fpr
+from anogan.metrics.image import min_normals_for_fpr
+from anogan.utils.errors import DataError
+from anogan.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -196,7 +196,7 @@ class AnomalyDataModule(L.LightningDataModule):
         """Write the split manifest to ``folder/splits.json`` (atomically).
 
         Raises:
-            anogan.errors.WriteError: the folder is read-only or the disk is full.
+            anogan.utils.errors.WriteError: the folder is read-only or the disk is full.
         """
         return atomic_write_text(Path(folder) / "splits.json", json.dumps(self.manifest, indent=1))
 

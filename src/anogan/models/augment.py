@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anogan.errors import UserError
+from anogan.utils.errors import UserError
 
 POLICIES = ("color", "translation", "cutout")
 

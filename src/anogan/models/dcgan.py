@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from anogan.errors import UserError
+from anogan.utils.errors import UserError
 
 SUPPORTED_SIZES = (32, 64, 128)
 D_NORMS = ("batch", "layer", "instance", "none")

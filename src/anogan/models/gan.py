@@ -27,7 +27,7 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   ``_transform_loss`` for which images and how many transformations per batch.
 * ``health``: thresholds of the one-line warning of a failed GAN (mode collapse, D overpowering G;
   ``health.py``), checked at every epoch's end.
-* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.selection``:
+* ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.engine.selection``:
   a callback the pipeline attaches; the settings are checked here).
 * ``divergence``: training stops with ``DivergenceError`` when a loss is NaN/inf or
   |loss| > ``max_abs_loss``, or (BCE only) when D has separated real from generated images
@@ -48,11 +48,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
 from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
+from anogan.utils.errors import DivergenceError, UserError
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict

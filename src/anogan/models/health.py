@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from anogan.errors import UserError
+from anogan.utils.errors import UserError
 
 HEALTH_KEYS = ("collapse_ratio", "d_real_above", "d_fake_below", "epochs")
 DEFAULT_HEALTH = {"collapse_ratio": 0.1, "d_real_above": 0.9, "d_fake_below": 0.1, "epochs": 3}

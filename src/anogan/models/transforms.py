@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from anogan.errors import UserError
+from anogan.utils.errors import UserError
 
 
 class Transform(NamedTuple):

@@ -7,11 +7,11 @@
 * ``DFeatureScorer`` (``mapping=dfeatures`` / ``dcombined``): kNN distances in D's feature space, per image and per patch.
 """
 
-from anogan.errors import ScoreDivergenceError
 from anogan.scorers.base import Scorer, anomaly_map, check_finite_scores
 from anogan.scorers.discriminator import DFeatureScorer, TransformationScorer
 from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
 from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
+from anogan.utils.errors import ScoreDivergenceError
 
 __all__ = [
     "DFeatureScorer",

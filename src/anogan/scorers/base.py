@@ -1,7 +1,7 @@
 """What every scorer shares: frozen G and D, the anomaly map, the finite check, ``predict_step``.
 
 A scorer is a LightningModule run with ``Trainer.predict(inference_mode=False)`` (see
-``anogan.inference``), by the run's stage 2 and by ``predict.py`` alike. Its ``infer`` maps a batch of
+``anogan.engine.inference``), by the run's stage 2 and by ``predict.py`` alike. Its ``infer`` maps a batch of
 images (N×C×S×S in [-1, 1]) to per-image score components and the final reconstruction G(z); the
 base turns that into the rows of ``scores.csv`` and one anomaly map per image.
 
@@ -20,7 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from anogan.errors import ScoreDivergenceError
+from anogan.utils.errors import ScoreDivergenceError
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -78,13 +78,13 @@ class Scorer(L.LightningModule):
     """Base of every scorer. Subclasses implement ``infer``; those with a training phase (an
     encoder, ``self.encoder``) set ``needs_fit = True`` and implement ``fit(train_loader,
     trainer_kwargs)`` and ``fit_settings()`` (what, besides G, D and the images, determines what
-    ``fit`` learns: the key of the encoder cache, ``anogan.gan_store.encoder_cache_key``).
+    ``fit`` learns: the key of the encoder cache, ``anogan.engine.gan_store.encoder_cache_key``).
 
     Args:
         generator: the trained GAN's generator (frozen here, always in eval mode).
         discriminator: the trained GAN's discriminator (frozen here, always in eval mode).
         batch_size: images scored together (the scores never depend on the batch).
-        correction: ``none`` | ``complexity`` | ``auto`` — the primary score (``anogan.scores``).
+        correction: ``none`` | ``complexity`` | ``auto`` — the primary score (``anogan.post_processing.scores``).
         map_sigma: Gaussian smoothing of the anomaly map, in pixels of the model's resolution.
         map_features: add the upsampled discriminator-feature residual to the map.
         maps: compute anomaly maps at all (``false`` spares their small cost).
@@ -140,7 +140,7 @@ class Scorer(L.LightningModule):
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The scorer's whole path on model inputs x (N×C×S×S in [-1, 1]): ``infer``'s per-image
         components (``score``, ``residual``, ...) plus ``map`` (N×S×S, when ``maps``), on x's device.
-        ``predict_step`` and the exported ONNX graph (``anogan.export``) both run this."""
+        ``predict_step`` and the exported ONNX graph (``anogan.deploy.export``) both run this."""
         out = self.infer(x, keys)
         generated, fx, fg = out.pop("generated", None), out.pop("fx", None), out.pop("f_generated", None)
         if self.hparams.maps and "map" not in out and generated is not None:  # a scorer may give its own map

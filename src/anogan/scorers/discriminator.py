@@ -19,7 +19,7 @@
   GAN's own discriminator instead of a pretrained network). Works with any discriminator.
 * ``mapping=dcombined``: ``DFeatureScorer`` with ``transforms`` set, so one pass gives all three
   components; its ``combine`` names those that the run's calibration standardises on the
-  validation normals and sums (``anogan.calibration``).
+  validation normals and sums (``anogan.post_processing.calibration``).
 
 The memory banks are buffers (they travel in ``scorer.pt``), subsampled to at most ``bank_size`` /
 ``patch_bank_size`` entries, by a greedy k-center coreset (PatchCore) or at random (``coreset``).
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anogan.errors import UserError
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.scorers.base import Scorer, smooth
+from anogan.utils.errors import UserError
 
 POOLINGS = ("mean", "max", "flatten")
 CORESETS = ("greedy", "random")
@@ -228,7 +228,7 @@ class DFeatureScorer(_DReader):
         transforms: ``model.self_supervised`` (rotations | geotrans) to add the ``transformations``
             component of a D with a transformation head (``mapping=dcombined``); null: none.
         score: the component that is the scorer's ``score``: dfeatures | dpatches | transformations.
-        combine: components that the calibration standardises and sums (``anogan.calibration``).
+        combine: components that the calibration standardises and sums (``anogan.post_processing.calibration``).
     """
 
     needs_fit = True

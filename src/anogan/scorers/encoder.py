@@ -27,10 +27,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from anogan.console import quiet_lightning
-from anogan.errors import ScoreDivergenceError
-from anogan.progress import progress_callbacks
 from anogan.scorers.base import Scorer
+from anogan.utils.console import quiet_lightning
+from anogan.utils.errors import ScoreDivergenceError
+from anogan.utils.progress import progress_callbacks
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

@@ -1,0 +1,1 @@
+"""Entry points: each command's ``main`` (``anogan train|predict|export|serve|compare|report|sweep-summary``)."""

@@ -1,0 +1,187 @@
+"""Score new images with a finished run's scorer file (``anogan-predict`` or ``python predict.py``):
+
+    python predict.py ckpt=<run folder or scorer.pt> input=<folder or image> [threshold=fpr|f1|youden|<number>]
+                      [out=<csv>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]
+
+A thin command line over the Python API (``anogan.deploy.api``: ``anogan.load(ckpt).predict(input)``).
+Everything comes from the one scorer file (``anogan.deploy.artifact``): networks, scorer settings,
+preprocessing, the correction resolved on the run's validation split, the thresholds of every rule
+and the validation normals' scores for p-values. Images are read by the same reader as training
+(``anogan.data.images``, with the run's resize policy) and scored through the same path as the run's stage 2
+(``anogan.engine.inference.run_scorer``: ``Trainer.predict``), so an image of the run's evaluation set
+gets the score it got in the run. Arguments are read with Hydra's override grammar into a structured
+config (``PredictConfig``, ``anogan.config.arguments``).
+
+Output (default ``<run folder>/predictions/<input name>.csv``; never the current folder): path,
+score (the run's primary score), p_value (conformal, against the validation normals), label
+(1 = anomalous at the threshold), raw_score, the scorer's components (residual, discrimination; or
+transformations, dfeatures, dpatches for the scorers that read D), complexity, steps. With
+``maps=true``: per image the anomaly map at the image's own size as ``.npy`` (float32) and an
+overlay PNG in ``<csv name>_maps/``; with ``save_images=true``: original | G(z) | |x − G(z)| PNGs.
+Files that cannot be read are skipped and listed with their reason; they never stop the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anogan.config.arguments import parse_key_values
+from anogan.deploy.api import Detector, load
+from anogan.deploy.artifact import resolve_path
+from anogan.utils.errors import InputError, PredictError, UserError
+
+log = logging.getLogger("anogan.cli.predict")
+
+USAGE = (
+    "usage: anogan-predict ckpt=<run folder or scorer.pt> input=<folder or image> [threshold=fpr|f1|youden|<number>] "
+    "[out=<csv path>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]"
+)
+
+
+@dataclass
+class PredictConfig:
+    """The command line's settings (``USAGE``); ``???``: required."""
+
+    ckpt: str = "???"
+    input: str = "???"
+    threshold: str | None = None  # fpr | f1 | youden | a number
+    out: str | None = None
+    maps: bool = False
+    save_images: bool = False
+    device: str = "auto"
+    batch_size: int | None = None
+
+
+def parse_args(argv: list[str]) -> dict:
+    """``key=value`` arguments (Hydra's override grammar, ``PredictConfig``) into ``predict``'s
+    keyword arguments; ``PredictError`` (one line) on a bad one."""
+    from anogan.metrics.image import THRESHOLD_RULES
+
+    args = dict(parse_key_values(argv, PredictConfig, USAGE, PredictError))
+    if args["threshold"] is not None:
+        t = str(args["threshold"]).strip().lower()
+        try:
+            args["threshold"] = float(t)
+        except ValueError:
+            if t not in THRESHOLD_RULES:
+                raise PredictError(f"threshold={args['threshold']!r}: use fpr, f1, youden or a number") from None
+            args["threshold"] = t
+    if args["device"] not in ("auto", "cpu", "cuda"):
+        raise PredictError(f"device={args['device']!r}: use auto, cpu or cuda")
+    if args["batch_size"] is not None and args["batch_size"] < 1:
+        raise PredictError(f"batch_size={args['batch_size']!r}: use a whole number >= 1")
+    return args
+
+
+def _name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root) if root.is_dir() and path.is_relative_to(root) else Path(path.name)
+    return "__".join(rel.with_suffix("").parts)
+
+
+def _write_maps(folder: Path, name: str, image_path: Path, full: np.ndarray, vmax: float) -> None:
+    """The map at the image's own size as .npy, and an overlay PNG."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageOps
+
+    with Image.open(image_path) as img:
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    tmp = folder / f".{name}.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, full.astype(np.float32))
+    os.replace(tmp, folder / f"{name}.npy")
+    heat = (colormaps["jet"](np.clip(full / max(vmax, 1e-12), 0, 1))[..., :3] * 255).astype(np.uint8)
+    overlay = Image.blend(rgb, Image.fromarray(heat), 0.45)
+    tmp = folder / f".{name}_overlay.png.tmp"
+    overlay.save(tmp, format="PNG")
+    os.replace(tmp, folder / f"{name}_overlay.png")
+
+
+def write_csv(rows: list[dict], columns: tuple[str, ...], out: Path) -> None:
+    """``path`` and ``columns`` per row (floats to 9 significant digits), written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *columns])
+        for row in rows:
+            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in columns)])
+    os.replace(tmp, out)
+
+
+def predict(
+    ckpt: str | Path,
+    input: str | Path,
+    threshold: str | float | None = None,
+    out: str | Path | None = None,
+    maps: bool = False,
+    save_images: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict:
+    """Score every image under ``input`` with the scorer file of ``ckpt``; write the CSV (and maps).
+
+    Returns ``{"rows": [...], "skipped": [(path, reason), ...], "threshold": t, "out": csv path,
+    "warnings": [...]}`` (warnings: e.g. the threshold used is infinite and flags nothing).
+    Raises ``PredictError`` / ``InputError`` / ``ArtifactError`` (one line each) for unusable arguments or files.
+    """
+    artifact = resolve_path(ckpt)
+    root = Path(input).expanduser()
+    out = Path(out).expanduser() if out else artifact.parent / "predictions" / f"{root.stem or 'input'}.csv"
+    detector: Detector = load(artifact, device=device, batch_size=batch_size)
+    if not root.exists():
+        raise PredictError(f"input={root} does not exist: give an image file or a folder of images.")
+    try:
+        result = detector.predict(root, threshold=threshold, maps=maps, reconstructions=save_images, errors="skip", progress=True)
+    except InputError as err:
+        raise PredictError(f"input={err}") from None
+    if result.skipped:
+        log.warning("skipping %d file(s) that cannot be used (listed at the end)", len(result.skipped))
+    rows = [{"path": row["source"], **{k: row[k] for k in result.columns}} for row in result.rows]
+    paths = [Path(row["path"]) for row in rows]
+    if result.maps:
+        folder = out.with_name(out.stem + "_maps")
+        folder.mkdir(parents=True, exist_ok=True)
+        vmax = float(np.quantile(np.concatenate([m.ravel() for m in result.maps])[:10_000_000], 0.99))
+        for path, full in zip(paths, result.maps):
+            _write_maps(folder, _name(path, root), path, full, vmax)
+    if save_images and result.reconstructions is not None:
+        from anogan.reporting.figures import reconstruction_grid
+        from anogan.utils.io import atomic_save_image
+
+        folder = out.with_name(out.stem + "_images")
+        folder.mkdir(parents=True, exist_ok=True)
+        x = result.inputs.float().div(127.5).sub(1.0)
+        for i, path in enumerate(paths):
+            grid = reconstruction_grid(x[i : i + 1], result.reconstructions[i : i + 1])
+            atomic_save_image(grid, folder / f"{_name(path, root)}.png")
+    write_csv(rows, result.columns, out)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    t = result.threshold
+    n_anom = sum(1 for r in rows if r["label"] == 1)
+    log.info(
+        "scored %d image(s), %d anomalous at threshold %s -> %s", len(rows), n_anom, f"{t:.6g}" if t is not None else "-", out
+    )
+    return {"rows": rows, "skipped": result.skipped, "threshold": t, "out": out, "warnings": result.warnings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        result = predict(**args)
+    except UserError as err:
+        log.error("%s", err)
+        return 2
+    print(f"scores: {result['out']} ({len(result['rows'])} image(s))")
+    print(f"skipped: {len(result['skipped'])} file(s)" if result["skipped"] else "skipped: none")
+    for path, reason in result["skipped"]:
+        print(f"  {path}: {reason}")
+    return 0 if result["rows"] else 1

@@ -1,0 +1,474 @@
+"""The Python API: score images with a finished run, and train a run, from Python (a notebook).
+
+    import anogan
+
+    detector = anogan.load("outputs/runs/<run>")       # a run folder or its scorer.pt
+    result = detector.predict("photos/")                 # a path, a folder, a list, PIL, numpy, tensors
+    result.to_pandas()                                   # or result.to_records(): one dict per image
+
+    run = anogan.fit(["experiment=cifar_car_cpu", "data.root=../shared/data/cifar10"])
+    run.run_dir, run.metrics["test"]["auroc"]
+
+Scoring uses only the run's scorer file (``anogan.deploy.artifact``) and the same steps as the run's own
+evaluation, so an image of the run's evaluation set gets the score it has in ``scores.csv``:
+
+1. every input becomes a uint8 H×W×C array by the rules of ``anogan.data.images`` (files and PIL
+   images: ``load_pixels`` / ``pixels_from_pil``; numpy arrays and tensors: ``pixels_from_array``),
+   then the model's input by the run's preprocessing (``make_square`` with the run's resize policy,
+   ``to_model_input``);
+2. the scorer runs through the one inference path (``anogan.engine.inference.run_scorer``: ``Trainer.predict``);
+3. the run's calibration turns its outputs into the primary score, the p-value and the label
+   (``Detector.postprocess``, the one place this happens).
+
+``anogan.fit`` runs the pipeline (``anogan.engine.pipeline.run``, what ``anogan train`` runs) in this
+process and returns its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anogan.data.images import (
+    ImageError,
+    list_images,
+    load_pixels,
+    make_square,
+    pixels_from_array,
+    pixels_from_pil,
+    to_model_input,
+)
+from anogan.data.splits import AnomalySplit
+from anogan.deploy.artifact import load_artifact, resolve_path
+from anogan.engine.inference import run_scorer
+from anogan.metrics.image import THRESHOLD_RULES
+from anogan.post_processing.calibration import Calibration
+from anogan.post_processing.scores import complexity
+from anogan.utils.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from omegaconf import DictConfig
+
+log = logging.getLogger("anogan.deploy.api")
+
+COLUMNS = (
+    "score",
+    "p_value",
+    "label",
+    "raw_score",
+    "residual",
+    "discrimination",
+    "complexity",
+    "steps",
+)  # a reconstruction scorer's
+NOT_COMPONENTS = ("score", "row", "steps")  # per-image outputs of a scorer that are not score components
+DEVICES = ("auto", "cpu", "cuda")
+ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
+Images = ImageInput | Sequence[ImageInput]
+
+
+# ---------------------------------------------------------------------- inputs -> pixels
+@dataclass
+class _Item:
+    source: str  # the file's path, or "input[i]" for an in-memory image
+    pixels: np.ndarray  # uint8 H×W×C, the image at its own size
+
+
+def _is_pil(obj: object) -> bool:
+    return type(obj).__module__.startswith("PIL.") and hasattr(obj, "mode") and hasattr(obj, "size")
+
+
+def _tensor_images(tensor: torch.Tensor, name: str) -> list[np.ndarray]:
+    """C×H×W or N×C×H×W (C = 1..4) -> H×W×C numpy arrays (same dtype rules as numpy arrays)."""
+    if tensor.dim() == 3:
+        tensor = tensor[None]
+    if tensor.dim() != 4 or tensor.shape[1] not in (1, 2, 3, 4):
+        raise InputError(
+            f"{name}: a tensor of shape {tuple(tensor.shape)} is not an image batch: use N×C×H×W or C×H×W with C = 1, 2, 3 or 4"
+        )
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    array = tensor.detach().cpu().permute(0, 2, 3, 1).numpy()
+    return list(array)
+
+
+def _collect(images: Images, errors: str) -> tuple[list[_Item], list[tuple[str, str]]]:
+    """Every input as uint8 H×W×C pixels, in order; unreadable files skipped (``errors="skip"``)
+    or raised (``"raise"``). Wrong types, shapes, dtypes and ranges always raise ``InputError``."""
+    items: list[_Item] = []
+    skipped: list[tuple[str, str]] = []
+
+    def add_file(path: Path) -> None:
+        try:
+            items.append(_Item(str(path), load_pixels(path)))
+        except ImageError as err:
+            if errors == "raise":
+                raise InputError(f"{path}: {err}") from None
+            skipped.append((str(path), str(err)))
+
+    def add_memory(pixels_of: Callable[[Any], np.ndarray], obj: Any, name: str) -> None:
+        try:
+            items.append(_Item(name, pixels_of(obj)))
+        except ImageError as err:
+            raise InputError(f"{name}: {err}") from None
+
+    single = not isinstance(images, (list, tuple))
+    for index, obj in enumerate(list(images) if isinstance(images, (list, tuple)) else [images]):
+        name = f"input[{index}]"
+        if isinstance(obj, (str, Path)):
+            path = Path(obj).expanduser()
+            if path.is_dir():
+                found, listed_skipped = list_images(path)
+                skipped.extend((entry["file"], entry["reason"]) for entry in listed_skipped)
+                if not found:
+                    raise InputError(f"{path} holds no image (searched recursively).")
+                for file in found:
+                    add_file(file)
+            elif path.is_file():
+                add_file(path)
+            else:
+                raise InputError(f"{path} does not exist: give an image file or a folder of images.")
+        elif isinstance(obj, np.ndarray):
+            add_memory(pixels_from_array, obj, name)
+        elif isinstance(obj, torch.Tensor):  # a batch given alone: input[j]; a batch in a list: input[i][j]
+            for row, array in enumerate(_tensor_images(obj, name)):
+                rows_name = f"input[{row}]" if single else f"{name}[{row}]"
+                add_memory(pixels_from_array, array, rows_name if obj.dim() == 4 else name)
+        elif _is_pil(obj):
+            add_memory(pixels_from_pil, obj, name)
+        else:
+            raise InputError(
+                f"{name}: a {type(obj).__name__} is not an image: give a path, a folder, a PIL image, "
+                "a numpy array (H×W or H×W×C) or a tensor (N×C×H×W), or a list of them"
+            )
+    return items, skipped
+
+
+# ---------------------------------------------------------------------- result
+@dataclass
+class Predictions:
+    """The scores of one ``Detector.predict`` call, one row per image in input order.
+
+    ``rows``: dicts with ``source`` (the file's path, or ``input[i]`` / ``input[i][j]`` for the i-th
+    in-memory input and row j of a tensor batch), then ``columns``: ``score`` (the run's primary
+    score), ``p_value`` (conformal, against the run's validation normals), ``label`` (1 = anomalous:
+    ``score >= threshold``), ``raw_score``, the scorer's components (``residual``,
+    ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``.
+    ``threshold``: the number used, from ``rule`` (a rule name or the number given).
+    ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
+    (``Detector.map_at_size``: the run's resize policy undone).
+    ``inputs``: the model's inputs (uint8 N×C×S×S); ``reconstructions``: with
+    ``reconstructions=True``, G(z) (float32 N×C×S×S in [-1, 1], the model's scale).
+    ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each,
+    e.g. when the threshold is unreachable (infinite: nothing is flagged).
+    """
+
+    rows: list[dict]
+    columns: tuple[str, ...]
+    threshold: float | None
+    rule: str | float
+    inputs: torch.Tensor
+    maps: list[np.ndarray] | None = None
+    reconstructions: torch.Tensor | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def column(self, name: str) -> np.ndarray:
+        """One column as a numpy array (e.g. ``"score"``, ``"label"``)."""
+        return np.array([row[name] for row in self.rows])
+
+    def to_records(self) -> list[dict]:
+        """The rows as a list of plain dicts (copies)."""
+        return [dict(row) for row in self.rows]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas() needs pandas: pip install pandas (or use to_records())") from None
+        return pd.DataFrame(self.to_records(), columns=["source", *self.columns])
+
+
+# ---------------------------------------------------------------------- detector
+def trainer_settings(device: str, precision: str) -> dict:
+    """Trainer arguments for ``device`` (``auto`` | ``cpu`` | ``cuda``) in the run's precision
+    (a 16-bit run scores in 32-bit on the CPU). Raises ``InputError`` for an unusable device."""
+    if device not in DEVICES:
+        raise InputError(f"device={device!r}: use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device=cuda but this machine has no usable CUDA GPU: use device=cpu (or auto).")
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[device]
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and str(precision).startswith("16"):
+        log.info("the run scored in precision %s, which needs a GPU: scoring in 32-bit on the CPU", precision)
+        precision = "32-true"
+    return {"accelerator": accelerator, "devices": 1, "precision": precision, "enable_model_summary": False}
+
+
+def _check_rule(threshold: object) -> str | float | None:
+    if threshold is None or isinstance(threshold, str) and threshold in THRESHOLD_RULES:
+        return threshold
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and not math.isnan(threshold):
+        return float(threshold)
+    raise InputError(f"threshold={threshold!r}: use fpr, f1, youden or a number")
+
+
+class Detector:
+    """A finished run's scorer, ready to score images in memory (build with ``anogan.load``).
+
+    Attributes: ``artifact`` (the scorer file), ``image_size``, ``channels``, ``resize`` (the run's
+    preprocessing), ``rule`` (the run's threshold rule), ``thresholds`` (every rule's threshold,
+    fitted on the run's validation split), ``provenance`` (where the run came from).
+    """
+
+    def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None):
+        self.artifact = Path(artifact)
+        self.scorer, self.payload = load_artifact(self.artifact)
+        if batch_size is not None:
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise InputError(f"batch_size={batch_size!r}: use a whole number >= 1")
+            self.scorer.hparams.batch_size = batch_size
+        prep = self.payload["preprocess"]
+        self.image_size, self.channels = int(prep["image_size"]), int(prep["channels"])
+        self.resize = prep.get("resize", "stretch")
+        self.calibration = Calibration.from_state(self.payload["calibration"])
+        self.rule = self.calibration.rule
+        self.thresholds = {k: self.calibration.thresholds[k] for k in THRESHOLD_RULES}
+        self.provenance = dict(self.payload.get("provenance", {}))
+        self.trainer_kwargs = trainer_settings(device, self.payload["precision"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({self.artifact}, {type(self.scorer).__name__}, {self.channels}×{self.image_size}×{self.image_size}, "
+            f"resize={self.resize}, rule={self.rule})"
+        )
+
+    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 H×W×C pixels -> the model's input, uint8 C×S×S (the run's resize policy and size)."""
+        return to_model_input(make_square(pixels, self.resize), self.image_size, self.channels)
+
+    def score(self, images: torch.Tensor, progress: bool = False) -> dict[str, torch.Tensor]:
+        """Raw outputs of the scorer (``score``, ``residual``, ``discrimination``, ``z``, ``steps``,
+        ``map``: N×S×S when the run computes maps) for model inputs ``images`` (uint8 N×C×S×S),
+        through the one inference path (``anogan.engine.inference.run_scorer``)."""
+        dataset = AnomalySplit(images, np.zeros(len(images), dtype=np.int64), np.arange(len(images)), 0)
+        kwargs = {**self.trainer_kwargs, "enable_progress_bar": progress}
+        return run_scorer(self.scorer, dataset, kwargs, what="images")
+
+    def postprocess(
+        self, results: dict[str, torch.Tensor], images: torch.Tensor, threshold: str | float | None = None
+    ) -> dict[str, Any]:
+        """The run's calibration (``anogan.post_processing.calibration.Calibration``, from the scorer file) applied to
+        the scorer's outputs for model inputs ``images`` (uint8 N×C×S×S): ``raw_score``, ``score``
+        (primary), ``p_value``, ``label``, ``complexity`` (N,), ``threshold`` (a float) and
+        ``warnings`` (one line each; when the threshold is infinite: the calibration's own reason, e.g.
+        an unreachable target false-positive rate, else a line saying nothing is flagged). The one
+        place this is done."""
+        image_complexity = complexity(images)
+        post = self.calibration(results, image_complexity, threshold)
+        t = float(post["threshold"])
+        warnings = []
+        if math.isinf(t):
+            own = self.calibration.warnings if threshold in (None, "fpr") else []
+            warnings = own or [
+                f"the threshold ({threshold if threshold is not None else self.rule}) is infinite: no image is flagged; "
+                "choose another rule or a number (threshold=...)"
+            ]
+        return {**post, "complexity": image_complexity, "threshold": t, "warnings": warnings}
+
+    def predict(
+        self,
+        images: Images,
+        threshold: str | float | None = None,
+        maps: bool = False,
+        reconstructions: bool = False,
+        errors: Literal["raise", "skip"] = "raise",
+        progress: bool = False,
+    ) -> Predictions:
+        """Score ``images``: a path, a folder (searched recursively), a PIL image, a numpy array
+        (H×W or H×W×C; uint8, uint16, or float in [0, 1]), a tensor (C×H×W or N×C×H×W, same
+        dtypes, channel first), or a list of any of these. Colour and size are converted to the
+        run's (``Detector.model_input``).
+
+        ``threshold``: ``fpr`` | ``f1`` | ``youden`` (a rule fitted on the run's validation split)
+        or a number; default the run's rule. ``maps``: add each image's anomaly map at its own size.
+        ``reconstructions``: add G(z). ``errors``: ``"raise"`` (default) or ``"skip"`` for files
+        that cannot be read (listed in ``Predictions.skipped``). ``progress``: show a progress bar.
+
+        Raises ``InputError`` (one line) for an input of the wrong type, shape, dtype or range, a
+        missing file, an unreadable file (``errors="raise"``) or a bad ``threshold``.
+        """
+        rule = _check_rule(threshold)
+        if errors not in ("raise", "skip"):
+            raise InputError(f"errors={errors!r}: use raise or skip")
+        items, skipped = _collect(images, errors)
+        for path, reason in skipped:
+            log.info("skipped %s: %s", path, reason)
+        if not items:
+            empty = torch.zeros(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
+            rule_used = self.rule if rule is None else rule
+            return Predictions([], COLUMNS, None, rule_used, empty, [] if maps else None, None, skipped)
+        inputs = torch.stack([self.model_input(item.pixels) for item in items])
+        results = self.score(inputs, progress)
+        post = self.postprocess(results, inputs, rule)
+        components = [k for k, v in results.items() if k not in NOT_COMPONENTS and v.dim() == 1 and v.is_floating_point()]
+        columns = {
+            "score": post["score"],
+            "p_value": post["p_value"],
+            "label": post["label"],
+            "raw_score": post["raw_score"],
+            **{k: results[k] for k in components},
+            "complexity": post["complexity"],
+            "steps": results.get("steps", torch.zeros(len(items), dtype=torch.long)),
+        }
+        rows = [{"source": item.source, **{k: v[i].item() for k, v in columns.items()}} for i, item in enumerate(items)]
+        out_maps = None
+        warnings = list(post["warnings"])
+        if maps:
+            if "map" in results:
+                out_maps = [self.map_at_size(results["map"][i], item.pixels.shape[:2]) for i, item in enumerate(items)]
+            else:
+                warnings.append("this run's scorer computes no anomaly maps (mapping.maps=false): maps is None")
+        generated = None
+        if reconstructions and "z" in results:
+            generated = self.generate(results["z"])
+        elif reconstructions:
+            warnings.append(f"{type(self.scorer).__name__} makes no reconstruction G(z): reconstructions is None")
+        return Predictions(
+            rows,
+            tuple(columns),
+            post["threshold"],
+            self.rule if rule is None else rule,
+            inputs,
+            out_maps,
+            generated,
+            skipped,
+            warnings,
+        )
+
+    def map_at_size(self, amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """A model-resolution map (S×S) on the image's own pixels (``size`` = H, W): float32 H×W.
+        Undoes the run's resize policy (``make_square``): ``stretch`` resizes the map to H×W;
+        ``crop`` resizes it to the centred min(H, W) square and leaves 0 where the model saw nothing;
+        ``pad`` resizes it to the max(H, W) square and cuts the image's part out (bilinear throughout)."""
+        h, w = int(size[0]), int(size[1])
+
+        def resized(height: int, width: int) -> torch.Tensor:
+            return F.interpolate(amap[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+        if self.resize == "stretch" or h == w:
+            full = resized(h, w)
+        elif self.resize == "crop":
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            full = torch.zeros(h, w)
+            full[top : top + side, left : left + side] = resized(side, side)
+        else:  # pad
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            full = resized(side, side)[top : top + h, left : left + w]
+        return full.numpy().astype(np.float32)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """G(z) for latents ``z`` (N×latent): float32 N×C×S×S in [-1, 1], on the CPU."""
+        with torch.no_grad():
+            p = next(self.scorer.generator.parameters())
+            return self.scorer.generator(z.to(p)).float().cpu()
+
+
+def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
+    """The detector of a finished run: ``path`` is its run folder or its ``scorer.pt`` (copied
+    anywhere; nothing else is read). ``device``: ``auto`` | ``cpu`` | ``cuda``; ``batch_size``:
+    images scored together (scores never depend on it). Raises ``ArtifactError`` for a missing or
+    unreadable scorer file, ``InputError`` for a bad ``device`` or ``batch_size``."""
+    return Detector(resolve_path(path), device=device, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """A finished run: its folder, its ``metrics.json`` (as a dict) and the value of
+    ``optimized_metric`` (default validation AUROC)."""
+
+    run_dir: Path
+    metrics: dict
+    objective: float
+
+    @property
+    def scorer_file(self) -> Path:
+        return self.run_dir / "scorer.pt"
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The project's real Hydra config (``conf/``, as ``anogan-train`` composes it) with
+    ``overrides``, including the ``hydra`` node. Raises ``ConfigError`` (Hydra's reason, one line)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from anogan import conf_dir
+    from anogan.config.schema import explain_composition_error  # also registers the config schemas
+
+    if GlobalHydra.instance().is_initialized():
+        raise ConfigError("anogan.fit cannot run inside another Hydra application (Hydra is already initialised)")
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain_composition_error(err, list(overrides))) from None
+
+
+def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> TrainResult:
+    """Train and evaluate one run in this process, as ``anogan-train <overrides>`` would: the real
+    config (``conf/``) composed with ``overrides`` (e.g. ``["experiment=cifar_car_cpu",
+    "data.root=../shared/data/cifar10"]``). ``run_dir``: the run folder (default: Hydra's
+    ``hydra.run.dir``, ``outputs/runs/<time>``). Returns a ``TrainResult``. Raises ``ConfigError``
+    for overrides Hydra cannot compose and the pipeline's ``UserError``s (one line each); a run that
+    fails before writing anything leaves no folder behind."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from anogan.engine.pipeline import run
+    from anogan.engine.run_folder import removed_if_unused
+
+    overrides = list(overrides)
+    if run_dir is not None:
+        overrides.append(f"hydra.run.dir={Path(run_dir).expanduser().resolve()}")
+    cfg = compose(overrides)
+    folder = Path(cfg.hydra.run.dir).expanduser().resolve()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(folder)
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.output_dir} (paths.output_dir) resolves to the run folder
+    try:
+        with open_dict(cfg):
+            del cfg["hydra"]
+        with removed_if_unused(folder):
+            objective = run(cfg)
+    finally:
+        HydraConfig.instance().cfg = previous
+    import json
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return TrainResult(folder, metrics, float(objective))

@@ -1,0 +1,243 @@
+"""Export a run's encoder scorer for deployment without this framework (``anogan-export``):
+
+    anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<image folder for the check>]
+
+Writes ``scorer.onnx`` — input ``image`` (N×C×S×S float32 in [-1, 1], i.e. uint8 / 127.5 − 1 after
+the resize in ``scorer.json``), outputs ``score`` (the run's primary score), ``raw_score``,
+``anomaly_map`` (N×S×S), ``p_value`` and ``label`` (at the run's threshold rule) — and
+``scorer.json`` beside it: preprocessing, the correction, the thresholds of every rule (fitted on
+the run's validation split) and the validation normals' scores, from which
+p = (1 + #{normal scores >= score}) / (n + 1). The graph is the scorer's own forward path followed by
+the run's ``Calibration`` module (``ScorerGraph``): no second copy of either. It is checked at once
+with ONNX Runtime against the framework's inference path (``anogan.engine.inference.run_scorer`` + the
+calibration) on real images (``input``) or, without them, on images made by the run's generator:
+the largest relative difference of scores and maps must be <= 1e-4, and p-values and labels must
+be equal except at float ties.
+
+The f-AnoGAN encoder scorer (``mapping=encoder``) and the scorers that read D (``mapping=transformations``,
+``dfeatures``, ``dcombined``: their memory banks are constants of the graph) are fixed graphs; a
+scorer without an anomaly map (``transformations``) exports no ``anomaly_map``. The latent search
+(``mapping=latent`` / ``encoder_search``) runs Adam on z with gradients through G at inference time:
+it stays PyTorch-only (``predict.py`` with the scorer file), since neither ONNX nor TorchScript
+(deprecated in current PyTorch) carries a per-image optimisation loop with autograd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from anogan.deploy.artifact import load_artifact, resolve_path
+from anogan.post_processing.calibration import Calibration, complexity_of_model_input
+from anogan.post_processing.scores import complexity
+from anogan.scorers import DFeatureScorer, EncoderScorer, Scorer, TransformationScorer
+from anogan.utils.errors import ExportError, UserError
+from anogan.utils.io import atomic_write_text
+
+log = logging.getLogger("anogan.deploy.export")
+MAX_RELATIVE_DIFFERENCE = 1e-4
+
+
+class ScorerGraph(nn.Module):
+    """image (N×C×S×S in [-1, 1]) -> score, raw_score, anomaly_map (when the run made maps),
+    p_value, label: the scorer's own forward path (``Scorer.forward``, ``map_features`` included)
+    followed by the run's ``Calibration`` module, unchanged; the image complexity the correction
+    needs is computed from the input (``complexity_of_model_input``)."""
+
+    def __init__(self, scorer: Scorer, calibration: Calibration):
+        super().__init__()
+        self.scorer, self.calibration = scorer, calibration
+        self.output_names = ["score", "raw_score", *(["anomaly_map"] if scorer.hparams.maps else []), "p_value", "label"]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.scorer(image)
+        post = self.calibration(out, complexity_of_model_input(image))
+        return tuple(out["map"] if name == "anomaly_map" else post[name] for name in self.output_names)
+
+
+def _check_images(scorer: Scorer, payload: dict, input: Path | None, n: int = 32) -> torch.Tensor:
+    """uint8 images (N×C×S×S) to check the export on: ``input``'s, or quantised G(z) samples."""
+    prep = payload["preprocess"]
+    if input is not None:
+        from anogan.data.images import list_images, read_image
+
+        paths = list_images(Path(input))[0][:n] if Path(input).is_dir() else [Path(input)]
+        if not paths:
+            raise ExportError(f"input={input} holds no image to check the export on.")
+        return torch.stack(
+            [read_image(p, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch")) for p in paths]
+        )
+    with torch.no_grad():
+        fake = scorer.generator(torch.randn(n, scorer.latent_dim, 1, 1, generator=torch.Generator().manual_seed(0)))
+    return ((fake + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def reference_outputs(scorer: Scorer, calibration: Calibration, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """What the framework itself gives for uint8 ``images``: ``anogan.engine.inference.run_scorer`` (the
+    path of the run and of ``predict.py``) on the CPU in float32, then the calibration."""
+    from anogan.data.splits import AnomalySplit
+    from anogan.engine.inference import run_scorer
+
+    dataset = AnomalySplit(images, np.zeros(len(images), dtype=np.int64), np.arange(len(images)), 0)
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+    }
+    results = run_scorer(scorer, dataset, settings, what="images (export check)")
+    post = calibration(results, complexity(images))
+    out = {k: post[k].numpy() for k in ("score", "raw_score", "p_value", "label")}
+    if "map" in results:
+        out["anomaly_map"] = results["map"].numpy()
+    return out
+
+
+def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray], calibration: Calibration) -> dict:
+    """The largest relative difference of score, raw score and map (map: relative to its largest
+    value), and the p-values and labels that differ. A p-value or label may differ only where the
+    reference score lies within ``MAX_RELATIVE_DIFFERENCE`` of a validation normal's score or of
+    the threshold (a tie that float rounding can tip); any other difference raises ``ExportError``."""
+    diff = max(float(np.max(np.abs(got[k] - want[k]) / np.maximum(np.abs(want[k]), 1e-6))) for k in ("score", "raw_score"))
+    if "anomaly_map" in want:
+        diff = max(
+            diff,
+            float(np.max(np.abs(got["anomaly_map"] - want["anomaly_map"]))) / max(float(np.abs(want["anomaly_map"]).max()), 1e-6),
+        )
+    s = want["score"]
+    normals, threshold = calibration.normal_scores.numpy(), float(calibration.threshold)
+    near_normal = (np.abs(s[:, None] - normals[None, :]) <= MAX_RELATIVE_DIFFERENCE * np.maximum(np.abs(normals), 1e-6)).any(1)
+    near_threshold = np.abs(s - threshold) <= MAX_RELATIVE_DIFFERENCE * max(abs(threshold), 1e-6)
+    p_differs, label_differs = got["p_value"] != want["p_value"], got["label"] != want["label"]
+    if diff > MAX_RELATIVE_DIFFERENCE or (p_differs & ~near_normal).any() or (label_differs & ~near_threshold).any():
+        raise ExportError(
+            f"ONNX Runtime differs from the scorer and its calibration (largest relative difference {diff:.2e}, allowed "
+            f"{MAX_RELATIVE_DIFFERENCE}; {int(p_differs.sum())} p-value(s), {int(label_differs.sum())} label(s) differ): "
+            "the export is not usable."
+        )
+    return {
+        "max_relative_difference": diff,
+        "p_values_differing": int(p_differs.sum()),
+        "labels_differing": int(label_differs.sum()),
+    }
+
+
+def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | None = None) -> dict:
+    """Write ``scorer.onnx`` and ``scorer.json`` into ``out`` (default ``<run>/export``) and check
+    the graph with ONNX Runtime against ``reference_outputs``; return ``{"onnx", "json",
+    "max_relative_difference", "images"}``. Raises ``ExportError`` / ``ArtifactError`` (one line)."""
+    artifact = resolve_path(ckpt)
+    scorer, payload = load_artifact(artifact)
+    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer)):
+        raise ExportError(
+            f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
+            "dfeatures, dcombined) export to ONNX; "
+            "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
+        )
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'anogan[export]'.") from None
+    out = Path(out).expanduser() if out else artifact.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = Calibration.from_state(payload["calibration"])
+    scorer = scorer.float().eval()
+    graph = ScorerGraph(scorer, calibration).eval()
+    images = _check_images(scorer, payload, Path(input).expanduser() if input else None)
+    x = images.float().div(127.5).sub(1.0)
+    names = graph.output_names
+    onnx_path = out / "scorer.onnx"
+    tmp = out / ".scorer.onnx.tmp"
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (x[:2],),
+            str(tmp),
+            dynamo=False,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes={name: {0: "n"} for name in ["image", *names]},
+        )
+    os.replace(tmp, onnx_path)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = dict(zip(names, session.run(None, {"image": x.numpy()})))
+    checked = compare_outputs(got, reference_outputs(scorer, calibration, images), calibration)
+    cal = calibration.state()
+    meta = {
+        "onnx": onnx_path.name,
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "[-1, 1] = uint8 / 127.5 - 1"},
+        "preprocess": payload["preprocess"],
+        "outputs": {
+            "score": "primary anomaly score (higher = more anomalous), float64",
+            "raw_score": "scorer's own score (or the combined components), float64",
+            **({"anomaly_map": "N x S x S, at the model's resolution"} if "anomaly_map" in names else {}),
+            "p_value": "conformal p-value against the validation normals, float64",
+            "label": f"1 = anomalous: score >= the {calibration.rule} threshold, int64",
+        },
+        "correction": cal["correction"],
+        "thresholds": cal["thresholds"],
+        "threshold_rule": cal["threshold_rule"],
+        "target_fpr": cal["target_fpr"],
+        "combine": None
+        if cal["combine"] is None
+        else {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in cal["combine"].items()},
+        "normal_scores": [float(v) for v in cal["normal_scores"]],
+        "p_value": "(1 + #{normal_scores >= score}) / (len(normal_scores) + 1)",
+        "warnings": calibration.warnings,
+        "checked": {
+            "images": len(images),
+            **checked,
+            "against": "anogan.engine.inference.run_scorer + Calibration",
+            "onnxruntime": ort.__version__,
+        },
+        "source": str(artifact.resolve()),
+    }
+    json_path = out / "scorer.json"
+    atomic_write_text(json_path, json.dumps(meta, indent=1))
+    for warning in calibration.warnings:
+        log.warning("%s", warning)
+    return {
+        "onnx": onnx_path,
+        "json": json_path,
+        "max_relative_difference": checked["max_relative_difference"],
+        "images": len(images),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    args: dict[str, Any] = {"ckpt": None, "out": None, "input": None}
+    try:
+        for item in sys.argv[1:] if argv is None else argv:
+            key, sep, value = item.partition("=")
+            if not sep or key not in args:
+                raise ExportError(
+                    f"unknown argument {item!r}: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
+                )
+            args[key] = value
+        if not args["ckpt"]:
+            raise ExportError(
+                "ckpt=... is required: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
+            )
+        result = export(**args)
+    except UserError as err:
+        log.error("%s", err)
+        return 2
+    print(
+        f"exported {result['onnx']} and {result['json']}: ONNX Runtime matches PyTorch on {result['images']} images "
+        f"(max relative difference {result['max_relative_difference']:.1e})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""What a run will cost, said before it starts: a few timed steps of each phase on this machine.
+
+Each phase (GAN training, encoder training, scoring) is run for a few batches on random images with
+freshly initialised networks of the configured architecture, under the run's precision and thread
+count, through the same Lightning modules the run uses; the time per batch (per image for scoring)
+times the run's batches (images) is the estimate. Probes time batches of ``PROBE_BATCH // 2`` and
+``PROBE_BATCH`` images and extend the line through both to the configured batch (a fixed cost per
+batch plus a cost per image). Scoring with a search is timed at 1 and 3 steps per image and
+extrapolated to the configured number of steps (with early stopping: the most it can take).
+
+The run's random state is left as it was: the probe changes no result. ``plan=true`` prints the
+plan (splits, steps per phase, estimates, run folder) and exits without training or writing a run
+folder. What the estimates are worth (estimate against measured time): ``make bench``,
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from anogan.config.checks import group_choices
+from anogan.data.splits import AnomalySplit, after_setup
+from anogan.engine import gan_store
+from anogan.engine.inference import run_scorer
+from anogan.engine.run_folder import is_fresh
+from anogan.utils.console import quiet_lightning
+from anogan.utils.progress import duration
+
+if TYPE_CHECKING:
+    from anogan.data.splits import AnomalyDataModule
+    from anogan.scorers.base import Scorer
+
+log = logging.getLogger("anogan.engine.estimate")
+PROBE_BATCH = 32  # the larger probe batch (the smaller: half of it; at most the configured batch)
+HOUR = 3600.0
+CPU_PRESET = "cifar_car_cpu"  # the preset the over-an-hour warning names
+
+
+@dataclass
+class Phase:
+    """One phase of a run: ``name``; ``what`` it does (epochs × batches, images × steps);
+    ``steps``: batches (training) or images (scoring) in all; ``seconds``: the estimate (None where
+    it cannot be measured here); ``note``: why it costs nothing (cached, given) or what is left out."""
+
+    name: str
+    what: str
+    steps: int
+    seconds: float | None
+    note: str = ""
+
+    def line(self, device: str) -> str:
+        if self.note and not self.seconds:
+            return f"{self.name}: {self.what}: {self.note}"
+        cost = f"≈ {duration(self.seconds)} on {device}" if self.seconds is not None else "not measurable on this machine"
+        return f"{self.name}: {self.what} {cost}" + (f" ({self.note})" if self.note else "")
+
+
+class _Clock(L.Callback):
+    """Durations of training/prediction batches; stops training after ``stop_after`` batches."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after, self._t0 = stop_after, 0.0
+        self.times: list[float] = []
+
+    def _start(self, *args: Any, **kwargs: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+        if self.stop_after and len(self.times) >= self.stop_after:
+            trainer.should_stop = True
+
+    on_train_batch_start = on_predict_batch_start = _start
+    on_train_batch_end = on_predict_batch_end = _end
+
+
+@contextmanager
+def _preserved_random_state() -> Iterator[None]:
+    """The probes draw random numbers (network initialisation, images, z): the run's own stream
+    (torch, CUDA, numpy, random) is restored afterwards, so a run with an estimate equals one without."""
+    states = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+
+
+def _random_split(n: int, channels: int, size: int) -> AnomalySplit:
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+    return AnomalySplit(images, np.zeros(n, dtype=np.int64), np.arange(n), 0)
+
+
+def probe_trainer_kwargs(trainer_kwargs: dict, root: str) -> dict:
+    """The run's device, precision and determinism on one device, with nothing written or shown."""
+    kw = {k: trainer_kwargs[k] for k in ("accelerator", "precision", "deterministic") if k in trainer_kwargs}
+    kw.update(
+        devices=1,
+        num_nodes=1,
+        max_epochs=1,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=root,
+    )
+    return kw
+
+
+def _per_batch(times: list[float], warmup: int = 1) -> float:
+    timed = times[warmup:] or times
+    return float(np.mean(timed))
+
+
+def gan_batch_seconds(cfg: DictConfig, kw: dict, batch: int, batches: int = 2) -> float:
+    """Seconds of one GAN training batch of ``batch`` images (D step, and G steps as often as the
+    objective does them: ``critic_steps``), the mean of ``max(batches, critic_steps)`` batches after one warm-up."""
+    model = instantiate(cfg.model, _convert_="all")
+    timed = max(batches, int(cfg.model.get("critic_steps", 1) or 1))
+    clock = _Clock(stop_after=1 + timed)
+    data = _random_split(batch * (timed + 3), int(cfg.data.channels), int(cfg.data.image_size))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, drop_last=True)
+    trainer = L.Trainer(**{**kw, "callbacks": [clock]})
+    trainer.fit(model, train_dataloaders=loader)
+    return _per_batch(clock.times)
+
+
+def encoder_batch_seconds(scorer: Scorer, kw: dict, batch: int, channels: int, size: int, batches: int = 2) -> float:
+    """Seconds of one encoder training batch (the scorer's own ``fit``): the mean of ``batches`` after one warm-up."""
+    clock = _Clock(stop_after=1 + batches)
+    data = _random_split(batch * (batches + 3), channels, size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, drop_last=True)
+    scorer.fit(loader, {**kw, "callbacks": [clock]})
+    return _per_batch(clock.times)
+
+
+def extrapolate(small: float, large: float, n_small: int, n_large: int, n: int) -> float:
+    """A cost measured at ``n_small`` and ``n_large`` images, extended along the line through both to
+    ``n`` images (a fixed cost per batch plus a cost per image); where noise makes that line fall,
+    proportional scaling of the larger measurement instead."""
+    if n_large == n_small or n == n_large:
+        return large * n / n_large
+    slope = (large - small) / (n_large - n_small)
+    return large + slope * (n - n_large) if slope > 0 else large * n / n_large
+
+
+def batch_seconds(measure: Callable[[int], float], batch: int) -> float:
+    """Seconds of one batch of ``batch`` images from ``measure(n)`` (seconds of a batch of n) at
+    ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images (each its own warm-up), extrapolated linearly
+    (``extrapolate``): a per-batch overhead makes a proportional scaling overestimate, most of all in
+    bf16 (1.5-1.7x at batch 128 from a probe at 32, docs/performance.md)."""
+    small, large = min(batch, PROBE_BATCH // 2), min(batch, PROBE_BATCH)
+    if small == large:
+        return measure(large) * batch / large
+    return extrapolate(measure(small), measure(large), small, large, batch)
+
+
+def scoring_image_seconds(scorer: Scorer, kw: dict, channels: int, size: int) -> float:
+    """Seconds to score one image at the scorer's batch size (and number of search steps, if it
+    searches): batches of ``PROBE_BATCH // 2`` and ``PROBE_BATCH`` images, timed at 1 and 3 search
+    steps, give a per-batch and a per-step cost, each extrapolated to the scorer's batch size."""
+    batch = int(scorer.hparams.batch_size)
+    iterations = scorer.hparams.get("iterations")
+
+    def timed(n: int, steps: int | None) -> float:
+        if steps is not None:
+            scorer.hparams.iterations = steps
+        scorer.hparams.batch_size = n
+        clock = _Clock()
+        run_scorer(scorer, _random_split(n, channels, size), kw, callbacks=[clock])
+        return sum(clock.times)
+
+    sizes = sorted({min(batch, PROBE_BATCH // 2), min(batch, PROBE_BATCH)})
+    base, per_step = [], []
+    for n in sizes:
+        timed(n, 1 if iterations is not None else None)  # warm-up at this shape
+        if iterations is None:
+            base.append(timed(n, None))
+            per_step.append(0.0)
+        else:
+            one, three = timed(n, 1), timed(n, 3)
+            per_step.append(max((three - one) / 2, 0.0))
+            base.append(max(one - per_step[-1], 0.0))
+    n_small, n_large = sizes[0], sizes[-1]
+    base_b = extrapolate(base[0], base[-1], n_small, n_large, batch)
+    step_b = extrapolate(per_step[0], per_step[-1], n_small, n_large, batch)
+    return (base_b + int(iterations or 0) * step_b) / batch
+
+
+def _batches(n_items: int, batch: int, limit: int | float | None) -> int:
+    per_epoch = max(1, n_items // batch) if n_items > batch else 1  # drop_last, as the training loader
+    if limit is None:
+        return per_epoch
+    return min(per_epoch, int(limit)) if isinstance(limit, int) or float(limit) > 1 else max(1, int(per_epoch * float(limit)))
+
+
+def _gan_cached(cfg: DictConfig) -> bool:
+    if not cfg.gan.cache:
+        return False
+    key, _ = gan_store.cache_key(cfg)
+    return (Path(cfg.paths.gan_cache_dir) / key).is_dir()
+
+
+def _encoder_cached(cfg: DictConfig, networks: tuple[torch.nn.Module, torch.nn.Module] | None) -> bool:
+    """True when the scorer's encoder will be reused from the cache: its key needs the GAN's weights,
+    so it is known only for a given GAN (``networks``) or a cached one (read here, nothing moved)."""
+    if not cfg.gan.cache:
+        return False
+    if networks is None:
+        key, _ = gan_store.cache_key(cfg)
+        arch = {k: cfg.model[k] for k in gan_store.ARCH_KEYS}
+        networks = gan_store.load_cache_entry(Path(cfg.paths.gan_cache_dir) / key, key, arch, move_damaged=False)
+        if networks is None:
+            return False
+    scorer = instantiate(cfg.mapping, generator=networks[0], discriminator=networks[1], seed=cfg.seed, _convert_="all")
+    if not scorer.needs_fit or not hasattr(scorer, "encoder"):  # a D-feature memory bank is never cached
+        return False
+    key = gan_store.encoder_cache_key(cfg, scorer)
+    return (Path(cfg.paths.gan_cache_dir) / "encoders" / f"{key}.pt").is_file()
+
+
+def device_name(trainer_kwargs: dict) -> str:
+    """'this CPU' or 'this GPU' (where the probe ran)."""
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "this GPU" if gpu else "this CPU"
+
+
+@dataclass
+class UnitCosts:
+    """What the probe measured, scaled to the run's per-device batch: seconds per GAN batch, per
+    encoder batch (None: the scorer has no encoder) and per scored image; the scorer's encoder
+    epochs and its one-line summary."""
+
+    gan_batch_s: float | None
+    encoder_batch_s: float | None
+    scoring_image_s: float | None
+    encoder_epochs: int | None
+    scorer_summary: str
+
+
+def unit_costs(cfg: DictConfig, trainer_kwargs: dict, batch: int, gan: bool = True, encoder: bool = True) -> UnitCosts:
+    """Probe the three phases of ``cfg`` under ``trainer_kwargs`` (device, resolved precision) on
+    random images, at two small batches extrapolated to ``batch`` (the per-device batch; ``batch_seconds``).
+    ``gan=False`` / ``encoder=False`` skip the GAN / encoder probe (cached). The caller's random state is kept."""
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    root = tempfile.mkdtemp(prefix="anogan-estimate-")
+    try:
+        with _preserved_random_state(), quiet_lightning(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kw = probe_trainer_kwargs(trainer_kwargs, root)
+            gan_s = batch_seconds(lambda n: gan_batch_seconds(cfg, kw, n), batch) if gan else None
+            model = instantiate(cfg.model, _convert_="all")
+            scorer = instantiate(
+                cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=cfg.seed, _convert_="all"
+            )
+            summary, epochs, encoder_s = scorer.summary(), None, None
+            if scorer.needs_fit and hasattr(scorer, "encoder"):  # an encoder to train (not a D-feature bank)
+                epochs = int(scorer.fit_settings()["epochs"])
+                encoder_s = (
+                    batch_seconds(lambda n: encoder_batch_seconds(scorer, kw, n, channels, size), batch) if encoder else 0.0
+                )
+            # a memory-bank scorer (mapping=dfeatures) scores only once fit on the training images: not probed
+            scoring_s = None if scorer.sized_by_fit else scoring_image_seconds(scorer, kw, channels, size)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return UnitCosts(gan_s, encoder_s, scoring_s, epochs, summary)
+
+
+def estimate_run(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
+    """The phases of the run ``cfg`` on ``datamodule`` (set up), each with its estimated seconds.
+
+    ``trainer_kwargs``: the run's Trainer arguments (resolved precision); ``given``: the GAN comes
+    from ``gan.generator``/``gan.checkpoint`` (not trained; ``networks``: its G and D, which tell
+    whether the encoder cache holds the scorer's encoder). Several devices: one is measured and the
+    others assumed to divide the work evenly. A GPU run on a machine without one: steps only."""
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    devices = trainer_kwargs.get("devices", 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    measurable = not (accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
+    batch = int(getattr(datamodule, "train_batch_size", None) or cfg.data.batch_size)
+    n_train = len(after_setup(datamodule.train_set, "train_set")) * int(getattr(datamodule, "train_repeats", 1) or 1)
+    per_epoch = _batches(n_train, batch, trainer_kwargs.get("limit_train_batches"))
+    epochs, n_eval = int(cfg.trainer.max_epochs), len(after_setup(datamodule.eval_set, "eval_set"))
+    gan_note = "given (gan.generator / gan.checkpoint), not trained" if given else ""
+    if not given and _gan_cached(cfg):
+        gan_note = f"reused from the cache {cfg.paths.gan_cache_dir}"
+    encoder_cached = bool(gan_note) and _encoder_cached(cfg, networks)
+    cost = (
+        unit_costs(cfg, trainer_kwargs, max(1, batch // world), gan=not gan_note, encoder=not encoder_cached)
+        if measurable
+        else None
+    )
+
+    def total(unit: float | None, steps: int) -> float | None:
+        return None if unit is None else unit * steps
+
+    what = f"{epochs} epochs × {per_epoch} batches ({cfg.data.image_size} px, batch {batch}, {trainer_kwargs.get('precision')})"
+    gan_steps = epochs * per_epoch
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if max_steps not in (None, -1) and max_steps < gan_steps:  # trainer.max_steps: GAN iterations (batches)
+        gan_steps = int(max_steps)
+        what += f", stopped after {gan_steps} batches (trainer.max_steps)"
+    if gan_note:
+        phases = [Phase("GAN", what, 0, 0.0, gan_note)]
+    else:
+        phases = [Phase("GAN", what, gan_steps, total(cost.gan_batch_s if cost is not None else None, gan_steps))]
+    if cost is None:  # nothing measured: what the scorer needs comes from a throwaway instance
+        model = instantiate(cfg.model, _convert_="all")
+        scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
+        fit = scorer.fit_settings() if scorer.needs_fit and hasattr(scorer, "encoder") else None
+        cost = UnitCosts(None, None, None, fit and int(fit["epochs"]), scorer.summary())
+        measured = False
+    else:
+        measured = True
+    if cost.encoder_epochs is not None:
+        steps = cost.encoder_epochs * per_epoch
+        seconds = total(cost.encoder_batch_s, steps) if measured else None
+        note = "reused from the cache" if encoder_cached else ("less if cached" if cfg.gan.cache else "")
+        phases.append(Phase("encoder", f"{cost.encoder_epochs} epochs × {per_epoch} batches", steps, seconds, note))
+    seconds = cost.scoring_image_s * n_eval / world if measured and cost.scoring_image_s is not None else None
+    note = "not estimated: the memory bank is built from the training images first" if measured and seconds is None else ""
+    phases.append(Phase("scoring", f"{n_eval} images ({cost.scorer_summary})", n_eval, seconds, note))
+    return phases
+
+
+def total_seconds(phases: list[Phase]) -> float | None:
+    """The sum of the estimates (None when a phase could not be measured)."""
+    known = [p.seconds for p in phases if p.seconds is not None]
+    return None if len(known) < len(phases) else float(sum(known))
+
+
+def report(phases: list[Phase], trainer_kwargs: dict, experiment: str | None = None) -> list[str]:
+    """One line per phase and the total; a warning when a CPU run would take more than an hour,
+    naming the cheaper preset (unless ``experiment`` is already it) and ``trainer=gpu``."""
+    device = device_name(trainer_kwargs)
+    lines = [p.line(device) for p in phases]
+    total = total_seconds(phases)
+    known = [p.seconds for p in phases if p.seconds is not None]
+    if total is not None:
+        lines.append(f"total ≈ {duration(total)} on {device}")
+    elif known:
+        missing = ", ".join(p.name for p in phases if p.seconds is None)
+        lines.append(f"total ≈ {duration(sum(known))} on {device} without {missing} (not estimated)")
+    else:
+        lines.append("total: not measurable on this machine")
+    for line in lines:
+        log.info("estimate: %s", line)
+    if total is not None and total > HOUR and device == "this CPU":
+        cheaper = (
+            "fewer epochs (trainer.max_epochs)"
+            if experiment == CPU_PRESET
+            else f"experiment={CPU_PRESET} (the recipe shrunk for a CPU; docs/performance.md)"
+        )
+        log.warning("this run would take about %s on this CPU. Cheaper: %s, or a GPU: trainer=gpu.", duration(total), cheaper)
+    return lines
+
+
+def log_estimate(
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    trainer_kwargs: dict,
+    given: bool = False,
+    networks: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+) -> list[Phase]:
+    """Estimate the run (``estimate_run``) and log one line per phase, the total and, for a CPU run
+    over an hour, the warning naming the cheaper choices."""
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given, networks)
+    report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
+    return phases
+
+
+def show_plan(cfg: DictConfig, trainer_kwargs: dict, run_dir: Path, given: bool = False) -> dict:
+    """``plan=true``: set up the data, log the splits and their sizes, the phases with their steps
+    and estimates, and the run folder; train nothing and leave no run folder behind (the folder
+    Hydra created for this command is removed if it held nothing else). Returns the plan as a dict."""
+    fresh = is_fresh(run_dir)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    splits = {name: entry["size"] for name, entry in datamodule.manifest["splits"].items()}
+    phases = estimate_run(cfg, datamodule, trainer_kwargs, given)
+    log.info("plan (plan=true: nothing is trained or written)")
+    log.info("plan: run folder %s", run_dir)
+    log.info("plan: splits %s", ", ".join(f"{k} {v}" for k, v in splits.items()))
+    report(phases, trainer_kwargs, (group_choices(cfg) or {}).get("experiment"))
+    if fresh and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {
+        "run_dir": str(run_dir),
+        "splits": splits,
+        "phases": {p.name: {"steps": p.steps, "seconds": p.seconds, "what": p.what, "note": p.note} for p in phases},
+        "total_s": total_seconds(phases),
+    }

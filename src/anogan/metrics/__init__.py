@@ -1,0 +1,1 @@
+"""Image and pixel metrics, statistics (bootstrap intervals, DeLong) and run comparisons."""

@@ -1,0 +1,1 @@
+"""Fitted on validation, kept with the model: calibration, score corrections, thresholds."""

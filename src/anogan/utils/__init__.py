@@ -1,0 +1,1 @@
+"""Utilities every layer may use: atomic file writes, errors, console and progress output."""
