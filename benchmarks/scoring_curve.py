@@ -30,7 +30,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from anogan.deploy.artifact import gan_from_artifact, read_artifact
+from anogan.engine.artifact import gan_from_artifact, read_artifact
 from anogan.engine.inference import run_scorer
 from anogan.post_processing.calibration import Calibration
 from anogan.post_processing.scores import complexity

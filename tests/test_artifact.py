@@ -9,8 +9,8 @@ import logging
 import pytest
 import torch
 
-from anogan.deploy.artifact import VERSION, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
 from anogan.engine import gan_store
+from anogan.engine.artifact import VERSION, load_artifact, load_gan_checkpoint, read_artifact, save_artifact
 from anogan.engine.inference import run_scorer
 from anogan.post_processing.calibration import Calibration
 from anogan.scorers import EncoderScorer, LatentMapping

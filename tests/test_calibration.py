@@ -110,8 +110,8 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
     """map_features=true: the exported maps hold the feature term (today's copy dropped it), and
     ONNX Runtime reproduces run_scorer + the calibration (the check inside ``export``)."""
     pytest.importorskip("onnxruntime")
-    from anogan.deploy.artifact import save_artifact
     from anogan.deploy.export import export, reference_outputs
+    from anogan.engine.artifact import save_artifact
     from anogan.scorers import EncoderScorer
     from conftest import small_nets
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anogan.data.splits import AnomalySplit
-from anogan.deploy.artifact import load_artifact, save_artifact
+from anogan.engine.artifact import load_artifact, save_artifact
 from anogan.engine.inference import run_scorer
 from anogan.models.transforms import TRANSFORM_SETS, apply_transform, apply_transforms, transform_labels
 from anogan.post_processing.calibration import Calibration

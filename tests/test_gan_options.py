@@ -14,10 +14,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from anogan.config.checks import check_config
+from anogan.config.gan_options import parse_policy
 from anogan.data.splits import AnomalySplit
 from anogan.engine import gan_store
 from anogan.engine.selection import CheckpointSelection
-from anogan.models.augment import diff_augment, parse_policy
+from anogan.models.augment import diff_augment
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN, gradient_penalty
 from anogan.utils.errors import DivergenceError, UserError

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from anogan.deploy.artifact import load_artifact, save_artifact
+from anogan.engine.artifact import load_artifact, save_artifact
 from anogan.engine.inference import run_scorer
 from anogan.scorers import EncoderScorer, EncoderSearch, LatentMapping, anomaly_map, izif_components
 from conftest import CPU, random_split, read_scores, small_nets, tiny_overrides

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from anogan.config.checks import check_config
-from anogan.deploy.artifact import gan_from_artifact, read_artifact
+from anogan.config.gan_options import DEFAULT_HEALTH
 from anogan.engine import gan_store
+from anogan.engine.artifact import gan_from_artifact, read_artifact
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN
-from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, diversity_ratio, mean_pairwise_distance
+from anogan.models.health import HealthMonitor, diversity_ratio, mean_pairwise_distance
 from anogan.models.transforms import (
     TRANSFORM_SETS,
     apply_one_each,

@@ -4,7 +4,7 @@
                       [out=<csv>] [maps=true] [save_images=true] [device=auto|cpu|cuda] [batch_size=<int>]
 
 A thin command line over the Python API (``anogan.deploy.api``: ``anogan.load(ckpt).predict(input)``).
-Everything comes from the one scorer file (``anogan.deploy.artifact``): networks, scorer settings,
+Everything comes from the one scorer file (``anogan.engine.artifact``): networks, scorer settings,
 preprocessing, the correction resolved on the run's validation split, the thresholds of every rule
 and the validation normals' scores for p-values. Images are read by the same reader as training
 (``anogan.data.images``, with the run's resize policy) and scored through the same path as the run's stage 2
@@ -34,7 +34,7 @@ import numpy as np
 
 from anogan.config.arguments import parse_key_values
 from anogan.deploy.api import Detector, load
-from anogan.deploy.artifact import resolve_path
+from anogan.engine.artifact import resolve_path
 from anogan.utils.errors import InputError, PredictError, UserError
 
 log = logging.getLogger("anogan.cli.predict")
@@ -62,7 +62,7 @@ class PredictConfig:
 def parse_args(argv: list[str]) -> dict:
     """``key=value`` arguments (Hydra's override grammar, ``PredictConfig``) into ``predict``'s
     keyword arguments; ``PredictError`` (one line) on a bad one."""
-    from anogan.metrics.image import THRESHOLD_RULES
+    from anogan.config.choices import THRESHOLD_RULES
 
     args = dict(parse_key_values(argv, PredictConfig, USAGE, PredictError))
     if args["threshold"] is not None:

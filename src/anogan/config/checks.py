@@ -20,8 +20,8 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from anogan.config.choices import MISSING_DATA_FIX
 from anogan.config.schema import validate
-from anogan.data.cifar10 import MISSING_DATA_FIX
 from anogan.utils.errors import ConfigError
 from anogan.utils.io import describe_os_error
 

@@ -39,16 +39,22 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from anogan.data.cifar10 import CLASSES, PROTOCOLS, class_index
-from anogan.data.duplicates import HASH_BITS, POLICIES
-from anogan.data.images import RESIZE_POLICIES
-from anogan.data.splits import IMAGE_SIZES
-from anogan.data.synthetic import METHODS
-from anogan.metrics.image import THRESHOLD_RULES
-from anogan.models.gan import check_gan_options
-from anogan.models.transforms import TRANSFORM_SETS
-from anogan.post_processing.scores import CORRECTIONS
-from anogan.scorers.discriminator import CORESETS, POOLINGS
+from anogan.config.choices import (
+    CLASSES,
+    CORESETS,
+    CORRECTIONS,
+    HASH_BITS,
+    IMAGE_SIZES,
+    POOLINGS,
+    PROTOCOLS,
+    RESIZE_POLICIES,
+    THRESHOLD_RULES,
+    class_index,
+)
+from anogan.config.choices import DUPLICATE_POLICIES as POLICIES
+from anogan.config.choices import SYNTHETIC_METHODS as METHODS
+from anogan.config.gan_options import TRANSFORM_SET_NAMES as TRANSFORM_SETS
+from anogan.config.gan_options import check_gan_options
 from anogan.utils.errors import ConfigError, UserError
 
 # A learning rate above this is refused: Adam moves every weight by up to lr per step, and the

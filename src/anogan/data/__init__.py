@@ -1,4 +1,5 @@
-from anogan.data.cifar10 import CLASSES, CIFAR10AnomalyDataModule, class_index
+from anogan.config.choices import CLASSES, class_index
+from anogan.data.cifar10 import CIFAR10AnomalyDataModule
 from anogan.data.splits import stratified_subset
 from anogan.utils.errors import DataError
 

@@ -26,37 +26,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
+from anogan.config.choices import CLASSES, MISSING_DATA_FIX, class_index
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, pixel_digest
 from anogan.data.splits import AnomalyDataModule, AnomalySplit, after_setup, split_summary, stratified_subset
 from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-PROTOCOLS = ("seed", "one_class")
-# Everything a missing or unreadable CIFAR-10 copy may need, in one message (config_check and _load).
-MISSING_DATA_FIX = (
-    "point data.root at the folder that holds cifar-10-batches-py (e.g. data.root=../shared/data/cifar10); "
-    "data.download=true downloads it there but needs internet access; "
-    "a copy re-created from other files (not torchvision's download) also needs data.verify_checksums=false"
-)
 # A global id per CIFAR-10 image: training images keep their index, test images are offset.
 TEST_ID_OFFSET = 50_000
-
-
-def class_index(normal_class: int | str) -> int:
-    """Accept a class index (1) or name ("automobile", also "car")."""
-    if isinstance(normal_class, str):
-        name = normal_class.strip().lower()
-        if name.isdigit():
-            return class_index(int(name))
-        name = {"car": "automobile", "plane": "airplane"}.get(name, name)
-        if name not in CLASSES:
-            raise ValueError(f"data.normal_class={normal_class!r} is not a CIFAR-10 class; use 0-9 or one of {CLASSES}")
-        return CLASSES.index(name)
-    if not 0 <= int(normal_class) <= 9:
-        raise ValueError(f"data.normal_class={normal_class} is out of range; use 0-9 or one of {CLASSES}")
-    return int(normal_class)
 
 
 class _UnverifiedCIFAR10(CIFAR10):

@@ -42,12 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogan.config.choices import DUPLICATE_POLICIES as POLICIES
+from anogan.config.choices import HASH_BITS
 from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("drop", "refuse", "keep")
-HASH_BITS = 64  # average_hash: 8 x 8 cells
 SPLIT_ORDER = ("train", "val", "test")
 
 

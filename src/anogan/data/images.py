@@ -56,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogan.config.choices import RESIZE_POLICIES
 from anogan.data.duplicates import pixel_digest
 from anogan.utils.errors import DataError, ImageError
 
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from PIL import Image
 
-RESIZE_POLICIES = ("stretch", "crop", "pad")
 # Larger images are read reduced by an integer factor (bounded memory; the model sees <= 128 px).
 MAX_DECODE_PIXELS = 4096 * 4096
 EXIF_ORIENTATION = 0x0112

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-IMAGE_SIZES = (32, 64, 128)  # square model input sizes (pixels) the DCGAN networks are built for
-
 
 def image_key(image_uint8: torch.Tensor) -> int:
     """A 63-bit key of an image's pixels, independent of where the image comes from."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METHODS = ("cutpaste", "blend")
+from anogan.config.choices import SYNTHETIC_METHODS as METHODS
 
 
 def class_name(method: str) -> str:

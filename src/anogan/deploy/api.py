@@ -9,7 +9,7 @@
     run = anogan.fit(["experiment=cifar_car_cpu", "data.root=../shared/data/cifar10"])
     run.run_dir, run.metrics["test"]["auroc"]
 
-Scoring uses only the run's scorer file (``anogan.deploy.artifact``) and the same steps as the run's own
+Scoring uses only the run's scorer file (``anogan.engine.artifact``) and the same steps as the run's own
 evaluation, so an image of the run's evaluation set gets the score it has in ``scores.csv``:
 
 1. every input becomes a uint8 H×W×C array by the rules of ``anogan.data.images`` (files and PIL
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.data.images import (
     ImageError,
     list_images,
@@ -47,9 +48,8 @@ from anogan.data.images import (
     to_model_input,
 )
 from anogan.data.splits import AnomalySplit
-from anogan.deploy.artifact import load_artifact, resolve_path
+from anogan.engine.artifact import load_artifact, resolve_path
 from anogan.engine.inference import run_scorer
-from anogan.metrics.image import THRESHOLD_RULES
 from anogan.post_processing.calibration import Calibration
 from anogan.post_processing.scores import complexity
 from anogan.utils.errors import ConfigError, InputError

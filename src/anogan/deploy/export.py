@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anogan.deploy.artifact import load_artifact, resolve_path
+from anogan.engine.artifact import load_artifact, resolve_path
 from anogan.post_processing.calibration import Calibration, complexity_of_model_input
 from anogan.post_processing.scores import complexity
 from anogan.scorers import DFeatureScorer, EncoderScorer, Scorer, TransformationScorer

@@ -341,7 +341,7 @@ def build_server(cfg: DictConfig) -> Any:
     import torch
 
     from anogan.deploy.api import Detector, _check_rule, load, trainer_settings
-    from anogan.deploy.artifact import resolve_path
+    from anogan.engine.artifact import resolve_path
 
     artifact = resolve_path(cfg.ckpt)
     threshold = _parse_threshold(cfg.threshold)

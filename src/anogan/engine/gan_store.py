@@ -446,7 +446,7 @@ def publish_encoder(encoder: torch.nn.Module, path: Path, key: str) -> None:
 def load_checkpoint(path: str | Path, arch: dict) -> tuple[Generator, Discriminator]:
     """G and D from an earlier run's ``gan/`` folder (or any folder with gan.json) or a GAN .ckpt
     (a run folder's ``checkpoints/last.ckpt``). Scorer files are read by
-    ``anogan.deploy.artifact.load_gan_checkpoint``, which calls this for everything else."""
+    ``anogan.engine.artifact.load_gan_checkpoint``, which calls this for everything else."""
     path = Path(path).expanduser()
     for folder in (path, path / "gan"):
         if (folder / "gan.json").is_file():

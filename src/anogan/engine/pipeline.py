@@ -36,9 +36,9 @@ from anogan import conf_dir
 from anogan.config.checks import check_config, check_run_environment, group_choices
 from anogan.config.schema import explain_composition_error
 from anogan.data.splits import AnomalyDataModule, after_setup
-from anogan.deploy.artifact import FILENAME as ARTIFACT
-from anogan.deploy.artifact import load_gan_checkpoint, save_artifact
 from anogan.engine import estimate, gan_store
+from anogan.engine.artifact import FILENAME as ARTIFACT
+from anogan.engine.artifact import load_gan_checkpoint, save_artifact
 from anogan.engine.callbacks import GANIterationLimit
 from anogan.engine.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.engine.inference import run_scorer
@@ -290,7 +290,7 @@ def fit_calibration(
 
 
 def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: Calibration, run_dir: Path, source: str) -> Path:
-    """The run's one self-contained scorer file (``anogan.deploy.artifact``)."""
+    """The run's one self-contained scorer file (``anogan.engine.artifact``)."""
     preprocess = {
         "image_size": int(cfg.data.image_size),
         "channels": int(cfg.data.channels),

@@ -24,10 +24,9 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.metrics.stats import ScoresLike, _as_float64, _check_both_classes
 from anogan.utils.errors import CalibrationError, ThresholdRuleError
-
-THRESHOLD_RULES = ("fpr", "f1", "youden")
 
 
 # ---------------------------------------------------------------------- thresholds

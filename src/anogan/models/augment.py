@@ -23,27 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anogan.utils.errors import UserError
-
-POLICIES = ("color", "translation", "cutout")
-
-
-def parse_policy(policy: str | None) -> tuple[str, ...]:
-    """``"color,translation"`` -> ``("color", "translation")``; ``None``/``""`` -> ``()``.
-
-    Raises ``UserError`` naming ``model.diffaugment`` for an unknown or repeated transform.
-    """
-    if not policy:
-        return ()
-    names = tuple(p.strip() for p in str(policy).split(",") if p.strip())
-    bad = [n for n in names if n not in POLICIES]
-    if bad or len(set(names)) != len(names):
-        raise UserError(
-            f"model.diffaugment={policy!r} is not allowed: use null or a comma-separated subset of {','.join(POLICIES)} "
-            "(each at most once), e.g. color,translation,cutout."
-        )
-    return names
-
 
 def _rand(n: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """U(0, 1) of shape (n, 1, 1, 1), drawn on the CPU generator then moved to x's device."""

@@ -35,10 +35,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from anogan.utils.errors import UserError
+from anogan.config.gan_options import check_discriminator_options
 
 SUPPORTED_SIZES = (32, 64, 128)
-D_NORMS = ("batch", "layer", "instance", "none")
 
 
 def _n_doublings(image_size: int) -> int:
@@ -55,17 +54,6 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
-
-
-def check_discriminator_options(norm: str, spectral_norm: bool) -> None:
-    """Raise ``UserError`` naming the config key for an unknown norm or SN with BatchNorm."""
-    if norm not in D_NORMS:
-        raise UserError(f"model.d_norm={norm!r} is not allowed: use one of {', '.join(D_NORMS)}.")
-    if spectral_norm and norm == "batch":
-        raise UserError(
-            "model.spectral_norm=true needs a discriminator without BatchNorm (Miyato et al. 2018): "
-            "set model.d_norm=none (or layer / instance)."
-        )
 
 
 def _norm_layer(norm: str, width: int) -> nn.Module:

@@ -48,11 +48,12 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from anogan.models.augment import diff_augment, parse_policy
-from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
-from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
-from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
-from anogan.utils.errors import DivergenceError, UserError
+from anogan.config.gan_options import DEFAULT_DIVERGENCE, DEFAULT_HEALTH, check_gan_options, parse_policy
+from anogan.models.augment import diff_augment
+from anogan.models.dcgan import Discriminator, Generator
+from anogan.models.health import HealthMonitor, diversity_ratio
+from anogan.models.transforms import apply_one_each, balanced_labels, transform_count
+from anogan.utils.errors import DivergenceError
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -62,76 +63,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("bce", "wgan_gp")
-SELECTION_KEYS = ("every_n_epochs", "images", "steps", "lr", "seed")
-DIVERGENCE_KEYS = ("max_abs_loss", "saturation", "saturated_epochs")
-DEFAULT_DIVERGENCE = {"max_abs_loss": 1.0e4, "saturation": 0.01, "saturated_epochs": 10}
-
-
-def _whole(value: object, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def check_gan_options(model: Mapping) -> None:
-    """Check the training options of ``model.*`` (a config node or dict); raise ``UserError`` with a
-    one-line message naming the key and the fix. Called by ``GAN.__init__`` and by the config check."""
-    objective = model.get("objective", "bce")
-    if objective not in OBJECTIVES:
-        raise UserError(f"model.objective={objective!r} is not allowed: use one of {', '.join(OBJECTIVES)}.")
-    gp_weight = model.get("gp_weight", 0.0)
-    if not (isinstance(gp_weight, (int, float)) and gp_weight >= 0):
-        raise UserError(f"model.gp_weight={gp_weight!r} is not allowed: use a number >= 0 (Gulrajani et al. use 10).")
-    if objective == "wgan_gp" and gp_weight <= 0:
-        raise UserError("model.objective=wgan_gp needs model.gp_weight > 0 (the critic is unbounded without it): use 10.")
-    d_norm = model.get("d_norm", "batch")
-    if gp_weight > 0 and d_norm == "batch":
-        raise UserError(
-            "model.gp_weight > 0 needs a per-image critic, and BatchNorm mixes the images of a batch: "
-            "set model.d_norm=layer (Gulrajani et al.), instance or none."
-        )
-    check_discriminator_options(d_norm, bool(model.get("spectral_norm", False)))
-    for key in ("critic_steps", "g_steps"):
-        if not _whole(model.get(key, 1), 1):
-            raise UserError(f"model.{key}={model.get(key)!r} is not allowed: use a whole number >= 1.")
-    ema = model.get("ema_decay")
-    if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
-        raise UserError(f"model.ema_decay={ema!r} is not allowed: use null (off) or a decay in (0, 1), e.g. 0.999.")
-    parse_policy(model.get("diffaugment"))
-    check_transform_set(model.get("self_supervised"))
-    check_health_options(model.get("health", DEFAULT_HEALTH))
-    for key in ("ss_weight_d", "ss_weight_g"):
-        value = model.get(key, 0.0)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-            raise UserError(f"model.{key}={value!r} is not allowed: use a number >= 0 (Chen et al. 2019: d 1.0, g 0.2).")
-    div = model.get("divergence") or DEFAULT_DIVERGENCE
-    if set(div) != set(DIVERGENCE_KEYS):
-        raise UserError(f"model.divergence must have exactly the keys {', '.join(DIVERGENCE_KEYS)}; it has {', '.join(div)}.")
-    if not div["max_abs_loss"] > 0:
-        raise UserError(
-            f"model.divergence.max_abs_loss={div['max_abs_loss']!r} is not allowed: use a positive number, e.g. 1.0e4."
-        )
-    if not 0.0 < div["saturation"] < 0.5:
-        raise UserError(
-            f"model.divergence.saturation={div['saturation']!r} is not allowed: use a probability in (0, 0.5), e.g. 0.01."
-        )
-    if div["saturated_epochs"] is not None and not _whole(div["saturated_epochs"], 1):
-        raise UserError(
-            f"model.divergence.saturated_epochs={div['saturated_epochs']!r} is not allowed: use null (no check) or a whole number >= 1."
-        )
-    sel = model.get("selection")
-    if sel is None:
-        return
-    if set(sel) != set(SELECTION_KEYS):
-        raise UserError(f"model.selection must have exactly the keys {', '.join(SELECTION_KEYS)}; it has {', '.join(sel)}.")
-    if sel["every_n_epochs"] is not None and not _whole(sel["every_n_epochs"], 1):
-        raise UserError(
-            f"model.selection.every_n_epochs={sel['every_n_epochs']!r} is not allowed: use null (off) or a whole number >= 1."
-        )
-    for key in ("images", "steps"):
-        if not _whole(sel[key], 1):
-            raise UserError(f"model.selection.{key}={sel[key]!r} is not allowed: use a whole number >= 1.")
-    if not sel["lr"] > 0:
-        raise UserError(f"model.selection.lr={sel['lr']!r} is not allowed: use a positive learning rate, e.g. 0.01.")
 
 
 def gradient_penalty(

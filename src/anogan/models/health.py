@@ -29,27 +29,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from anogan.utils.errors import UserError
-
-HEALTH_KEYS = ("collapse_ratio", "d_real_above", "d_fake_below", "epochs")
-DEFAULT_HEALTH = {"collapse_ratio": 0.1, "d_real_above": 0.9, "d_fake_below": 0.1, "epochs": 3}
-
-
-def check_health_options(health: Mapping | None) -> None:
-    """Raise ``UserError`` naming the ``model.health.*`` key for a value out of range."""
-    if health is None:
-        return
-    if set(health) != set(HEALTH_KEYS):
-        raise UserError(f"model.health must have exactly the keys {', '.join(HEALTH_KEYS)}; it has {', '.join(health)}.")
-    for key in ("collapse_ratio", "d_real_above", "d_fake_below"):
-        value = health[key]
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
-            raise UserError(
-                f"model.health.{key}={value!r} is not allowed: use a number in [0, 1] (default {DEFAULT_HEALTH[key]})."
-            )
-    epochs = health["epochs"]
-    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
-        raise UserError(f"model.health.epochs={epochs!r} is not allowed: use a whole number >= 1 (default 3).")
+from anogan.config.gan_options import DEFAULT_HEALTH
 
 
 def mean_pairwise_distance(images: torch.Tensor) -> float:

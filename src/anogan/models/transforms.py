@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from anogan.utils.errors import UserError
+from anogan.config.gan_options import check_transform_set
 
 
 class Transform(NamedTuple):
@@ -49,12 +49,6 @@ TRANSFORM_SETS: dict[str, tuple[Transform, ...]] = {
         for flip, rows, cols, k in itertools.product((False, True), (0, -1, 1), (0, -1, 1), range(4))
     ),
 }
-
-
-def check_transform_set(name: str | None) -> None:
-    """Raise ``UserError`` naming ``model.self_supervised`` when ``name`` is not null or a known set."""
-    if name is not None and name not in TRANSFORM_SETS:
-        raise UserError(f"model.self_supervised={name!r} is not allowed: use null (off) or one of {', '.join(TRANSFORM_SETS)}.")
 
 
 def transform_count(name: str) -> int:

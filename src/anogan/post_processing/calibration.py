@@ -28,9 +28,10 @@ import math
 import torch
 from torch import nn
 
-from anogan.metrics.image import THRESHOLD_RULES, fit_thresholds, min_normals_for_fpr, ranking_metrics, resolve_threshold
+from anogan.config.choices import CORRECTIONS, THRESHOLD_RULES
+from anogan.metrics.image import fit_thresholds, min_normals_for_fpr, ranking_metrics, resolve_threshold
 from anogan.metrics.stats import conformal_p_values
-from anogan.post_processing.scores import CORRECTIONS, corrected_score, neighbour_difference
+from anogan.post_processing.scores import corrected_score, neighbour_difference
 from anogan.utils.errors import CalibrationError
 
 THRESHOLD_KEYS = ("fpr", "fpr_target", "fpr_observed", "f1", "f1_value", "youden", "youden_value")
@@ -238,7 +239,7 @@ class Calibration(nn.Module):
         ]
 
     def state(self) -> dict:
-        """Plain values and tensors for the scorer file (``anogan.deploy.artifact``); ``from_state`` inverts it."""
+        """Plain values and tensors for the scorer file (``anogan.engine.artifact``); ``from_state`` inverts it."""
         return {
             "correction": self.correction,
             "threshold_rule": self.rule,

@@ -17,7 +17,6 @@ from collections.abc import Container
 
 import torch
 
-CORRECTIONS = ("none", "complexity", "auto")
 RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 # the per-image components of the scorers that read D (anogan.scorers.discriminator)
 D_COMPONENTS = ("transformations", "dfeatures", "dpatches")

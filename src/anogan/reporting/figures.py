@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 from torchvision.utils import make_grid
 
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.data.splits import after_setup
-from anogan.metrics.image import THRESHOLD_RULES, to_unit_interval
+from anogan.metrics.image import to_unit_interval
 from anogan.post_processing.scores import corrected_score
 from anogan.utils.io import atomic_savefig
 

@@ -217,7 +217,7 @@ def _class_name(job: Path) -> str | None:
     data = (yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("data", {})
     if "normal_class" not in data:
         return None
-    from anogan.data.cifar10 import CLASSES, class_index
+    from anogan.config.choices import CLASSES, class_index
 
     return CLASSES[class_index(data["normal_class"])]
 

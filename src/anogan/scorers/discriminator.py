@@ -37,12 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from anogan.config.choices import CORESETS, POOLINGS
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.scorers.base import Scorer, smooth
 from anogan.utils.errors import UserError
-
-POOLINGS = ("mean", "max", "flatten")
-CORESETS = ("greedy", "random")
 
 
 class ScorerConfigError(UserError):

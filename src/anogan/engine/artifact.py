@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.engine.gan_store import ARCH_DEFAULTS, GAN_JSON_TYPES, build_networks, check_arch, load_checkpoint
-from anogan.metrics.image import THRESHOLD_RULES
 from anogan.post_processing.calibration import THRESHOLD_KEYS, Calibration
 from anogan.utils.errors import ArtifactError, UserError
 

@@ -1,0 +1,48 @@
+"""Allowed values of config keys, declared once: the schema checks against them and the code that
+implements each option imports them from here (``config/`` imports nothing else of the package)."""
+
+# data.normal_class / data.protocol (CIFAR-10)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+PROTOCOLS = ("seed", "one_class")
+
+
+# Everything a missing or unreadable CIFAR-10 copy may need, in one message (config_check and _load).
+MISSING_DATA_FIX = (
+    "point data.root at the folder that holds cifar-10-batches-py (e.g. data.root=../shared/data/cifar10); "
+    "data.download=true downloads it there but needs internet access; "
+    "a copy re-created from other files (not torchvision's download) also needs data.verify_checksums=false"
+)
+
+
+def class_index(normal_class: int | str) -> int:
+    """Accept a class index (1) or name ("automobile", also "car")."""
+    if isinstance(normal_class, str):
+        name = normal_class.strip().lower()
+        if name.isdigit():
+            return class_index(int(name))
+        name = {"car": "automobile", "plane": "airplane"}.get(name, name)
+        if name not in CLASSES:
+            raise ValueError(f"data.normal_class={normal_class!r} is not a CIFAR-10 class; use 0-9 or one of {CLASSES}")
+        return CLASSES.index(name)
+    if not 0 <= int(normal_class) <= 9:
+        raise ValueError(f"data.normal_class={normal_class} is out of range; use 0-9 or one of {CLASSES}")
+    return int(normal_class)
+
+
+# data.duplicates: what to do with a picture found in two splits; the perceptual hash's size
+DUPLICATE_POLICIES = ("drop", "refuse", "keep")
+HASH_BITS = 64  # average_hash: 8 x 8 cells
+# data.resize (folder / MVTec images of another size)
+RESIZE_POLICIES = ("stretch", "crop", "pad")
+# data.image_size: square model input sizes (pixels) the DCGAN networks are built for
+IMAGE_SIZES = (32, 64, 128)
+# data.synthetic.method
+SYNTHETIC_METHODS = ("cutpaste", "blend")
+# threshold.rule
+THRESHOLD_RULES = ("fpr", "f1", "youden")
+# score.correction
+CORRECTIONS = ("none", "complexity", "auto")
+# mapping.pooling / mapping.coreset (D-feature scorers)
+POOLINGS = ("mean", "max", "flatten")
+CORESETS = ("greedy", "random")
