@@ -241,9 +241,9 @@ class Detector:
     fitted on the run's validation split), ``provenance`` (where the run came from).
     """
 
-    def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None, data: bytes | None = None):
         self.artifact = Path(artifact)
-        self.scorer, self.payload = load_artifact(self.artifact)
+        self.scorer, self.payload = load_artifact(self.artifact, data)  # data: the file's bytes, already read
         if batch_size is not None:
             if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
                 raise InputError(f"batch_size={batch_size!r}: use a whole number >= 1")
