@@ -236,9 +236,9 @@ def _soak_level(url: str, blobs: list[bytes], clients: int, seconds: float) -> d
 def _sigterm_in_flight(url: str, blobs: list[bytes], proc: subprocess.Popen, clients: int = 32) -> dict:
     """``clients`` good requests sent at once, SIGTERM to the main process 0.5 s later: what became
     of the requests in flight, the exit code, the processes left."""
-    import requests
-
     from pathlib import Path
+
+    import requests
 
     main_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])  # the child of `timeout`
     with ThreadPoolExecutor(clients) as pool:
