@@ -340,5 +340,7 @@ def test_sigterm_drains_in_flight_requests_and_leaves_nothing(fitted_run, pngs, 
     while _processes_of_group(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_of_group(proc.pid) == []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the port is free
+    with socket.socket() as s:  # the port is free for a restart (SO_REUSEADDR as uvicorn: TIME_WAIT allowed, a listener not)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
