@@ -115,6 +115,42 @@ def test_a_file_cut_short_is_one_line(saved, tmp_path):
     assert "\n" not in str(err.value)
 
 
+class _Code:  # an object torch.load must not build from an untrusted file
+    pass
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "a pickled object", "a zip cut short"])
+def test_an_untrusted_file_is_one_line_without_advice_to_load_it_unsafely(saved, tmp_path, kind):
+    """Whatever the bytes, the message is ours: never PyTorch's advice to retry with weights_only=False."""
+    import io
+    import os
+
+    if kind == "random bytes":
+        data = os.urandom(4096)
+    elif kind == "a pickled object":
+        buf = io.BytesIO()
+        torch.save({"format": "anogan-scorer", "x": _Code()}, buf)
+        data = buf.getvalue()
+    else:
+        data = saved[0].read_bytes()[:-300]
+    path = tmp_path / "scorer.pt"
+    path.write_bytes(data)
+    for how in ({}, {"data": data}):
+        with pytest.raises(ArtifactError, match="is not a readable anogan scorer file") as err:
+            read_artifact(path, **how)
+        message = str(err.value)
+        assert "\n" not in message and "weights_only" not in message and "copy the run's scorer.pt again" in message
+
+
+def test_the_file_read_once_loads_as_the_file(saved):
+    """load_artifact(path, data=the file's bytes) builds the same scorer as from the path."""
+    data = saved[0].read_bytes()
+    by_path, _ = load_artifact(saved[0])
+    by_bytes, payload = load_artifact(saved[0], data=data)
+    assert payload["version"] == VERSION
+    assert all(torch.equal(by_path.state_dict()[k], v) for k, v in by_bytes.state_dict().items())
+
+
 def test_the_intact_file_loads_with_the_runs_settings(saved):
     scorer, payload = load_artifact(saved[0])
     assert scorer.hparams.iterations == 3 and payload["version"] == VERSION

@@ -185,3 +185,38 @@ def test_unreachable_target_warns_in_the_log_metrics_and_predict(tiny_cifar, tmp
     assert result["threshold"] == math.inf and result["warnings"] == metrics["warnings"]
     assert any("unreachable" in r.getMessage() for r in caplog.records)
     assert predict(ckpt=run, input=tmp_path / "in", out=tmp_path / "q.csv", threshold=1.0)["warnings"] == []
+
+
+def test_a_flat_image_scores_the_same_with_onnx_and_pytorch_under_the_floor(tmp_path):
+    """An all-black and an all-grey image (complexity 0): the corrected score is 255 × the raw
+    score (``COMPLEXITY_FLOOR``), the same from the exported graph, the Python API and the calibration."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    import anogan
+    from anogan.deploy.export import export, reference_outputs
+    from anogan.engine.artifact import save_artifact
+    from anogan.post_processing.scores import COMPLEXITY_FLOOR
+    from anogan.scorers import EncoderScorer
+    from conftest import small_nets
+
+    g, d = small_nets()
+    scorer = EncoderScorer(g, d, width=8, correction="complexity")
+    images = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8))
+    raw = reference_outputs(scorer, Calibration("none", "fpr", 0.05, {"fpr": math.inf}, torch.zeros(0)), images)["raw_score"]
+    cal = Calibration.fit(torch.from_numpy(raw), complexity(images), torch.tensor([0] * 9 + [1] * 3), "complexity", "fpr", 0.2)
+    arch = {"latent_dim": 16, "channels": 3, "image_size": 32, "g_width": 8, "d_width": 8}
+    path = save_artifact(
+        tmp_path / "scorer.pt", scorer, arch, cal, {"image_size": 32, "channels": 3, "resize": "stretch"}, "32-true", {}
+    )
+    result = export(path, out=tmp_path / "export")
+    flat = torch.stack([torch.zeros(3, 32, 32, dtype=torch.uint8), torch.full((3, 32, 32), 128, dtype=torch.uint8)])
+    session = ort.InferenceSession(str(result["onnx"]), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"image": flat.float().div(127.5).sub(1).numpy()})))
+    want = reference_outputs(scorer, cal, flat)
+    assert COMPLEXITY_FLOOR == 1 / 255
+    assert np.allclose(want["score"], 255 * want["raw_score"], rtol=1e-12)
+    assert np.allclose(got["score"], want["score"], rtol=1e-5) and np.array_equal(got["label"], want["label"])
+    api = anogan.load(path, device="cpu").predict([f.permute(1, 2, 0).numpy() for f in flat])
+    assert np.allclose(api.column("score"), want["score"], rtol=1e-9)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,10 @@ pytest.importorskip("litserve")
 
 MAX_BYTES = 300_000
 MAX_IMAGES = 4
-MAX_PIXELS = 1_000_000
+MAX_PIXELS = 37_000_000  # a 6000×6000 image fits; 6100×6100 does not
+MAX_REQUEST_PIXELS = 40_000_000  # one 6000×6000 image fits, two do not
+MAX_RESPONSE_BYTES = 1_000_000
+BODY_TIMEOUT = 2
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -40,51 +44,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start(scorer, port: int, *settings: str) -> subprocess.Popen:
+    """``anogan-serve`` on 127.0.0.1:``port`` in a session of its own, under ``timeout`` (10 min)."""
+    command = ["timeout", "600", sys.executable, "-m", "anogan.deploy.serve", f"ckpt={scorer}", f"port={port}"]
+    command += ["host=127.0.0.1", "device=cpu", *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 240
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server stopped: {proc.stdout.read()[-3000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).text == "ok":
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("the server did not become healthy in 240 s")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The whole process group, whatever state it is in (a test's own cleanup)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
-def server(fitted_run):
+def scorer_copy(fitted_run, tmp_path_factory):
+    """A copy of the tiny run's scorer file that the module's server serves (a test changes it)."""
+    path = tmp_path_factory.mktemp("served") / "scorer.pt"
+    path.write_bytes((fitted_run.run_dir / "scorer.pt").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(scorer_copy):
     """The server over the tiny run's scorer file; its URL. Stopped (its whole process group) at
     the end of the module, and by ``timeout`` after 10 minutes whatever happens to this process."""
     port = _free_port()
-    command = [
-        "timeout",
-        "600",
-        sys.executable,
-        "-m",
-        "anogan.deploy.serve",
-        f"ckpt={fitted_run.run_dir / 'scorer.pt'}",
-        f"port={port}",
-        "host=127.0.0.1",
-        "device=cpu",
-        f"max_bytes={MAX_BYTES}",
-        f"max_images={MAX_IMAGES}",
-        f"max_pixels={MAX_PIXELS}",
-        "max_batch_size=8",
-        "batch_timeout=0.05",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    settings = [f"max_bytes={MAX_BYTES}", f"max_images={MAX_IMAGES}", f"max_pixels={MAX_PIXELS}"]
+    settings += [f"max_request_pixels={MAX_REQUEST_PIXELS}", f"max_response_bytes={MAX_RESPONSE_BYTES}"]
+    settings += [f"body_timeout={BODY_TIMEOUT}", "max_batch_size=8", "batch_timeout=0.05"]
+    proc = _start(scorer_copy, port, *settings)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server stopped: {proc.stdout.read()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).text == "ok":
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not become healthy in 240 s")
-            time.sleep(0.5)
+        _wait_healthy(proc, url)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +135,15 @@ def test_good_requests_get_the_apis_scores(server, pngs):
     answer = requests.post(f"{server}/predict", files=files, timeout=120)
     assert answer.status_code == 200, answer.text
     _check(answer.json(), expected, range(4))
-    body = {"images": [base64.b64encode(b).decode() for b in blobs[4:]], "maps": True}
+    body = {"images": [base64.b64encode(b).decode() for b in blobs[4:]], "maps": "full"}
     answer = requests.post(f"{server}/predict", json=body, timeout=120).json()
     _check(answer, expected, [4, 5])
-    for got, k in zip(answer["predictions"], [4, 5]):  # the map at the image's own size
+    for got, k in zip(answer["predictions"], [4, 5]):  # maps=full: the map at the image's own size
         assert np.allclose(np.array(got["map"]), expected.maps[k], rtol=1e-5, atol=1e-7)
+    body["maps"] = True  # the default map: the model's resolution, 32×32
+    answer = requests.post(f"{server}/predict", json=body, timeout=120).json()
+    _check(answer, expected, [4, 5])
+    assert all(np.array(got["map"]).shape == (32, 32) for got in answer["predictions"])
     assert answer["rule"] == expected.rule
     assert answer["warnings"] == expected.warnings  # the calibration's unreachable-threshold warning, if any
     if expected.threshold == float("inf"):
@@ -147,10 +168,21 @@ def test_good_requests_get_the_apis_scores(server, pngs):
         ({"data": b"x" * (MAX_BYTES + 1), "headers": {"Content-Type": "application/json"}}, 413, "max_bytes"),
         ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "content type 'text/plain'"),
         (
-            {"files": [("file", ("big.png", _png(np.zeros((1001, 1000), np.uint8))))]},
+            {"files": [("file", ("big.png", _png(np.zeros((6100, 6100), np.uint8))))]},
             413,
-            "big.png: more than max_pixels=1000000",
+            "big.png: more than max_pixels=37000000",
         ),
+        (
+            {"files": [("file", (f"{k}.png", _png(np.zeros((6000, 6000), np.uint8)))) for k in range(2)]},
+            413,
+            "more than max_request_pixels=40000000",
+        ),
+        (
+            {"files": [("file", ("a.png", _png(np.zeros((6000, 6000), np.uint8)))), ("maps", (None, "full"))]},
+            413,
+            "more than max_response_bytes=1000000",
+        ),
+        ({"json": {"images": ["AA=="], "maps": "big"}}, 400, '"maps" must be true'),
     ],
 )
 def test_bad_requests_get_a_4xx_with_one_line(server, kwargs, status, reason):
@@ -197,3 +229,118 @@ def test_serve_command_line_errors_are_one_line(fitted_run, tmp_path, caplog):
         assert serve_main(argv) == 2, argv
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], (argv, errors)
+
+
+def test_a_6000_square_black_image_with_maps_is_bounded(server, fitted_run):
+    """A 6000×6000 all-black PNG (small file) with maps: a map at the model's resolution, a small
+    answer, and the complexity floor's score: 255 × the raw score, not ~1e9."""
+    blob = _png(np.zeros((6000, 6000, 3), np.uint8))
+    answer = requests.post(f"{server}/predict", files=[("file", ("black.png", blob)), ("maps", (None, "true"))], timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.content) < MAX_RESPONSE_BYTES
+    row = answer.json()["predictions"][0]
+    assert np.array(row["map"]).shape == (32, 32) and row["complexity"] == 0
+    assert row["score"] == pytest.approx(255 * row["raw_score"], rel=1e-9)
+    expected = anogan.load(fitted_run.run_dir, device="cpu").predict(np.zeros((6000, 6000, 3), np.uint8))
+    assert row["score"] == pytest.approx(expected[0]["score"], rel=1e-6)
+
+
+def test_a_body_sent_too_slowly_is_cut_with_a_408(server):
+    """Headers promising 1000 bytes, then 10 bytes and silence: 408 after body_timeout seconds."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        head = f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        conn.sendall(head.encode() + b'{"images":')
+        start = time.monotonic()
+        chunks = [conn.recv(4096)]
+        waited = time.monotonic() - start
+        while chunks[-1]:  # the server closes the connection after its answer
+            chunks.append(conn.recv(4096))
+        answer = b"".join(chunks).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "body_timeout" in answer and BODY_TIMEOUT - 0.5 <= waited < BODY_TIMEOUT + 10
+
+
+def test_info_names_the_served_file_and_health_notices_a_change(server, scorer_copy, pngs):
+    """/info's sha256 is the file's, whose scores the server gives; a replaced file on disk makes
+    /health warn (the served model is unchanged), and the original file clears the warning."""
+    import hashlib
+
+    original = scorer_copy.read_bytes()
+    info = requests.get(f"{server}/info", timeout=10).json()["model"]
+    assert info["sha256"] == hashlib.sha256(original).hexdigest() and info["size_bytes"] == len(original)
+    assert info["loaded_at"].endswith("+00:00")
+    blobs, expected = pngs
+    _check(requests.post(f"{server}/predict", files=[("file", ("0.png", blobs[0]))], timeout=120).json(), expected, [0])
+    try:
+        scorer_copy.write_bytes(original + b"changed")
+        health = requests.get(f"{server}/health", timeout=10)
+        assert health.status_code == 200 and health.text.startswith("ok; warning: ")
+        assert "changed on disk" in health.text and info["sha256"][:12] in health.text and "\n" not in health.text
+        _check(requests.post(f"{server}/predict", files=[("file", ("0.png", blobs[0]))], timeout=120).json(), expected, [0])
+    finally:
+        scorer_copy.write_bytes(original)
+    assert requests.get(f"{server}/health", timeout=10).text == "ok"
+
+
+def _processes_of_group(pgid: int) -> list[str]:
+    """The live (not zombie) processes whose process group is ``pgid``."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(entry)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "target, batch_timeout, drain_timeout, status",
+    [("main", 1.5, 20, 200), ("group", 1.5, 20, 200), ("group", 8, 1, 503)],
+    ids=["kill-main-drains", "kill-group-drains", "drain-timeout-503"],
+)
+def test_sigterm_drains_in_flight_requests_and_leaves_nothing(fitted_run, pngs, target, batch_timeout, drain_timeout, status):
+    """SIGTERM with requests in flight (each waits ``batch_timeout`` in LitServe's batch): they are
+    answered (200 within the drain time, else a JSON 503), the main process exits 0 with one
+    line, no process of the server remains and the port is free."""
+    port = _free_port()
+    proc = _start(fitted_run.run_dir / "scorer.pt", port, f"batch_timeout={batch_timeout}", f"drain_timeout={drain_timeout}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url)
+        blobs, expected = pngs
+        with ThreadPoolExecutor(4) as pool:
+            sent = [
+                pool.submit(requests.post, f"{url}/predict", files=[("file", ("0.png", blobs[0]))], timeout=120) for _ in range(4)
+            ]
+            time.sleep(0.5)
+            if target == "main":  # the Python main process, child of `timeout` (which would signal the group)
+                main_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+                os.kill(main_pid, signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
+            answers = [f.result() for f in sent]
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        _stop(proc)
+    for answer in answers:
+        assert answer.status_code == status, answer.text
+        if status == 200:
+            _check(answer.json(), expected, [0])
+        else:
+            assert "shutting down" in answer.json()["detail"]
+    assert proc.returncode == 0, output
+    stopped = [line for line in output.splitlines() if "anogan-serve stopped on SIGTERM" in line]
+    assert len(stopped) == 1 and "Traceback" not in output, output
+    deadline = time.monotonic() + 10
+    while _processes_of_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of_group(proc.pid) == []
+    with socket.socket() as s:  # the port is free for a restart (SO_REUSEADDR as uvicorn: TIME_WAIT allowed, a listener not)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()

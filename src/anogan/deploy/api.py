@@ -165,7 +165,8 @@ class Predictions:
     ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``.
     ``threshold``: the number used, from ``rule`` (a rule name or the number given).
     ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
-    (``Detector.map_at_size``: the run's resize policy undone).
+    (``Detector.map_at_size``: the run's resize policy undone); with ``maps="model"``, the map at
+    the model's resolution (float32 S×S).
     ``inputs``: the model's inputs (uint8 N×C×S×S); ``reconstructions``: with
     ``reconstructions=True``, G(z) (float32 N×C×S×S in [-1, 1], the model's scale).
     ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each,
@@ -240,9 +241,9 @@ class Detector:
     fitted on the run's validation split), ``provenance`` (where the run came from).
     """
 
-    def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None):
+    def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None, data: bytes | None = None):
         self.artifact = Path(artifact)
-        self.scorer, self.payload = load_artifact(self.artifact)
+        self.scorer, self.payload = load_artifact(self.artifact, data)  # data: the file's bytes, already read
         if batch_size is not None:
             if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
                 raise InputError(f"batch_size={batch_size!r}: use a whole number >= 1")
@@ -299,7 +300,7 @@ class Detector:
         self,
         images: Images,
         threshold: str | float | None = None,
-        maps: bool = False,
+        maps: bool | Literal["model"] = False,
         reconstructions: bool = False,
         errors: Literal["raise", "skip"] = "raise",
         progress: bool = False,
@@ -310,7 +311,8 @@ class Detector:
         run's (``Detector.model_input``).
 
         ``threshold``: ``fpr`` | ``f1`` | ``youden`` (a rule fitted on the run's validation split)
-        or a number; default the run's rule. ``maps``: add each image's anomaly map at its own size.
+        or a number; default the run's rule. ``maps``: add each image's anomaly map at its own size
+        (``True``) or at the model's resolution, S×S, before the resize policy is undone (``"model"``).
         ``reconstructions``: add G(z). ``errors``: ``"raise"`` (default) or ``"skip"`` for files
         that cannot be read (listed in ``Predictions.skipped``). ``progress``: show a progress bar.
 
@@ -320,6 +322,8 @@ class Detector:
         rule = _check_rule(threshold)
         if errors not in ("raise", "skip"):
             raise InputError(f"errors={errors!r}: use raise or skip")
+        if maps not in (True, False, "model"):
+            raise InputError(f"maps={maps!r}: use True, False or 'model'")
         items, skipped = _collect(images, errors)
         for path, reason in skipped:
             log.info("skipped %s: %s", path, reason)
@@ -344,7 +348,9 @@ class Detector:
         out_maps = None
         warnings = list(post["warnings"])
         if maps:
-            if "map" in results:
+            if "map" in results and maps == "model":
+                out_maps = [results["map"][i].float().cpu().numpy() for i in range(len(items))]
+            elif "map" in results:
                 out_maps = [self.map_at_size(results["map"][i], item.pixels.shape[:2]) for i, item in enumerate(items)]
             else:
                 warnings.append("this run's scorer computes no anomaly maps (mapping.maps=false): maps is None")

@@ -22,10 +22,13 @@ version than this code knows is refused naming it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import io
 import math
 import os
+import pickle
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -322,15 +325,31 @@ def check_payload(payload: object, path: Path) -> dict[str, Any]:
     return payload
 
 
-def read_artifact(path: str | Path) -> dict:
-    """The checked contents of a scorer file (a run folder is accepted too), as format version 2."""
-    path = resolve_path(path)
+def read_artifact(path: str | Path, data: bytes | None = None) -> dict:
+    """The checked contents of a scorer file (a run folder is accepted too), as format version 2.
+    ``data``: the file's bytes, already read (then ``path`` only names it in messages; a server
+    reads the file once and gives every worker these bytes). A file that is no torch file, or
+    holds anything but plain tensors, numbers and strings, is one ``ArtifactError`` line: it is
+    never loaded unsafely, whatever PyTorch's own message suggests."""
+    path = Path(path) if data is not None else resolve_path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ArtifactError(
+            f"{path} is not a readable anogan scorer file: it holds objects other than tensors, numbers and strings, "
+            "or is not a torch file at all (it is never loaded unsafely); copy the run's scorer.pt again or re-run train.py."
+        ) from None
     except Exception as err:
-        detail = str(err).splitlines()[0][:200] if str(err) else ""
-        raise ArtifactError(f"{path} is not a readable anogan scorer file ({type(err).__name__}: {detail}).") from None
+        reason = "cut short or not a torch file" if isinstance(err, RuntimeError) else type(err).__name__
+        raise ArtifactError(
+            f"{path} is not a readable anogan scorer file ({reason}); copy the run's scorer.pt again or re-run train.py."
+        ) from None
     return check_payload(payload, path)
+
+
+def file_digest(data: bytes) -> str:
+    """The sha256 of a scorer file's bytes (hex): what ``anogan-serve`` reports as the model it serves."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def gan_from_artifact(payload: dict, path: Path | str = FILENAME) -> tuple[Generator, Discriminator]:
@@ -348,12 +367,13 @@ def gan_from_artifact(payload: dict, path: Path | str = FILENAME) -> tuple[Gener
     return generator.eval(), discriminator.eval()
 
 
-def load_artifact(path: str | Path) -> tuple[Scorer, dict[str, Any]]:
+def load_artifact(path: str | Path, data: bytes | None = None) -> tuple[Scorer, dict[str, Any]]:
     """``(scorer, payload)``: the scorer rebuilt with its weights (eval mode) and the file's checked
     contents (``payload["calibration"]``: ``Calibration.state``; ``["preprocess"]``,
-    ``["precision"]``, ``["provenance"]``). ``ArtifactError`` (one line) for any problem."""
-    path = resolve_path(path)
-    payload = read_artifact(path)
+    ``["precision"]``, ``["provenance"]``). ``data``: the file's bytes, already read
+    (``read_artifact``). ``ArtifactError`` (one line) for any problem."""
+    path = Path(path) if data is not None else resolve_path(path)
+    payload = read_artifact(path, data)
     cls = _scorer_class(path, payload["scorer"]["target"])
     generator, discriminator = gan_from_artifact(payload, path)
     try:

@@ -9,6 +9,18 @@ anomaly score per unit of image detail. ``mapping.correction`` picks the primary
 whichever ranks the *validation* split better, since the correction helps busy normal classes and
 hurts plain ones such as airplane or ship); the raw score is always reported beside it
 (metrics.json, scores.csv).
+
+A flat image has (almost) no complexity, and S / C would grow without bound (an all-black
+6000×6000 image once scored 3e9). The denominator is therefore floored at ``COMPLEXITY_FLOOR``
+= 1/255: the complexity of an image whose neighbouring pixels differ, on average, by one grey level
+in one direction. Below that, the difference between images is quantisation noise, not detail; a
+flat image's corrected score is then at most 255 × its raw score. Every image of real content has
+a complexity well above it (the flattest of the 10,000 CIFAR-10 test images: 0.015), so the floor changes no
+score of a natural image. ``corrected_score`` is the one place it is applied: the pipeline's
+calibration, ``anogan-predict``, the Python API, the server and the exported ONNX graph all call it.
+Scorer files written before the floor (1e-6 then) keep their thresholds and normals' scores: those
+were computed on real images, above the floor; only images flatter than 1/255 score lower than
+they did (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import torch
 RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 # the per-image components of the scorers that read D (anogan.scorers.discriminator)
 D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
+COMPLEXITY_FLOOR = 1.0 / 255.0  # the smallest complexity the correction divides by (module docstring)
 
 
 def score_components(results: Container[str]) -> list[str]:
@@ -44,5 +57,6 @@ def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
-    """Raw score per unit of complexity (float64); a flat image (complexity 0) gets the largest."""
-    return raw.double() / image_complexity.double().clamp_min(1e-6)
+    """Raw score per unit of complexity (float64), the complexity floored at ``COMPLEXITY_FLOOR``:
+    a flat image (complexity 0) scores 255 × its raw score, not an unbounded number."""
+    return raw.double() / image_complexity.double().clamp_min(COMPLEXITY_FLOOR)
