@@ -522,9 +522,6 @@ class DrainingServer(ls.LitServer if ls is not None else object):  # type: ignor
         if self.stopped:
             return
         self.stopped = True
-        event, event_set_at = getattr(self, "_shutdown_event", None), time.monotonic()
-        if event is not None:  # LitServe's worker monitor ends at its next check, instead of restarting the workers
-            event.set()
         for sock in self.listen_sockets:
             sock.close()
         api_processes = [w for w in uvicorn_workers.values() if hasattr(w, "terminate")]
@@ -541,8 +538,6 @@ class DrainingServer(ls.LitServer if ls is not None else object):  # type: ignor
             worker.kill()
             worker.join(5)
         self._transport.close(send_sentinel=False)
-        # the monitor asks the manager whether the event is set: let it see it before the manager goes
-        time.sleep(max(0.0, float(getattr(self, "monitor_internal", 1.0)) + 0.2 - (time.monotonic() - event_set_at)))
         manager.shutdown()
 
 
