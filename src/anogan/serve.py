@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from anogan.cli import parse_key_values
 from anogan.errors import ServeError, UserError
+from anogan.serve_page import add_page, pictures, run_facts
 
 try:  # the serve extra; without it the command line says what to install
     import litserve as ls
@@ -112,17 +113,19 @@ def check_json(body: bytes, max_images: int) -> None:
         raise BadRequest(400, '"images" must be a non-empty list of base64 strings')
     if len(images) > max_images:
         raise BadRequest(400, f"{len(images)} images in one request: at most {max_images} (max_images)")
-    if not isinstance(data.get("maps", False), bool):
-        raise BadRequest(400, '"maps" must be true or false')
+    if not isinstance(data.get("maps", False), bool) and data.get("maps") != "png":
+        raise BadRequest(400, '"maps" must be true, false or "png"')
 
 
-def _form_flag(value: object) -> bool:
+def _form_flag(value: object) -> bool | str:
     text = str(value).strip().lower()
+    if text == "png":  # the page's pictures (anogan.serve_page.pictures)
+        return "png"
     if text in ("true", "1", "yes", "on"):
         return True
     if text in ("false", "0", "no", "off", ""):
         return False
-    raise BadRequest(400, f"maps={value!r}: use true or false")
+    raise BadRequest(400, f"maps={value!r}: use true, false or png")
 
 
 async def check_form(scope: Scope, body: bytes, max_images: int) -> None:
@@ -268,7 +271,7 @@ class ScorerAPI(_LitAPIBase):
 
         try:
             if isinstance(request, dict):
-                maps = bool(request.get("maps", False))
+                maps = request.get("maps", False)
                 blobs: list[tuple[str, bytes]] = []
                 for i, text in enumerate(request["images"]):
                     try:
@@ -304,14 +307,19 @@ class ScorerAPI(_LitAPIBase):
         answers = []
         if valid:
             pixels = [p for r in valid for p in r["pixels"]]
-            result = self.detector.predict(pixels, threshold=self.threshold, maps=any(r["maps"] for r in valid))
+            pngs = any(r["maps"] == "png" for r in valid)
+            result = self.detector.predict(
+                pixels, threshold=self.threshold, maps=any(r["maps"] for r in valid), reconstructions=pngs
+            )
             start = 0
             for r in valid:
                 rows = []
                 for k in range(start, start + len(r["pixels"])):
                     row = {key: result.rows[k][key] for key in result.rows[k] if key != "source"}
                     row["p_value"] = _finite(row["p_value"])
-                    if r["maps"]:
+                    if r["maps"] == "png":
+                        row.update(pictures(result, k))
+                    elif r["maps"]:
                         row["map"] = result.maps[k].tolist() if result.maps is not None else None
                     rows.append(row)
                 start += len(r["pixels"])
@@ -363,9 +371,10 @@ def build_server(cfg: DictConfig) -> Any:
         "rule": detector.rule if threshold is None else threshold,
         "thresholds": {k: _finite(v) if isinstance(v, (int, float)) else v for k, v in detector.thresholds.items()},
         "provenance": {k: str(v) for k, v in detector.provenance.items()},
+        "run": run_facts(artifact),
     }
     api = ScorerAPI(str(artifact), cfg.device, threshold, cfg.max_batch_size, cfg.batch_timeout, cfg.max_pixels)
-    return ls.LitServer(
+    server = ls.LitServer(
         api,
         accelerator="cuda" if on_gpu else "cpu",
         devices=1,
@@ -374,6 +383,8 @@ def build_server(cfg: DictConfig) -> Any:
         model_metadata=metadata,
         middlewares=[(RequestGate, {"max_bytes": cfg.max_bytes, "max_images": cfg.max_images})],
     )
+    add_page(server.app)  # GET /: the page for people (anogan.serve_page)
+    return server
 
 
 def _parse_threshold(value: str | float | None) -> str | float | None:
