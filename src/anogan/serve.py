@@ -12,7 +12,9 @@ Endpoints:
   "residual", "discrimination", "complexity", "steps"[, "map"]}, ...], "threshold", "rule",
   "warnings"}`` in the order sent; ``map`` is the anomaly map at the image's own size (H lists of
   W floats). ``threshold`` is ``null`` where it is infinite (then ``warnings`` says so).
-* ``GET /health``: ``ok`` (200) once the scorer is loaded; ``GET /info``: the run's settings.
+* ``GET /health``: ``ok`` (200) once the scorer is loaded; ``GET /info``: the run's settings and
+  facts (``anogan.serve_page.run_facts``); ``GET /``: the page for people (``anogan.serve_page``).
+  ``maps=png`` (the page's option): pictures instead of the map's floats (``serve_page.pictures``).
 
 Every image goes through ``anogan.api.Detector.predict`` (the same preprocessing, inference path
 and calibration as ``anogan-predict`` and the run itself). Requests that arrive together are
@@ -21,7 +23,8 @@ scored together (LitServe's dynamic batching: up to ``max_batch_size`` requests,
 server goes on: 413 for a body over ``max_bytes``, 415 for another content type, 400 for a
 malformed body, a missing or wrong field, more than ``max_images`` images or a file that is not an
 image; 413 also for an image of more than ``max_pixels`` pixels (checked from its header, before
-decoding). Only the scorer file is read (``weights_only``); nothing else is loaded, and the server
+decoding). Only the scorer file is loaded (``weights_only``; the facts read the run folder's JSON and
+YAML beside it), and the server
 listens on the loopback interface unless ``host`` says otherwise.
 """
 
