@@ -112,8 +112,19 @@ def page_screenshot(ckpt: Path, images: list[Path], out: Path) -> None:
     with serving(ckpt, "device=cpu") as url, chromium() as browser:
         page = browser.new_page()
         score_on_page(page, url, images)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out), full_page=True)
+        shot = page.screenshot(full_page=True)
+    small_png(shot, out)
+
+
+def small_png(png: bytes, out: Path) -> None:
+    """``png`` saved to ``out`` with a palette of 256 colours (a few times smaller, for the docs)."""
+    import io
+
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(png)) as image:
+        image.convert("RGB").quantize(colors=256).save(out, optimize=True)
 
 
 def sweep_figure(sweep_dir: Path, out: Path) -> None:
