@@ -40,10 +40,10 @@ async function showFacts() {
   }
 }
 
-function picture(title, b64, missing) {
+function picture(kind, title, b64, missing) {
   const figure = el("figure");
   if (b64) {
-    figure.append(el("img", { src: `data:image/png;base64,${b64}`, alt: title, class: title.split(" ")[0].toLowerCase() }));
+    figure.append(el("img", { src: `data:image/png;base64,${b64}`, alt: title, class: kind }));
   } else {
     figure.append(el("div", { class: "none" }, missing));
   }
@@ -85,9 +85,9 @@ async function score(file, card) {
   const pictures = el("div", { class: "pictures" });
   const range = p.map_range ? ` (${fmt(p.map_range[0], 3)} to ${fmt(p.map_range[1], 3)})` : "";
   pictures.append(
-    picture("Input the model saw", p.input, "no input"),
-    picture(`Map over the input${range}`, p.map_png, "this scorer makes no map"),
-    picture("G(z)", p.generated, "this scorer has no G(z)"),
+    picture("input", "Input the model saw", p.input, "no input"),
+    picture("map", `Map over the input${range}`, p.map_png, "this scorer makes no map"),
+    picture("generated", "G(z)", p.generated, "this scorer has no G(z)"),
   );
   card.append(pictures);
   if (answer.warnings.length) {
