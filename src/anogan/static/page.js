@@ -101,12 +101,14 @@ async function score(file, card) {
 async function scoreAll(files) {
   const results = document.getElementById("results");
   const status = document.getElementById("status");
+  const batch = document.createDocumentFragment(); // the newest images on top, in the order picked
   const cards = [...files].map((file) => {
     const card = el("div", { class: "card" });
     card.append(el("h3", {}, file.name));
-    results.prepend(card);
+    batch.append(card);
     return [file, card];
   });
+  results.prepend(batch);
   status.textContent = `scoring ${cards.length} image(s) ...`;
   const done = await Promise.all(cards.map(([file, card]) => score(file, card)));
   const failed = done.filter((ok) => !ok).length;
