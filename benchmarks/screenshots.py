@@ -68,7 +68,8 @@ def serving(ckpt: str | Path, *settings: str, limit_s: float = 240) -> Iterator[
     ``/health`` says ok. The server's whole process group is stopped at the end (and by
     ``timeout`` after 10 minutes, whatever happens to this process)."""
     port = free_port()
-    command = ["timeout", "600", sys.executable, "-m", "anogan.serve", f"ckpt={ckpt}", f"port={port}", "host=127.0.0.1"]
+    # quoted: a sweep's job folder holds commas (alpha=0.1,latent_dim=128), which key=value reads as a list
+    command = ["timeout", "600", sys.executable, "-m", "anogan.serve", f"ckpt='{ckpt}'", f"port={port}", "host=127.0.0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*command, *settings], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
@@ -90,12 +91,13 @@ def serving(ckpt: str | Path, *settings: str, limit_s: float = 240) -> Iterator[
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
 
 
 def score_on_page(page: Any, url: str, images: list[Path], timeout_s: float = 120) -> None:
