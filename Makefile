@@ -39,7 +39,7 @@ docs-serve: install ## serve the documentation at http://127.0.0.1:8000 while ed
 test: install ## the fast test suite
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: install ## the slow tests only (multi-process DDP, resume)
+test-slow: install ## the slow tests only (multi-process DDP, resume, the browser tests: needs /usr/bin/chromium)
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests collected
 
 test-all: install ## every test

@@ -154,6 +154,70 @@ def test_good_requests_get_the_apis_scores(server, pngs):
     assert info["image_size"] == 32 and info["scorer"] == "LatentMapping"
 
 
+def _decode_png(text: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(text))) as img:
+        assert img.format == "PNG"
+        return np.array(img)
+
+
+def _decode_png_bytes(blob: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as img:
+        return np.array(img)
+
+
+def test_maps_png_gives_the_pictures_of_the_apis_prediction(server, pngs, fitted_run):
+    """maps=png (the page's option): the same scores, plus the model's input, the map over it and
+    G(z) as PNGs at the model's resolution, equal to what the Python API computes."""
+    from anogan.deploy.page import map_over_input
+
+    blobs, expected = pngs
+    detector = anogan.load(fitted_run.run_dir, device="cpu")
+    full = detector.predict([np.array(_decode_png_bytes(b)) for b in blobs[:2]], maps=True, reconstructions=True)
+    files = [("file", (f"{k}.png", blobs[k], "image/png")) for k in range(2)]
+    answer = requests.post(f"{server}/predict", files=files, data={"maps": "png"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    _check(answer.json(), expected, [0, 1])
+    for k, got in enumerate(answer.json()["predictions"]):
+        assert "map" not in got
+        model_input = _decode_png(got["input"])
+        assert np.array_equal(model_input, full.inputs[k].permute(1, 2, 0).numpy())  # what the model saw, exactly
+        assert np.array_equal(_decode_png(got["map_png"]), map_over_input(full.model_maps[k], full.inputs[k]))
+        assert got["map_range"] == pytest.approx([float(full.model_maps[k].min()), float(full.model_maps[k].max())], rel=1e-5)
+        generated = _decode_png(got["generated"]).astype(int)
+        want = ((full.reconstructions[k].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(int)
+        assert generated.shape == (32, 32, 3) and np.abs(generated - want).max() <= 1  # G(z) of the same z
+    bad = requests.post(f"{server}/predict", files=files[:1], data={"maps": "jpeg"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["detail"] == "maps='jpeg': use true, false or png"
+
+
+def test_the_page_and_the_run_facts_are_served(server, fitted_run):
+    page = requests.get(f"{server}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="files"' in page.text and "/static/page.js" in page.text
+    script = requests.get(f"{server}/static/page.js", timeout=10)
+    assert script.status_code == 200 and 'append("maps", "png")' in script.text
+    assert "http" not in script.text.replace("HTTP ", "")  # nothing from outside the server
+    run = requests.get(f"{server}/info", timeout=10).json()["model"]["run"]
+    metrics = fitted_run.metrics
+    assert run["normal_data"] == "CIFAR-10 class automobile (CIFAR10AnomalyDataModule)"
+    assert run["val_auroc"] == metrics["val"]["auroc"] and run["val_auroc_ci"] == metrics["val"]["auroc_ci"]
+    assert run["gan_source"] == "trained" and run["run_folder"] == str(fitted_run.run_dir)
+
+
+def test_run_facts_of_a_scorer_copied_alone(fitted_run, tmp_path):
+    import shutil
+
+    from anogan.deploy.page import run_facts
+
+    shutil.copy(fitted_run.run_dir / "scorer.pt", tmp_path / "scorer.pt")
+    facts = run_facts(tmp_path / "scorer.pt")
+    assert facts["run_folder"] is None and facts["val_auroc"] is None and facts["normal_data"] is None
+
+
 @pytest.mark.parametrize(
     "kwargs, status, reason",
     [

@@ -43,11 +43,48 @@ def test_sweep_reuses_gans_and_writes_a_summary(tiny_cifar, tmp_path):
     assert all(0 <= float(r["test_auroc"]) <= 1 for r in rows)
     assert "**best**" in (tmp_path / "sweep1" / "summary.md").read_text()
     assert "test_auroc" in proc.stdout  # printed at the end
+    assert (tmp_path / "sweep1" / "summary.png").read_bytes()[:4] == b"\x89PNG"  # alpha x latent_dim heatmap
+    sessions = hparams_sessions(tmp_path / "sweep1")
+    assert sorted(sessions) == jobs  # every job is a row of TensorBoard's HPARAMS table
+    keys = {name: set(hparams) for name, (hparams, _) in sessions.items()}
+    assert len({frozenset(k) for k in keys.values()}) == 1 and {"mapping/alpha", "latent_dim"} <= keys[jobs[0]]
+    for name, (hparams, values) in sessions.items():
+        m = json.loads((tmp_path / "sweep1" / name / "metrics.json").read_text())
+        assert values["hparams/val_auroc"] == pytest.approx(m["val"]["auroc"])  # the real validation metric
+        assert set(values) == {f"hparams/{s}_{k}" for s in ("val", "test") for k in ("auroc", "ap", "f1")}
+        assert f"alpha={hparams['mapping/alpha']:g},latent_dim={hparams['latent_dim']:g}" == name
 
     sweep(tiny_cifar, tmp_path, tmp_path / "sweep2")  # same GAN settings: nothing trained again
     sources = [json.loads(p.read_text())["gan_source"] for p in (tmp_path / "sweep2").glob("*/metrics.json")]
     assert len(sources) == 4 and all(s.startswith("cache") for s in sources)
     assert len([p for p in (tmp_path / "gan_cache").iterdir() if p.is_dir()]) == 2
+
+
+def hparams_sessions(sweep_dir):
+    """What TensorBoard's HPARAMS tab reads from a sweep folder: per job (folder name) its session's
+    hyperparameters and the values of the metrics the experiment declares."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(sweep_dir))
+    mux.Reload()
+    sessions = {}
+    for run, tags in mux.PluginRunToTagToContent(metadata.PLUGIN_NAME).items():
+        for content in tags.values():
+            plugin = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if plugin.HasField("session_start_info"):
+                hparams = {
+                    k: v.number_value if v.HasField("number_value") else v.string_value
+                    for k, v in plugin.session_start_info.hparams.items()
+                }
+                scalars = {
+                    t: mux.Scalars(run, t)[-1].value
+                    for t in mux.GetAccumulator(run).Tags()["scalars"]
+                    if t.startswith("hparams/")
+                }
+                sessions[run.split("/")[0]] = (hparams, scalars)
+    return sessions
 
 
 def test_run_name_shows_the_swept_keys_only():

@@ -165,8 +165,11 @@ class Predictions:
     ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``.
     ``threshold``: the number used, from ``rule`` (a rule name or the number given).
     ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
-    (``Detector.map_at_size``: the run's resize policy undone); with ``maps="model"``, the map at
-    the model's resolution (float32 S×S).
+            if "map" in results:
+                model_maps = results["map"].float().cpu()
+            if "map" in results and maps == "model":
+                out_maps = [results["map"][i].float().cpu().numpy() for i in range(len(items))]
+            elif "map" in results:
     ``inputs``: the model's inputs (uint8 N×C×S×S); ``reconstructions``: with
     ``reconstructions=True``, G(z) (float32 N×C×S×S in [-1, 1], the model's scale).
     ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each,
@@ -182,6 +185,7 @@ class Predictions:
     reconstructions: torch.Tensor | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    model_maps: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -345,9 +349,11 @@ class Detector:
             "steps": results.get("steps", torch.zeros(len(items), dtype=torch.long)),
         }
         rows = [{"source": item.source, **{k: v[i].item() for k, v in columns.items()}} for i, item in enumerate(items)]
-        out_maps = None
+        out_maps = model_maps = None
         warnings = list(post["warnings"])
         if maps:
+            if "map" in results:
+                model_maps = results["map"].float().cpu()
             if "map" in results and maps == "model":
                 out_maps = [results["map"][i].float().cpu().numpy() for i in range(len(items))]
             elif "map" in results:
@@ -369,6 +375,7 @@ class Detector:
             generated,
             skipped,
             warnings,
+            model_maps,
         )
 
     def map_at_size(self, amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

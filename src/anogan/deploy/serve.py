@@ -14,6 +14,8 @@ Endpoints:
   "warnings"}`` in the order sent; ``map`` is the anomaly map at the model's resolution (S lists of
   S floats) with ``maps=true``, at the image's own size (H lists of W floats) with ``maps=full``.
   ``threshold`` is ``null`` where it is infinite (then ``warnings`` says so).
+* ``GET /``: the page for people (``anogan.deploy.page``); ``maps=png`` (the page's option): pictures
+  instead of the map's floats (``page.pictures``); ``/info`` carries the run's facts (``page.run_facts``).
 * ``GET /health``: ``ok`` (200) once the scorer is loaded; ``ok; warning: ...`` when the scorer
   file on disk is no longer the one served. ``GET /info``: the run's settings, the served file's
   ``sha256`` and ``loaded_at``.
@@ -62,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anogan.config.arguments import parse_key_values
+from anogan.deploy.page import add_page, pictures, run_facts
 from anogan.utils.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
@@ -143,20 +146,25 @@ def check_json(body: bytes, max_images: int) -> None:
     if len(images) > max_images:
         raise BadRequest(400, f"{len(images)} images in one request: at most {max_images} (max_images)")
     maps = data.get("maps", False)
-    if not (isinstance(maps, bool) or maps == "full"):
-        raise BadRequest(400, '"maps" must be true (the model\'s resolution), false or "full" (the image\'s own size)')
+    if not (isinstance(maps, bool) or maps in ("full", "png")):
+        raise BadRequest(
+            400, '"maps" must be true (the model\'s resolution), false, "full" (the image\'s own size) or "png" (pictures)'
+        )
 
 
 def _form_flag(value: object) -> bool | str:
-    """A form's ``maps`` value: ``False``, ``True`` (the model's resolution) or ``"full"``."""
+    """A form's ``maps`` value: ``False``, ``True`` (the model's resolution), ``"full"`` or ``"png"``
+    (the page's pictures: ``anogan.deploy.page.pictures``)."""
     text = str(value).strip().lower()
+    if text == "png":
+        return "png"
     if text in ("true", "1", "yes", "on"):
         return True
     if text in ("false", "0", "no", "off", ""):
         return False
     if text == "full":
         return "full"
-    raise BadRequest(400, f"maps={value!r}: use true (the model's resolution), false or full (the image's own size)")
+    raise BadRequest(400, f"maps={value!r}: use true (the model's resolution), false, full (the image's own size) or png")
 
 
 async def check_form(scope: Scope, body: bytes, max_images: int) -> None:
@@ -459,14 +467,19 @@ class ScorerAPI(_LitAPIBase):
         if valid:
             pixels = [p for r in valid for p in r["pixels"]]
             want_maps = any(r["maps"] for r in valid)
-            result = self.detector.predict(pixels, threshold=self.threshold, maps="model" if want_maps else False)
+            pngs = any(r["maps"] == "png" for r in valid)
+            result = self.detector.predict(
+                pixels, threshold=self.threshold, maps="model" if want_maps else False, reconstructions=pngs
+            )
             start = 0
             for r in valid:
                 rows = []
                 for k in range(start, start + len(r["pixels"])):
                     row = {key: result.rows[k][key] for key in result.rows[k] if key != "source"}
                     row["p_value"] = _finite(row["p_value"])
-                    if r["maps"]:
+                    if r["maps"] == "png":
+                        row.update(pictures(result, k))
+                    elif r["maps"]:
                         row["map"] = None if result.maps is None else self._map(result.maps[k], pixels[k], r["maps"])
                     rows.append(row)
                 start += len(r["pixels"])
@@ -600,6 +613,7 @@ def build_server(cfg: DictConfig) -> Any:
         "rule": detector.rule if threshold is None else threshold,
         "thresholds": {k: _finite(v) if isinstance(v, (int, float)) else v for k, v in detector.thresholds.items()},
         "provenance": {k: str(v) for k, v in detector.provenance.items()},
+        "run": run_facts(artifact),
     }
     del detector
     api = ScorerAPI(
@@ -626,6 +640,7 @@ def build_server(cfg: DictConfig) -> Any:
             (ScorerFileWatch, {"path": str(artifact), "sha256": sha256, "stat_key": (st.st_size, st.st_mtime_ns, st.st_ino)}),
         ],
     )
+    add_page(server.app)  # GET /: the page for people (anogan.deploy.page)
     server.drain_timeout = float(cfg.drain_timeout)
     server.uvicorn_graceful_timeout = float(cfg.drain_timeout)  # uvicorn's timeout_graceful_shutdown in each API process
     return server

@@ -238,7 +238,7 @@ def score(
 
 def log_hparams(cfg: DictConfig, metrics: dict, logger: TensorBoardLogger) -> None:
     """TensorBoard's HPARAMS tab: the scorer's own settings and the shared ones, with real metrics
-    (validation and test) and the *resolved* correction."""
+    (``hparams/<val|test>_<auroc|ap|f1>``, NaN where the run has none) and the *resolved* correction."""
     mapping = cast(dict[str, Any], OmegaConf.to_container(cfg.mapping, resolve=True))  # a config group is a mapping
     scorer_keys = {f"mapping/{k}": v for k, v in mapping.items() if k != "_target_"}
     hparams = {
@@ -255,13 +255,10 @@ def log_hparams(cfg: DictConfig, metrics: dict, logger: TensorBoardLogger) -> No
         "precision": str(cfg.trainer.precision),
         "seed": cfg.seed,
     }
-    values = {
-        "hparams/val_auroc": metrics["val"].get("auroc"),
-        "hparams/test_auroc": metrics["test"].get("auroc"),
-        "hparams/test_ap": metrics["test"].get("ap"),
-        "hparams/test_f1": metrics["test"].get("f1"),
-    }
-    logger.log_hyperparams(hparams, metrics={k: v for k, v in values.items() if v is not None})
+    # every run logs the same metric names (NaN where a run has no value), so that the HPARAMS table
+    # of a sweep (tensorboard --logdir <sweep folder>) lists every job in the same columns
+    values = {f"hparams/{split}_{m}": metrics[split].get(m) for split in ("val", "test") for m in ("auroc", "ap", "f1")}
+    logger.log_hyperparams(hparams, metrics={k: float("nan") if v is None else float(v) for k, v in values.items()})
     logger.finalize("success")
 
 

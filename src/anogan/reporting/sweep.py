@@ -33,6 +33,7 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
+from anogan.reporting.sweep_figure import selected_column, write_sweep_figure
 from anogan.utils.errors import SweepConfigError
 from anogan.utils.io import atomic_write_text
 
@@ -382,14 +383,18 @@ def _optuna_note(sweep_dir: Path) -> str:
 
 def summarize(sweep_dir: str | Path) -> str:
     """Write summary.csv/.md (and seeds_summary.* when seeds or classes vary) into the sweep
-    folder; the best row is marked by validation AUROC."""
+    folder, and summary.png (``anogan.reporting.sweep_figure``) over one or two swept keys; the best row is
+    marked by validation AUROC."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     atomic_write_text(sweep_dir / "summary.csv", _csv_text(rows))
+    figure = write_sweep_figure(sweep_dir, rows, selected_column(sweep_dir))
     text = (
         f"# Sweep {sweep_dir}\n\nValidation and test side by side; **best** = highest validation AUROC "
         f"(selection never looks at test). [low, high]: 95% bootstrap interval.\n\n{_markdown(rows, 'val_auroc')}"
     )
+    if figure is not None:
+        text += f"\n![the selected metric per swept setting]({figure.name})\n"
     text += _optuna_note(sweep_dir)
     if any("seed" in r for r in rows) or len({r.get("normal_class") for r in rows}) > 1:  # seeds or classes vary
         seeds = aggregate_seeds(rows)
