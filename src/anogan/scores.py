@@ -5,10 +5,11 @@ CIFAR-10 cars (busy images) the raw AnoGAN score ranks plain anomalies (sky, sea
 normal than cars, worse than chance. Serrà et al. (ICLR 2020, "Input complexity and
 out-of-distribution detection with likelihood-based generative models") subtract the image's
 complexity from the model's score in the log domain: log S − log C, i.e. the score S / C, the
-anomaly score per unit of image detail. ``mapping.correction`` picks the primary score (``auto``:
-whichever ranks the *validation* split better, since the correction helps busy normal classes and
-hurts plain ones such as airplane or ship); the raw score is always reported beside it
-(metrics.json, scores.csv).
+anomaly score per unit of image detail. The opposite case exists too: where the normal class is
+plainer than what is anomalous (CIFAR-10 birds on open sky against the other classes), detail is
+itself evidence, and ``times_complexity`` (S · C, log S + log C) uses it. ``mapping.correction``
+picks the primary score (``auto``: whichever of none, complexity and times_complexity ranks the
+*validation* split best); the raw score is always reported beside it (metrics.json, scores.csv).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Container
 
 import torch
 
-CORRECTIONS = ("none", "complexity", "auto")
+CORRECTIONS = ("none", "complexity", "times_complexity", "auto")
+RESOLVED_CORRECTIONS = ("none", "complexity", "times_complexity")
 RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 # the per-image components of the scorers that read D (anogan.scorers.discriminator)
 D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
@@ -47,3 +49,8 @@ def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
 def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
     """Raw score per unit of complexity (float64); a flat image (complexity 0) gets the largest."""
     return raw.double() / image_complexity.double().clamp_min(1e-6)
+
+
+def times_complexity_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
+    """Raw score times complexity (float64): busier images score higher (log S + log C)."""
+    return raw.double() * image_complexity.double()
