@@ -153,35 +153,6 @@ def test_the_transformation_loss_of_a_head_set_by_hand_is_the_cross_entropy_comp
     assert model.discriminator.transform_head.bias.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["rotations", "geotrans"])
-def test_every_transformation_of_each_real_image_is_the_cross_entropy_over_the_full_set(name):
-    torch.manual_seed(0)
-    model = GAN(**TINY, d_norm="none", self_supervised=name, ss_real_all=True)
-    x = torch.randn(3, 3, 32, 32)
-    loss, accuracy = model._transform_loss(x, every=True)
-    logits = model.discriminator.transform_logits(apply_transforms(x, name))
-    labels = transform_labels(3, name)
-    assert logits.shape[0] == 3 * transform_count(name)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
-    assert accuracy.item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
-
-
-def test_training_with_every_transformation_shows_d_t_times_the_real_batch(monkeypatch):
-    L.seed_everything(0)
-    model = GAN(**TINY, g_steps=1, self_supervised="rotations", ss_real_all=True, scheduler=None)
-    sizes = []
-    real = model.discriminator.transform_logits
-    monkeypatch.setattr(model.discriminator, "transform_logits", lambda x: sizes.append(x.shape[0]) or real(x))
-    t = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    t.fit(model, loader(1))
-    assert sizes == [4 * 8, 8]  # D: all 4 rotations of the 8 real images; G: one rotation per generated image
-
-
-def test_ss_real_all_must_be_a_boolean():
-    with pytest.raises(UserError, match="model.ss_real_all"):
-        GAN(**TINY, self_supervised="rotations", ss_real_all="yes")
-
-
 def test_the_head_learns_rotations_of_an_image_whose_rotations_differ():
     torch.manual_seed(0)
     model = GAN(**TINY, d_norm="none", self_supervised="rotations")
@@ -242,9 +213,7 @@ def test_the_generator_loss_carries_alpha_times_the_generated_images_transformat
     model = GAN(**TINY, g_steps=1, self_supervised="rotations", ss_weight_d=0.7, ss_weight_g=0.3, scheduler=None)
     seen = {}
     real_g, real_d = model._g_loss, model._d_loss
-    monkeypatch.setattr(
-        model, "_transform_loss", lambda images, every=False: (torch.tensor(1.5, requires_grad=True), torch.tensor(0.5))
-    )
+    monkeypatch.setattr(model, "_transform_loss", lambda images: (torch.tensor(1.5, requires_grad=True), torch.tensor(0.5)))
     monkeypatch.setattr(model, "_g_loss", lambda d_gen: seen.setdefault("g", real_g(d_gen)))
     monkeypatch.setattr(model, "_d_loss", lambda a, b: seen.setdefault("d", real_d(a, b)))
     t = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -313,7 +313,6 @@ class Model:
     self_supervised: str | None = MISSING
     ss_weight_d: float = MISSING
     ss_weight_g: float = MISSING
-    ss_real_all: bool = MISSING
     divergence: Divergence = MISSING
     health: Health = MISSING
     selection: Selection = MISSING

@@ -24,8 +24,7 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   that names the transformation an image was given (Chen et al., CVPR 2019, "Self-Supervised GANs
   via Auxiliary Rotation Loss"): D's loss += ``ss_weight_d`` (β) · CE on real images, G's loss +=
   ``ss_weight_g`` (α) · CE on generated ones (compare_gan's defaults β = 1, α = 0.2). See
-  ``_transform_loss`` for which images and how many transformations per batch; ``ss_real_all``
-  shows each real image under every transformation instead of one.
+  ``_transform_loss`` for which images and how many transformations per batch.
 * ``health``: thresholds of the one-line warning of a failed GAN (mode collapse, D overpowering G;
   ``health.py``), checked at every epoch's end.
 * ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.selection``:
@@ -53,14 +52,7 @@ from anogan.errors import DivergenceError, UserError
 from anogan.models.augment import diff_augment, parse_policy
 from anogan.models.dcgan import Discriminator, Generator, check_discriminator_options
 from anogan.models.health import DEFAULT_HEALTH, HealthMonitor, check_health_options, diversity_ratio
-from anogan.models.transforms import (
-    apply_one_each,
-    apply_transforms,
-    balanced_labels,
-    check_transform_set,
-    transform_count,
-    transform_labels,
-)
+from anogan.models.transforms import apply_one_each, balanced_labels, check_transform_set, transform_count
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -107,8 +99,6 @@ def check_gan_options(model: Mapping) -> None:
     parse_policy(model.get("diffaugment"))
     check_transform_set(model.get("self_supervised"))
     check_health_options(model.get("health", DEFAULT_HEALTH))
-    if not isinstance(model.get("ss_real_all", False), bool):
-        raise UserError(f"model.ss_real_all={model.get('ss_real_all')!r} is not allowed: use true or false.")
     for key in ("ss_weight_d", "ss_weight_g"):
         value = model.get(key, 0.0)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
@@ -193,7 +183,6 @@ class GAN(L.LightningModule):
         self_supervised: str | None = None,
         ss_weight_d: float = 1.0,
         ss_weight_g: float = 0.2,
-        ss_real_all: bool = False,
         divergence: dict | None = None,
         health: dict | None = None,
         selection: dict | None = None,
@@ -271,24 +260,17 @@ class GAN(L.LightningModule):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.augment_policy) if self.augment_policy else x
 
-    def _transform_loss(self, images: torch.Tensor, every: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transform_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The self-supervised loss of a batch (Chen et al. 2019): each image gets one transformation
         of the set, drawn so that all T are used equally often (``balanced_labels``), and D's head
-        must name it. With ``every`` (``model.ss_real_all``, for real images), each image is shown
-        under all T transformations instead (RotNet, Gidaris et al. 2018; GeoTrans's training): T D passes
-        of the batch. Returns (mean cross-entropy, with a graph; accuracy of the head, detached).
+        must name it. Returns (mean cross-entropy, with a graph; accuracy of the head, detached).
 
         The images are the clean ones, not DiffAugment'ed: the scorers that read the head see clean
         images, and the transformation is already an augmentation D cannot undo (DiffAugment's own
         translation is not a transformation to be named). One transformation per image, not all T,
         keeps the cost at one extra D pass per loss term (docs/gan_training.md, measured)."""
-        name = self.hparams.self_supervised
-        if every:
-            labels = transform_labels(images.shape[0], name, images.device)
-            logits = self.discriminator.transform_logits(apply_transforms(images, name)).float()
-        else:
-            labels = balanced_labels(images.shape[0], name).to(images.device)
-            logits = self.discriminator.transform_logits(apply_one_each(images, labels, name)).float()
+        labels = balanced_labels(images.shape[0], self.hparams.self_supervised).to(images.device)
+        logits = self.discriminator.transform_logits(apply_one_each(images, labels, self.hparams.self_supervised)).float()
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
         return F.cross_entropy(logits, labels), accuracy
 
@@ -340,7 +322,7 @@ class GAN(L.LightningModule):
             loss_d = loss_d + hp.gp_weight * penalty
             values["train/gradient_penalty"] = penalty.detach()
         if hp.self_supervised and hp.ss_weight_d > 0:
-            ss_real, accuracy = self._transform_loss(x, every=hp.ss_real_all)
+            ss_real, accuracy = self._transform_loss(x)
             loss_d = loss_d + hp.ss_weight_d * ss_real
             values["train/ss_loss_real"], values["train/ss_accuracy_real"] = ss_real.detach(), accuracy
         self._check_loss("discriminator loss", loss_d)
