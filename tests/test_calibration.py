@@ -79,6 +79,38 @@ def test_combination_is_the_sum_of_log_z_scores_of_validation_normals():
     assert again.combine == ["a", "b"] and torch.equal(again(components, torch.ones(4))["raw_score"], raw)
 
 
+def test_times_complexity_is_raw_times_complexity_and_auto_picks_it_when_anomalies_are_busier():
+    components, c, labels = _validation()
+    cal = Calibration.fit(components, c, labels, correction="times_complexity")
+    assert torch.equal(cal(components, c)["score"], components["score"].double() * c.double())
+    busy_anomalies = torch.where(labels == 0, 0.2, 5.0)  # same raw scores, anomalies busier: only S * C separates
+    raw = torch.where(labels == 0, 2.0, 1.0) + torch.linspace(0, 0.1, len(labels))
+    assert Calibration.fit(raw, busy_anomalies, labels, correction="auto").correction == "times_complexity"
+
+
+@pytest.mark.parametrize(("correction", "sign"), [("complexity", -1.0), ("times_complexity", 1.0), ("none", 0.0)])
+def test_a_combined_score_is_corrected_by_the_z_scored_log_complexity_of_validation_normals(correction, sign):
+    labels = torch.tensor([0, 0, 0, 1])
+    components = {"score": torch.zeros(4), "a": torch.tensor([1.0, 2.0, 3.0, 9.0])}
+    c = torch.tensor([1.0, math.e, math.e**2, math.e**4])  # log: 0, 1, 2 on the normals; 4 on the anomaly
+    cal = Calibration.fit(components, c, labels, correction=correction, combine=["a"])
+    post = cal(components, c)
+    z = (torch.tensor([0.0, 1.0, 2.0, 4.0], dtype=torch.float64) - 1.0) / math.sqrt(2 / 3)
+    assert torch.allclose(post["score"], post["raw_score"] + sign * z)
+    again = Calibration.from_state(cal.state())
+    assert torch.equal(again(components, c)["score"], post["score"])
+
+
+def test_a_combined_calibration_from_an_older_scorer_file_divides_by_complexity_as_it_did():
+    components, c, labels = _validation()
+    cal = Calibration.fit(components, c, labels, correction="complexity", combine=["residual", "discrimination"])
+    state = cal.state()
+    del state["combine"]["complexity_stats"]  # written before the statistics existed
+    old = Calibration.from_state(state)
+    raw = old(components, c)["raw_score"]
+    assert old.log_stats is None and torch.equal(old(components, c)["score"], raw / c.double())
+
+
 def test_state_round_trip_gives_identical_outputs_and_buffers_travel():
     components, c, labels = _validation()
     cal = Calibration.fit(components, c, labels, correction="complexity", rule="f1", target_fpr=0.05)

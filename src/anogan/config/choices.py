@@ -42,7 +42,8 @@ SYNTHETIC_METHODS = ("cutpaste", "blend")
 # threshold.rule
 THRESHOLD_RULES = ("fpr", "f1", "youden")
 # score.correction
-CORRECTIONS = ("none", "complexity", "auto")
+CORRECTIONS = ("none", "complexity", "times_complexity", "auto")
+RESOLVED_CORRECTIONS = ("none", "complexity", "times_complexity")  # what "auto" resolves to
 # mapping.pooling / mapping.coreset (D-feature scorers)
 POOLINGS = ("mean", "max", "flatten")
 CORESETS = ("greedy", "random")

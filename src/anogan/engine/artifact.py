@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anogan.config.choices import THRESHOLD_RULES
+from anogan.config.choices import RESOLVED_CORRECTIONS, THRESHOLD_RULES
 from anogan.engine.gan_store import ARCH_DEFAULTS, GAN_JSON_TYPES, build_networks, check_arch, load_checkpoint
 from anogan.post_processing.calibration import THRESHOLD_KEYS, Calibration
 from anogan.utils.errors import ArtifactError, UserError
@@ -189,9 +189,9 @@ def migrate_v1(payload: dict) -> dict:
 
 
 def _check_calibration(path: Path, cal: dict) -> None:
-    if cal["correction"] not in ("none", "complexity"):
+    if cal["correction"] not in RESOLVED_CORRECTIONS:
         raise ArtifactError(
-            f"{path}: entry 'calibration.correction' is {cal['correction']!r}, not none or complexity: {DAMAGED}."
+            f"{path}: entry 'calibration.correction' is {cal['correction']!r}, not one of {', '.join(RESOLVED_CORRECTIONS)}: {DAMAGED}."
         )
     rule = cal["threshold_rule"]
     if isinstance(rule, str) and rule not in THRESHOLD_RULES:
@@ -211,6 +211,11 @@ def _check_calibration(path: Path, cal: dict) -> None:
         raise ArtifactError(f"{path}: entry 'calibration.thresholds.fpr' is NaN: {DAMAGED}.")
     combine = cal["combine"]
     if combine is not None:
+        # complexity_stats: added within format version 2 (files written before it lack it: see Calibration)
+        stats = combine.get("complexity_stats")
+        if stats is not None and not (isinstance(stats, torch.Tensor) and tuple(stats.shape) == (2,)):
+            raise ArtifactError(f"{path}: entry 'calibration.combine.complexity_stats' is not a tensor of 2 values: {DAMAGED}.")
+        combine = {k: v for k, v in combine.items() if k != "complexity_stats"}
         _check_entries(path, "calibration.combine", combine, COMBINE_SCHEMA, VERSION)
         k = len(combine["components"])
         if not k or not all(isinstance(c, str) for c in combine["components"]):

@@ -11,8 +11,12 @@ buffers, so they move with the module and are traced into the graph). What it ho
   otherwise left as it is), then z-scored with the mean and standard deviation of the
   **validation normals** (a zero deviation counts as 1). Without ``combine`` the raw score is the
   scorer's own ``score``.
-- ``correction``: ``none`` or ``complexity`` (raw / input complexity, Serrà et al., ICLR 2020;
-  ``anogan.post_processing.scores``); ``auto`` is resolved at fitting time to whichever ranks validation better.
+- ``correction``: ``none``, ``complexity`` (raw / input complexity, Serrà et al., ICLR 2020;
+  ``anogan.post_processing.scores``) or ``times_complexity`` (raw · complexity); ``auto`` is resolved at fitting
+  time to whichever ranks validation best. With ``combine`` the correction acts in the same
+  standardised space as the components: log complexity is z-scored on the validation normals too and
+  subtracted (``complexity``) or added (``times_complexity``), since a sum of z-scores can be negative
+  and dividing it would turn rankings over.
 - the thresholds of every rule (``anogan.metrics.image.fit_thresholds``), the run's ``rule`` and
   ``target_fpr``, and the validation normals' primary scores (sorted), against which
   p = (1 + #{normals >= score}) / (n + 1) (conformal; Bates et al., Ann. Statist. 2023).
@@ -28,10 +32,10 @@ import math
 import torch
 from torch import nn
 
-from anogan.config.choices import CORRECTIONS, THRESHOLD_RULES
+from anogan.config.choices import CORRECTIONS, RESOLVED_CORRECTIONS, THRESHOLD_RULES
 from anogan.metrics.image import fit_thresholds, min_normals_for_fpr, ranking_metrics, resolve_threshold
 from anogan.metrics.stats import conformal_p_values
-from anogan.post_processing.scores import corrected_score, neighbour_difference
+from anogan.post_processing.scores import COMPLEXITY_FLOOR, corrected_score, neighbour_difference, times_complexity_score
 from anogan.utils.errors import CalibrationError
 
 THRESHOLD_KEYS = ("fpr", "fpr_target", "fpr_observed", "f1", "f1_value", "youden", "youden_value")
@@ -45,23 +49,37 @@ def complexity_of_model_input(x: torch.Tensor) -> torch.Tensor:
     return neighbour_difference((x.float() + 1) / 2)
 
 
-def primary_score(raw: torch.Tensor, image_complexity: torch.Tensor, correction: str) -> torch.Tensor:
-    """The score thresholds and metrics use (float64), as ``correction`` (``none`` | ``complexity``) says."""
+def primary_score(
+    raw: torch.Tensor, image_complexity: torch.Tensor, correction: str, log_stats: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """The score thresholds and metrics use (float64), as ``correction`` (``none`` | ``complexity`` |
+    ``times_complexity``) says. ``log_stats`` (mean, std of log complexity on the validation normals):
+    the raw score is a sum of z-scores (``combine``), and the correction adds or subtracts the
+    z-scored log complexity instead of multiplying or dividing."""
     if correction == "none":
         return raw.double()
+    if correction not in RESOLVED_CORRECTIONS:
+        raise ValueError(
+            f"mapping.correction={correction!r} is not a resolved correction; use one of {', '.join(RESOLVED_CORRECTIONS)}"
+        )
+    if log_stats is not None:
+        z = (image_complexity.double().clamp_min(COMPLEXITY_FLOOR).log() - log_stats[0]) / log_stats[1]
+        return raw.double() - z if correction == "complexity" else raw.double() + z
     if correction == "complexity":
         return corrected_score(raw, image_complexity)
-    raise ValueError(f"mapping.correction={correction!r} is not a resolved correction; use none or complexity")
+    return times_complexity_score(raw, image_complexity)
 
 
-def resolve_auto(raw: torch.Tensor, image_complexity: torch.Tensor, labels: torch.Tensor) -> str:
-    """``none`` or ``complexity``: the one with the higher AUROC on these (validation) images.
-    Raises ``OneClassSplitError`` when they are all of one class."""
+def resolve_auto(
+    raw: torch.Tensor, image_complexity: torch.Tensor, labels: torch.Tensor, log_stats: tuple[float, float] | None = None
+) -> str:
+    """The resolved correction with the highest AUROC on these (validation) images (ties: the first of
+    none, complexity, times_complexity). Raises ``OneClassSplitError`` when they are all of one class."""
     auroc = {
-        c: ranking_metrics(primary_score(raw, image_complexity, c), labels, "the validation split")["auroc"]
-        for c in ("none", "complexity")
+        c: ranking_metrics(primary_score(raw, image_complexity, c, log_stats), labels, "the validation split")["auroc"]
+        for c in RESOLVED_CORRECTIONS
     }
-    return "complexity" if auroc["complexity"] > auroc["none"] else "none"
+    return max(RESOLVED_CORRECTIONS, key=lambda c: (auroc[c], -RESOLVED_CORRECTIONS.index(c)))
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -75,7 +93,9 @@ class Calibration(nn.Module):
     Buffers (float64 unless said): ``normal_scores`` (n,) sorted validation-normal primary scores;
     ``rule_thresholds`` (3,) the fpr / f1 / youden thresholds (NaN: not fitted); ``threshold`` ()
     the run's rule's; ``combine_mean``, ``combine_std`` (k,) and ``combine_log`` (k,) bool, for the
-    ``k`` combined components (empty without ``combine``). Scores are compared in float64: move
+    ``k`` combined components (empty without ``combine``); ``complexity_stats`` (2,) mean and std of
+    log complexity on the validation normals (NaN without ``combine``, and in scorer files written
+    before it existed, whose combined score is divided by complexity as it was then). Scores are compared in float64: move
     it with ``.to(device)``, but do not cast it (``.float()``/``.half()`` on a parent module would
     round the thresholds and the normals' scores, and ties would flip).
     """
@@ -86,6 +106,7 @@ class Calibration(nn.Module):
     combine_mean: torch.Tensor
     combine_std: torch.Tensor
     combine_log: torch.Tensor
+    complexity_stats: torch.Tensor
 
     def __init__(
         self,
@@ -98,10 +119,11 @@ class Calibration(nn.Module):
         combine_mean: torch.Tensor | None = None,
         combine_std: torch.Tensor | None = None,
         combine_log: torch.Tensor | None = None,
+        complexity_stats: torch.Tensor | None = None,
     ):
         super().__init__()
-        if correction not in ("none", "complexity"):
-            raise ValueError(f"correction={correction!r}: a fitted calibration holds none or complexity")
+        if correction not in RESOLVED_CORRECTIONS:
+            raise ValueError(f"correction={correction!r}: a fitted calibration holds one of {', '.join(RESOLVED_CORRECTIONS)}")
         self.correction = correction
         self.rule = rule if isinstance(rule, str) else float(rule)
         self.target_fpr = float(target_fpr)
@@ -123,6 +145,8 @@ class Calibration(nn.Module):
         )
         self.register_buffer("combine_std", torch.ones(k, dtype=torch.float64) if combine_std is None else combine_std.double())
         self.register_buffer("combine_log", torch.zeros(k, dtype=torch.bool) if combine_log is None else combine_log.bool())
+        stats = torch.full((2,), math.nan, dtype=torch.float64) if complexity_stats is None else complexity_stats.double()
+        self.register_buffer("complexity_stats", stats)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -138,7 +162,7 @@ class Calibration(nn.Module):
     ) -> Calibration:
         """Fit on **validation rows only**: ``components`` (the scorer's outputs, each shape (n,),
         or the raw score itself), ``complexity`` (n,) (``anogan.post_processing.scores.complexity``), ``labels``
-        (n,) 0 normal / 1 anomalous. ``correction``: none | complexity | auto. Raises
+        (n,) 0 normal / 1 anomalous. ``correction``: none | complexity | times_complexity | auto. Raises
         ``CalibrationError`` without validation normals, ``OneClassSplitError`` for ``auto`` on
         one class, ``ThresholdRuleError`` for a ``rule`` this split cannot fit, ``ValueError`` for a
         ``combine`` name the scorer does not output."""
@@ -160,13 +184,16 @@ class Calibration(nn.Module):
             stacked = torch.where(log, stacked.clamp_min(LOG_FLOOR).log(), stacked)
             mean, std = stacked.mean(0), stacked.std(0, correction=0)
             std = torch.where(std > 0, std, torch.ones_like(std))
-        provisional = cls("none", math.inf, target_fpr, {}, torch.zeros(0), combine, mean, std, log)
+            log_c = torch.as_tensor(complexity).double().flatten()[normal].clamp_min(COMPLEXITY_FLOOR).log()
+            c_std = log_c.std(correction=0)
+            stats = torch.stack([log_c.mean(), c_std if c_std > 0 else torch.ones_like(c_std)])
+        provisional = cls("none", math.inf, target_fpr, {}, torch.zeros(0), combine, mean, std, log, stats if combine else None)
         raw = provisional.raw_score(components)
         if correction == "auto":
-            correction = resolve_auto(raw, complexity, labels)
-        score = primary_score(raw, complexity, correction)
+            correction = resolve_auto(raw, complexity, labels, provisional.log_stats)
+        score = primary_score(raw, complexity, correction, provisional.log_stats)
         thresholds = fit_thresholds(score, labels, target_fpr)
-        return cls(correction, rule, target_fpr, thresholds, score[normal], combine, mean, std, log)
+        return cls(correction, rule, target_fpr, thresholds, score[normal], combine, mean, std, log, stats if combine else None)
 
     # ------------------------------------------------------------------ applying
     def raw_score(self, components: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -201,7 +228,7 @@ class Calibration(nn.Module):
         (primary), ``p_value``, ``threshold`` () and ``label`` (N,) int64, 1 = anomalous
         (``score >= threshold``). Raises ``ThresholdRuleError`` for a rule this run could not fit."""
         raw = self.raw_score(components)
-        score = primary_score(raw, complexity, self.correction)
+        score = primary_score(raw, complexity, self.correction, self.log_stats)
         threshold = (
             self.threshold if rule is None else torch.tensor(resolve_threshold(self.thresholds, rule), dtype=torch.float64)
         )
@@ -214,6 +241,14 @@ class Calibration(nn.Module):
         }
 
     # ------------------------------------------------------------------ what it holds
+    @property
+    def log_stats(self) -> tuple[float, float] | None:
+        """(mean, std) of log complexity on the validation normals where the correction acts on a
+        combined score; None otherwise (and for scorer files written before it existed)."""
+        if torch.isnan(self.complexity_stats).any():
+            return None
+        return float(self.complexity_stats[0]), float(self.complexity_stats[1])
+
     @property
     def thresholds(self) -> dict:
         """Every rule's threshold and what it reached (``fit_thresholds``' keys; None: not fitted)."""
@@ -253,6 +288,7 @@ class Calibration(nn.Module):
                 "mean": self.combine_mean.clone(),
                 "std": self.combine_std.clone(),
                 "log": self.combine_log.clone(),
+                "complexity_stats": self.complexity_stats.clone(),
             },
         }
 
@@ -270,6 +306,7 @@ class Calibration(nn.Module):
             combine.get("mean"),
             combine.get("std"),
             combine.get("log"),
+            combine.get("complexity_stats"),
         )
 
     def extra_repr(self) -> str:

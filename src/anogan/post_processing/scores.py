@@ -5,10 +5,11 @@ CIFAR-10 cars (busy images) the raw AnoGAN score ranks plain anomalies (sky, sea
 normal than cars, worse than chance. Serrà et al. (ICLR 2020, "Input complexity and
 out-of-distribution detection with likelihood-based generative models") subtract the image's
 complexity from the model's score in the log domain: log S − log C, i.e. the score S / C, the
-anomaly score per unit of image detail. ``mapping.correction`` picks the primary score (``auto``:
-whichever ranks the *validation* split better, since the correction helps busy normal classes and
-hurts plain ones such as airplane or ship); the raw score is always reported beside it
-(metrics.json, scores.csv).
+anomaly score per unit of image detail. The opposite case exists too: where the normal class is
+plainer than what is anomalous (CIFAR-10 birds on open sky against the other classes), detail is
+itself evidence, and ``times_complexity`` (S · C, log S + log C) uses it. ``mapping.correction``
+picks the primary score (``auto``: whichever of none, complexity and times_complexity ranks the
+*validation* split best); the raw score is always reported beside it (metrics.json, scores.csv).
 
 A flat image has (almost) no complexity, and S / C would grow without bound (an all-black
 6000×6000 image once scored 3e9). The denominator is therefore floored at ``COMPLEXITY_FLOOR``
@@ -60,3 +61,8 @@ def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.
     """Raw score per unit of complexity (float64), the complexity floored at ``COMPLEXITY_FLOOR``:
     a flat image (complexity 0) scores 255 × its raw score, not an unbounded number."""
     return raw.double() / image_complexity.double().clamp_min(COMPLEXITY_FLOOR)
+
+
+def times_complexity_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
+    """Raw score times complexity (float64): busier images score higher (log S + log C)."""
+    return raw.double() * image_complexity.double()

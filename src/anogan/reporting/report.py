@@ -31,7 +31,7 @@ from anogan.metrics.image import (
 )
 from anogan.metrics.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
 from anogan.post_processing.calibration import Calibration
-from anogan.post_processing.scores import complexity, corrected_score, score_components
+from anogan.post_processing.scores import complexity, corrected_score, score_components, times_complexity_score
 from anogan.reporting.figures import write_example_figures, write_score_figures
 from anogan.utils.io import atomic_write_text
 
@@ -135,7 +135,7 @@ def compute_metrics(
     thresholds: dict | None = None,
 ) -> dict:
     """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
-    made ``table["score"]`` (none or complexity).
+    made ``table["score"]`` (none, complexity or times_complexity).
 
     Thresholds are fitted on the validation rows (``fit_thresholds``: the false-positive-rate one
     at ``target_fpr`` on the validation normals, F1 and Youden when validation has anomalies);
@@ -156,7 +156,7 @@ def compute_metrics(
     chosen = resolve_threshold(thresholds, threshold_rule)
     n_cal = int((label[val] == 0).sum())
     metrics: dict[str, Any] = {
-        "primary_score": "raw_score" if correction == "none" else "complexity_corrected",
+        "primary_score": {"none": "raw_score", "complexity": "complexity_corrected"}.get(correction, correction),
         "correction": correction,
         "threshold": {
             **thresholds,
@@ -198,6 +198,7 @@ def compute_metrics(
     alternatives = {
         "raw_score": raw,
         "complexity_corrected": corrected_score(raw, c),
+        "times_complexity": times_complexity_score(raw, c),
         **{k: torch.from_numpy(table[k]) for k in score_components(table)},
         "complexity_baseline": -c if low_is_anomalous else c,
     }
