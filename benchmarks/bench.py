@@ -546,7 +546,7 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None) -> a
     p.add_argument(
         "--phase-experiments",
         nargs="*",
-        default=["cifar_car_cpu", "cifar_car:mapping.iterations=20"],  # 400 steps x 128 images: too long for a bench
+        default=["cifar_car_cpu_anogan", "cifar_car:mapping.iterations=20"],  # 400 steps x 128 images: too long for a bench
         help="experiments of the per-phase section, each NAME or NAME:override[:override...] (none: skip)",
     )
     p.add_argument("--phase-overrides", nargs="*", default=[], help="Hydra overrides of those experiments (e.g. smaller nets)")

@@ -1,7 +1,7 @@
 """The documentation's pictures of what a person sees, made in a real browser (the system's headless
 Chromium, driven by Playwright; nothing is downloaded):
 
-    python benchmarks/screenshots.py page --ckpt <run folder> --images a.png b.png --out docs/figures/page.png
+    python benchmarks/screenshots.py page --ckpt <run folder> --images a.png b.png --out docs/figures/serve_page.png
     python benchmarks/screenshots.py sweep --sweep-dir <sweep folder> --out docs/figures/sweep_heatmap.png
 
 ``page`` starts ``anogan-serve`` on a free loopback port, opens its page, picks the images through the
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     page = sub.add_parser("page", help="a screenshot of anogan-serve's page with scored images")
     page.add_argument("--ckpt", type=Path, required=True, help="a run folder or its scorer.pt")
     page.add_argument("--images", type=Path, nargs="+", required=True)
-    page.add_argument("--out", type=Path, default=Path("docs/figures/page.png"))
+    page.add_argument("--out", type=Path, default=Path("docs/figures/serve_page.png"))
     sweep = sub.add_parser("sweep", help="the heatmap of a sweep folder")
     sweep.add_argument("--sweep-dir", type=Path, required=True)
     sweep.add_argument("--out", type=Path, default=Path("docs/figures/sweep_heatmap.png"))

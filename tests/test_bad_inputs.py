@@ -271,13 +271,15 @@ def test_good_overrides_pass_the_key_check(tiny_cifar):
         ["~callbacks.sample_grid"],
         ["logger=csv"],
         ["trainer=ddp"],
-        ["experiment=cifar_car_cpu"],
+        ["experiment=cifar_car_cpu_anogan"],
         ["debug=fast"],
         ["+callbacks.checkpoint.save_last=true"],
         ["data.val_subset=2.0"],
         ["data.test_subset=0.5"],
     ):
         assert config_error([*tiny_overrides(tiny_cifar), *extra]) == "", extra
+    tiny_data = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("mapping.")]  # the latent search's keys
+    assert config_error([*tiny_data, "experiment=cifar_car_cpu"]) == ""
     for mapping in ("encoder", "encoder_search"):
         check_config(compose_config(tiny_overrides(tiny_cifar, mapping=mapping)))
 

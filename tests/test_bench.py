@@ -75,10 +75,10 @@ def test_tiny_benchmark_prints_one_json_object_with_every_key(capsys):
     assert {"maps_overhead_latent", "maps_overhead_encoder"} <= set(scorers)
     # per phase: the estimate against the measured cost, and fp32 against bf16-mixed
     phases = result["phases"]
-    assert set(phases) == {"cifar_car_cpu", "cifar_car", "timing"}
-    assert set(phases["cifar_car_cpu"]["estimate_vs_measured"]) == {"gan_batch_s", "encoder_batch_s", "scoring_image_s"}
+    assert set(phases) == {"cifar_car_cpu_anogan", "cifar_car", "timing"}
+    assert set(phases["cifar_car_cpu_anogan"]["estimate_vs_measured"]) == {"gan_batch_s", "encoder_batch_s", "scoring_image_s"}
     assert set(phases["cifar_car"]["estimate_vs_measured"]) == {"gan_batch_s", "scoring_image_s"}  # no encoder
-    for res in phases["cifar_car_cpu"], phases["cifar_car"]:
+    for res in phases["cifar_car_cpu_anogan"], phases["cifar_car"]:
         assert set(res["precision_comparison"]) == {"32-true", "bf16-mixed"}
         for k, v in res["estimate_vs_measured"].items():
             assert v["measured"] > 0 and abs(v["ratio"] - v["estimate"] / v["measured"]) <= 0.005 + 1e-9, k

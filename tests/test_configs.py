@@ -40,23 +40,41 @@ def test_debug_config_composes(tiny_cifar):
 
 
 def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
-    """cifar_car_cpu's scorer is issue 18's choice (E(x) + 5 steps) with issue 26's alpha 0.1; mapping=latent_cpu gives back the
-    200-step search the earlier car table (docs/history.md) used, with none of the hybrid's keys."""
+    """cifar_car_cpu is the recipe chosen on validation (docs/results.md): the geotrans SS-GAN, 15 epochs,
+    one G step, precision auto, scored by D's transformations + features with the correction chosen on
+    validation; cifar_car_cpu_anogan keeps the AnoGAN recipe (E(x) + 5 steps, alpha 0.1), and
+    mapping=latent_cpu gives back the 200-step search with none of the hybrid's keys."""
     from anogan.config.checks import check_config
 
-    cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu", "mapping.iterations=5"])
+    tiny_data = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("mapping.")]  # the latent search's keys
+    cfg = compose_config([*tiny_data, "experiment=cifar_car_cpu"])
+    check_config(cfg)
+    assert cfg.mapping._target_ == "anogan.scorers.DFeatureScorer" and list(cfg.mapping.combine) == [
+        "transformations",
+        "dfeatures",
+    ]
+    assert cfg.mapping.transforms == "geotrans" and cfg.mapping.correction == "auto" and cfg.mapping.maps
+    cfg = compose_config(["experiment=cifar_car_cpu"])
+    assert (cfg.model.self_supervised, cfg.model.g_steps, cfg.trainer.max_epochs, cfg.trainer.precision) == (
+        "geotrans",
+        1,
+        15,
+        "auto",
+    )
+    cfg = compose_config([*tiny_overrides(tiny_cifar), "experiment=cifar_car_cpu_anogan", "mapping.iterations=5"])
     check_config(cfg)
     assert (
         cfg.mapping._target_ == "anogan.scorers.EncoderSearch" and cfg.mapping.alpha == 0.1 and cfg.mapping.correction == "auto"
     )
-    cfg = compose_config(["experiment=cifar_car_cpu"])
+    cfg = compose_config(["experiment=cifar_car_cpu_anogan"])
     assert cfg.mapping.iterations == 5 and cfg.mapping.encoder.epochs == 20
-    # ... and its GAN trains with DiffAugment (docs/gan_training.md); the guidebook's cifar_car and the
+    # ... and both GANs train with DiffAugment (docs/gan_training.md); the guidebook's cifar_car and the
     # WGAN-GP preset (the paper's recipe alone) do not.
     assert cfg.model.diffaugment == "color,translation,cutout"
+    assert compose_config(["experiment=cifar_car_cpu"]).model.diffaugment == "color,translation,cutout"
     assert compose_config(["experiment=cifar_car"]).model.diffaugment is None
     assert compose_config(["experiment=cifar_car_cpu_wgan_gp"]).model.diffaugment is None
-    cfg = compose_config(["experiment=cifar_car_cpu", "mapping=latent_cpu"])
+    cfg = compose_config(["experiment=cifar_car_cpu_anogan", "mapping=latent_cpu"])
     assert (
         cfg.mapping._target_ == "anogan.scorers.LatentMapping" and cfg.mapping.iterations == 200 and "encoder" not in cfg.mapping
     )
@@ -65,6 +83,7 @@ def test_cpu_experiment_has_the_measured_defaults(tiny_cifar):
 def test_sweep_config_holds_the_grid():
     cfg = compose_config(["hparams_search=alpha_latent", "experiment=cifar_car_cpu"])
     assert dict(cfg.hydra.sweeper.params) == {"mapping.alpha": "0.1,0.5,0.9", "model.latent_dim": "64,128"}
+    assert cfg.mapping._target_ == "anogan.scorers.EncoderSearch"  # alpha weighs the AnoGAN score: the hybrid scores
 
 
 def test_every_group_option_is_typed_by_its_schema(tiny_cifar):
