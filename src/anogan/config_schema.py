@@ -41,7 +41,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from anogan.data.cifar10 import CLASSES, PROTOCOLS, class_index
 from anogan.data.duplicates import HASH_BITS, POLICIES
-from anogan.data.images import RESIZE_POLICIES
+from anogan.data.images import ALPHA_RULES, RESIZE_POLICIES
 from anogan.data.splits import IMAGE_SIZES
 from anogan.data.synthetic import METHODS
 from anogan.errors import ConfigError, UserError
@@ -363,6 +363,7 @@ class FolderData(DataCommon):
     normal_test_dir: str | None = MISSING
     normal_test_fraction: float = fraction()
     resize: str = one_of(RESIZE_POLICIES)
+    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
     max_batch_fraction: float | None = rule(
         lambda v: v is None or (is_number(v) and 0.0 < v <= 1.0), "use a fraction in (0, 1], or null for no cap"
     )
@@ -375,6 +376,7 @@ class MVTecData(DataCommon):
     category: str = MISSING
     synthetic_val_anomalies: str | None = one_of((None, *METHODS), f"use null, {' or '.join(METHODS)}")
     synthetic_val_fraction: float = fraction()
+    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
     target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
 
 

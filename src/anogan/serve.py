@@ -9,9 +9,11 @@ Endpoints:
 * ``POST /predict``: one or several images, as multipart form data (one or more fields ``file``;
   optional field ``maps=true``) or as JSON ``{"images": ["<base64 of an image file>", ...],
   "maps": false}``. Answer: ``{"predictions": [{"score", "p_value", "label", "raw_score",
-  "residual", "discrimination", "complexity", "steps"[, "map"]}, ...], "threshold", "rule",
+  "residual", "discrimination", "complexity", "steps", "notes"[, "map"]}, ...], "threshold", "rule",
   "warnings"}`` in the order sent; ``map`` is the anomaly map at the image's own size (H lists of
-  W floats). ``threshold`` is ``null`` where it is infinite (then ``warnings`` says so).
+  W floats); ``notes`` what reading the image interpreted (``anogan.data.notes``), and
+  ``warnings`` one line per such image (its file name: ``"<name>: <notes>"``) then the others.
+  ``threshold`` is ``null`` where it is infinite (then ``warnings`` says so).
 * ``GET /health``: ``ok`` (200) once the scorer is loaded; ``GET /info``: the run's settings.
 
 Every image goes through ``anogan.api.Detector.predict`` (the same preprocessing, inference path
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anogan.cli import parse_key_values
+from anogan.data.notes import line
 from anogan.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
@@ -47,7 +50,6 @@ except ImportError:  # pragma: no cover - depends on the installation
     ls = None
 
 if TYPE_CHECKING:
-    import numpy as np
     from litserve import LitAPI as _LitAPIBase
     from omegaconf import DictConfig
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -261,9 +263,10 @@ class ScorerAPI(_LitAPIBase):
     # LitServe builds the endpoint from these two signatures: decode_request's ``request`` and
     # encode_response's return must stay unannotated (FastAPI's Request and Response).
     def decode_request(self, request):  # type: ignore[no-untyped-def]
-        """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": bool}``, or
-        ``{"error": (status, reason)}``."""
-        from anogan.data.images import load_pixels
+        """JSON dict or multipart form -> ``{"pixels": [anogan.api.ReadImage, ...], "maps": bool}``
+        (read by the run's ``data.alpha``, with their reading notes), or ``{"error": (status, reason)}``."""
+        from anogan.api import ReadImage
+        from anogan.data.images import read_pixels
         from anogan.errors import ImageError
 
         try:
@@ -278,12 +281,12 @@ class ScorerAPI(_LitAPIBase):
             else:
                 maps = _form_flag(request.get("maps", "false"))
                 blobs = [(f.filename or f"file[{i}]", f.file.read()) for i, f in enumerate(request.getlist("file"))]
-            pixels: list[np.ndarray] = []
+            pixels: list[ReadImage] = []
             for name, blob in blobs:
                 if self._too_large(blob):
                     raise BadRequest(413, f"{name}: more than max_pixels={self.max_pixels} pixels")
                 try:
-                    pixels.append(load_pixels(io.BytesIO(blob)))
+                    pixels.append(ReadImage(name, *read_pixels(io.BytesIO(blob), self.detector.alpha)))
                 except ImageError as err:
                     raise BadRequest(400, f"{name}: {err}") from None
             return {"pixels": pixels, "maps": maps}
@@ -305,9 +308,11 @@ class ScorerAPI(_LitAPIBase):
         if valid:
             pixels = [p for r in valid for p in r["pixels"]]
             result = self.detector.predict(pixels, threshold=self.threshold, maps=any(r["maps"] for r in valid))
+            own = [line(row["source"], notes) for row, notes in zip(result.rows, result.notes)]
+            shared = [w for w in result.warnings if w not in own]  # the batch's, not one image's
             start = 0
             for r in valid:
-                rows = []
+                rows, lines = [], [own[k] for k in range(start, start + len(r["pixels"])) if result.notes[k]]
                 for k in range(start, start + len(r["pixels"])):
                     row = {key: result.rows[k][key] for key in result.rows[k] if key != "source"}
                     row["p_value"] = _finite(row["p_value"])
@@ -320,7 +325,7 @@ class ScorerAPI(_LitAPIBase):
                         "predictions": rows,
                         "threshold": _finite(result.threshold),
                         "rule": result.rule,
-                        "warnings": result.warnings,
+                        "warnings": lines + shared,
                     }
                 )
         it = iter(answers)

@@ -24,7 +24,7 @@ from typing import Any, cast
 import hydra
 import lightning as L
 import torch
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -41,7 +41,7 @@ from anogan.config_check import check_config, check_run_environment, group_choic
 from anogan.config_schema import explain_composition_error
 from anogan.dashboard import add_dashboard_layout
 from anogan.data.splits import AnomalyDataModule, after_setup
-from anogan.errors import UserError
+from anogan.errors import UserError, user_error_in
 from anogan.hardware import resolve_precision, warn_if_slow_bf16
 from anogan.inference import run_scorer
 from anogan.io import AtomicCheckpointIO, atomic_write_text
@@ -294,6 +294,8 @@ def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: Calibration, run_d
         "image_size": int(cfg.data.image_size),
         "channels": int(cfg.data.channels),
         "resize": cfg.data.get("resize", "stretch"),
+        "alpha": cfg.data.get("alpha", "black"),  # data=cifar10 reads no file: predict.py flattens on black
+        "downscale": "area",  # anogan.data.images.to_model_input; scorer files without it: bilinear
     }
     provenance = {"run_dir": str(run_dir.resolve()), "gan_source": source, "seed": int(cfg.seed)}
     return save_artifact(run_dir / ARTIFACT, scorer, _arch(cfg), calibration, preprocess, str(cfg.trainer.precision), provenance)
@@ -398,6 +400,11 @@ def _hydra_main(cfg: DictConfig) -> float:
             return run(cfg)
         except UserError as err:
             log.error("%s", err)
+            raise SystemExit(2) from None
+        except InstantiationException as err:  # a setting refused by the target Hydra builds: its own line
+            if (cause := user_error_in(err)) is None:
+                raise
+            log.error("%s", cause)
             raise SystemExit(2) from None
 
 
