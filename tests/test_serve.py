@@ -109,7 +109,7 @@ def _check(answer: dict, expected, indices):
         want = expected.rows[k]
         for key in ("score", "raw_score", "residual", "discrimination", "complexity", "p_value"):
             assert got[key] == pytest.approx(want[key], rel=1e-6), key
-        assert got["label"] == want["label"] and got["steps"] == want["steps"]
+        assert got["label"] == want["label"] and got["steps"] == want["steps"] and got["notes"] == want["notes"]
 
 
 def test_good_requests_get_the_apis_scores(server, pngs):
@@ -124,13 +124,33 @@ def test_good_requests_get_the_apis_scores(server, pngs):
     for got, k in zip(answer["predictions"], [4, 5]):  # the map at the image's own size
         assert np.allclose(np.array(got["map"]), expected.maps[k], rtol=1e-5, atol=1e-7)
     assert answer["rule"] == expected.rule
-    assert answer["warnings"] == expected.warnings  # the calibration's unreachable-threshold warning, if any
+    shared = [w for w in expected.warnings if not w.startswith("input[")]  # the calibration's, if any
+    resized = [f"images[{i}]: {expected.rows[k]['notes']}" for i, k in enumerate([4, 5])]  # this request's images only
+    assert answer["warnings"] == resized + shared
     if expected.threshold == float("inf"):
         assert answer["threshold"] is None and "infinite" in answer["warnings"][0]
     else:
         assert answer["threshold"] == pytest.approx(expected.threshold)
     info = requests.get(f"{server}/info", timeout=10).json()["model"]
     assert info["image_size"] == 32 and info["scorer"] == "LatentMapping"
+
+
+def test_a_warned_file_carries_its_warning(server, fitted_run):
+    from PIL import Image
+
+    rgba = np.dstack([np.full((32, 32, 3), 120, np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[:, 16:, 3] = 0
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    answer = requests.post(f"{server}/predict", files=[("file", ("clear.png", buf.getvalue(), "image/png"))], timeout=120)
+    assert answer.status_code == 200, answer.text
+    note = "transparency flattened on black (50% of pixels not opaque)"
+    (row,) = answer.json()["predictions"]
+    assert row["notes"] == note and answer.json()["warnings"][0] == f"clear.png: {note}"
+    flat = rgba[..., :3].copy()
+    flat[:, 16:] = 0
+    want = anogan.load(fitted_run.run_dir, device="cpu").predict(flat).rows[0]["score"]
+    assert row["score"] == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize(
