@@ -376,7 +376,7 @@ class Detector:
         warnings = [read_notes.line(item.source, n) for item, n in zip(items, notes) if n] + list(post["warnings"])
         if maps:
             if "map" in results:
-                input_maps = results["map"].float()
+                input_maps = results["map"].float().cpu()
                 out_maps = [self.map_at_size(results["map"][i], item.pixels.shape[:2]) for i, item in enumerate(items)]
             else:
                 warnings.append("this run's scorer computes no anomaly maps (mapping.maps=false): maps is None")
