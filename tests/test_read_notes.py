@@ -65,14 +65,15 @@ def _palette(tmp_path):
 def _float_tiff(tmp_path):
     grey = _grey()
     Image.fromarray((grey / 255.0).astype(np.float32)).save(tmp_path / "float.tif")
-    Image.fromarray(grey).save(tmp_path / "float_plain.png")
+    Image.fromarray(np.dstack([grey] * 3)).save(tmp_path / "float_plain.png")  # as the colour model sees it
     return tmp_path / "float.tif", tmp_path / "float_plain.png", "float pixels taken as intensity in [0, 1] (× 255)"
 
 
 def _low_16_bit(tmp_path):
     values = (_grey().astype(np.float64) * 1000 / 255).round().astype(np.uint16)  # 0..1000 of 65535
     Image.fromarray(values).save(tmp_path / "low16.png")
-    Image.fromarray(np.rint(values * 255.0 / 65535).astype(np.uint8)).save(tmp_path / "low16_plain.png")  # as stored
+    stored = np.rint(values * 255.0 / 65535).astype(np.uint8)  # as stored
+    Image.fromarray(np.dstack([stored] * 3)).save(tmp_path / "low16_plain.png")
     top = int(values.max())
     return tmp_path / "low16.png", tmp_path / "low16_plain.png", f"16-bit values only reach {top} of 65535 (under 1/16"
 
@@ -81,7 +82,7 @@ def _gif(tmp_path):
     first, second = _grey(), 255 - _grey()
     frames = [Image.fromarray(first), Image.fromarray(second)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    Image.fromarray(np.asarray(Image.open(tmp_path / "anim.gif").convert("L"))).save(tmp_path / "anim_plain.png")
+    Image.open(tmp_path / "anim.gif").convert("RGB").save(tmp_path / "anim_plain.png")
     return tmp_path / "anim.gif", tmp_path / "anim_plain.png", "first of 2 frames used"
 
 
