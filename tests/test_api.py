@@ -111,9 +111,10 @@ def test_predictions_table_maps_rules_and_warnings(fitted, evaluation):
     cut = float(np.median(youden.column("score")))
     numbered = detector.predict(big, threshold=cut)
     assert numbered.threshold == cut and list(numbered.column("label")) == [int(s >= cut) for s in numbered.column("score")]
-    assert not numbered.warnings
+    resized = [f"input[{i}]: resized from 40×48 to 32×32 (stretched to a square, bilinear, antialiased)" for i in (0, 1)]
+    assert numbered.warnings == resized and list(numbered.column("notes")) == [w.split(": ", 1)[1] for w in resized]
     inf = detector.predict(big, threshold=float("inf"))
-    assert list(inf.column("label")) == [0, 0] and len(inf.warnings) == 1 and "infinite" in inf.warnings[0]
+    assert list(inf.column("label")) == [0, 0] and len(inf.warnings) == 3 and "infinite" in inf.warnings[2]
 
 
 def test_in_memory_images_follow_the_file_rules(tmp_path):
@@ -132,11 +133,11 @@ def test_in_memory_images_follow_the_file_rules(tmp_path):
     "bad, message",
     [
         (np.zeros((8, 8), np.int32), "dtype int32"),
-        (np.full((8, 8, 3), 2.0, np.float32), "must lie in [0, 1]"),
+        (np.full((8, 8, 3), 2.0, np.float32), "float pixels outside [0, 1] (they span [2, 2]): divide 8-bit values by 255"),
         (np.full((8, 8), np.nan), "NaN"),
         (np.zeros((2, 8, 8, 3), np.uint8), "is not an image"),
         (np.zeros((0, 8), np.uint8), "0 pixels"),
-        (torch.zeros(2, 5, 8, 8), "not an image batch"),
+        (torch.zeros(2, 5, 8, 8), "a tensor of shape (2, 5, 8, 8) is not an image: tensors are C×H×W or N×C×H×W"),
         ({"image": 1}, "a dict is not an image"),
         ("/nonexistent/x.png", "does not exist"),
     ],

@@ -298,3 +298,15 @@ def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
         w in message
         for w in ("data.root", "cifar-10-batches-py", "data.download=true", "internet", "data.verify_checksums=false")
     )
+
+
+def test_a_setting_refused_while_hydra_instantiates_its_target_is_one_line(tiny_cifar, tmp_path):
+    """``mapping=transformations`` on a D without a transformation head: the scorer's own message
+    (not Hydra's "Error in call to target ... HYDRA_FULL_ERROR" wrapper), exit code 2."""
+    overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="transformations")
+    proc = _run([o for o in overrides if not o.startswith("model.self_supervised")])  # a plain D: no head
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert "Error in call to target" not in out and "HYDRA_FULL_ERROR" not in out, out[-2000:]
+    assert len(errors) == 1 and "mapping=transformations needs a discriminator with a transformation head" in errors[0], errors

@@ -167,8 +167,10 @@ def test_every_file_found_is_used_or_skipped_with_its_reason(tmp_path, caplog):
     assert m["resize"] == "stretch" and len(dm.train_set) + len(dm.eval_set) == readable
     summaries = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert summaries == [
-        f"skipped 6 of {readable + 6} files: 2 looping symlink, 1 broken symlink, 1 duplicate, 1 not an image, 1 unreadable; see splits.json"
+        f"{readable} of {readable} images read with interpretation: 1 frames, 1 channels, {readable} resized; see splits.json read_notes",
+        f"skipped 6 of {readable + 6} files: 2 looping symlink, 1 broken symlink, 1 duplicate, 1 not an image, 1 unreadable; see splits.json",
     ]
+    assert m["read_notes"]["counts"] == {"frames": 1, "channels": 1, "resized": readable}
     # the 16-bit gradient is read as a gradient, not as 255 wherever it is not 0
     g16 = m["files"].index("normal/g16.png")
     where = dm.train_set if g16 in dm.train_set.ids.tolist() else dm.eval_set

@@ -118,7 +118,10 @@ def test_32_bit_float_tiff_in_unit_range_and_beyond(tmp_path):
     assert load_pixels(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 64, 128, 255]  # round(v * 255)
     wide = np.array([[-10.0, 0.0, 10.0, 30.0]], dtype=np.float32)
     Image.fromarray(wide).save(tmp_path / "w.tif")
-    assert load_pixels(tmp_path / "w.tif")[0, :, 0].tolist() == [0, 64, 128, 255]  # min-max per image
+    with pytest.raises(
+        ImageError, match=r"float pixels outside \[0, 1\] \(they span \[-10, 30\]\): save the values divided by 255"
+    ):
+        load_pixels(tmp_path / "w.tif")  # the rule of float arrays: brightness is never stretched away
     nan = np.array([[0.0, np.nan]], dtype=np.float32)
     Image.fromarray(nan).save(tmp_path / "nan.tif")
     with pytest.raises(ImageError, match="NaN"):

@@ -68,7 +68,7 @@ def test_predict_reproduces_the_runs_test_scores(scorer, request, tmp_path):
     _check_rows(result["rows"], rows, chosen)
     with open(tmp_path / "pred.csv") as f:
         written = list(csv.DictReader(f))
-    columns = ["path", "score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps"]
+    columns = ["path", "score", "p_value", "label", "raw_score", "residual", "discrimination", "complexity", "steps", "notes"]
     assert list(written[0]) == columns and len(written) == len(chosen)
 
 

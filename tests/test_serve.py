@@ -126,7 +126,7 @@ def _check(answer: dict, expected, indices):
         want = expected.rows[k]
         for key in ("score", "raw_score", "residual", "discrimination", "complexity", "p_value"):
             assert got[key] == pytest.approx(want[key], rel=1e-6), key
-        assert got["label"] == want["label"] and got["steps"] == want["steps"]
+        assert got["label"] == want["label"] and got["steps"] == want["steps"] and got["notes"] == want["notes"]
 
 
 def test_good_requests_get_the_apis_scores(server, pngs):
@@ -145,9 +145,11 @@ def test_good_requests_get_the_apis_scores(server, pngs):
     _check(answer, expected, [4, 5])
     assert all(np.array(got["map"]).shape == (32, 32) for got in answer["predictions"])
     assert answer["rule"] == expected.rule
-    assert answer["warnings"] == expected.warnings  # the calibration's unreachable-threshold warning, if any
+    shared = [w for w in expected.warnings if not w.startswith("input[")]  # the calibration's, if any
+    resized = [f"images[{i}]: {expected.rows[k]['notes']}" for i, k in enumerate([4, 5])]  # this request's images only
+    assert answer["warnings"] == resized + shared
     if expected.threshold == float("inf"):
-        assert answer["threshold"] is None and "infinite" in answer["warnings"][0]
+        assert answer["threshold"] is None and "infinite" in answer["warnings"][-1]
     else:
         assert answer["threshold"] == pytest.approx(expected.threshold)
     info = requests.get(f"{server}/info", timeout=10).json()["model"]
@@ -191,17 +193,23 @@ def test_maps_png_gives_the_pictures_of_the_apis_prediction(server, pngs, fitted
         want = ((full.reconstructions[k].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(int)
         assert generated.shape == (32, 32, 3) and np.abs(generated - want).max() <= 1  # G(z) of the same z
     bad = requests.post(f"{server}/predict", files=files[:1], data={"maps": "jpeg"}, timeout=60)
-    assert bad.status_code == 400 and bad.json()["detail"] == "maps='jpeg': use true, false or png"
+    assert bad.status_code == 400 and bad.json()["detail"] == (
+        "maps='jpeg': use true (the model's resolution), false, full (the image's own size) or png"
+    )
 
 
-def test_the_page_and_the_run_facts_are_served(server, fitted_run):
+def test_the_page_and_the_run_facts_are_served(server, scorer_copy, fitted_run):
+    from anogan.deploy.page import run_facts
+
     page = requests.get(f"{server}/", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="files"' in page.text and "/static/page.js" in page.text
     script = requests.get(f"{server}/static/page.js", timeout=10)
     assert script.status_code == 200 and 'append("maps", "png")' in script.text
     assert "http" not in script.text.replace("HTTP ", "")  # nothing from outside the server
-    run = requests.get(f"{server}/info", timeout=10).json()["model"]["run"]
+    served = requests.get(f"{server}/info", timeout=10).json()["model"]["run"]
+    assert served == run_facts(scorer_copy)  # the module's server serves a copy outside the run folder
+    run = run_facts(fitted_run.run_dir / "scorer.pt")  # the facts of a scorer file in its run folder
     metrics = fitted_run.metrics
     assert run["normal_data"] == "CIFAR-10 class automobile (CIFAR10AnomalyDataModule)"
     assert run["val_auroc"] == metrics["val"]["auroc"] and run["val_auroc_ci"] == metrics["val"]["auroc_ci"]
@@ -216,6 +224,24 @@ def test_run_facts_of_a_scorer_copied_alone(fitted_run, tmp_path):
     shutil.copy(fitted_run.run_dir / "scorer.pt", tmp_path / "scorer.pt")
     facts = run_facts(tmp_path / "scorer.pt")
     assert facts["run_folder"] is None and facts["val_auroc"] is None and facts["normal_data"] is None
+
+
+def test_a_warned_file_carries_its_warning(server, fitted_run):
+    from PIL import Image
+
+    rgba = np.dstack([np.full((32, 32, 3), 120, np.uint8), np.full((32, 32), 255, np.uint8)])
+    rgba[:, 16:, 3] = 0
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    answer = requests.post(f"{server}/predict", files=[("file", ("clear.png", buf.getvalue(), "image/png"))], timeout=120)
+    assert answer.status_code == 200, answer.text
+    note = "transparency flattened on black (50% of pixels not opaque)"
+    (row,) = answer.json()["predictions"]
+    assert row["notes"] == note and answer.json()["warnings"][0] == f"clear.png: {note}"
+    flat = rgba[..., :3].copy()
+    flat[:, 16:] = 0
+    want = anogan.load(fitted_run.run_dir, device="cpu").predict(flat).rows[0]["score"]
+    assert row["score"] == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,14 @@ config (``PredictConfig``, ``anogan.config.arguments``).
 Output (default ``<run folder>/predictions/<input name>.csv``; never the current folder): path,
 score (the run's primary score), p_value (conformal, against the validation normals), label
 (1 = anomalous at the threshold), raw_score, the scorer's components (residual, discrimination; or
-transformations, dfeatures, dpatches for the scorers that read D), complexity, steps. With
-``maps=true``: per image the anomaly map at the image's own size as ``.npy`` (float32) and an
-overlay PNG in ``<csv name>_maps/``; with ``save_images=true``: original | G(z) | |x − G(z)| PNGs.
-Files that cannot be read are skipped and listed with their reason; they never stop the batch.
+transformations, dfeatures, dpatches for the scorers that read D), complexity, steps, notes (what
+reading the image interpreted: transparency flattened, a float range assumed, a low 16-bit range,
+frames dropped, channels converted, a resize; ``anogan.data.notes``). The log says it too: one line
+for a single image, one summary line (counts per kind) for a folder. With ``maps=true``: per image the
+anomaly map at the image's own size as ``.npy`` (float32) and an overlay PNG in ``<csv name>_maps/``,
+drawn over the model's own input (the pixels scored, at the model's size); with
+``save_images=true``: original | G(z) | |x − G(z)| PNGs. Files that cannot be read are skipped and
+listed with their reason; they never stop the batch.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from anogan.config.arguments import parse_key_values
+from anogan.data import notes as read_notes
 from anogan.deploy.api import Detector, load
 from anogan.engine.artifact import resolve_path
 from anogan.utils.errors import InputError, PredictError, UserError
@@ -85,18 +91,21 @@ def _name(path: Path, root: Path) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def _write_maps(folder: Path, name: str, image_path: Path, full: np.ndarray, vmax: float) -> None:
-    """The map at the image's own size as .npy, and an overlay PNG."""
+def _write_maps(
+    folder: Path, name: str, model_input: torch.Tensor, input_map: torch.Tensor, full: np.ndarray, vmax: float
+) -> None:
+    """The map at the image's own size (``full``) as .npy, and an overlay PNG: ``input_map`` (S×S)
+    over the model's own input (uint8 C×S×S, the pixels scored)."""
     from matplotlib import colormaps
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    with Image.open(image_path) as img:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    pixels = model_input.permute(1, 2, 0).numpy()
+    rgb = Image.fromarray(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
     tmp = folder / f".{name}.npy.tmp"
     with open(tmp, "wb") as f:
         np.save(f, full.astype(np.float32))
     os.replace(tmp, folder / f"{name}.npy")
-    heat = (colormaps["jet"](np.clip(full / max(vmax, 1e-12), 0, 1))[..., :3] * 255).astype(np.uint8)
+    heat = (colormaps["jet"](np.clip(input_map.numpy() / max(vmax, 1e-12), 0, 1))[..., :3] * 255).astype(np.uint8)
     overlay = Image.blend(rgb, Image.fromarray(heat), 0.45)
     tmp = folder / f".{name}_overlay.png.tmp"
     overlay.save(tmp, format="PNG")
@@ -145,12 +154,12 @@ def predict(
         log.warning("skipping %d file(s) that cannot be used (listed at the end)", len(result.skipped))
     rows = [{"path": row["source"], **{k: row[k] for k in result.columns}} for row in result.rows]
     paths = [Path(row["path"]) for row in rows]
-    if result.maps:
+    if result.maps and result.model_maps is not None:
         folder = out.with_name(out.stem + "_maps")
         folder.mkdir(parents=True, exist_ok=True)
         vmax = float(np.quantile(np.concatenate([m.ravel() for m in result.maps])[:10_000_000], 0.99))
-        for path, full in zip(paths, result.maps):
-            _write_maps(folder, _name(path, root), path, full, vmax)
+        for i, (path, full) in enumerate(zip(paths, result.maps)):
+            _write_maps(folder, _name(path, root), result.inputs[i], result.model_maps[i], full, vmax)
     if save_images and result.reconstructions is not None:
         from anogan.reporting.figures import reconstruction_grid
         from anogan.utils.io import atomic_save_image
@@ -162,8 +171,16 @@ def predict(
             grid = reconstruction_grid(x[i : i + 1], result.reconstructions[i : i + 1])
             atomic_save_image(grid, folder / f"{_name(path, root)}.png")
     write_csv(rows, result.columns, out)
+    noted = [(row["path"], notes) for row, notes in zip(rows, result.notes) if notes]
+    input_lines = {read_notes.line(path, notes) for path, notes in noted}
+    if root.is_dir() and len(noted) > 1:  # a folder: one line, counts per kind
+        log.warning("%s", read_notes.summary(result.notes, f"see the notes column of {out}"))
+    else:
+        for path, notes in noted:
+            log.warning("%s", read_notes.line(path, notes))
     for warning in result.warnings:
-        log.warning("%s", warning)
+        if warning not in input_lines:
+            log.warning("%s", warning)
     t = result.threshold
     n_anom = sum(1 for r in rows if r["label"] == 1)
     log.info(

@@ -35,6 +35,10 @@ DUPLICATE_POLICIES = ("drop", "refuse", "keep")
 HASH_BITS = 64  # average_hash: 8 x 8 cells
 # data.resize (folder / MVTec images of another size)
 RESIZE_POLICIES = ("stretch", "crop", "pad")
+# data.alpha: how transparency is flattened
+ALPHA_RULES = ("black", "white", "refuse")
+# the whole-factor downscale a scorer file records: block average, or bilinear as any other size
+DOWNSCALES = ("area", "bilinear")
 # data.image_size: square model input sizes (pixels) the DCGAN networks are built for
 IMAGE_SIZES = (32, 64, 128)
 # data.synthetic.method

@@ -40,6 +40,7 @@ from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from anogan.config.choices import (
+    ALPHA_RULES,
     CLASSES,
     CORESETS,
     CORRECTIONS,
@@ -369,6 +370,7 @@ class FolderData(DataCommon):
     normal_test_dir: str | None = MISSING
     normal_test_fraction: float = fraction()
     resize: str = one_of(RESIZE_POLICIES)
+    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
     max_batch_fraction: float | None = rule(
         lambda v: v is None or (is_number(v) and 0.0 < v <= 1.0), "use a fraction in (0, 1], or null for no cap"
     )
@@ -381,6 +383,7 @@ class MVTecData(DataCommon):
     category: str = MISSING
     synthetic_val_anomalies: str | None = one_of((None, *METHODS), f"use null, {' or '.join(METHODS)}")
     synthetic_val_fraction: float = fraction()
+    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
     target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
 
 

@@ -50,8 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anogan.data import notes as read_notes
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, group_units
-from anogan.data.images import list_images, read_image, read_images, read_mask, to_model_input
+from anogan.data.images import check_alpha, list_images, read_image, read_images, read_mask, to_model_input
 from anogan.data.splits import (
     AnomalyDataModule,
     AnomalySplit,
@@ -186,10 +187,13 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         target_fpr: float | None = None,
         duplicates: str = "drop",
         near_duplicates: int | None = None,
+        alpha: str = "black",
     ):
         super().__init__()
         self.save_hyperparameters()
         # the settings' ranges: anogan.config.schema.FolderData
+        check_alpha(alpha)
+        self._read_notes: tuple[list[str], list[list[read_notes.Note]]] = ([], [])  # every file read: (path, notes)
         if abnormal_dir is None or abnormal_dir == "":
             self.abnormal_dirs: list[str] = []
         else:
@@ -243,9 +247,11 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         ``skipped`` with its reason."""
         hp = self.hparams
         paths, listing_skips = list_images(folder, seen)
-        kept, images, digests, unreadable = read_images(paths, hp.image_size, hp.channels, hp.resize)
+        kept, images, digests, unreadable, notes = read_images(paths, hp.image_size, hp.channels, hp.resize, hp.alpha)
         for entry in unreadable:
             log.debug("skipping %s: %s", entry["file"], entry["reason"])
+        self._read_notes[0].extend(str(p) for p in kept)
+        self._read_notes[1].extend(notes)
         skipped += listing_skips + unreadable
         return kept, images, digests
 
@@ -445,7 +451,11 @@ class FolderAnomalyDataModule(AnomalyDataModule):
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
             "duplicates": check.manifest({"train": fit, "val": val_ids, "test": test_ids}),
             "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
+            "alpha": hp.alpha,
+            "read_notes": read_notes.manifest_entry([rel(Path(f)) for f in self._read_notes[0]], self._read_notes[1]),
         }
+        if line := read_notes.summary(self._read_notes[1], "see splits.json read_notes"):
+            log.warning("%s", line)
         if skipped:
             kinds = Counter(_reason_kind(s["reason"]) for s in skipped)
             in_files = kinds["not in the subset"] + self.manifest["duplicates"]["dropped"]  # these files are in files too

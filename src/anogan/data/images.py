@@ -12,22 +12,27 @@ Which files (``list_images``)
     * a second path to a file already listed (a symlink or hard link to it, a folder reached twice):
       skipped as a duplicate; the real path is preferred over the symlink.
 
-How pixels are read (``load_pixels``)
-    * first frame of multi-page (TIFF) and animated (GIF, WEBP, APNG) files;
+How pixels are read (``read_pixels``; ``load_pixels`` without the notes)
+    Whatever the reader has to interpret is returned as a ``Note`` (``anogan.data.notes``) beside
+    the pixels, so that every consumer can say it once per input.
+
+    * first frame of multi-page (TIFF) and animated (GIF, WEBP, APNG) files (a note: frames dropped);
     * EXIF orientation applied (``ImageOps.exif_transpose``), so a phone photo stands upright;
     * grey modes (``1``, ``L``, ``LA``, ``I;16*``, ``I``, ``F``) give 1 channel, everything else 3 (RGB);
     * 8-bit data is used as is; 16-bit (``I;16``, ``I;16L``, ``I;16B``) is scaled by its bit depth:
       ``round(v * 255 / 65535)`` (65535 -> 255, 32768 -> 128; a gradient stays a gradient, nothing is
-      clipped). 16-bit colour PNGs are read by Pillow as 8-bit RGB (high byte);
+      clipped). Values all under ``LOW_16_BIT`` (1/16 of the range) are kept as stored, with a note.
+      16-bit colour PNGs are read by Pillow as 8-bit RGB (high byte);
     * 32-bit integer ``I``: if every value lies in [0, 65535] it is taken as 16-bit data (as above);
-      otherwise it is min-max scaled to [0, 255] per image;
-    * 32-bit float ``F``: if every value lies in [0, 1] it is taken as intensity in [0, 1]
-      (``round(v * 255)``); otherwise it is min-max scaled to [0, 255] per image. NaN or infinite
-      pixels make the file unusable (skipped). A constant image under min-max becomes all 0.
-      Per-image min-max loses absolute brightness: store such data as 16-bit or [0, 1] floats if
-      brightness matters for your anomalies;
-    * alpha (``LA``, ``RGBA``, ``PA``, palette or grey/RGB with a transparent colour) is composited
-      on black: ``round(value * alpha / 255)``; fully transparent pixels become 0;
+      otherwise it is min-max scaled to [0, 255] per image (a note);
+    * 32-bit float ``F``: the rule of float arrays (``pixels_from_array``): values in [0, 1] are
+      intensity, ``round(v * 255)`` (a note: the range is assumed); any value outside [0, 1], NaN or
+      infinity makes the file unusable (skipped, the fix in the reason);
+    * alpha (``LA``, ``RGBA``, ``PA``, palette or grey/RGB with a transparent colour) is flattened by
+      the ``alpha`` rule (``data.alpha``): ``black``: ``round(value * alpha / 255)``; ``white``:
+      ``round((value * alpha + 255 * (255 - alpha)) / 255)``; ``refuse``: a file with any pixel not
+      fully opaque is unusable. A note says how many pixels were not opaque; a fully opaque alpha
+      channel changes nothing and is not noted;
     * palette (``P``) images are expanded to RGB; CMYK / YCbCr are converted to RGB by Pillow.
 
 Non-square images (``make_square``, the ``data.resize`` policy)
@@ -37,7 +42,12 @@ Non-square images (``make_square``, the ``data.resize`` policy)
     * ``pad``: the image is centred on a black (``PAD_FILL`` = 0) square of side max(H, W) (offset
       ``(side - H) // 2``, ``(side - W) // 2``), then resized.
 
-Then ``to_model_input`` gives the model its input exactly as the CIFAR-10 module does.
+Then ``to_model_input`` gives the model its input: channels converted to the model's, and resized
+to size x size. Downscaling by whole factors (each side of the squared image a multiple of the size)
+averages each block of factor x factor pixels (``downscale="area"``: the least lossy resize, a 2x
+nearest-neighbour copy comes back exactly); any other size is resized bilinear, antialiased
+(``"bilinear"``, the only rule of scorer files written before ``area`` existed). ``model_input_notes``
+says what this did to an input of a given shape.
 """
 
 from __future__ import annotations
@@ -56,8 +66,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.config.choices import RESIZE_POLICIES
+from anogan.config.choices import ALPHA_RULES, RESIZE_POLICIES
 from anogan.data.duplicates import pixel_digest
+from anogan.data.notes import Note
 from anogan.utils.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from PIL import Image
 
+LOW_16_BIT = 65536 // 16  # 16-bit images whose values all lie under this are noted (kept as stored)
 # Larger images are read reduced by an integer factor (bounded memory; the model sees <= 128 px).
 MAX_DECODE_PIXELS = 4096 * 4096
 EXIF_ORIENTATION = 0x0112
@@ -104,6 +116,13 @@ NOT_IMAGE_SUFFIXES = frozenset(
     }
 )
 GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def check_alpha(alpha: str) -> str:
+    """``alpha`` if it is a known rule, else ``DataError`` naming ``data.alpha`` and the choices."""
+    if alpha not in ALPHA_RULES:
+        raise DataError(f"data.alpha={alpha!r} is not a rule: use one of {', '.join(ALPHA_RULES)}.")
+    return alpha
 
 
 def check_resize(resize: str) -> str:
@@ -199,36 +218,75 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     return _scale(values.astype(np.float64) - low, high - low)
 
 
-def _on_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    out = np.rint(colour.astype(np.float64) * (alpha.astype(np.float64)[..., None] / 255.0))
-    return out.astype(np.uint8)
+def _flatten(colour: np.ndarray, alpha: np.ndarray, rule: str) -> tuple[np.ndarray, list[Note]]:
+    """``colour`` (uint8 H×W×C) flattened by its ``alpha`` (uint8 H×W) on black or white (module
+    docstring); ``ImageError`` for ``refuse`` when any pixel is not fully opaque."""
+    see_through = alpha < 255
+    if not see_through.any():
+        return colour, []
+    share = f"{100 * float(see_through.mean()):.3g}% of pixels not opaque"
+    if rule == "refuse":
+        raise ImageError(
+            f"transparent pixels ({share}; data.alpha=refuse): flatten the image yourself, or use data.alpha=black or white"
+        )
+    a = alpha.astype(np.float64)[..., None]
+    background = 255.0 * (255.0 - a) if rule == "white" else 0.0
+    out = np.rint((colour.astype(np.float64) * a + background) / 255.0).astype(np.uint8)
+    return out, [Note("transparency", f"transparency flattened on {rule} ({share})")]
 
 
-def _to_uint8(img: Image.Image) -> np.ndarray:
-    """A loaded Pillow image as uint8 H×W×C (C = 1 for grey modes, else 3), by the module's rules."""
+def _from_16_bit(values: np.ndarray) -> tuple[np.ndarray, list[Note]]:
+    """16-bit data scaled by its depth, with a note when every value lies under ``LOW_16_BIT``."""
+    top = int(values.max()) if values.size else 0
+    notes = []
+    if top < LOW_16_BIT:
+        notes.append(
+            Note(
+                "low 16-bit range",
+                f"16-bit values only reach {top} of 65535 (under 1/16 of the range): kept as stored (÷ 65535: dark)",
+            )
+        )
+    return _scale(values, 65535)[..., None], notes
+
+
+def float_range_reason(low: float, high: float, fix: str) -> str:
+    """The reason a float image outside [0, 1] is refused; [-1, 1] data gets the hint ``(x + 1) / 2``."""
+    if low >= -1.0 and high <= 1.0:
+        fix = "for data in [-1, 1] use (x + 1) / 2"
+    return f"float pixels outside [0, 1] (they span [{low:.4g}, {high:.4g}]): {fix}"
+
+
+def _to_uint8(img: Image.Image, alpha: str = "black") -> tuple[np.ndarray, list[Note]]:
+    """A loaded Pillow image as uint8 H×W×C (C = 1 for grey modes, else 3), by the module's rules,
+    with the notes of what was interpreted."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return _scale(np.asarray(img), 65535)[..., None]
+        return _from_16_bit(np.asarray(img))
     if mode == "I":
         values = np.asarray(img)
-        in_16_bit = values.size and values.min() >= 0 and values.max() <= 65535
-        return (_scale(values, 65535) if in_16_bit else _min_max(values))[..., None]
+        if not values.size or (values.min() >= 0 and values.max() <= 65535):
+            return _from_16_bit(values)
+        span = f"{int(values.min())}..{int(values.max())}"
+        note = Note("32-bit range", f"32-bit integer values {span} min-max scaled to 0..255 (absolute brightness lost)")
+        return _min_max(values)[..., None], [note]
     if mode == "F":
         values = np.asarray(img)
         if not np.isfinite(values).all():
             raise ImageError("unreadable (float image with NaN or infinite pixel values)")
-        in_unit = values.size and values.min() >= 0.0 and values.max() <= 1.0
-        return (_scale(values, 1.0) if in_unit else _min_max(values))[..., None]
+        lowest, highest = float(values.min()), float(values.max())
+        if lowest < 0.0 or highest > 1.0:
+            raise ImageError(float_range_reason(lowest, highest, "save the values divided by 255 (or as 8- or 16-bit integers)"))
+        return _scale(values, 1.0)[..., None], [Note("float range", "float pixels taken as intensity in [0, 1] (× 255)")]
     has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
     if mode in ("1", "L", "LA", "La"):
         if not has_alpha:
-            return np.asarray(img.convert("L"))[..., None]
+            return np.asarray(img.convert("L"))[..., None], []
         grey_alpha = np.asarray(img.convert("LA"))
-        return _on_black(grey_alpha[..., :1], grey_alpha[..., 1])
+        return _flatten(grey_alpha[..., :1], grey_alpha[..., 1], alpha)
     if has_alpha:
         rgba = np.asarray(img.convert("RGBA"))
-        return _on_black(rgba[..., :3], rgba[..., 3])
-    return np.asarray(img.convert("RGB"))
+        return _flatten(rgba[..., :3], rgba[..., 3], alpha)
+    return np.asarray(img.convert("RGB")), []
 
 
 def _reduce_factor(width: int, height: int) -> int:
@@ -263,19 +321,26 @@ def _reduced(img: Image.Image, factor: int) -> Image.Image:
     return img.transpose(method[orientation]) if orientation in method else img
 
 
-def _upright_pixels(img: Image.Image) -> np.ndarray:
-    """A loaded Pillow image as uint8 H×W×C: reduced when above ``MAX_DECODE_PIXELS`` (``_reduced``),
-    EXIF orientation applied, then ``_to_uint8``."""
+def _upright_pixels(img: Image.Image, alpha: str) -> tuple[np.ndarray, list[Note]]:
+    """A loaded Pillow image (its first frame) as uint8 H×W×C: reduced when above
+    ``MAX_DECODE_PIXELS`` (``_reduced``), EXIF orientation applied, then ``_to_uint8``; with the notes
+    (frames dropped first)."""
     from PIL import ImageOps
 
+    frames = int(getattr(img, "n_frames", 1) or 1)
     factor = _reduce_factor(*img.size)
-    return _to_uint8(_reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img))
+    pixels, notes = _to_uint8(_reduced(img, factor) if factor > 1 else ImageOps.exif_transpose(img), alpha)
+    if frames > 1:
+        notes = [Note("frames", f"first of {frames} frames used"), *notes]
+    return pixels, notes
 
 
-def load_pixels(path: str | Path | BinaryIO) -> np.ndarray:
-    """The first frame of an image file (a path, or a binary file object) as uint8 H×W×C (C = 1 grey or 3 colour), EXIF orientation
-    applied, bit depth and alpha handled as the module docstring says. Raises ``ImageError`` (the
-    reason) when Pillow cannot open or decode the file.
+def read_pixels(path: str | Path | BinaryIO, alpha: str = "black") -> tuple[np.ndarray, list[Note]]:
+    """The first frame of an image file (a path, or a binary file object) as uint8 H×W×C (C = 1 grey
+    or 3 colour), EXIF orientation applied, bit depth and alpha (the ``alpha`` rule) handled as the
+    module docstring says, with the notes of what was interpreted (``anogan.data.notes``). Raises
+    ``ImageError`` (the reason) when Pillow cannot open or decode the file, or its pixels cannot be
+    used (floats outside [0, 1], transparency under ``alpha="refuse"``).
 
     Memory is bounded: an image of more than ``MAX_DECODE_PIXELS`` pixels is read reduced by the
     smallest integer factor that brings it under the limit (JPEG: decoded at 1/2, 1/4 or 1/8 scale
@@ -295,7 +360,7 @@ def load_pixels(path: str | Path | BinaryIO) -> np.ndarray:
                     scale = min(8, 1 << (factor - 1).bit_length())  # draft scales: 1/2, 1/4, 1/8
                     img.draft(img.mode, (-(-img.width // scale), -(-img.height // scale)))
                 img.load()
-                pixels = _upright_pixels(img)
+                pixels, notes = _upright_pixels(img, alpha)
         except ImageError:
             raise
         except UnidentifiedImageError:
@@ -309,65 +374,88 @@ def load_pixels(path: str | Path | BinaryIO) -> np.ndarray:
                 log.warning("%s: %s (%s)", path, w.message, w.category.__name__)
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError("unreadable (empty image: 0 pixels)")
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels), notes
 
 
-def pixels_from_pil(img: Image.Image) -> np.ndarray:
+def load_pixels(path: str | Path | BinaryIO, alpha: str = "black") -> np.ndarray:
+    """``read_pixels`` without the notes: the pixels only."""
+    return read_pixels(path, alpha)[0]
+
+
+def read_pil(img: Image.Image, alpha: str = "black") -> tuple[np.ndarray, list[Note]]:
     """A Pillow image made or opened in memory as uint8 H×W×C by the same steps as a file
-    (``load_pixels``): first frame, reduced above ``MAX_DECODE_PIXELS``, EXIF orientation, bit depth,
-    alpha on black. Raises
-    ``ImageError`` (the reason) for an image that cannot be decoded or has no pixels."""
+    (``read_pixels``): first frame, reduced above ``MAX_DECODE_PIXELS``, EXIF orientation, bit depth,
+    the ``alpha`` rule; with the notes. Raises ``ImageError`` (the reason) for an image that cannot be
+    decoded or used, or has no pixels."""
     try:
         img.seek(0)
         img.load()
-        pixels = _upright_pixels(img)
+        pixels, notes = _upright_pixels(img, alpha)
     except ImageError:
         raise
     except Exception as err:  # Pillow raises many kinds for truncated or corrupt data
         raise ImageError(f"unreadable ({type(err).__name__}: {err})") from None
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError("unreadable (empty image: 0 pixels)")
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels), notes
 
 
-def pixels_from_array(array: np.ndarray) -> np.ndarray:
-    """An in-memory image (numpy H×W or H×W×C, C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) as uint8
-    H×W×C (C = 1 or 3), by the rules a file of that depth gets (module docstring):
+def pixels_from_pil(img: Image.Image, alpha: str = "black") -> np.ndarray:
+    """``read_pil`` without the notes: the pixels only."""
+    return read_pil(img, alpha)[0]
+
+
+def read_array(array: np.ndarray, alpha: str = "black") -> tuple[np.ndarray, list[Note]]:
+    """An in-memory image (numpy H×W or H×W×C, channels last, C = 1 grey, 2 grey + alpha, 3 RGB,
+    4 RGBA) as uint8 H×W×C (C = 1 or 3), by the rules a file of that depth gets (module docstring),
+    with the notes:
 
     * uint8: used as is;
-    * uint16: 16-bit data, ``round(v * 255 / 65535)``;
-    * float (16/32/64-bit): intensity in **[0, 1]**, ``round(v * 255)``. Unlike a float file
-      (min-max scaled when outside [0, 1]), an array outside [0, 1] is refused: brightness would be
-      lost silently; divide 8-bit values by 255 (or pass them as uint8);
-    * alpha (C = 2 or 4) is composited on black, as for a file.
+    * uint16: 16-bit data, ``round(v * 255 / 65535)`` (noted when under ``LOW_16_BIT``, as a file);
+    * float (16/32/64-bit): intensity in **[0, 1]**, ``round(v * 255)`` (the documented meaning of a
+      float array: not noted); outside [0, 1] refused (brightness would be lost silently), with the
+      fix: divide 8-bit values by 255, or ``(x + 1) / 2`` for [-1, 1] data;
+    * alpha (C = 2 or 4) is flattened by the ``alpha`` rule, as for a file.
 
-    Raises ``ImageError`` (the reason) for another dtype or shape, NaN/inf or out-of-range floats,
-    or an image with no pixels."""
+    Raises ``ImageError`` (the reason) for another dtype or shape (the shape as given, and the
+    layout expected), NaN/inf or out-of-range floats, or an image with no pixels."""
     array = np.asarray(array)
+    given = tuple(array.shape)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ImageError(f"an array of shape {tuple(array.shape)} is not an image: use H×W or H×W×C with C = 1, 2, 3 or 4")
+        channels_first = array.ndim == 3 and array.shape[0] in (1, 2, 3, 4)
+        hint = ": a C×H×W array is array.transpose(1, 2, 0)" if channels_first else ""
+        raise ImageError(
+            f"an array of shape {given} is not an image: numpy images are H×W or H×W×C (channels last) "
+            f"with C = 1, 2, 3 or 4{hint}"
+        )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError("empty image: 0 pixels")
+    notes: list[Note] = []
     if array.dtype == np.uint8:
         pixels = array
     elif array.dtype == np.uint16:
-        pixels = _scale(array, 65535)
+        pixels, notes = _from_16_bit(array)
+        pixels = pixels[..., 0]
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError("float image with NaN or infinite pixel values")
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > 1.0:
-            raise ImageError(
-                f"float pixels must lie in [0, 1] (these span [{low:.4g}, {high:.4g}]): divide 8-bit values by 255 or pass uint8"
-            )
+            raise ImageError(float_range_reason(low, high, "divide 8-bit values by 255, or pass them as uint8"))
         pixels = _scale(array, 1.0)
     else:
         raise ImageError(f"pixels of dtype {array.dtype} are not supported: use uint8, uint16 or float in [0, 1]")
     if pixels.shape[2] in (2, 4):
-        pixels = _on_black(pixels[..., :-1], pixels[..., -1])
-    return np.ascontiguousarray(pixels)
+        pixels, alpha_notes = _flatten(pixels[..., :-1], pixels[..., -1], alpha)
+        notes += alpha_notes
+    return np.ascontiguousarray(pixels), notes
+
+
+def pixels_from_array(array: np.ndarray, alpha: str = "black") -> np.ndarray:
+    """``read_array`` without the notes: the pixels only."""
+    return read_array(array, alpha)[0]
 
 
 def make_square(pixels: np.ndarray, resize: str = "stretch") -> np.ndarray:
@@ -389,52 +477,107 @@ def make_square(pixels: np.ndarray, resize: str = "stretch") -> np.ndarray:
     return out
 
 
-def to_model_input(image_hwc: np.ndarray, image_size: int, channels: int) -> torch.Tensor:
-    """uint8 H×W×C (C = 1 or 3) -> uint8 channels×size×size, exactly as the CIFAR-10 module does:
-    ITU-R 601-2 luma for grey models, grey copied to 3 channels for colour models, bilinear
-    antialiased resize (to size×size whatever H and W are) rounded back to uint8."""
+def area_factors(height: int, width: int, image_size: int) -> tuple[int, int] | None:
+    """The whole factors (rows, columns) that take an H×W image to ``image_size`` square by block
+    averaging, or None where a side is not a multiple of ``image_size`` (or nothing shrinks)."""
+    if height % image_size or width % image_size or (height, width) == (image_size, image_size):
+        return None
+    return height // image_size, width // image_size
+
+
+def to_model_input(image_hwc: np.ndarray, image_size: int, channels: int, downscale: str = "area") -> torch.Tensor:
+    """uint8 H×W×C (C = 1 or 3) -> uint8 channels×size×size: ITU-R 601-2 luma for grey models,
+    grey copied to 3 channels for colour models, then resized to size×size whatever H and W are:
+    ``downscale="area"`` averages each block where both sides are whole multiples of the size
+    (``area_factors``: ``avg_pool2d``, rounded), anything else (and every resize under
+    ``"bilinear"``) is bilinear antialiased, as the CIFAR-10 module upsamples; rounded back to uint8."""
     image = torch.from_numpy(np.array(image_hwc, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].contiguous()
     if channels == 1 and image.shape[1] == 3:
         weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         image = (image.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     elif channels == 3 and image.shape[1] == 1:
         image = image.expand(-1, 3, -1, -1).contiguous()
-    if tuple(image.shape[-2:]) != (image_size, image_size):
-        image = F.interpolate(image.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        image = image.round().clamp(0, 255).to(torch.uint8)
+    height, width = image.shape[-2:]
+    if (height, width) != (image_size, image_size):
+        factors = area_factors(height, width, image_size) if downscale == "area" else None
+        if factors is not None:
+            resized = F.avg_pool2d(image.float(), kernel_size=factors)
+        else:
+            resized = F.interpolate(
+                image.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            )
+        image = resized.round().clamp(0, 255).to(torch.uint8)
     return image[0]
 
 
-def read_image(path: str | Path, image_size: int, channels: int, resize: str = "stretch") -> torch.Tensor:
+def model_input_notes(
+    shape: tuple[int, ...], image_size: int, channels: int, resize: str = "stretch", downscale: str = "area"
+) -> list[Note]:
+    """What ``make_square`` and ``to_model_input`` do to pixels of ``shape`` (H×W×C), as notes: the
+    channels converted, and a resize from another size or aspect (the original W×H, the policy, the
+    method)."""
+    height, width, have = int(shape[0]), int(shape[1]), int(shape[2])
+    notes = []
+    if channels == 3 and have == 1:
+        notes.append(Note("channels", "grey copied to 3 channels (the model is colour)"))
+    elif channels == 1 and have == 3:
+        notes.append(Note("channels", "colour turned grey (ITU-R 601-2 luma; the model is grey)"))
+    if (height, width) == (image_size, image_size):
+        return notes
+    side = height if resize == "stretch" or height == width else (min if resize == "crop" else max)(height, width)
+    square = (height, width) if resize == "stretch" else (side, side)
+    steps = []
+    if height != width:
+        steps.append(
+            {
+                "stretch": "stretched to a square",
+                "crop": f"centred {side}×{side} kept",
+                "pad": f"padded with black to {side}×{side}",
+            }[resize]
+        )
+    factors = area_factors(*square, image_size) if downscale == "area" else None
+    if factors is not None:
+        steps.append(f"{factors[0]}×{factors[1]} area average" if factors[0] != factors[1] else f"{factors[0]}× area average")
+    else:
+        steps.append("bilinear, antialiased")
+    what = f"resized from {width}×{height} to {image_size}×{image_size} ({', '.join(steps)})"
+    return [*notes, Note("resized", what)]
+
+
+def read_image(
+    path: str | Path, image_size: int, channels: int, resize: str = "stretch", alpha: str = "black", downscale: str = "area"
+) -> torch.Tensor:
     """An image file as the model's input: uint8 tensor channels×image_size×image_size.
 
-    ``load_pixels`` (first frame, EXIF orientation, bit depth, alpha on black), then ``make_square``
-    (``resize``: stretch | crop | pad), then ``to_model_input`` (grey/colour, antialiased resize).
-    Raises ``ImageError`` (the reason) when the file cannot be used, ``DataError`` for an unknown
-    ``resize``.
+    ``read_pixels`` (first frame, EXIF orientation, bit depth, the ``alpha`` rule), then
+    ``make_square`` (``resize``: stretch | crop | pad), then ``to_model_input`` (grey/colour, resize
+    by ``downscale``). Raises ``ImageError`` (the reason) when the file cannot be used,
+    ``DataError`` for an unknown ``resize``.
     """
     check_resize(resize)
-    return to_model_input(make_square(load_pixels(path), resize), image_size, channels)
+    return to_model_input(make_square(load_pixels(path, alpha), resize), image_size, channels, downscale)
 
 
 def read_images(
-    paths: list[Path], image_size: int, channels: int, resize: str = "stretch"
-) -> tuple[list[Path], list[torch.Tensor], list[bytes], list[dict]]:
-    """Each of ``paths`` read as ``read_image`` does, with the ``pixel_digest`` of its decoded pixels
-    (for ``anogan.data.duplicates``). Returns ``(paths read, images, digests, skipped)``: a file that
+    paths: list[Path], image_size: int, channels: int, resize: str = "stretch", alpha: str = "black"
+) -> tuple[list[Path], list[torch.Tensor], list[bytes], list[dict], list[list[Note]]]:
+    """Each of ``paths`` read as ``read_image`` does (``downscale="area"``), with the ``pixel_digest``
+    of its decoded pixels (for ``anogan.data.duplicates``) and its notes (``read_pixels`` and
+    ``model_input_notes``). Returns ``(paths read, images, digests, skipped, notes)``: a file that
     cannot be used is a ``{"file", "reason"}`` entry of ``skipped`` and the others go on."""
     check_resize(resize)
-    kept, images, digests, skipped = [], [], [], []
+    kept, images, digests, skipped, notes = [], [], [], [], []
     for path in paths:
         try:
-            pixels = load_pixels(path)
+            pixels, read_notes = read_pixels(path, alpha)
         except ImageError as err:
             skipped.append({"file": str(path), "reason": str(err)})
             continue
         kept.append(path)
         digests.append(pixel_digest(pixels))
         images.append(to_model_input(make_square(pixels, resize), image_size, channels))
-    return kept, images, digests, skipped
+        notes.append(read_notes + model_input_notes(pixels.shape, image_size, channels, resize))
+    return kept, images, digests, skipped, notes
 
 
 # ---------------------------------------------------------------------- masks

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anogan.data import notes as read_notes
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups
-from anogan.data.images import list_images, read_images, read_mask
+from anogan.data.images import check_alpha, list_images, read_images, read_mask
 from anogan.data.splits import (
     AnomalyDataModule,
     AnomalySplit,
@@ -79,9 +80,12 @@ class MVTecDataModule(AnomalyDataModule):
         target_fpr: float | None = None,
         duplicates: str = "drop",
         near_duplicates: int | None = None,
+        alpha: str = "black",
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_alpha(alpha)
+        self._read_notes: tuple[list[str], list[list[read_notes.Note]]] = ([], [])  # every file read: (path, notes)
 
     def _category(self) -> Path:
         """The category folder, once the settings are checked (here rather than in ``__init__``, whose
@@ -103,9 +107,12 @@ class MVTecDataModule(AnomalyDataModule):
 
     def _read(self, folder: Path, skipped: list) -> tuple[list[Path], list[torch.Tensor], list[bytes]]:
         paths, listing_skips = list_images(folder)  # (candidate files, broken links / duplicates / text files)
-        kept, images, digests, unreadable = read_images(paths, self.hparams.image_size, self.hparams.channels)
+        hp = self.hparams
+        kept, images, digests, unreadable, notes = read_images(paths, hp.image_size, hp.channels, alpha=hp.alpha)
         for entry in unreadable:
             log.warning("skipping %s: %s", entry["file"], entry["reason"])
+        self._read_notes[0].extend(str(p) for p in kept)
+        self._read_notes[1].extend(notes)
         skipped += listing_skips + unreadable
         return kept, images, digests
 
@@ -237,7 +244,13 @@ class MVTecDataModule(AnomalyDataModule):
             "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
             "duplicates": check.manifest({"train": fit, "val": val_ids[val_ids < len(files)], "test": test_ids}),
             "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
+            "alpha": hp.alpha,
+            "read_notes": read_notes.manifest_entry(
+                [self._relative(folder, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+            ),
         }
+        if line := read_notes.summary(self._read_notes[1], "see splits.json read_notes"):
+            log.warning("%s", line)
         self.manifest["skipped"] += check.dropped()
         empty = (
             self.manifest["masks"]["val"]["anomalous_with_empty_mask"]

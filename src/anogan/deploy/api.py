@@ -13,9 +13,11 @@ Scoring uses only the run's scorer file (``anogan.engine.artifact``) and the sam
 evaluation, so an image of the run's evaluation set gets the score it has in ``scores.csv``:
 
 1. every input becomes a uint8 H×W×C array by the rules of ``anogan.data.images`` (files and PIL
-   images: ``load_pixels`` / ``pixels_from_pil``; numpy arrays and tensors: ``pixels_from_array``),
-   then the model's input by the run's preprocessing (``make_square`` with the run's resize policy,
-   ``to_model_input``);
+   images: ``read_pixels`` / ``read_pil``; numpy arrays and tensors: ``read_array``; transparency by
+   the run's ``data.alpha``), then the model's input by the run's preprocessing (``make_square`` with
+   the run's resize policy, ``to_model_input`` with its downscale rule). What the reader had to
+   interpret is said once per input (``anogan.data.notes``): ``notes`` of each row and one line each
+   in ``Predictions.warnings``;
 2. the scorer runs through the one inference path (``anogan.engine.inference.run_scorer``: ``Trainer.predict``);
 3. the run's calibration turns its outputs into the primary score, the p-value and the label
    (``Detector.postprocess``, the one place this happens).
@@ -38,13 +40,15 @@ import torch
 import torch.nn.functional as F
 
 from anogan.config.choices import THRESHOLD_RULES
+from anogan.data import notes as read_notes
 from anogan.data.images import (
     ImageError,
     list_images,
-    load_pixels,
     make_square,
-    pixels_from_array,
-    pixels_from_pil,
+    model_input_notes,
+    read_array,
+    read_pil,
+    read_pixels,
     to_model_input,
 )
 from anogan.data.splits import AnomalySplit
@@ -69,8 +73,9 @@ COLUMNS = (
     "discrimination",
     "complexity",
     "steps",
+    "notes",
 )  # a reconstruction scorer's
-NOT_COMPONENTS = ("score", "row", "steps")  # per-image outputs of a scorer that are not score components
+NOT_COMPONENTS = ("score", "row", "steps", "notes")  # per-image outputs of a scorer that are not score components
 DEVICES = ("auto", "cpu", "cuda")
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
 Images = ImageInput | Sequence[ImageInput]
@@ -78,9 +83,12 @@ Images = ImageInput | Sequence[ImageInput]
 
 # ---------------------------------------------------------------------- inputs -> pixels
 @dataclass
-class _Item:
+class ReadImage:
+    """An input already read (``anogan.data.images``): ``Detector.predict`` takes it as it is."""
+
     source: str  # the file's path, or "input[i]" for an in-memory image
     pixels: np.ndarray  # uint8 H×W×C, the image at its own size
+    notes: list[read_notes.Note] = field(default_factory=list)  # what reading it interpreted
 
 
 def _is_pil(obj: object) -> bool:
@@ -89,11 +97,15 @@ def _is_pil(obj: object) -> bool:
 
 def _tensor_images(tensor: torch.Tensor, name: str) -> list[np.ndarray]:
     """C×H×W or N×C×H×W (C = 1..4) -> H×W×C numpy arrays (same dtype rules as numpy arrays)."""
+    given = tuple(tensor.shape)
     if tensor.dim() == 3:
         tensor = tensor[None]
     if tensor.dim() != 4 or tensor.shape[1] not in (1, 2, 3, 4):
+        channels_last = tensor.dim() == 4 and tensor.shape[-1] in (1, 2, 3, 4)
+        hint = f": an H×W×C tensor is tensor.permute({'2, 0, 1' if len(given) == 3 else '0, 3, 1, 2'})" if channels_last else ""
         raise InputError(
-            f"{name}: a tensor of shape {tuple(tensor.shape)} is not an image batch: use N×C×H×W or C×H×W with C = 1, 2, 3 or 4"
+            f"{name}: a tensor of shape {given} is not an image: tensors are C×H×W or N×C×H×W (channels first) "
+            f"with C = 1, 2, 3 or 4{hint}"
         )
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
@@ -101,30 +113,33 @@ def _tensor_images(tensor: torch.Tensor, name: str) -> list[np.ndarray]:
     return list(array)
 
 
-def _collect(images: Images, errors: str) -> tuple[list[_Item], list[tuple[str, str]]]:
-    """Every input as uint8 H×W×C pixels, in order; unreadable files skipped (``errors="skip"``)
-    or raised (``"raise"``). Wrong types, shapes, dtypes and ranges always raise ``InputError``."""
-    items: list[_Item] = []
+def _collect(images: Images, errors: str, alpha: str = "black") -> tuple[list[ReadImage], list[tuple[str, str]]]:
+    """Every input as uint8 H×W×C pixels with its reading notes, in order (transparency by
+    ``alpha``); unreadable files skipped (``errors="skip"``) or raised (``"raise"``). Wrong types,
+    shapes, dtypes and ranges always raise ``InputError``."""
+    items: list[ReadImage] = []
     skipped: list[tuple[str, str]] = []
 
     def add_file(path: Path) -> None:
         try:
-            items.append(_Item(str(path), load_pixels(path)))
+            items.append(ReadImage(str(path), *read_pixels(path, alpha)))
         except ImageError as err:
             if errors == "raise":
                 raise InputError(f"{path}: {err}") from None
             skipped.append((str(path), str(err)))
 
-    def add_memory(pixels_of: Callable[[Any], np.ndarray], obj: Any, name: str) -> None:
+    def add_memory(read: Callable[[Any, str], tuple[np.ndarray, list[read_notes.Note]]], obj: Any, name: str) -> None:
         try:
-            items.append(_Item(name, pixels_of(obj)))
+            items.append(ReadImage(name, *read(obj, alpha)))
         except ImageError as err:
             raise InputError(f"{name}: {err}") from None
 
     single = not isinstance(images, (list, tuple))
     for index, obj in enumerate(list(images) if isinstance(images, (list, tuple)) else [images]):
         name = f"input[{index}]"
-        if isinstance(obj, (str, Path)):
+        if isinstance(obj, ReadImage):
+            items.append(obj)
+        elif isinstance(obj, (str, Path)):
             path = Path(obj).expanduser()
             if path.is_dir():
                 found, listed_skipped = list_images(path)
@@ -138,13 +153,13 @@ def _collect(images: Images, errors: str) -> tuple[list[_Item], list[tuple[str, 
             else:
                 raise InputError(f"{path} does not exist: give an image file or a folder of images.")
         elif isinstance(obj, np.ndarray):
-            add_memory(pixels_from_array, obj, name)
+            add_memory(read_array, obj, name)
         elif isinstance(obj, torch.Tensor):  # a batch given alone: input[j]; a batch in a list: input[i][j]
             for row, array in enumerate(_tensor_images(obj, name)):
                 rows_name = f"input[{row}]" if single else f"{name}[{row}]"
-                add_memory(pixels_from_array, array, rows_name if obj.dim() == 4 else name)
+                add_memory(read_array, array, rows_name if obj.dim() == 4 else name)
         elif _is_pil(obj):
-            add_memory(pixels_from_pil, obj, name)
+            add_memory(read_pil, obj, name)
         else:
             raise InputError(
                 f"{name}: a {type(obj).__name__} is not an image: give a path, a folder, a PIL image, "
@@ -162,18 +177,18 @@ class Predictions:
     in-memory input and row j of a tensor batch), then ``columns``: ``score`` (the run's primary
     score), ``p_value`` (conformal, against the run's validation normals), ``label`` (1 = anomalous:
     ``score >= threshold``), ``raw_score``, the scorer's components (``residual``,
-    ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``.
+    ``discrimination`` for the reconstruction scorers: ``COLUMNS``), ``complexity``, ``steps``,
+    ``notes`` (what reading the input interpreted, ``anogan.data.notes``; "" for nothing).
     ``threshold``: the number used, from ``rule`` (a rule name or the number given).
     ``maps``: with ``maps=True``, per image the anomaly map (float32 H×W) on the image's own pixels
-            if "map" in results:
-                model_maps = results["map"].float().cpu()
-            if "map" in results and maps == "model":
-                out_maps = [results["map"][i].float().cpu().numpy() for i in range(len(items))]
-            elif "map" in results:
-    ``inputs``: the model's inputs (uint8 N×C×S×S); ``reconstructions``: with
+    (``Detector.map_at_size``: the run's resize policy undone); with ``maps="model"``, at the model's
+    resolution (float32 S×S, over ``inputs``).
+    ``inputs``: the model's inputs (uint8 N×C×S×S); ``model_maps``: with ``maps`` set, the maps on
+    those inputs (float32 N×S×S, what overlays are drawn on); ``reconstructions``: with
     ``reconstructions=True``, G(z) (float32 N×C×S×S in [-1, 1], the model's scale).
-    ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each,
-    e.g. when the threshold is unreachable (infinite: nothing is flagged).
+    ``skipped``: ``(path, reason)`` of files that could not be used. ``warnings``: one line each:
+    first one per input whose pixels were interpreted (``"<source>: <notes>"``, input order), then
+    the others, e.g. when the threshold is unreachable (infinite: nothing is flagged).
     """
 
     rows: list[dict]
@@ -186,6 +201,7 @@ class Predictions:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     model_maps: torch.Tensor | None = None
+    notes: list[list[read_notes.Note]] = field(default_factory=list)  # per row: what its reading interpreted
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -240,8 +256,9 @@ def _check_rule(threshold: object) -> str | float | None:
 class Detector:
     """A finished run's scorer, ready to score images in memory (build with ``anogan.load``).
 
-    Attributes: ``artifact`` (the scorer file), ``image_size``, ``channels``, ``resize`` (the run's
-    preprocessing), ``rule`` (the run's threshold rule), ``thresholds`` (every rule's threshold,
+    Attributes: ``artifact`` (the scorer file), ``image_size``, ``channels``, ``resize``, ``alpha``,
+    ``downscale`` (the run's preprocessing: scorer files written before ``alpha`` / ``downscale``
+    existed read ``black`` / ``bilinear``, as their runs did), ``rule`` (the run's threshold rule), ``thresholds`` (every rule's threshold,
     fitted on the run's validation split), ``provenance`` (where the run came from).
     """
 
@@ -254,7 +271,7 @@ class Detector:
             self.scorer.hparams.batch_size = batch_size
         prep = self.payload["preprocess"]
         self.image_size, self.channels = int(prep["image_size"]), int(prep["channels"])
-        self.resize = prep.get("resize", "stretch")
+        self.resize, self.alpha, self.downscale = prep["resize"], prep["alpha"], prep["downscale"]
         self.calibration = Calibration.from_state(self.payload["calibration"])
         self.rule = self.calibration.rule
         self.thresholds = {k: self.calibration.thresholds[k] for k in THRESHOLD_RULES}
@@ -269,7 +286,12 @@ class Detector:
 
     def model_input(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 H×W×C pixels -> the model's input, uint8 C×S×S (the run's resize policy and size)."""
-        return to_model_input(make_square(pixels, self.resize), self.image_size, self.channels)
+        return to_model_input(make_square(pixels, self.resize), self.image_size, self.channels, self.downscale)
+
+    def notes(self, item: ReadImage) -> list[read_notes.Note]:
+        """What reading ``item`` and making it the model's input interpreted (``anogan.data.notes``)."""
+        shape = item.pixels.shape
+        return [*item.notes, *model_input_notes(shape, self.image_size, self.channels, self.resize, self.downscale)]
 
     def score(self, images: torch.Tensor, progress: bool = False) -> dict[str, torch.Tensor]:
         """Raw outputs of the scorer (``score``, ``residual``, ``discrimination``, ``z``, ``steps``,
@@ -328,7 +350,7 @@ class Detector:
             raise InputError(f"errors={errors!r}: use raise or skip")
         if maps not in (True, False, "model"):
             raise InputError(f"maps={maps!r}: use True, False or 'model'")
-        items, skipped = _collect(images, errors)
+        items, skipped = _collect(images, errors, self.alpha)
         for path, reason in skipped:
             log.info("skipped %s: %s", path, reason)
         if not items:
@@ -348,9 +370,13 @@ class Detector:
             "complexity": post["complexity"],
             "steps": results.get("steps", torch.zeros(len(items), dtype=torch.long)),
         }
-        rows = [{"source": item.source, **{k: v[i].item() for k, v in columns.items()}} for i, item in enumerate(items)]
+        notes = [self.notes(item) for item in items]
+        rows = [
+            {"source": item.source, **{k: v[i].item() for k, v in columns.items()}, "notes": read_notes.text(notes[i])}
+            for i, item in enumerate(items)
+        ]
         out_maps = model_maps = None
-        warnings = list(post["warnings"])
+        warnings = [read_notes.line(item.source, n) for item, n in zip(items, notes) if n] + list(post["warnings"])
         if maps:
             if "map" in results:
                 model_maps = results["map"].float().cpu()
@@ -367,7 +393,7 @@ class Detector:
             warnings.append(f"{type(self.scorer).__name__} makes no reconstruction G(z): reconstructions is None")
         return Predictions(
             rows,
-            tuple(columns),
+            (*columns, "notes"),
             post["threshold"],
             self.rule if rule is None else rule,
             inputs,
@@ -376,6 +402,7 @@ class Detector:
             skipped,
             warnings,
             model_maps,
+            notes,
         )
 
     def map_at_size(self, amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -411,7 +438,7 @@ class Detector:
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:
     """The detector of a finished run: ``path`` is its run folder or its ``scorer.pt`` (copied
     anywhere; nothing else is read). ``device``: ``auto`` | ``cpu`` | ``cuda``; ``batch_size``:
-    images scored together (scores never depend on it). Raises ``ArtifactError`` for a missing or
+    images scored together (scores do not depend on it, up to float rounding). Raises ``ArtifactError`` for a missing or
     unreadable scorer file, ``InputError`` for a bad ``device`` or ``batch_size``."""
     return Detector(resolve_path(path), device=device, batch_size=batch_size)
 
@@ -460,10 +487,12 @@ def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
     for overrides Hydra cannot compose and the pipeline's ``UserError``s (one line each); a run that
     fails before writing anything leaves no folder behind."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import InstantiationException
     from omegaconf import open_dict
 
     from anogan.engine.pipeline import run
     from anogan.engine.run_folder import removed_if_unused
+    from anogan.utils.errors import user_error_in
 
     overrides = list(overrides)
     if run_dir is not None:
@@ -478,7 +507,12 @@ def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
         with open_dict(cfg):
             del cfg["hydra"]
         with removed_if_unused(folder):
-            objective = run(cfg)
+            try:
+                objective = run(cfg)
+            except InstantiationException as err:  # a setting refused by the target Hydra builds: its own error
+                if (cause := user_error_in(err)) is None:
+                    raise
+                raise cause from None
     finally:
         HydraConfig.instance().cfg = previous
     import json

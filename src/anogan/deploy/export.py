@@ -73,7 +73,7 @@ def _check_images(scorer: Scorer, payload: dict, input: Path | None, n: int = 32
         if not paths:
             raise ExportError(f"input={input} holds no image to check the export on.")
         return torch.stack(
-            [read_image(p, prep["image_size"], prep["channels"], resize=prep.get("resize", "stretch")) for p in paths]
+            [read_image(p, prep["image_size"], prep["channels"], prep["resize"], prep["alpha"], prep["downscale"]) for p in paths]
         )
     with torch.no_grad():
         fake = scorer.generator(torch.randn(n, scorer.latent_dim, 1, 1, generator=torch.Generator().manual_seed(0)))

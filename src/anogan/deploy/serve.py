@@ -10,9 +10,11 @@ Endpoints:
 * ``POST /predict``: one or several images, as multipart form data (one or more fields ``file``;
   optional field ``maps=true|full``) or as JSON ``{"images": ["<base64 of an image file>", ...],
   "maps": false|true|"full"}``. Answer: ``{"predictions": [{"score", "p_value", "label", "raw_score",
-  "residual", "discrimination", "complexity", "steps"[, "map"]}, ...], "threshold", "rule",
+  "residual", "discrimination", "complexity", "steps", "notes"[, "map"]}, ...], "threshold", "rule",
   "warnings"}`` in the order sent; ``map`` is the anomaly map at the model's resolution (S lists of
-  S floats) with ``maps=true``, at the image's own size (H lists of W floats) with ``maps=full``.
+  S floats) with ``maps=true``, at the image's own size (H lists of W floats) with ``maps=full``;
+  ``notes`` what reading the image interpreted (``anogan.data.notes``), and ``warnings`` one line
+  per such image (its file name: ``"<name>: <notes>"``) then the others.
   ``threshold`` is ``null`` where it is infinite (then ``warnings`` says so).
 * ``GET /``: the page for people (``anogan.deploy.page``); ``maps=png`` (the page's option): pictures
   instead of the map's floats (``page.pictures``); ``/info`` carries the run's facts (``page.run_facts``).
@@ -64,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anogan.config.arguments import parse_key_values
+from anogan.data.notes import line
 from anogan.deploy.page import add_page, pictures, run_facts
 from anogan.utils.errors import ServeError, UserError
 
@@ -387,7 +390,7 @@ class ScorerAPI(_LitAPIBase):
 
     def _size(self, blob: bytes) -> tuple[int, int] | None:
         """(width, height) read from the file's header (nothing is decoded); None for a file that
-        is not an image (``load_pixels`` says why), (0, 0) for one over Pillow's own limit."""
+        is not an image (``read_pixels`` says why), (0, 0) for one over Pillow's own limit."""
         from PIL import Image
 
         try:
@@ -401,11 +404,13 @@ class ScorerAPI(_LitAPIBase):
     # LitServe builds the endpoint from these two signatures: decode_request's ``request`` and
     # encode_response's return must stay unannotated (FastAPI's Request and Response).
     def decode_request(self, request):  # type: ignore[no-untyped-def]
-        """JSON dict or multipart form -> ``{"pixels": [uint8 H×W×C, ...], "maps": False | True |
-        "full"}``, or ``{"error": (status, reason)}``. The cost is checked from the headers before
+        """JSON dict or multipart form -> ``{"pixels": [anogan.deploy.api.ReadImage, ...], "maps": False |
+        True | "full" | "png"}`` (read by the run's ``data.alpha``, with their reading notes), or
+        ``{"error": (status, reason)}``. The cost is checked from the headers before
         anything is decoded: ``max_pixels`` per image, ``max_request_pixels`` in all, and with
         ``maps=full`` the answer's least possible size against ``max_response_bytes``."""
-        from anogan.data.images import load_pixels
+        from anogan.data.images import read_pixels
+        from anogan.deploy.api import ReadImage
         from anogan.utils.errors import ImageError
 
         try:
@@ -434,10 +439,10 @@ class ScorerAPI(_LitAPIBase):
                 )
             if maps == "full" and total * MIN_BYTES_PER_VALUE > self.max_response_bytes:
                 raise BadRequest(413, self._too_long(f"at least {total * MIN_BYTES_PER_VALUE}"))
-            pixels: list[np.ndarray] = []
+            pixels: list[ReadImage] = []
             for name, blob in blobs:
                 try:
-                    pixels.append(load_pixels(io.BytesIO(blob)))
+                    pixels.append(ReadImage(name, *read_pixels(io.BytesIO(blob), self.detector.alpha)))
                 except ImageError as err:
                     raise BadRequest(400, f"{name}: {err}") from None
             return {"pixels": pixels, "maps": maps}
@@ -471,23 +476,25 @@ class ScorerAPI(_LitAPIBase):
             result = self.detector.predict(
                 pixels, threshold=self.threshold, maps="model" if want_maps else False, reconstructions=pngs
             )
+            own = [line(row["source"], notes) for row, notes in zip(result.rows, result.notes)]
+            shared = [w for w in result.warnings if w not in own]  # the batch's, not one image's
             start = 0
             for r in valid:
-                rows = []
+                rows, lines = [], [own[k] for k in range(start, start + len(r["pixels"])) if result.notes[k]]
                 for k in range(start, start + len(r["pixels"])):
                     row = {key: result.rows[k][key] for key in result.rows[k] if key != "source"}
                     row["p_value"] = _finite(row["p_value"])
                     if r["maps"] == "png":
                         row.update(pictures(result, k))
                     elif r["maps"]:
-                        row["map"] = None if result.maps is None else self._map(result.maps[k], pixels[k], r["maps"])
+                        row["map"] = None if result.maps is None else self._map(result.maps[k], pixels[k].pixels, r["maps"])
                     rows.append(row)
                 start += len(r["pixels"])
                 answer: dict[str, Any] = {
                     "predictions": rows,
                     "threshold": _finite(result.threshold),
                     "rule": result.rule,
-                    "warnings": result.warnings,
+                    "warnings": lines + shared,
                 }
                 if r["maps"]:
                     size = len(json.dumps(answer))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anogan.config.choices import RESOLVED_CORRECTIONS, THRESHOLD_RULES
+from anogan.config.choices import ALPHA_RULES, DOWNSCALES, RESIZE_POLICIES, RESOLVED_CORRECTIONS, THRESHOLD_RULES
 from anogan.engine.gan_store import ARCH_DEFAULTS, GAN_JSON_TYPES, build_networks, check_arch, load_checkpoint
 from anogan.post_processing.calibration import THRESHOLD_KEYS, Calibration
 from anogan.utils.errors import ArtifactError, UserError
@@ -65,10 +65,12 @@ SCHEMA = {
         "normal_scores": torch.Tensor,
         "combine": (dict, type(None)),
     },
-    "preprocess": {"image_size": int, "channels": int, "resize": str},
+    "preprocess": {"image_size": int, "channels": int, "resize": str, "alpha": str, "downscale": str},
     "precision": str,
     "provenance": dict,
 }
+# Scorer files written before these reading rules existed were read so (anogan.data.images).
+PREPROCESS_DEFAULTS = {"alpha": "black", "downscale": "bilinear"}
 COMBINE_SCHEMA = {"components": list, "mean": torch.Tensor, "std": torch.Tensor, "log": torch.Tensor}
 DAMAGED = "the file was edited, cut short or mixed with another; copy the run's scorer.pt again or re-run train.py"
 
@@ -320,11 +322,16 @@ def check_payload(payload: object, path: Path) -> dict[str, Any]:
         payload = migrate_v1(payload)
     if isinstance(payload.get("gan_arch"), dict):  # architecture keys added later: their defaults (plain DCGAN)
         payload = {**payload, "gan_arch": {**ARCH_DEFAULTS, **payload["gan_arch"]}}
+    if isinstance(payload.get("preprocess"), dict):  # reading rules added later: the rules such files were read by
+        payload = {**payload, "preprocess": {**PREPROCESS_DEFAULTS, **payload["preprocess"]}}
     _check_entries(path, "", payload, SCHEMA, version)
     _check_calibration(path, payload["calibration"])
     cls = _scorer_class(path, payload["scorer"]["target"])
     _check_hparams(path, cls, payload["scorer"]["hparams"])
     prep = payload["preprocess"]
+    for key, allowed in (("resize", RESIZE_POLICIES), ("alpha", ALPHA_RULES), ("downscale", DOWNSCALES)):
+        if prep[key] not in allowed:
+            raise ArtifactError(f"{path}: entry 'preprocess.{key}' is {prep[key]!r}, not one of {', '.join(allowed)}: {DAMAGED}.")
     if prep["image_size"] != payload["gan_arch"]["image_size"] or prep["channels"] != payload["gan_arch"]["channels"]:
         raise ArtifactError(f"{path}: entries 'preprocess' and 'gan_arch' disagree on image size or channels: {DAMAGED}.")
     return payload

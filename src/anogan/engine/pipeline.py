@@ -24,7 +24,7 @@ from typing import Any, cast
 import hydra
 import lightning as L
 import torch
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -53,7 +53,7 @@ from anogan.reporting.dashboard import add_dashboard_layout
 from anogan.reporting.report import write_report
 from anogan.reporting.sweep import parse_optimized_metric, run_name, set_job_threads
 from anogan.scorers import Scorer
-from anogan.utils.errors import UserError
+from anogan.utils.errors import UserError, user_error_in
 from anogan.utils.io import AtomicCheckpointIO, atomic_write_text
 from anogan.utils.progress import progress_callbacks
 
@@ -292,6 +292,8 @@ def save_scorer(cfg: DictConfig, scorer: Scorer, calibration: Calibration, run_d
         "image_size": int(cfg.data.image_size),
         "channels": int(cfg.data.channels),
         "resize": cfg.data.get("resize", "stretch"),
+        "alpha": cfg.data.get("alpha", "black"),  # data=cifar10 reads no file: predict.py flattens on black
+        "downscale": "area",  # anogan.data.images.to_model_input; scorer files without it: bilinear
     }
     provenance = {"run_dir": str(run_dir.resolve()), "gan_source": source, "seed": int(cfg.seed)}
     return save_artifact(run_dir / ARTIFACT, scorer, _arch(cfg), calibration, preprocess, str(cfg.trainer.precision), provenance)
@@ -396,6 +398,11 @@ def _hydra_main(cfg: DictConfig) -> float:
             return run(cfg)
         except UserError as err:
             log.error("%s", err)
+            raise SystemExit(2) from None
+        except InstantiationException as err:  # a setting refused by the target Hydra builds: its own line
+            if (cause := user_error_in(err)) is None:
+                raise
+            log.error("%s", cause)
             raise SystemExit(2) from None
 
 

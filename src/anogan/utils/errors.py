@@ -92,3 +92,17 @@ class ExportError(UserError):
 
 class ServeError(UserError):
     """The command line or the scorer file cannot be used; the message says how to fix it."""
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The ``UserError`` behind ``err``, following ``__cause__`` (Hydra's ``instantiate`` wraps an
+    error raised by the target it builds in an ``InstantiationException`` whose cause it is); None
+    when there is none."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
