@@ -32,6 +32,7 @@ from anogan.metrics import (
     resolve_threshold,
     threshold_metrics,
 )
+from anogan.run_checks import WEAK_PREFIX, weak_detector_warnings
 from anogan.scores import complexity, corrected_score, score_components
 from anogan.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
 
@@ -279,7 +280,10 @@ def write_report(
     table = build_table(results, datamodule, calibration)
     metrics = compute_metrics(table, calibration.correction, calibration.target_fpr, rule, thresholds=calibration.thresholds)
     metrics.update(pixel_and_defect_metrics(table, results, datamodule))
-    metrics["warnings"] = calibration.warnings
+    weak = weak_detector_warnings(metrics)  # below chance or complexity alone on validation
+    for warning in weak:
+        log.warning("%s", warning)
+    metrics["warnings"] = [*calibration.warnings, *weak]
     write_csv(table, folder / "scores.csv")
     figures = folder / "figures"
     write_score_figures(table, metrics, figures, tb_writer)
@@ -352,6 +356,8 @@ def rereport(run_dir: Path) -> dict:
     )
     # what scores.csv cannot give back (pixel metrics need the maps; wall times, the scorer file) is kept
     metrics = {**old, **metrics}
+    kept = [w for w in old.get("warnings", []) if not w.startswith(WEAK_PREFIX)]  # the calibration's
+    metrics["warnings"] = [*kept, *weak_detector_warnings(metrics)]
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     write_score_figures(table, metrics, run_dir / "figures")
     return metrics
