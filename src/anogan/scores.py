@@ -20,7 +20,7 @@ import torch
 CORRECTIONS = ("none", "complexity", "auto")
 RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 # the per-image components of the scorers that read D (anogan.scorers.discriminator)
-D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
+D_COMPONENTS = ("transformations", "dfeatures", "dpatches", "dlogit")
 
 
 def score_components(results: Container[str]) -> list[str]:
