@@ -209,7 +209,7 @@ def scoring_image_seconds(scorer: Scorer, kw: dict, channels: int, size: int) ->
     return (base_b + int(iterations or 0) * step_b) / batch
 
 
-BANK_PROBE_STEPS = 20  # greedy coreset steps timed on a random bank of the real shape
+BANK_PROBE_STEPS = 200  # greedy coreset steps timed on a random bank of the real shape (20: too noisy)
 BANK_PROBE_FLOATS = 20_000_000  # larger banks are timed on a row subset and scaled by their rows
 
 
@@ -246,13 +246,15 @@ def coreset_seconds(rows: int, dim: int, kept: int) -> float:
     probe = min(rows, max(1000, BANK_PROBE_FLOATS // dim))
     sample = torch.randn(probe, dim)
     steps = min(BANK_PROBE_STEPS, probe - 2)
-    greedy_coreset(sample, 2, 0)  # warm-up
-    start = time.perf_counter()
-    greedy_coreset(sample, 2, 0)
-    mid = time.perf_counter()
-    greedy_coreset(sample, 2 + steps, 0)
-    per_step = max(time.perf_counter() - mid - (mid - start), 0.0) / steps
-    return per_step * rows / probe * (kept - 1)
+
+    def timed(size: int) -> float:
+        start = time.perf_counter()
+        greedy_coreset(sample, size, 0)
+        return time.perf_counter() - start
+
+    # the faster of two runs each: the first run after a pause is several times slower (measured: 4.9×)
+    long, short = min(timed(2 + steps) for _ in range(2)), min(timed(2) for _ in range(2))
+    return max(long - short, 0.0) / steps * rows / probe * (kept - 1)
 
 
 def _fake_banks(scorer: DFeatureScorer, n_images: int) -> None:
