@@ -82,6 +82,7 @@ def tiny_overrides(root: Path, out: Path | None = None, mapping: str = "latent")
         "encoder_search": ["mapping=encoder_search", "mapping.encoder.epochs=1", "mapping.iterations=2"],
         "transformations": ["model.self_supervised=rotations", "mapping=transformations"],
         "dfeatures": ["mapping=dfeatures", "mapping.bank_size=20", "mapping.patch_bank_size=200"],
+        "dlogit": ["model.nda='jigsaw,cutout,rotation'", "mapping=dlogit"],
         "dcombined": [
             "model.self_supervised=rotations",
             "mapping=dcombined",

@@ -196,7 +196,7 @@ def test_scorer_file_round_trip_gives_identical_scores(kind, tmp_path):
         assert "map" not in got and "z" not in got
 
 
-@pytest.fixture(scope="module", params=["transformations", "dfeatures", "dcombined"])
+@pytest.fixture(scope="module", params=["transformations", "dfeatures", "dcombined", "dlogit"])
 def tiny_d_run(request, tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"drun_{request.param}")
     run_train([*tiny_overrides(tiny_cifar, out, mapping=request.param), "mapping.correction=complexity"])
@@ -214,13 +214,14 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
     kind, run = tiny_d_run
     with open(run / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    components = {"transformations": ["transformations"], "dfeatures": ["dfeatures", "dpatches"]}.get(
+    components = {"transformations": ["transformations"], "dfeatures": ["dfeatures", "dpatches"], "dlogit": ["dlogit"]}.get(
         kind, ["transformations", "dfeatures", "dpatches"]
     )
+    no_map = kind in ("transformations", "dlogit")
     assert all(c in rows[0] for c in components) and "residual" not in rows[0]
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(components) <= set(metrics["test_components_auroc"])
-    assert (run / "figures" / "examples_most_anomalous.png").is_file() == (kind != "transformations")
+    assert (run / "figures" / "examples_most_anomalous.png").is_file() == (not no_map)
 
     cfg = OmegaConf.load(run / "config_resolved.yaml")
     dm = instantiate(cfg.data)
@@ -233,7 +234,7 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
     (tmp_path / "pngs").mkdir()
     for k, i in enumerate(chosen):
         Image.fromarray(images[k].permute(1, 2, 0).numpy()).save(tmp_path / "pngs" / f"row{i:03d}.png")
-    result = predict(run, tmp_path / "pngs", out=tmp_path / "pred.csv", maps=kind != "transformations")
+    result = predict(run, tmp_path / "pngs", out=tmp_path / "pred.csv", maps=not no_map)
     got = {r["path"].rsplit("row", 1)[1][:3]: r for r in result["rows"]}
     for i in chosen:
         assert abs(got[f"{i:03d}"]["score"] - float(rows[i]["score"])) <= 1e-5 * abs(float(rows[i]["score"]))
@@ -247,7 +248,7 @@ def test_train_predict_and_onnx_export_of_each_d_scorer(tiny_d_run, tmp_path):
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(None, {"image": images.float().div(127.5).sub(1.0).numpy()})))
     score, raw = outputs["score"], outputs["raw_score"]
-    if kind == "transformations":
+    if no_map:
         assert "anomaly_map" not in names
     else:
         assert outputs["anomaly_map"].shape == (len(chosen), 32, 32)

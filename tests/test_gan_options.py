@@ -34,6 +34,8 @@ ALL_OPTIONS = dict(
     spectral_norm=True,
     diffaugment="color,translation,cutout",
     ema_decay=0.9,
+    nda="jigsaw,rotation",
+    nda_weight=0.4,
 )
 
 
@@ -328,7 +330,7 @@ def test_a_later_stop_names_the_checkpoint_that_is_kept(tmp_path, what, message)
 def test_train_end_to_end_with_every_option(tiny_cifar, tmp_path):
     from test_train_e2e import run_train
 
-    options = [f"model.{k}={v!r}" if k == "diffaugment" else f"model.{k}={v}" for k, v in ALL_OPTIONS.items()]
+    options = [f"model.{k}={v!r}" if k in ("diffaugment", "nda") else f"model.{k}={v}" for k, v in ALL_OPTIONS.items()]
     options += [
         "model.selection.every_n_epochs=1",
         "model.selection.images=16",

@@ -102,6 +102,12 @@ def check_gan_options(model: Mapping) -> None:
     parse_policy(model.get("diffaugment"))
     check_transform_set(model.get("self_supervised"))
     check_health_options(model.get("health", DEFAULT_HEALTH))
+    parse_nda(model.get("nda"))
+    nda_weight = model.get("nda_weight", 0.5)
+    if not (isinstance(nda_weight, (int, float)) and not isinstance(nda_weight, bool) and 0.0 < nda_weight < 1.0):
+        raise UserError(
+            f"model.nda_weight={nda_weight!r} is not allowed: use the negatives' share of D's fake distribution, in (0, 1), e.g. 0.5."
+        )
     for key in ("ss_weight_d", "ss_weight_g"):
         value = model.get(key, 0.0)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
@@ -135,3 +141,21 @@ def check_gan_options(model: Mapping) -> None:
             raise UserError(f"model.selection.{key}={sel[key]!r} is not allowed: use a whole number >= 1.")
     if not sel["lr"] > 0:
         raise UserError(f"model.selection.lr={sel['lr']!r} is not allowed: use a positive learning rate, e.g. 0.01.")
+
+
+NDA_TRANSFORMS = ("jigsaw", "cutout", "rotation")  # model.nda: negative data augmentation (anogan.models.nda)
+
+
+def parse_nda(value: str | None) -> tuple[str, ...]:
+    """``model.nda`` (null or a comma-separated subset of ``NDA_TRANSFORMS``) as a tuple of names, in
+    the given order without repeats; ``UserError`` naming the key for anything else."""
+    if value is None or value == "":
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in str(value).split(",")))
+    bad = [n for n in names if n not in NDA_TRANSFORMS]
+    if bad:
+        raise UserError(
+            f"model.nda={value!r} is not allowed: use null (off) or a comma-separated subset of "
+            f"{', '.join(NDA_TRANSFORMS)}, quoted on the command line: \"model.nda='jigsaw,cutout'\"."
+        )
+    return names

@@ -54,8 +54,8 @@ from anogan.config.choices import (
 )
 from anogan.config.choices import DUPLICATE_POLICIES as POLICIES
 from anogan.config.choices import SYNTHETIC_METHODS as METHODS
+from anogan.config.gan_options import NDA_TRANSFORMS, check_gan_options
 from anogan.config.gan_options import TRANSFORM_SET_NAMES as TRANSFORM_SETS
-from anogan.config.gan_options import check_gan_options
 from anogan.utils.errors import ConfigError, UserError
 
 # A learning rate above this is refused: Adam moves every weight by up to lr per step, and the
@@ -320,6 +320,13 @@ class Model:
     self_supervised: str | None = MISSING
     ss_weight_d: float = MISSING
     ss_weight_g: float = MISSING
+    nda: Any = rule(
+        lambda v: v is None or (isinstance(v, str) and set(map(str.strip, v.split(","))) <= set(NDA_TRANSFORMS)),
+        f"use null (off) or a comma-separated subset of {', '.join(NDA_TRANSFORMS)}, quoted: \"model.nda='jigsaw,cutout'\"",
+    )
+    nda_weight: float = rule(
+        lambda v: is_number(v) and 0.0 < v < 1.0, "use the negatives' share of D's fake distribution, in (0, 1), e.g. 0.5"
+    )
     divergence: Divergence = MISSING
     health: Health = MISSING
     selection: Selection = MISSING
@@ -483,8 +490,17 @@ class DFeatureScorer(ScorerCommon):
     patch_neighbourhood: int = rule(lambda v: is_whole(v) and v >= 1 and v % 2 == 1, "use an odd whole number >= 1")
     patch_bank_size: int = whole(1)
     coreset: str = one_of(CORESETS)
+    coreset_projection: Any = whole(1, nullable=True)
     transforms: Any = _transforms()
-    score: str = one_of(("dfeatures", "dpatches", "transformations"))
+    score: str = one_of(("dfeatures", "dpatches", "transformations", "dlogit"))
+    combine: Any = _combine()
+
+
+@dataclass
+class DLogitScorer(ScorerCommon):
+    """``mapping=dlogit`` (``anogan.scorers.dlogit``)."""
+
+    transforms: Any = _transforms()
     combine: Any = _combine()
 
 
@@ -501,6 +517,7 @@ SCHEMAS = {
     ("mapping", "encoder_search"): EncoderSearch,
     ("mapping", "transformations"): TransformationScorer,
     ("mapping", "dfeatures"): DFeatureScorer,
+    ("mapping", "dlogit"): DLogitScorer,
 }
 
 

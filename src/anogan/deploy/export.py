@@ -38,7 +38,7 @@ from torch import nn
 from anogan.engine.artifact import load_artifact, resolve_path
 from anogan.post_processing.calibration import Calibration, complexity_of_model_input
 from anogan.post_processing.scores import complexity
-from anogan.scorers import DFeatureScorer, EncoderScorer, Scorer, TransformationScorer
+from anogan.scorers import DFeatureScorer, DLogitScorer, EncoderScorer, Scorer, TransformationScorer
 from anogan.utils.errors import ExportError, UserError
 from anogan.utils.io import atomic_write_text
 
@@ -137,10 +137,10 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     "max_relative_difference", "images"}``. Raises ``ExportError`` / ``ArtifactError`` (one line)."""
     artifact = resolve_path(ckpt)
     scorer, payload = load_artifact(artifact)
-    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer)):
+    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer, DLogitScorer)):
         raise ExportError(
             f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
-            "dfeatures, dcombined) export to ONNX; "
+            "dfeatures, dcombined, dlogit) export to ONNX; "
             "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
         )
     try:

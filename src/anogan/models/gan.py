@@ -25,6 +25,9 @@ Options (``conf/model/dcgan.yaml``; docs/gan_training.md says what each does and
   via Auxiliary Rotation Loss"): D's loss += ``ss_weight_d`` (β) · CE on real images, G's loss +=
   ``ss_weight_g`` (α) · CE on generated ones (compare_gan's defaults β = 1, α = 0.2). See
   ``_transform_loss`` for which images and how many transformations per batch.
+* ``nda``: negative data augmentation (Sinha et al., ICLR 2021; ``nda.py``): D's fake distribution is
+  (1 − w)·p_G + w·P̄, P̄ = jigsaw / cutout / rotated copies of the real batch, w = ``nda_weight``;
+  ``_d_loss`` has the formula. D's own logit then scores anomalies (``mapping=dlogit``).
 * ``health``: thresholds of the one-line warning of a failed GAN (mode collapse, D overpowering G;
   ``health.py``), checked at every epoch's end.
 * ``selection``: every N epochs, a validation-only criterion keeps the best G/D (``anogan.engine.selection``:
@@ -48,10 +51,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from anogan.config.gan_options import DEFAULT_DIVERGENCE, DEFAULT_HEALTH, check_gan_options, parse_policy
+from anogan.config.gan_options import DEFAULT_DIVERGENCE, DEFAULT_HEALTH, check_gan_options, parse_nda, parse_policy
 from anogan.models.augment import diff_augment
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.health import HealthMonitor, diversity_ratio
+from anogan.models.nda import negatives
 from anogan.models.transforms import apply_one_each, balanced_labels, transform_count
 from anogan.utils.errors import DivergenceError
 
@@ -114,6 +118,8 @@ class GAN(L.LightningModule):
         self_supervised: str | None = None,
         ss_weight_d: float = 1.0,
         ss_weight_g: float = 0.2,
+        nda: str | None = None,
+        nda_weight: float = 0.5,
         divergence: dict | None = None,
         health: dict | None = None,
         selection: dict | None = None,
@@ -136,6 +142,7 @@ class GAN(L.LightningModule):
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=False)
             self.generator_ema.requires_grad_(False)
         self.augment_policy = parse_policy(diffaugment)
+        self.nda_transforms = parse_nda(nda)
         self.divergence = dict(divergence or DEFAULT_DIVERGENCE)
         self._saturated_epochs = 0
         self.health_monitor = HealthMonitor(health or DEFAULT_HEALTH, bce=objective == "bce")
@@ -178,10 +185,19 @@ class GAN(L.LightningModule):
     def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, target, dtype=torch.float32))
 
-    def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-        if self.hparams.objective == "wgan_gp":
-            return d_fake.float().mean() - d_real.float().mean()
-        return self._bce(d_real, 1.0) + self._bce(d_fake, 0.0)
+    def _d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor, d_negative: torch.Tensor | None = None) -> torch.Tensor:
+        """D's adversarial loss. With negatives (``nda``; w = ``nda_weight``): BCE(D(x), 1) +
+        (1 − w)·BCE(D(G(z)), 0) + w·BCE(D(nda(x)), 0); wgan_gp: (1 − w)·E[D(G(z))] + w·E[D(nda(x))] − E[D(x)]."""
+        wgan = self.hparams.objective == "wgan_gp"
+
+        def fake_term(d: torch.Tensor) -> torch.Tensor:
+            return d.float().mean() if wgan else self._bce(d, 0.0)
+
+        fake = fake_term(d_fake)
+        if d_negative is not None:
+            w = float(self.hparams.nda_weight)
+            fake = (1.0 - w) * fake + w * fake_term(d_negative)
+        return fake - d_real.float().mean() if wgan else self._bce(d_real, 1.0) + fake
 
     def _g_loss(self, d_gen: torch.Tensor) -> torch.Tensor:
         if self.hparams.objective == "wgan_gp":
@@ -246,8 +262,14 @@ class GAN(L.LightningModule):
         real_in, fake_in = self._augment(x), self._augment(self.generator(z).detach())
         d_real = self.discriminator(real_in)
         d_fake = self.discriminator(fake_in)
-        loss_d = self._d_loss(d_real, d_fake)
+        d_negative = None
+        if self.nda_transforms:  # real images made implausible, shown to D as fake (nda.py)
+            d_negative = self.discriminator(self._augment(negatives(x, self.nda_transforms)))
+        loss_d = self._d_loss(d_real, d_fake, d_negative)
         values = {}
+        if d_negative is not None:
+            wgan_nda = hp.objective == "wgan_gp"
+            values["train/d_negative"] = (d_negative if wgan_nda else torch.sigmoid(d_negative)).detach().float().mean()
         if hp.gp_weight > 0:
             penalty = gradient_penalty(self.discriminator, real_in, fake_in)
             loss_d = loss_d + hp.gp_weight * penalty

@@ -32,7 +32,7 @@ import torch
 
 RECONSTRUCTION_COMPONENTS = ("residual", "discrimination")
 # the per-image components of the scorers that read D (anogan.scorers.discriminator)
-D_COMPONENTS = ("transformations", "dfeatures", "dpatches")
+D_COMPONENTS = ("transformations", "dfeatures", "dpatches", "dlogit")
 COMPLEXITY_FLOOR = 1.0 / 255.0  # the smallest complexity the correction divides by (module docstring)
 
 

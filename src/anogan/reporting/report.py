@@ -33,6 +33,7 @@ from anogan.metrics.stats import bootstrap_statistics, conformal_p_values, delon
 from anogan.post_processing.calibration import Calibration
 from anogan.post_processing.scores import complexity, corrected_score, score_components, times_complexity_score
 from anogan.reporting.figures import write_example_figures, write_score_figures
+from anogan.reporting.run_checks import WEAK_PREFIX, weak_detector_warnings
 from anogan.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -280,7 +281,10 @@ def write_report(
     table = build_table(results, datamodule, calibration)
     metrics = compute_metrics(table, calibration.correction, calibration.target_fpr, rule, thresholds=calibration.thresholds)
     metrics.update(pixel_and_defect_metrics(table, results, datamodule))
-    metrics["warnings"] = calibration.warnings
+    weak = weak_detector_warnings(metrics)  # below chance or complexity alone on validation
+    for warning in weak:
+        log.warning("%s", warning)
+    metrics["warnings"] = [*calibration.warnings, *weak]
     write_csv(table, folder / "scores.csv")
     figures = folder / "figures"
     write_score_figures(table, metrics, figures, tb_writer)
@@ -353,6 +357,8 @@ def rereport(run_dir: Path) -> dict:
     )
     # what scores.csv cannot give back (pixel metrics need the maps; wall times, the scorer file) is kept
     metrics = {**old, **metrics}
+    kept = [w for w in old.get("warnings", []) if not w.startswith(WEAK_PREFIX)]  # the calibration's
+    metrics["warnings"] = [*kept, *weak_detector_warnings(metrics)]
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     write_score_figures(table, metrics, run_dir / "figures")
     return metrics

@@ -5,16 +5,19 @@
 * ``EncoderSearch`` (``mapping=encoder_search``): z starts at E(x), then a few search steps.
 * ``TransformationScorer`` (``mapping=transformations``): D's transformation head, summed cross-entropy.
 * ``DFeatureScorer`` (``mapping=dfeatures`` / ``dcombined``): kNN distances in D's feature space, per image and per patch.
+* ``DLogitScorer`` (``mapping=dlogit``): minus D's own logit (a D trained with ``model.nda``).
 """
 
 from anogan.scorers.base import Scorer, anomaly_map, check_finite_scores
 from anogan.scorers.discriminator import DFeatureScorer, TransformationScorer
+from anogan.scorers.dlogit import DLogitScorer
 from anogan.scorers.encoder import Encoder, EncoderScorer, izif_components
 from anogan.scorers.latent import EncoderSearch, LatentMapping, initial_latents, score_components, search_copy
 from anogan.utils.errors import ScoreDivergenceError
 
 __all__ = [
     "DFeatureScorer",
+    "DLogitScorer",
     "TransformationScorer",
     "Encoder",
     "EncoderScorer",

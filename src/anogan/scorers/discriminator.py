@@ -30,7 +30,9 @@ mode), so batching is exact and scoring is resumable.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,9 @@ from anogan.config.choices import CORESETS, POOLINGS
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.scorers.base import Scorer, smooth
 from anogan.utils.errors import UserError
+from anogan.utils.progress import Steps
+
+MAX_GREEDY_CELLS = 100_000  # above: the cell bank is a random subset (greedy costs cells × patch_bank_size)
 
 
 class ScorerConfigError(UserError):
@@ -111,33 +116,70 @@ def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4
     return torch.cat([pairwise_distances(q, bank).topk(k, dim=1, largest=False).values.mean(1) for q in query.split(chunk)])
 
 
-def subsample(bank: torch.Tensor, size: int, method: str, seed: int) -> torch.Tensor:
-    """At most ``size`` rows of ``bank``: a greedy k-center coreset (each new row the one farthest
-    from those chosen; Sener & Savarese 2018, as PatchCore) from a seeded random start, or a seeded
-    random subset. Deterministic for a given ``seed``."""
-    if len(bank) <= size:
-        return bank
+def random_projection(rows: torch.Tensor, dim: int | None, seed: int) -> torch.Tensor:
+    """float32 rows (n×F) projected to ``dim`` dimensions by a fixed-seed Gaussian matrix with entries
+    N(0, 1/dim) (Johnson-Lindenstrauss: distances kept up to a factor 1 ± ε with high probability);
+    the rows unprojected (as float32) when ``dim`` is None or not below F."""
+    rows = rows.float()
+    if dim is None or dim >= rows.shape[1]:
+        return rows
+    matrix = torch.randn(rows.shape[1], dim, generator=torch.Generator().manual_seed(seed)) / math.sqrt(dim)
+    return rows @ matrix
+
+
+def greedy_coreset(
+    bank: torch.Tensor, size: int, seed: int, projection: int | None = None, progress: Steps | None = None
+) -> torch.Tensor:
+    """Indices (LongTensor (size,)) of a greedy k-center coreset of the rows of ``bank`` (n×F, size < n):
+    from a seeded random start, each new row is the one farthest from those chosen (Sener & Savarese
+    2018, as PatchCore). The distances are computed in float32, on the rows projected to ``projection``
+    dimensions (``random_projection``, seeded by ``seed``; PatchCore, Roth et al. 2022, project the
+    same way before their coreset): only the choice is approximate, the caller keeps the full rows.
+    Cost: ``size`` passes over n × min(F, projection) floats. ``progress`` is told each chosen row."""
+    rows = random_projection(bank, projection, seed)
+    norms = rows.pow(2).sum(1, keepdim=True)
+
+    def distances_to(i: int) -> torch.Tensor:  # pairwise_distances(rows, rows[i][None]) term by term
+        row = rows[i][None]
+        return (norms + row.pow(2).sum(1)[None] - 2 * rows @ row.T).clamp_min(0).sqrt()[:, 0]
+
     gen = torch.Generator().manual_seed(seed)
-    if method == "random":
-        return bank[torch.randperm(len(bank), generator=gen)[:size].sort().values]
-    if method != "greedy":
-        raise ScorerConfigError(f"mapping.coreset={method!r}: use one of {', '.join(CORESETS)}.")
-    # pairwise_distances(bank, bank[i][None]) term by term, with the bank's float64 copy and squared
-    # norms made once rather than at each of the ``size`` steps (8x faster, the same bits)
-    bank64 = bank.double()
-    norms = bank64.pow(2).sum(1, keepdim=True)
-
-    def distances_to(i: int) -> torch.Tensor:
-        row = bank64[i][None]
-        return (norms + row.pow(2).sum(1)[None] - 2 * bank64 @ row.T).clamp_min(0).sqrt().float()[:, 0]
-
-    chosen = [int(torch.randint(len(bank), (1,), generator=gen))]
+    chosen = [int(torch.randint(len(rows), (1,), generator=gen))]
     nearest = distances_to(chosen[0])
     for _ in range(size - 1):
         i = int(nearest.argmax())
         chosen.append(i)
         nearest = torch.minimum(nearest, distances_to(i))
-    return bank[torch.tensor(chosen)]
+        if progress is not None:
+            progress.step(len(chosen))
+    return torch.tensor(chosen)
+
+
+def subsample(
+    bank: torch.Tensor,
+    size: int,
+    method: str,
+    seed: int,
+    projection: int | None = None,
+    progress: Steps | None = None,
+) -> torch.Tensor:
+    """At most ``size`` rows of ``bank``: a greedy k-center coreset (``greedy_coreset``, its distances
+    on rows projected to ``projection`` dimensions; null: none) or a seeded random subset. The kept
+    rows are the bank's own, full-dimensional. Deterministic for a given ``seed``."""
+    if len(bank) <= size:
+        return bank
+    if method == "random":
+        return bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed))[:size].sort().values]
+    if method != "greedy":
+        raise ScorerConfigError(f"mapping.coreset={method!r}: use one of {', '.join(CORESETS)}.")
+    return bank[greedy_coreset(bank, size, seed, projection, progress)]
+
+
+def coverage_radius(bank: torch.Tensor, kept: torch.Tensor, chunk: int = 4096) -> float:
+    """The largest, over the rows of ``bank``, Euclidean distance to the nearest row of ``kept``: how
+    far the worst-covered normal row is from the memory bank (what a greedy k-center coreset minimises,
+    within a factor 2 of the best possible)."""
+    return max(float(pairwise_distances(b, kept).amin(1).max()) for b in bank.split(chunk))
 
 
 def transformation_scores(discriminator: Discriminator, x: torch.Tensor, transforms: str) -> torch.Tensor:
@@ -223,15 +265,21 @@ class DFeatureScorer(_DReader):
         bank_size: the most image entries kept (coreset); patch_bank_size: the most cells kept.
         patch_layer: the block whose cells give ``dpatches`` and the map; patch_neighbourhood: local averaging (1: none).
         coreset: greedy | random.
+        coreset_projection: the greedy coreset's distances on features projected to this many
+            dimensions (fixed-seed Gaussian random projection, float32; null: the full features). Only
+            the choice of rows is approximate: the banks keep the full features.
         transforms: ``model.self_supervised`` (rotations | geotrans) to add the ``transformations``
             component of a D with a transformation head (``mapping=dcombined``); null: none.
-        score: the component that is the scorer's ``score``: dfeatures | dpatches | transformations.
+        score: the component that is the scorer's ``score``: dfeatures | dpatches | transformations | dlogit
+            (−D(x), ``anogan.scorers.dlogit``; computed when ``score`` or ``combine`` names it).
         combine: components that the calibration standardises and sums (``anogan.post_processing.calibration``).
     """
 
     needs_fit = True
     sized_by_fit = ("bank", "patch_bank")
-    components = ("dfeatures", "dpatches", "transformations")
+    bank: torch.Tensor
+    patch_bank: torch.Tensor
+    components = ("dfeatures", "dpatches", "transformations", "dlogit")
 
     def __init__(
         self,
@@ -245,6 +293,7 @@ class DFeatureScorer(_DReader):
         patch_neighbourhood: int = 3,
         patch_bank_size: int = 16384,
         coreset: str = "greedy",
+        coreset_projection: int | None = None,
         transforms: str | None = None,
         score: str = "dfeatures",
         batch_size: int = 256,
@@ -264,6 +313,10 @@ class DFeatureScorer(_DReader):
             raise ScorerConfigError(f"mapping.score={score!r}: use one of {', '.join(self.components)}.")
         if transforms or score == "transformations" or "transformations" in (combine or []):
             check_transform_head(discriminator, transforms)
+        if coreset_projection is not None and not (isinstance(coreset_projection, int) and coreset_projection >= 1):
+            raise ScorerConfigError(
+                f"mapping.coreset_projection={coreset_projection!r}: use null (the full features) or a whole number >= 1, e.g. 128."
+            )
         if k < 1 or bank_size < 1 or patch_bank_size < 1 or patch_neighbourhood < 1 or patch_neighbourhood % 2 == 0:
             raise ScorerConfigError(
                 "mapping.k, mapping.bank_size and mapping.patch_bank_size must be >= 1, mapping.patch_neighbourhood odd and >= 1."
@@ -300,24 +353,69 @@ class DFeatureScorer(_DReader):
         maps = layer_outputs(self.discriminator, x, [hp.layer, hp.patch_layer])
         return pool(maps[hp.layer], hp.pooling), patch_cells(maps[hp.patch_layer], hp.patch_neighbourhood)
 
+    def bank_plan(self, n_images: int) -> list[dict[str, Any]]:
+        """What ``fit`` builds from ``n_images`` training images, per memory bank: ``name`` (bank |
+        patch_bank), ``rows`` (entries before subsampling), ``dim`` (features per entry), ``kept``
+        (entries after), ``method`` (greedy | random | all) and ``selection_dim`` (the dimensions the
+        greedy coreset's distances use: ``coreset_projection`` when below ``dim``)."""
+        hp = self.hparams
+        with torch.no_grad():
+            pooled, cells = self._features(self._probe())
+        per_image = cells.shape[1] * cells.shape[2]
+        plan = []
+        for name, rows, dim, size in (
+            ("bank", n_images, pooled.shape[1], hp.bank_size),
+            ("patch_bank", n_images * per_image, cells.shape[3], hp.patch_bank_size),
+        ):
+            # greedy over every cell costs cells × patch_bank_size distance rows: random above 100k cells
+            method = hp.coreset if name == "bank" or rows <= MAX_GREEDY_CELLS else "random"
+            method = "all" if rows <= size else method
+            projected = hp.get("coreset_projection")
+            selection = min(dim, projected) if projected else dim
+            plan.append(
+                {
+                    "name": name,
+                    "rows": rows,
+                    "dim": int(dim),
+                    "kept": min(rows, size),
+                    "method": method,
+                    "selection_dim": selection,
+                }
+            )
+        return plan
+
     @torch.no_grad()
     def fit(self, train_loader: DataLoader, trainer_kwargs: dict | None = None) -> None:
         """Build the memory banks from the normal training images (each once, in dataset order;
-        the shuffling and repeats of ``train_loader`` are ignored), then subsample them."""
+        the shuffling and repeats of ``train_loader`` are ignored), then subsample them
+        (``bank_plan``). Writes progress lines (``anogan.utils.progress.Steps``) for the feature pass and
+        for each greedy coreset."""
         hp = self.hparams
         dataset = getattr(train_loader.dataset, "split", train_loader.dataset)  # RepeatedSplit -> its images
         loader = DataLoader(dataset, batch_size=int(hp.batch_size), shuffle=False)
         device = next(self.discriminator.parameters()).device
+        n_images = len(cast("Sized", dataset))
         images, cells = [], []
-        for batch in loader:
+        reading = Steps(f"Memory bank: D features of {n_images} training images", len(loader), "batches")
+        for done, batch in enumerate(loader, 1):
             pooled, patches = self._features(batch["image"].to(device))
             images.append(pooled.cpu())
             cells.append(patches.flatten(0, 2).cpu())
-        bank, patch_bank = torch.cat(images), torch.cat(cells)
-        self.bank = subsample(bank, hp.bank_size, hp.coreset, hp.seed).to(device)
-        # greedy over every cell costs cells × patch_bank_size distance rows: random above 100k cells
-        patch_method = hp.coreset if len(patch_bank) <= 100_000 else "random"
-        self.patch_bank = subsample(patch_bank, hp.patch_bank_size, patch_method, hp.seed + 1).to(device)
+            reading.step(done)
+        built = {"bank": torch.cat(images), "patch_bank": torch.cat(cells)}
+        for offset, plan in enumerate(self.bank_plan(n_images)):
+            rows = built[plan["name"]]
+            progress = None
+            if plan["method"] == "greedy":
+                what = "image vectors" if plan["name"] == "bank" else "cells"
+                projected = (
+                    f", distances in {plan['selection_dim']} projected dims" if plan["selection_dim"] < plan["dim"] else ""
+                )
+                phase = f"Memory bank: greedy coreset of {len(rows):,} {what} × {plan['dim']}{projected}"
+                progress = Steps(phase, plan["kept"], "rows kept", first=1)
+            method = "greedy" if plan["method"] == "all" else plan["method"]
+            kept = subsample(rows, plan["kept"], method, hp.seed + offset, hp.get("coreset_projection"), progress)
+            setattr(self, plan["name"], kept.to(device))
 
     def _require_fit(self) -> None:
         if not len(self.bank) or not len(self.patch_bank):
@@ -343,6 +441,8 @@ class DFeatureScorer(_DReader):
         cell_map = out.pop("cell_map")
         if self.hparams.transforms:
             out["transformations"] = transformation_scores(self.discriminator, x, self.hparams.transforms)
+        if self.hparams.score == "dlogit" or "dlogit" in (self.hparams.get("combine") or []):
+            out["dlogit"] = -self.discriminator(x).float().flatten()  # anogan.scorers.dlogit
         out["score"] = out[self.hparams.score]
         if self.hparams.maps:
             out["map"] = self.patch_map(cell_map, x.shape[-1])

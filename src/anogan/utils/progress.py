@@ -116,3 +116,28 @@ def progress_callbacks(phase: str, enabled: bool = True, terminal_bar: Callback 
     if sys.stdout.isatty():
         return [terminal_bar] if terminal_bar is not None else []
     return [LogProgress(phase)]
+
+
+class Steps:
+    """Progress lines of a loop outside Lightning (e.g. a memory bank's coreset): ``step(done)``
+    writes ``<phase>: <done>/<total> <unit>, <elapsed> elapsed, ETA <left>`` for the first step,
+    then at most every ``interval_s`` seconds, and for the last one, to the log (terminal and log
+    file alike). ETA: the remaining steps at the mean speed since the first line."""
+
+    def __init__(self, phase: str, total: int, unit: str = "steps", interval_s: float = INTERVAL_S, first: int = 0):
+        self.phase, self.total, self.unit, self.interval_s = phase, int(total), unit, float(interval_s)
+        self._first = int(first)
+        self._start = self._last = time.perf_counter()
+        self.lines = 0
+
+    def step(self, done: int) -> None:
+        now = time.perf_counter()
+        first, last = done == self._first + 1, done >= self.total
+        if not (first or last or now - self._last >= self.interval_s):
+            return
+        self._last = now
+        elapsed = now - self._start
+        rate = (done - self._first) / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {duration((self.total - done) / rate)}" if rate > 0 and not last else ""
+        log.info("%s: %d/%d %s, %s elapsed%s", self.phase, done, self.total, self.unit, duration(elapsed), eta)
+        self.lines += 1
