@@ -1,0 +1,168 @@
+"""Choose the texture recipe on several real-photograph sets (docs/scorers.md, "Texture recipe on several
+photographs"): every recipe is ``experiment=small_textures`` plus a few overrides, run on each set built by
+``benchmarks/make_demo_data.py textures <sets> --photo <photo>``; the recipe with the highest **mean
+validation image AUROC over the sets** wins (test figures are reported, never used to choose).
+
+    python benchmarks/make_demo_data.py textures /tmp/demo/textures --photo brick   # and grass, gravel
+    python benchmarks/texture_recipes.py --sets /tmp/demo/textures --runs runs/texture_recipes
+    python benchmarks/texture_recipes.py --sets /tmp/demo/textures --runs runs/texture_recipes --table-only
+
+Runs are ``python train.py experiment=small_textures data=mvtec data.root=<sets> data.category=<photo>
+seed=<seed> hydra.run.dir=<runs>/<photo>/<recipe> <overrides>`` (a finished run, one with metrics.json, is
+not rerun). Recipes that change only the scorer reuse the GAN of ``base`` through the GAN cache
+(``<runs>/gan_cache``); ``base`` also keeps GAN checkpoints every 15 epochs (``snaps/``), and ``epochs15``
+/ ``epochs45`` score those: with the cosine warm-restart schedule (T0 15, T_mult 2, independent of
+``max_epochs``) the GAN after 15 or 45 of the 60 epochs is the GAN a 15- or 45-epoch run trains.
+Prints one JSON object (every run's figures and the choice) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPS = [
+    "+callbacks.snaps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "+callbacks.snaps.dirpath=${paths.output_dir}/snaps",
+    "+callbacks.snaps.save_top_k=-1",
+    "+callbacks.snaps.every_n_epochs=15",
+]
+RECIPES: dict[str, list[str]] = {  # name -> overrides on top of experiment=small_textures
+    "base": SNAPS,  # today's preset
+    "epochs15": ["gan.checkpoint=<runs>/<photo>/base/snaps/epoch=14"],
+    "epochs45": ["gan.checkpoint=<runs>/<photo>/base/snaps/epoch=44"],
+    "layer1": ["mapping.patch_layer=1"],
+    "layer3": ["mapping.patch_layer=3"],
+    "neighbourhood1": ["mapping.patch_neighbourhood=1"],
+    "neighbourhood5": ["mapping.patch_neighbourhood=5"],
+    "plain_d": ["model.self_supervised=null"],
+}
+
+
+def overrides(recipe: str, photo: str, runs: Path) -> list[str]:
+    """The recipe's overrides for one set; a ``gan.checkpoint`` snapshot prefix is resolved to its file."""
+    out = []
+    for o in RECIPES[recipe]:
+        o = o.replace("<runs>", str(runs)).replace("<photo>", photo)
+        if o.startswith("gan.checkpoint="):
+            prefix = Path(o.split("=", 1)[1])
+            found = sorted(prefix.parent.glob(prefix.name + "-*.ckpt"))
+            if not found:
+                raise SystemExit(f"error: no GAN snapshot {prefix}-*.ckpt: run the recipe 'base' on {photo} first")
+            o = f"gan.checkpoint={found[0]}"
+        out.append(o)
+    return out
+
+
+def command(recipe: str, photo: str, sets: Path, runs: Path, seed: int, threads: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "experiment=small_textures",
+        "data=mvtec",
+        f"data.root={sets}",
+        f"data.category={photo}",
+        f"seed={seed}",
+        f"threads={threads}",
+        "logger=csv",
+        f"paths.gan_cache_dir={runs / 'gan_cache'}",
+        f"hydra.run.dir={runs / photo / recipe}",
+        *overrides(recipe, photo, runs),
+        *extra,
+    ]
+
+
+def summary(run: Path) -> dict:
+    """The figures of one finished run, read from its metrics.json."""
+    m = json.loads((run / "metrics.json").read_text())
+    versus = m.get("versus_complexity_baseline") or {}
+    health = m.get("gan_health") or {}
+    return {
+        "val_auroc": m["val"]["auroc"],
+        "test_auroc": m["test"]["auroc"],
+        "test_pixel_auroc": (m.get("pixel") or {}).get("auroc"),
+        "test_aupro": (m.get("pixel") or {}).get("aupro"),
+        "val_complexity_only": (versus.get("val") or {}).get("auroc_complexity_only"),
+        "test_complexity_only": (versus.get("test") or {}).get("auroc_complexity_only"),
+        "gan_ok": health.get("ok"),
+        "gan_flags": health.get("flags", []),
+        "gan_source": m.get("gan_source"),
+        "wall_s": (m.get("wall_time_s") or {}).get("total"),
+        "warnings": len(m.get("warnings") or []),
+    }
+
+
+def choose(results: dict[str, dict[str, dict]], photos: list[str]) -> dict:
+    """Mean validation image AUROC of each recipe over the sets it finished on all of; the highest wins."""
+    means = {
+        recipe: float(np.mean([per_set[p]["val_auroc"] for p in photos]))
+        for recipe, per_set in results.items()
+        if all(p in per_set for p in photos)
+    }
+    return {
+        "rule": "highest mean validation image AUROC over the sets",
+        "mean_val_auroc": means,
+        "chosen": max(means, key=means.__getitem__) if means else None,
+    }
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown(results: dict[str, dict[str, dict]], choice: dict) -> str:
+    lines = [
+        "| recipe | set | **val image AUROC** (chooses) | test image AUROC | test pixel AUROC | test AUPRO | complexity only val / test | G healthy | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for recipe, per_set in results.items():
+        for photo, r in per_set.items():
+            health = "yes" if r["gan_ok"] else ("no (" + ", ".join(r["gan_flags"]) + ")" if r["gan_flags"] else "–")
+            lines.append(
+                f"| {recipe} | {photo} | {_f(r['val_auroc'])} | {_f(r['test_auroc'])} | {_f(r['test_pixel_auroc'])} | "
+                f"{_f(r['test_aupro'])} | {_f(r['val_complexity_only'])} / {_f(r['test_complexity_only'])} | {health} | "
+                f"{r['wall_s'] if r['wall_s'] is not None else '–'} |"
+            )
+    lines += ["", "| recipe | mean val image AUROC |", "| --- | --- |"]
+    lines += [f"| {'**' + k + '**' if k == choice['chosen'] else k} | {v:.3f} |" for k, v in choice["mean_val_auroc"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", type=Path, required=True, help="folder holding the category folders (make_demo_data.py textures)")
+    p.add_argument("--runs", type=Path, required=True, help="folder for the run folders and the GAN cache")
+    p.add_argument("--photos", nargs="+", default=["brick", "grass", "gravel"])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table-only", action="store_true", help="only read the finished runs")
+    p.add_argument("extra", nargs="*", help="more overrides for every run (e.g. trainer.max_epochs=2 for a smoke test)")
+    a = p.parse_args(argv)
+    for photo in a.photos:
+        if not (a.sets / photo / "train" / "good").is_dir():
+            p.error(f"--sets {a.sets}: no {photo}/train/good; build it with make_demo_data.py textures {a.sets} --photo {photo}")
+    results: dict[str, dict[str, dict]] = {}
+    for recipe in a.recipes:  # base first: the other recipes reuse its GAN and snapshots
+        for photo in a.photos:
+            run = a.runs / photo / recipe
+            if not a.table_only and not (run / "metrics.json").exists():
+                cmd = command(recipe, photo, a.sets.resolve(), a.runs.resolve(), a.seed, a.threads, a.extra)
+                print("+", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+                subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+            if (run / "metrics.json").exists():
+                results.setdefault(recipe, {})[photo] = summary(run)
+    choice = choose(results, a.photos)
+    print(json.dumps({"seed": a.seed, "sets": a.photos, "runs": results, **choice}, indent=1))
+    print(markdown(results, choice))
+
+
+if __name__ == "__main__":
+    main()
