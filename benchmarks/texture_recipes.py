@@ -8,11 +8,12 @@ validation image AUROC over the sets** wins (test figures are reported, never us
     python benchmarks/texture_recipes.py --sets /tmp/demo/textures --runs runs/texture_recipes --table-only
 
 Runs are ``python train.py experiment=small_textures data=mvtec data.root=<sets> data.category=<photo>
-seed=<seed> hydra.run.dir=<runs>/<photo>/<recipe> <overrides>`` (a finished run, one with metrics.json, is
-not rerun). Recipes that change only the scorer reuse the GAN of ``base`` through the GAN cache
-(``<runs>/gan_cache``); ``base`` also keeps GAN checkpoints every 15 epochs (``snaps/``), and ``epochs15``
-/ ``epochs45`` score those: with the cosine warm-restart schedule (T0 15, T_mult 2, independent of
-``max_epochs``) the GAN after 15 or 45 of the 60 epochs is the GAN a 15- or 45-epoch run trains.
+seed=<seed> trainer.max_epochs=<epochs> hydra.run.dir=<runs>/<photo>/<recipe> <overrides>`` (a finished
+run, one with metrics.json, is not rerun). A recipe is a GAN (self-supervised or plain D), its epochs and
+scorer overrides. The GAN is trained once per set: a run that trains one keeps snapshots every 15 epochs
+(``snaps/``), and the recipes with the same GAN and as many or fewer epochs score it or its snapshot
+(``gan.checkpoint``): with the cosine warm-restart schedule (T0 15, T_mult 2, which does not depend on
+``max_epochs``) the GAN after 15 or 45 of 60 epochs has the weights a 15- or 45-epoch run trains.
 Prints one JSON object (every run's figures and the choice) and a Markdown table.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -28,40 +30,46 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SNAPS = [
-    "+callbacks.snaps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
-    "+callbacks.snaps.dirpath=${paths.output_dir}/snaps",
-    "+callbacks.snaps.save_top_k=-1",
-    "+callbacks.snaps.every_n_epochs=15",
-]
-RECIPES: dict[str, list[str]] = {  # name -> overrides on top of experiment=small_textures
-    "base": SNAPS,  # today's preset
-    "epochs15": ["gan.checkpoint=<runs>/<photo>/base/snaps/epoch=14"],
-    "epochs45": ["gan.checkpoint=<runs>/<photo>/base/snaps/epoch=44"],
-    "layer1": ["mapping.patch_layer=1"],
-    "layer3": ["mapping.patch_layer=3"],
-    "neighbourhood1": ["mapping.patch_neighbourhood=1"],
-    "neighbourhood5": ["mapping.patch_neighbourhood=5"],
-    "plain_d": ["model.self_supervised=null"],
+SNAPSHOT_EVERY = 15  # the cosine warm-restart schedule's first period: restarts after epochs 15, 45, 105
+GANS: dict[str, list[str]] = {"ssd": [], "plain_d": ["model.self_supervised=null"]}  # D with / without rotation head
+# name -> (GAN, its epochs, scorer overrides), all on top of experiment=small_textures
+RECIPES: dict[str, tuple[str, int, list[str]]] = {
+    "preset": ("ssd", 60, []),
+    "epochs45": ("ssd", 45, []),
+    "epochs15": ("ssd", 15, []),
+    "epochs15_layer1": ("ssd", 15, ["mapping.patch_layer=1"]),
+    "epochs15_layer3": ("ssd", 15, ["mapping.patch_layer=3"]),
+    "epochs15_neighbourhood1": ("ssd", 15, ["mapping.patch_neighbourhood=1"]),
+    "epochs15_plain_d": ("plain_d", 15, []),
+    "plain_d": ("plain_d", 60, []),
 }
 
 
-def overrides(recipe: str, photo: str, runs: Path) -> list[str]:
-    """The recipe's overrides for one set; a ``gan.checkpoint`` snapshot prefix is resolved to its file."""
-    out = []
-    for o in RECIPES[recipe]:
-        o = o.replace("<runs>", str(runs)).replace("<photo>", photo)
-        if o.startswith("gan.checkpoint="):
-            prefix = Path(o.split("=", 1)[1])
-            found = sorted(prefix.parent.glob(prefix.name + "-*.ckpt"))
-            if not found:
-                raise SystemExit(f"error: no GAN snapshot {prefix}-*.ckpt: run the recipe 'base' on {photo} first")
-            o = f"gan.checkpoint={found[0]}"
-        out.append(o)
-    return out
+def gan_source(recipe: str, photo: str, runs: Path, done: dict[tuple[str, int], Path]) -> list[str]:
+    """How a run gets its GAN: ``gan.checkpoint`` of a finished run of the same GAN and epochs, or the
+    snapshot after ``epochs`` of a longer run of the same GAN (same schedule, so the same weights), or
+    nothing (the run trains it, keeping snapshots every SNAPSHOT_EVERY epochs)."""
+    gan, epochs, _ = RECIPES[recipe]
+    for (g, e), run in sorted(done.items(), key=lambda item: item[0][1]):
+        if g != gan or e < epochs:
+            continue
+        if e == epochs:
+            return [f"gan.checkpoint={run / 'gan'}"]
+        found = sorted((run / "snaps").glob(f"epoch={epochs - 1}-*.ckpt"))
+        if found:
+            return [f"gan.checkpoint={found[0]}"]
+    return [
+        "+callbacks.snaps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        "+callbacks.snaps.dirpath=${paths.output_dir}/snaps",
+        "+callbacks.snaps.save_top_k=-1",
+        f"+callbacks.snaps.every_n_epochs={SNAPSHOT_EVERY}",
+    ]
 
 
-def command(recipe: str, photo: str, sets: Path, runs: Path, seed: int, threads: int, extra: list[str]) -> list[str]:
+def command(
+    recipe: str, photo: str, sets: Path, runs: Path, seed: int, threads: int, source: list[str], extra: list[str]
+) -> list[str]:
+    gan, epochs, scorer = RECIPES[recipe]
     return [
         sys.executable,
         str(REPO / "train.py"),
@@ -72,9 +80,12 @@ def command(recipe: str, photo: str, sets: Path, runs: Path, seed: int, threads:
         f"seed={seed}",
         f"threads={threads}",
         "logger=csv",
-        f"paths.gan_cache_dir={runs / 'gan_cache'}",
+        "gan.cache=false",
         f"hydra.run.dir={runs / photo / recipe}",
-        *overrides(recipe, photo, runs),
+        f"trainer.max_epochs={epochs}",
+        *GANS[gan],
+        *scorer,
+        *source,
         *extra,
     ]
 
@@ -144,21 +155,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table-only", action="store_true", help="only read the finished runs")
+    p.add_argument("--prefix", default="", help="a command to run each train.py under, e.g. 'nice -n 10 flock /tmp/cpu.lock'")
     p.add_argument("extra", nargs="*", help="more overrides for every run (e.g. trainer.max_epochs=2 for a smoke test)")
     a = p.parse_args(argv)
     for photo in a.photos:
         if not (a.sets / photo / "train" / "good").is_dir():
             p.error(f"--sets {a.sets}: no {photo}/train/good; build it with make_demo_data.py textures {a.sets} --photo {photo}")
-    results: dict[str, dict[str, dict]] = {}
-    for recipe in a.recipes:  # base first: the other recipes reuse its GAN and snapshots
-        for photo in a.photos:
-            run = a.runs / photo / recipe
+    # recipes that train their GAN first, longest first: the others score their GANs or snapshots
+    order = sorted(a.recipes, key=lambda r: (RECIPES[r][2] != [], -RECIPES[r][1]))
+    results: dict[str, dict[str, dict]] = {r: {} for r in a.recipes}
+    for photo in a.photos:
+        done: dict[tuple[str, int], Path] = {}
+        for recipe in order:
+            run = a.runs.resolve() / photo / recipe
+            gan, epochs, scorer = RECIPES[recipe]
             if not a.table_only and not (run / "metrics.json").exists():
-                cmd = command(recipe, photo, a.sets.resolve(), a.runs.resolve(), a.seed, a.threads, a.extra)
+                source = gan_source(recipe, photo, a.runs.resolve(), done)
+                cmd = command(recipe, photo, a.sets.resolve(), a.runs.resolve(), a.seed, a.threads, source, a.extra)
                 print("+", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+                subprocess.run(
+                    [*shlex.split(a.prefix), *cmd], check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+                )
             if (run / "metrics.json").exists():
-                results.setdefault(recipe, {})[photo] = summary(run)
+                results[recipe][photo] = summary(run)
+                if not scorer and (run / "gan").is_dir():
+                    done.setdefault((gan, epochs), run)
     choice = choose(results, a.photos)
     print(json.dumps({"seed": a.seed, "sets": a.photos, "runs": results, **choice}, indent=1))
     print(markdown(results, choice))

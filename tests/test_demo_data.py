@@ -87,3 +87,22 @@ def test_texture_recipes_chooses_by_mean_validation_auroc():
         "| **b** | 0.750 |" in table
         and "| c | brick | 1.000 | 0.900 | 0.800 | 0.700 | 0.600 / 0.600 | no (collapse) | 10.0 |" in table
     )
+
+
+def test_texture_recipes_train_each_gan_once_and_score_its_snapshots(tmp_path):
+    preset = tmp_path / "grass" / "preset"
+    (preset / "snaps").mkdir(parents=True)
+    (preset / "snaps" / "epoch=14-step=105.ckpt").touch()
+    done = {("ssd", 60): preset}
+    assert texture_recipes.gan_source("preset", "grass", tmp_path, {}) == [
+        "+callbacks.snaps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        "+callbacks.snaps.dirpath=${paths.output_dir}/snaps",
+        "+callbacks.snaps.save_top_k=-1",
+        "+callbacks.snaps.every_n_epochs=15",
+    ]
+    assert texture_recipes.gan_source("epochs15_layer3", "grass", tmp_path, done) == [
+        f"gan.checkpoint={preset / 'snaps' / 'epoch=14-step=105.ckpt'}"
+    ]
+    assert texture_recipes.gan_source("preset", "grass", tmp_path, done) == [f"gan.checkpoint={preset / 'gan'}"]
+    assert texture_recipes.gan_source("epochs45", "grass", tmp_path, done)[0].startswith("+callbacks")  # no snapshot
+    assert texture_recipes.gan_source("epochs15_plain_d", "grass", tmp_path, done)[0].startswith("+callbacks")  # other D
