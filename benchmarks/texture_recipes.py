@@ -33,14 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT_EVERY = 15  # the cosine warm-restart schedule's first period: restarts after epochs 15, 45, 105
 GANS: dict[str, list[str]] = {"ssd": [], "plain_d": ["model.self_supervised=null"]}  # D with / without rotation head
 # name -> (GAN, its epochs, scorer overrides), all on top of experiment=small_textures
+RANDOM = ["mapping.coreset=random"]  # a seeded random cell bank: minutes faster than the greedy coreset at 64 px
 RECIPES: dict[str, tuple[str, int, list[str]]] = {
     "preset": ("ssd", 60, []),
-    "epochs45": ("ssd", 45, []),
+    "preset_random": ("ssd", 60, RANDOM),
+    "preset_layer1": ("ssd", 60, ["mapping.patch_layer=1"]),
+    "preset_layer3": ("ssd", 60, ["mapping.patch_layer=3"]),
     "epochs15": ("ssd", 15, []),
+    "epochs15_random": ("ssd", 15, RANDOM),
     "epochs15_layer1": ("ssd", 15, ["mapping.patch_layer=1"]),
     "epochs15_layer3": ("ssd", 15, ["mapping.patch_layer=3"]),
-    "epochs15_neighbourhood1": ("ssd", 15, ["mapping.patch_neighbourhood=1"]),
-    "epochs15_plain_d": ("plain_d", 15, []),
+    "epochs15_neighbourhood1": ("ssd", 15, [*RANDOM, "mapping.patch_neighbourhood=1"]),
+    "epochs45_random": ("ssd", 45, RANDOM),
+    "epochs15_plain_d_random": ("plain_d", 15, RANDOM),
     "plain_d": ("plain_d", 60, []),
 }
 
@@ -57,7 +62,7 @@ def gan_source(recipe: str, photo: str, runs: Path, done: dict[tuple[str, int], 
             return [f"gan.checkpoint={run / 'gan'}"]
         found = sorted((run / "snaps").glob(f"epoch={epochs - 1}-*.ckpt"))
         if found:
-            return [f"gan.checkpoint={found[0]}"]
+            return [f"gan.checkpoint='{found[0]}'"]  # quoted: the file name holds '='
     return [
         "+callbacks.snaps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
         "+callbacks.snaps.dirpath=${paths.output_dir}/snaps",
@@ -161,11 +166,17 @@ def main(argv: list[str] | None = None) -> None:
     for photo in a.photos:
         if not (a.sets / photo / "train" / "good").is_dir():
             p.error(f"--sets {a.sets}: no {photo}/train/good; build it with make_demo_data.py textures {a.sets} --photo {photo}")
-    # recipes that train their GAN first, longest first: the others score their GANs or snapshots
-    order = sorted(a.recipes, key=lambda r: (RECIPES[r][2] != [], -RECIPES[r][1]))
+    # per GAN, the longest recipe first (in the order given): it trains, the others score its GAN or snapshots
+    order = sorted(a.recipes, key=lambda r: -RECIPES[r][1])
     results: dict[str, dict[str, dict]] = {r: {} for r in a.recipes}
     for photo in a.photos:
-        done: dict[tuple[str, int], Path] = {}
+        # GANs already trained here (gan/ is written when GAN training ends), even where scoring did not finish
+        done = {
+            (RECIPES[r][0], RECIPES[r][1]): a.runs.resolve() / photo / r
+            for r in RECIPES
+            if (a.runs / photo / r / "snaps").is_dir()
+        }
+        done = {k: v for k, v in done.items() if (v / "gan").is_dir()}
         for recipe in order:
             run = a.runs.resolve() / photo / recipe
             gan, epochs, scorer = RECIPES[recipe]
@@ -178,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             if (run / "metrics.json").exists():
                 results[recipe][photo] = summary(run)
-                if not scorer and (run / "gan").is_dir():
-                    done.setdefault((gan, epochs), run)
+                if (run / "gan").is_dir() and ((gan, epochs) not in done or (run / "snaps").is_dir()):
+                    done[(gan, epochs)] = run
     choice = choose(results, a.photos)
     print(json.dumps({"seed": a.seed, "sets": a.photos, "runs": results, **choice}, indent=1))
     print(markdown(results, choice))

@@ -101,8 +101,8 @@ def test_texture_recipes_train_each_gan_once_and_score_its_snapshots(tmp_path):
         "+callbacks.snaps.every_n_epochs=15",
     ]
     assert texture_recipes.gan_source("epochs15_layer3", "grass", tmp_path, done) == [
-        f"gan.checkpoint={preset / 'snaps' / 'epoch=14-step=105.ckpt'}"
+        f"gan.checkpoint='{preset / 'snaps' / 'epoch=14-step=105.ckpt'}'"
     ]
     assert texture_recipes.gan_source("preset", "grass", tmp_path, done) == [f"gan.checkpoint={preset / 'gan'}"]
-    assert texture_recipes.gan_source("epochs45", "grass", tmp_path, done)[0].startswith("+callbacks")  # no snapshot
-    assert texture_recipes.gan_source("epochs15_plain_d", "grass", tmp_path, done)[0].startswith("+callbacks")  # other D
+    assert texture_recipes.gan_source("epochs45_random", "grass", tmp_path, done)[0].startswith("+callbacks")  # no snapshot
+    assert texture_recipes.gan_source("epochs15_plain_d_random", "grass", tmp_path, done)[0].startswith("+callbacks")  # other D
