@@ -13,7 +13,8 @@ run, one with metrics.json, is not rerun). A recipe is a GAN (self-supervised or
 scorer overrides. The GAN is trained once per set: a run that trains one keeps snapshots every 15 epochs
 (``snaps/``), and the recipes with the same GAN and as many or fewer epochs score it or its snapshot
 (``gan.checkpoint``): with the cosine warm-restart schedule (T0 15, T_mult 2, which does not depend on
-``max_epochs``) the GAN after 15 or 45 of 60 epochs has the weights a 15- or 45-epoch run trains.
+``max_epochs``) the GAN after 15 or 45 of 60 epochs should have the weights a 15- or 45-epoch run trains
+(by the schedule; not checked bit for bit).
 Prints one JSON object (every run's figures and the choice) and a Markdown table.
 """
 
