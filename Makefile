@@ -45,7 +45,7 @@ test-slow: install ## the slow tests only (multi-process DDP, resume, the browse
 test-all: install ## every test
 	$(PY) -m pytest -q
 
-train: install ## the CPU recipe end to end: train the GAN, score, report (its time on this machine: make plan)
+train: install ## the CPU default end to end: the GeoTrans SS-GAN, scored by D, report (its time here: make plan)
 	$(PY) train.py experiment=cifar_car_cpu $(ARGS)
 
 train-guidebook: install ## the guidebook's full recipe (64 px, 200 epochs: for a GPU; make plan ARGS=experiment=cifar_car)
