@@ -216,7 +216,7 @@ def test_the_generator_loss_carries_alpha_times_the_generated_images_transformat
     real_g, real_d = model._g_loss, model._d_loss
     monkeypatch.setattr(model, "_transform_loss", lambda images: (torch.tensor(1.5, requires_grad=True), torch.tensor(0.5)))
     monkeypatch.setattr(model, "_g_loss", lambda d_gen: seen.setdefault("g", real_g(d_gen)))
-    monkeypatch.setattr(model, "_d_loss", lambda a, b: seen.setdefault("d", real_d(a, b)))
+    monkeypatch.setattr(model, "_d_loss", lambda a, b, c=None: seen.setdefault("d", real_d(a, b, c)))
     t = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     t.fit(model, loader(1))
     m = t.callback_metrics

@@ -40,6 +40,7 @@ from anogan.utils.errors import CalibrationError
 
 THRESHOLD_KEYS = ("fpr", "fpr_target", "fpr_observed", "f1", "f1_value", "youden", "youden_value")
 LOG_FLOOR = 1e-30
+LOG_COMPLEXITY_STD_FLOOR = 0.01  # the smallest spread of log complexity the combined correction divides by
 
 
 def complexity_of_model_input(x: torch.Tensor) -> torch.Tensor:
@@ -185,8 +186,10 @@ class Calibration(nn.Module):
             mean, std = stacked.mean(0), stacked.std(0, correction=0)
             std = torch.where(std > 0, std, torch.ones_like(std))
             log_c = torch.as_tensor(complexity).double().flatten()[normal].clamp_min(COMPLEXITY_FLOOR).log()
-            c_std = log_c.std(correction=0)
-            stats = torch.stack([log_c.mean(), c_std if c_std > 0 else torch.ones_like(c_std)])
+            # a spread under LOG_COMPLEXITY_STD_FLOOR counts as that floor: near-identical complexities
+            # must not amplify float rounding (ONNX's float32 complexity) into the score
+            c_std = log_c.std(correction=0).clamp_min(LOG_COMPLEXITY_STD_FLOOR)
+            stats = torch.stack([log_c.mean(), c_std])
         provisional = cls("none", math.inf, target_fpr, {}, torch.zeros(0), combine, mean, std, log, stats if combine else None)
         raw = provisional.raw_score(components)
         if correction == "auto":
