@@ -87,7 +87,10 @@ def _figure_components(table: Table, metrics: dict[str, Any]) -> Figure:
     panels = (
         ("raw_score", raw, "raw score (higher = anomalous)"),
         ("complexity_baseline", c, f"input complexity (baseline: {metrics['complexity_baseline_direction']})"),
-        ("complexity_corrected", corrected_score(torch.from_numpy(raw), torch.from_numpy(c)).numpy(), "raw score / complexity"),
+        # the run's own corrected score where it has one (a combination is corrected in z-space: anogan.post_processing.calibration)
+        ("complexity_corrected", corrected_score(torch.from_numpy(raw), torch.from_numpy(c)).numpy(), "raw score / complexity")
+        if metrics["correction"] == "none"
+        else (metrics["primary_score"], table["score"][m], f"primary score ({metrics['correction']})"),
     )
     fig = Figure(figsize=(15, 4))
     axes = fig.subplots(1, 3)

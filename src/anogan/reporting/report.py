@@ -30,8 +30,8 @@ from anogan.metrics.image import (
     threshold_metrics,
 )
 from anogan.metrics.stats import bootstrap_statistics, conformal_p_values, delong, percentile_interval, random_auroc_interval
-from anogan.post_processing.calibration import Calibration
-from anogan.post_processing.scores import complexity, corrected_score, score_components, times_complexity_score
+from anogan.post_processing.calibration import Calibration, primary_score
+from anogan.post_processing.scores import complexity, corrected_score, score_components
 from anogan.reporting.figures import write_example_figures, write_score_figures
 from anogan.reporting.run_checks import WEAK_PREFIX, weak_detector_warnings
 from anogan.utils.io import atomic_write_text
@@ -134,9 +134,12 @@ def compute_metrics(
     n_resamples: int = 2000,
     seed: int = 0,
     thresholds: dict | None = None,
+    log_stats: tuple[float, float] | None = None,
 ) -> dict:
     """Everything metrics.json holds about the scores; ``correction`` is the resolved one that
-    made ``table["score"]`` (none, complexity or times_complexity).
+    made ``table["score"]`` (none, complexity or times_complexity); ``log_stats``: the calibration's
+    (``Calibration.log_stats``) when the raw score is a combination, so that the corrected
+    alternatives are computed as the calibration computes them.
 
     Thresholds are fitted on the validation rows (``fit_thresholds``: the false-positive-rate one
     at ``target_fpr`` on the validation normals, F1 and Youden when validation has anomalies);
@@ -198,8 +201,8 @@ def compute_metrics(
     metrics["complexity_baseline_direction"] = "low = anomalous" if low_is_anomalous else "high = anomalous"
     alternatives = {
         "raw_score": raw,
-        "complexity_corrected": corrected_score(raw, c),
-        "times_complexity": times_complexity_score(raw, c),
+        "complexity_corrected": primary_score(raw, c, "complexity", log_stats),
+        "times_complexity": primary_score(raw, c, "times_complexity", log_stats),
         **{k: torch.from_numpy(table[k]) for k in score_components(table)},
         "complexity_baseline": -c if low_is_anomalous else c,
     }
@@ -279,7 +282,14 @@ def write_report(
     folder = Path(folder)
     rule = calibration.rule
     table = build_table(results, datamodule, calibration)
-    metrics = compute_metrics(table, calibration.correction, calibration.target_fpr, rule, thresholds=calibration.thresholds)
+    metrics = compute_metrics(
+        table,
+        calibration.correction,
+        calibration.target_fpr,
+        rule,
+        thresholds=calibration.thresholds,
+        log_stats=calibration.log_stats,
+    )
     metrics.update(pixel_and_defect_metrics(table, results, datamodule))
     weak = weak_detector_warnings(metrics)  # below chance or complexity alone on validation
     for warning in weak:
