@@ -283,11 +283,11 @@ def make_gan(image_size: int, d: dict, seed: int, **options) -> GAN:
 
 
 def bench_ssgan(a: argparse.Namespace, d: dict) -> dict:
-    """The cost of the self-supervised auxiliary task (issue 24, ``model.self_supervised``): images/s of
+    """The cost of the self-supervised auxiliary task (``model.self_supervised``): images/s of
     the project's GAN under Lightning without it and with each transformation set, fp32, at the first
     size and ``--train-batch-size``, ``--ssgan-steps`` timed steps after ``--warmup``, side by side on the
     same images (fastest of ``--rounds``, alternating order). ``epoch_time_ratio`` is a GAN epoch's
-    time with the set over its time without (the budget of issue 24: at most 2)."""
+    time with the set over its time without (the budget: at most 2)."""
     size, tb, steps = a.sizes[0], a.train_batch_size, a.ssgan_steps
     images = random_images(tb * (a.warmup + steps + 1), size, a.seed + 5)
     variants = {"off": None, **{name: name for name in ("rotations", "geotrans")}}

@@ -1,4 +1,4 @@
-"""AUROC against scoring cost for every scorer, on the same GANs and the same images (issue 18):
+"""AUROC against scoring cost for every scorer, on the same GANs and the same images:
 
     python benchmarks/scoring_curve.py outputs/multirun/<sweep>/seed=0 outputs/multirun/<sweep>/seed=1 ... \
         [--steps 50 100 200 400] [--hybrid 5 10 25 50] [--encoder-epochs 20] [--out docs/figures/scoring_curve]

@@ -1,4 +1,4 @@
-"""The scorers that read the discriminator (issue 24): the transformation score, kNN distances in D's
+"""The scorers that read the discriminator: the transformation score, kNN distances in D's
 feature space, the per-patch map, the scorer file, predict.py and the ONNX export."""
 
 import csv

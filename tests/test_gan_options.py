@@ -1,4 +1,4 @@
-"""The GAN training options (issue 19): WGAN-GP, spectral norm, DiffAugment, EMA, checkpoint
+"""The GAN training options: WGAN-GP, spectral norm, DiffAugment, EMA, checkpoint
 selection on validation only, divergence stops; tiny nets (latent 16, widths 8, 32 px)."""
 
 from __future__ import annotations

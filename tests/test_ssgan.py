@@ -1,4 +1,4 @@
-"""Self-supervised GAN training (issue 24): the transformation sets, D's transformation head, the
+"""Self-supervised GAN training: the transformation sets, D's transformation head, the
 auxiliary losses, and a tiny end-to-end run whose D keeps its head through gan_store and scorer.pt."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 30 §3: the training limits a user can set mean what a user expects under the GAN's manual
+"""The training limits a user can set mean what a user expects under the GAN's manual
 optimization (trainer.max_steps = GAN iterations, i.e. batches; limit_train_batches = batches per
 epoch), or are refused in one line (tests/test_bad_inputs.py); the short-training warning counts what
 will really run."""

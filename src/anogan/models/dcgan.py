@@ -19,7 +19,7 @@ Two discriminator options (architecture keys, saved in ``gan.json`` so a saved G
   ``weight``. Refused with ``norm=batch``: SN-GAN's discriminator has no BatchNorm, and the scorer
   folds Conv→BatchNorm pairs into one conv, which a spectrally normalised conv does not allow.
 
-And one for self-supervision (issue 24): ``transform_classes`` = T > 0 adds ``transform_head``, a
+And one for self-supervision: ``transform_classes`` = T > 0 adds ``transform_head``, a
 linear layer from D's flattened final feature stack (``features(x)``, the last width × 4×4) to T
 logits, the auxiliary rotation head of Chen et al., CVPR 2019 ("Self-Supervised GANs via Auxiliary
 Rotation Loss"; google/compare_gan ``ssgan.py``: a linear layer on the flattened last feature map,

@@ -1,4 +1,4 @@
-"""A GAN that failed says so (issue 24): mode collapse and D overpowering G, in one warning line.
+"""A GAN that failed says so: mode collapse and D overpowering G, in one warning line.
 
 Two failures make every GAN-based score meaningless, and both are visible from what training
 already has at hand:

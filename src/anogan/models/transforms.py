@@ -1,4 +1,4 @@
-"""Named sets of geometric transformations, for the discriminator's self-supervised head (issue 24).
+"""Named sets of geometric transformations, for the discriminator's self-supervised head.
 
 A transformation set is a fixed, ordered list of transformations; the auxiliary head of D
 (``Discriminator(transform_classes=T)``) classifies which one an image was given, and the scorers
