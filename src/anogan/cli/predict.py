@@ -28,8 +28,8 @@ listed with their reason; they never stop the batch.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from anogan.data import notes as read_notes
 from anogan.deploy.api import Detector, load
 from anogan.engine.artifact import resolve_path
 from anogan.utils.errors import InputError, PredictError, UserError
+from anogan.utils.io import atomic_save_image, atomic_write, atomic_write_text
 
 log = logging.getLogger("anogan.cli.predict")
 
@@ -101,27 +102,22 @@ def _write_maps(
 
     pixels = model_input.permute(1, 2, 0).numpy()
     rgb = Image.fromarray(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
-    tmp = folder / f".{name}.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, full.astype(np.float32))
-    os.replace(tmp, folder / f"{name}.npy")
+    atomic_write(folder / f"{name}.npy", lambda f: np.save(f, full.astype(np.float32)))
     heat = (colormaps["jet"](np.clip(input_map.numpy() / max(vmax, 1e-12), 0, 1))[..., :3] * 255).astype(np.uint8)
     overlay = Image.blend(rgb, Image.fromarray(heat), 0.45)
-    tmp = folder / f".{name}_overlay.png.tmp"
-    overlay.save(tmp, format="PNG")
-    os.replace(tmp, folder / f"{name}_overlay.png")
+    atomic_write(folder / f"{name}_overlay.png", lambda f: overlay.save(f, format="PNG"))
 
 
 def write_csv(rows: list[dict], columns: tuple[str, ...], out: Path) -> None:
-    """``path`` and ``columns`` per row (floats to 9 significant digits), written atomically."""
+    """``path`` and ``columns`` per row (floats to 9 significant digits), written atomically (UTF-8).
+    Raises ``WriteError`` (one line) when it cannot be written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *columns])
-        for row in rows:
-            writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in columns)])
-    os.replace(tmp, out)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", *columns])
+    for row in rows:
+        writer.writerow([row["path"], *(f"{row[k]:.9g}" if isinstance(row[k], float) else row[k] for k in columns)])
+    atomic_write_text(out, text.getvalue())
 
 
 def predict(
@@ -162,7 +158,6 @@ def predict(
             _write_maps(folder, _name(path, root), result.inputs[i], result.model_maps[i], full, vmax)
     if save_images and result.reconstructions is not None:
         from anogan.reporting.figures import reconstruction_grid
-        from anogan.utils.io import atomic_save_image
 
         folder = out.with_name(out.stem + "_images")
         folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from anogan.post_processing.calibration import Calibration, complexity_of_model_
 from anogan.post_processing.scores import complexity
 from anogan.scorers import DFeatureScorer, DLogitScorer, EncoderScorer, Scorer, TransformationScorer
 from anogan.utils.errors import ExportError, UserError
-from anogan.utils.io import atomic_write_text
+from anogan.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger("anogan.deploy.export")
 MAX_RELATIVE_DIFFERENCE = 1e-4
@@ -137,12 +136,7 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     "max_relative_difference", "images"}``. Raises ``ExportError`` / ``ArtifactError`` (one line)."""
     artifact = resolve_path(ckpt)
     scorer, payload = load_artifact(artifact)
-    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer, DLogitScorer)):
-        raise ExportError(
-            f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
-            "dfeatures, dcombined, dlogit) export to ONNX; "
-            "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
-        )
+    _check_exportable(artifact, scorer)
     try:
         import onnxruntime as ort
     except ImportError:
@@ -154,32 +148,66 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     graph = ScorerGraph(scorer, calibration).eval()
     images = _check_images(scorer, payload, Path(input).expanduser() if input else None)
     x = images.float().div(127.5).sub(1.0)
+    onnx_path = write_onnx(graph, x[:2], out / "scorer.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = dict(zip(graph.output_names, session.run(None, {"image": x.numpy()})))
+    checked = compare_outputs(got, reference_outputs(scorer, calibration, images), calibration)
+    against = "anogan.engine.inference.run_scorer + Calibration"
+    report = {"images": len(images), **checked, "against": against, "onnxruntime": ort.__version__}
+    meta = export_metadata(onnx_path, payload, graph, report, artifact)
+    json_path = out / "scorer.json"
+    atomic_write_text(json_path, json.dumps(meta, indent=1))
+    for warning in calibration.warnings:
+        log.warning("%s", warning)
+    return {
+        "onnx": onnx_path,
+        "json": json_path,
+        "max_relative_difference": checked["max_relative_difference"],
+        "images": len(images),
+    }
+
+
+def _check_exportable(artifact: Path, scorer: Scorer) -> None:
+    """``ExportError`` (one line) unless ``scorer`` is a forward-only scorer (a fixed graph)."""
+    if not isinstance(scorer, (EncoderScorer, TransformationScorer, DFeatureScorer, DLogitScorer)):
+        raise ExportError(
+            f"{artifact} holds a {type(scorer).__name__}: only the forward-only scorers (mapping=encoder, transformations, "
+            "dfeatures, dcombined, dlogit) export to ONNX; "
+            "the latent search optimises z at inference and stays PyTorch-only (use predict.py)."
+        )
+
+
+def write_onnx(graph: ScorerGraph, example: torch.Tensor, path: Path) -> Path:
+    """``graph`` traced on ``example`` (N×C×S×S) and written to ``path`` as ONNX (atomically: input
+    ``image``, the graph's outputs, the batch axis ``n`` dynamic). Raises ``WriteError``."""
     names = graph.output_names
-    onnx_path = out / "scorer.onnx"
-    tmp = out / ".scorer.onnx.tmp"
-    with torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad():
         torch.onnx.export(
             graph,
-            (x[:2],),
+            (example,),
             str(tmp),
             dynamo=False,
             input_names=["image"],
             output_names=names,
             dynamic_axes={name: {0: "n"} for name in ["image", *names]},
         )
-    os.replace(tmp, onnx_path)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = dict(zip(names, session.run(None, {"image": x.numpy()})))
-    checked = compare_outputs(got, reference_outputs(scorer, calibration, images), calibration)
+    return path
+
+
+def export_metadata(onnx_path: Path, payload: dict, graph: ScorerGraph, checked: dict, artifact: Path) -> dict:
+    """``scorer.json``: the graph's input and outputs, the run's preprocessing and calibration (the
+    correction, every rule's threshold, the validation normals' scores for p-values), the check's
+    result ``checked`` and the source scorer file."""
+    calibration: Calibration = graph.calibration
     cal = calibration.state()
-    meta = {
+    return {
         "onnx": onnx_path.name,
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "[-1, 1] = uint8 / 127.5 - 1"},
         "preprocess": payload["preprocess"],
         "outputs": {
             "score": "primary anomaly score (higher = more anomalous), float64",
             "raw_score": "scorer's own score (or the combined components), float64",
-            **({"anomaly_map": "N x S x S, at the model's resolution"} if "anomaly_map" in names else {}),
+            **({"anomaly_map": "N x S x S, at the model's resolution"} if "anomaly_map" in graph.output_names else {}),
             "p_value": "conformal p-value against the validation normals, float64",
             "label": f"1 = anomalous: score >= the {calibration.rule} threshold, int64",
         },
@@ -193,23 +221,8 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
         "normal_scores": [float(v) for v in cal["normal_scores"]],
         "p_value": "(1 + #{normal_scores >= score}) / (len(normal_scores) + 1)",
         "warnings": calibration.warnings,
-        "checked": {
-            "images": len(images),
-            **checked,
-            "against": "anogan.engine.inference.run_scorer + Calibration",
-            "onnxruntime": ort.__version__,
-        },
+        "checked": checked,
         "source": str(artifact.resolve()),
-    }
-    json_path = out / "scorer.json"
-    atomic_write_text(json_path, json.dumps(meta, indent=1))
-    for warning in calibration.warnings:
-        log.warning("%s", warning)
-    return {
-        "onnx": onnx_path,
-        "json": json_path,
-        "max_relative_difference": checked["max_relative_difference"],
-        "images": len(images),
     }
 
 

@@ -18,7 +18,7 @@ import errno
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,39 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
                 os.unlink(tmp)
     _fsync_folder(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` (``.<name>.<random>.tmp``) for a library that writes to a
+    path itself (``torch.onnx.export``, ...): write the file there inside the ``with`` block; on a
+    normal exit it is fsynced and renamed to ``path``, on an exception removed (``path`` untouched).
+
+    Any other exception of the block propagates unchanged.
+
+    Raises:
+        WriteError: an ``OSError`` while creating, writing or renaming (the target is untouched).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise WriteError(describe_os_error(err, path)) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    _fsync_folder(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
