@@ -44,6 +44,19 @@ def test_atomic_write_replaces_whole_file_and_keeps_old_one_on_failure(tmp_path,
     assert target.read_text() == "new"
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp makes 0o600 files; a file written atomically must be readable as open(path, "w") makes it."""
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    aio.atomic_write_text(tmp_path / "atomic.txt", "x")
+    with aio.atomic_path(tmp_path / "by_path.bin") as tmp:
+        tmp.write_bytes(b"x")
+    expected = plain.stat().st_mode & 0o777
+    assert expected & 0o044  # the test's umask lets group/others read: otherwise it proves nothing
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("atomic.txt", "by_path.bin")] == [expected, expected]
+
+
 def test_atomic_savefig_and_torch_save(tmp_path):
     import matplotlib
 

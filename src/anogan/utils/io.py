@@ -59,6 +59,23 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
+
+
+def _temp_file_next_to(path: Path) -> tuple[int, str]:
+    """A new temporary file ``.<name>.<random>.tmp`` in ``path``'s folder, open (fd, name), with the
+    permissions a plain ``open(path, "w")`` would give (0o666 minus the umask; mkstemp's are 0o600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``.
 
@@ -70,7 +87,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_file_next_to(path)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -101,7 +118,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_file_next_to(path)
         os.close(fd)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDWR)
