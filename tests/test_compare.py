@@ -4,9 +4,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
-from anogan.metrics.compare import main
+from anogan.metrics.compare import join_runs, main, read_split_scores
 from anogan.metrics.stats import auroc, delong, delong_components, paired_bootstrap
+from anogan.utils.errors import CompareError
 
 
 def brute_force_delong(a, b, y):
@@ -140,3 +142,26 @@ def test_compare_on_validation_uses_only_the_validation_rows(tmp_path, capsys):
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--n-resamples", "100"]) == 0
     result = json.loads(capsys.readouterr().out.rsplit("}\n", 1)[0] + "}")
     assert result["split"] == "test" and result["paired_bootstrap"]["auroc_b"] == 0.0
+
+
+def test_join_runs_pairs_rows_by_id_and_refuses_what_cannot_be_paired(tmp_path):
+    ids = np.array([7, 3, 5, 1])
+    y = np.array([1, 0, 1, 0])
+    write_scores(tmp_path / "a", ids, y, [0.7, 0.3, 0.1 + 0.2, 0.1])
+    write_scores(tmp_path / "b", ids[::-1], y[::-1], [1.0, 5.0, 3.0, 7.0])  # scores equal to the ids, other row order
+    got_ids, labels, a, b = join_runs(tmp_path / "a", tmp_path / "b")
+    assert got_ids.tolist() == [1, 3, 5, 7] and labels.tolist() == [0, 0, 1, 1]
+    assert a.tolist() == [0.1, 0.3, 0.1 + 0.2, 0.7] and b.tolist() == [1.0, 3.0, 5.0, 7.0]  # repr(float) read back exactly
+    assert got_ids.dtype == labels.dtype == np.int64 and a.dtype == b.dtype == np.float64
+    write_scores(tmp_path / "relabelled", ids, 1 - y, [0.0] * 4)
+    with pytest.raises(CompareError, match=r"^the runs label 4 test image\(s\) differently \(first id 1\): not the same data$"):
+        join_runs(tmp_path / "a", tmp_path / "relabelled")
+    write_scores(tmp_path / "twice", [1, 3, 1], [0, 0, 0], [0.0] * 3)
+    with pytest.raises(CompareError, match="lists the test image id 1 twice"):
+        read_split_scores(tmp_path / "twice")
+    with pytest.raises(CompareError, match="has no val rows"):
+        read_split_scores(tmp_path / "a", "val")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "scores.csv").write_text("id,split\n1,test\n")
+    with pytest.raises(CompareError, match="lacks the column"):
+        read_split_scores(tmp_path / "bare")

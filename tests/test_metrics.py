@@ -102,9 +102,10 @@ def test_auto_correction_picks_the_score_that_ranks_validation_better():
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
+from scipy.stats import rankdata  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision  # noqa: E402
 
-from anogan.metrics.image import fpr_threshold, resolve_threshold, to_unit_interval  # noqa: E402
+from anogan.metrics.image import _cut_points, fpr_threshold, resolve_threshold, to_unit_interval, trapezoid_auroc  # noqa: E402
 from anogan.metrics.stats import (  # noqa: E402
     _weighted_ap,
     _weighted_auroc,
@@ -112,7 +113,6 @@ from anogan.metrics.stats import (  # noqa: E402
     bootstrap_ci,
     bootstrap_statistics,
     conformal_p_values,
-    midranks,
     random_auroc_interval,
     stratified_counts,
 )
@@ -224,8 +224,60 @@ def test_threshold_rule_selection():
 
 
 # ---------------------------------------------------------------------- AUROC by ranks, bootstrap
-def test_midranks_and_rank_auroc_against_brute_force_and_torchmetrics():
-    assert midranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
+def hand_midranks(x):
+    """1-based ranks, tied values sharing their average rank, by sorting and grouping ties."""
+    order = np.argsort(x, kind="stable")
+    xs = np.asarray(x, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(xs))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def test_rankdata_gives_the_midranks_bit_for_bit():
+    assert rankdata(np.array([3.0, 1.0, 3.0, 2.0, 3.0])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
+    rng = np.random.default_rng(7)
+    for trial in range(50):
+        n = int(rng.integers(1, 300))
+        x = rng.integers(0, 9, n).astype(float) if trial % 2 else rng.normal(size=n)
+        ranks = rankdata(x)
+        assert ranks.dtype == np.float64 and ranks.tobytes() == hand_midranks(x).tobytes()
+
+
+def test_auroc_on_a_hand_computed_example_with_ties():
+    # anomalies 3, 2, 2 against normals 2, 1, 1, 0: pairs won 4 + (3 + ½) + (3 + ½), of 12
+    scores, labels = [3.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.0], [1, 1, 1, 0, 0, 0, 0]
+    assert auroc(scores, labels) == 11 / 12
+    assert auroc([1.0, 1.0], [0, 1]) == 0.5
+    # the curve's area (torchmetrics, float32) is the same number up to float32 rounding
+    assert abs(trapezoid_auroc(torch.tensor(scores), torch.tensor(labels)) - 11 / 12) < 1e-6
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([float("nan"), 1.0], [0, 1])
+
+
+def brute_force_cut_points(scores, labels):
+    t = sorted(set(scores), reverse=True)
+    tp = [sum(1 for s, y in zip(scores, labels) if s >= v and y) for v in t]
+    fp = [sum(1 for s, y in zip(scores, labels) if s >= v and not y) for v in t]
+    return t, tp, fp
+
+
+def test_cut_points_count_every_distinct_score_exactly():
+    t, tp, fp = _cut_points(torch.tensor([5.0, 1.0, 5.0, 3.0, -2.0]), torch.tensor([1, 0, 0, 1, 0]))
+    assert t.tolist() == [5.0, 3.0, 1.0, -2.0] and tp.tolist() == [1.0, 2.0, 2.0, 2.0] and fp.tolist() == [1.0, 1.0, 2.0, 3.0]
+    assert t.dtype == tp.dtype == fp.dtype == torch.float64
+    rng = np.random.default_rng(8)
+    for trial in range(20):
+        n = int(rng.integers(2, 200))
+        s = rng.integers(0, 12, n).astype(float) if trial % 2 else 1e6 + rng.normal(size=n) * 1e-9  # ties; one-ulp gaps
+        y = rng.integers(0, 2, n)
+        y[0], y[-1] = 0, 1
+        got = _cut_points(torch.from_numpy(s), torch.from_numpy(y))
+        assert [g.tolist() for g in got] == [list(map(float, v)) for v in brute_force_cut_points(s.tolist(), y.tolist())]
+
+
+def test_rank_auroc_against_brute_force_and_torchmetrics():
     rng = np.random.default_rng(4)
     for trial in range(30):
         n = int(rng.integers(4, 60))

@@ -83,6 +83,26 @@ def test_connected_components_match_breadth_first_search():
     assert connected_components(snake).max() == 1
 
 
+def test_connected_components_on_a_known_mask():
+    """Regions numbered in row-major order of their first pixel, across the images in turn."""
+    masks = np.array(
+        [
+            [[1, 1, 0, 0, 1], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0], [1, 0, 1, 1, 0]],
+            [[0, 0, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 1, 0, 1], [1, 0, 0, 0, 0]],
+        ]
+    )
+    expected = np.array(
+        [
+            [[1, 1, 0, 0, 2], [0, 0, 0, 2, 0], [3, 0, 0, 0, 0], [3, 0, 4, 4, 0]],
+            [[0, 0, 0, 0, 0], [0, 5, 0, 0, 6], [0, 0, 5, 0, 6], [7, 0, 0, 0, 0]],
+        ]
+    )
+    labels = connected_components(masks)
+    assert labels.dtype == np.int64 and labels.tolist() == expected.tolist()
+    stacked = connected_components(np.ones((2, 2, 2)))  # the same pixels in two images: two regions
+    assert stacked[0].tolist() == [[1, 1], [1, 1]] and stacked[1].tolist() == [[2, 2], [2, 2]]
+
+
 @pytest.mark.parametrize("integer_maps", [False, True])
 def test_aupro_equals_the_brute_force_reference(integer_maps):
     rng = np.random.default_rng(1 + integer_maps)

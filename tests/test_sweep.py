@@ -10,7 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from anogan.reporting.sweep import aggregate_seeds, job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
+from anogan.reporting.sweep import job_threads, parse_optimized_metric, run_name, summarize, sweep_keys
+from anogan.reporting.sweep_table import aggregate_seeds
 from anogan.utils.errors import UserError
 from conftest import compose_config, run_train, tiny_overrides
 
@@ -156,6 +157,34 @@ def test_seed_aggregation():
     ]
     (agg,) = aggregate_seeds(rows)
     assert abs(agg["test_auroc_mean"] - 0.7) < 1e-12 and abs(agg["test_auroc_std"] - 0.1) < 1e-12 and agg["seeds"] == 3
+
+
+def test_seed_aggregation_keeps_the_order_of_settings_and_exact_means():
+    def row(alpha, seed, test, ap=0.5, wall=10.0, name="ship"):
+        return {"alpha": alpha, "normal_class": name, "seed": seed, "test_auroc": test, "test_ap": ap, "wall_time_s": wall}
+
+    rows = [
+        row("0.9", "0", 0.1),
+        row("0.1", "0", 0.7, wall=None),
+        {"alpha": "0.9", "seed": "1", "job": "x", "status": "unfinished"},  # no result: left out
+        row("0.9", "1", 0.2, ap=None),  # a seed without AP: the setting has no AP mean
+        row("0.1", "1", 0.3, name="automobile"),  # another class: another setting
+        row("0.9", "2", 0.4),
+    ]
+    a, b, c = aggregate_seeds(rows)
+    assert [(r["alpha"], r["normal_class"], r["seeds"]) for r in (a, b, c)] == [
+        ("0.9", "ship", 3),
+        ("0.1", "ship", 1),
+        ("0.1", "automobile", 1),
+    ]
+    assert a["test_auroc_mean"] == statistics.fmean([0.1, 0.2, 0.4]) and a["test_auroc_std"] == statistics.stdev([0.1, 0.2, 0.4])
+    assert "test_ap_mean" not in a and b["test_ap_mean"] == 0.5 and b["test_auroc_std"] == 0.0
+    assert b["wall_time_s_mean"] == 0.0 and a["wall_time_s_mean"] == 10.0  # no wall time counts as 0
+    assert a["published_anogan"] == 0.758 and c["published_deep_svdd"] == 0.659
+    assert list(a)[:2] == ["alpha", "normal_class"] and all(
+        type(v) is float for k, v in a.items() if k.endswith(("_mean", "_std"))
+    )
+    assert aggregate_seeds([{"alpha": "0.1", "job": "x", "status": "unfinished"}]) == []
 
 
 def test_results_sweep_writes_a_per_class_table_with_published_columns(tiny_cifar, tmp_path):

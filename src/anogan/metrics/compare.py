@@ -19,36 +19,37 @@ and one sentence.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from anogan.metrics.stats import delong, paired_bootstrap
 from anogan.utils.errors import CompareError, UserError
 
 
-def read_split_scores(run_dir: Path, split: str = "test") -> dict[int, tuple[int, float]]:
-    """``{id: (label, score)}`` of the ``split`` rows of a run's scores.csv; raises ``CompareError``."""
+def read_split_scores(run_dir: Path, split: str = "test") -> pd.DataFrame:
+    """The ``split`` rows of a run's scores.csv in file order: columns ``id``, ``label`` (int64)
+    and ``score`` (float64, the float each text rounds to). Raises ``CompareError`` when the file,
+    a column or the rows are missing, or an image id comes twice."""
     path = Path(run_dir) / "scores.csv"
     if not path.is_file():
         raise CompareError(f"{run_dir} has no scores.csv: give the folder of a finished train.py run")
-    rows: dict[int, tuple[int, float]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"id", "split", "label", "score"} - set(reader.fieldnames or ())
-        if missing:
-            raise CompareError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
-        for r in reader:
-            if r["split"] != split:
-                continue
-            key = int(r["id"])
-            if key in rows:
-                raise CompareError(f"{path} lists the {split} image id {key} twice")
-            rows[key] = (int(r["label"]), float(r["score"]))
-    if not rows:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    missing = {"id", "split", "label", "score"} - set(frame.columns)
+    if missing:
+        raise CompareError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
+    rows = frame.loc[frame["split"] == split, ["id", "label", "score"]]
+    rows = rows.astype({"id": np.int64, "label": np.int64, "score": np.float64})
+    twice = rows["id"][rows["id"].duplicated()]
+    if len(twice):
+        raise CompareError(f"{path} lists the {split} image id {twice.iloc[0]} twice")
+    if rows.empty:
         raise CompareError(f"{path} has no {split} rows")
     return rows
 
@@ -57,18 +58,22 @@ def join_runs(run_a: Path, run_b: Path, split: str = "test") -> tuple[np.ndarray
     """Scores of both runs on the same ``split`` images, sorted by id: (ids, labels, scores_a, scores_b).
     Raises ``CompareError`` when the image sets or their labels differ."""
     a, b = read_split_scores(run_a, split), read_split_scores(run_b, split)
-    if a.keys() != b.keys():
-        only_a, only_b = len(a.keys() - b.keys()), len(b.keys() - a.keys())
+    joined = a.merge(b, on="id", how="outer", suffixes=("_a", "_b"), sort=True, indicator=True)
+    only_a, only_b = int((joined["_merge"] == "left_only").sum()), int((joined["_merge"] == "right_only").sum())
+    if only_a or only_b:
         raise CompareError(
             f"the runs scored different {split} images ({only_a} only in {run_a}, {only_b} only in {run_b}): "
             "compare runs of the same data and split"
         )
-    ids = sorted(a)
-    bad = [i for i in ids if a[i][0] != b[i][0]]
-    if bad:
-        raise CompareError(f"the runs label {len(bad)} {split} image(s) differently (first id {bad[0]}): not the same data")
-    labels = np.array([a[i][0] for i in ids])
-    return np.array(ids), labels, np.array([a[i][1] for i in ids]), np.array([b[i][1] for i in ids])
+    bad = joined["id"][joined["label_a"] != joined["label_b"]]
+    if len(bad):
+        raise CompareError(f"the runs label {len(bad)} {split} image(s) differently (first id {bad.iloc[0]}): not the same data")
+    return (
+        joined["id"].to_numpy(np.int64),
+        joined["label_a"].to_numpy(np.int64),
+        joined["score_a"].to_numpy(np.float64),
+        joined["score_b"].to_numpy(np.float64),
+    )
 
 
 def sentence(result: dict, level: float) -> str:

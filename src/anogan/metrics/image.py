@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import (
     binary_f1_score,
     binary_precision,
     binary_recall,
+    binary_roc,
 )
 
 from anogan.config.choices import THRESHOLD_RULES
@@ -31,13 +32,19 @@ from anogan.utils.errors import CalibrationError, ThresholdRuleError
 
 # ---------------------------------------------------------------------- thresholds
 def _cut_points(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each distinct score t (descending): true/false positives when predicting score >= t."""
-    order = torch.argsort(scores.double(), descending=True, stable=True)
-    s, y = scores.double()[order], labels.double()[order]
-    tp, fp = torch.cumsum(y, 0), torch.cumsum(1 - y, 0)
-    last_of_value = torch.ones_like(s, dtype=torch.bool)
-    last_of_value[:-1] = s[:-1] != s[1:]
-    return s[last_of_value], tp[last_of_value], fp[last_of_value]
+    """For each distinct score t (descending): the true and false positives (float64 counts) when
+    predicting score >= t, read off torchmetrics' ROC curve. ``labels`` hold both classes.
+
+    torchmetrics applies a sigmoid to predictions outside [0, 1] and would merge scores that map
+    to one float: it is given each score's rank among the distinct scores, scaled into [0, 1]
+    (order and distinctness kept). Its rates are float32 ratios of whole counts, so the counts
+    come back exactly up to 2^23 images per class."""
+    distinct, rank = torch.unique(scores.double(), return_inverse=True)  # ascending
+    fpr, tpr, _ = binary_roc(rank.double() / max(len(distinct) - 1, 1), labels.long())
+    positives = labels.sum().double()
+    negatives = len(labels) - positives
+    # the curve's first point is the (0, 0) of a threshold above every score
+    return distinct.flip(0), (tpr[1:].double() * positives).round(), (fpr[1:].double() * negatives).round()
 
 
 def min_normals_for_fpr(target_fpr: float) -> int:
@@ -153,11 +160,18 @@ def to_unit_interval(scores: torch.Tensor) -> torch.Tensor:
     return (s - s.min()) / span
 
 
+def trapezoid_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUROC by torchmetrics' ``binary_auroc``: the trapezoid area under the ROC curve of
+    ``to_unit_interval(scores)``, in float32 (``anogan.metrics.stats.auroc`` is the same quantity
+    as an exact float64 rank statistic). ``scores``, ``labels``: shape (n,), both classes."""
+    return float(binary_auroc(to_unit_interval(scores), labels.long()))
+
+
 def ranking_metrics(scores: torch.Tensor, labels: torch.Tensor, what: str) -> dict[str, float]:
-    """AUROC and average precision (torchmetrics); raises ``OneClassSplitError`` for one class."""
+    """AUROC (``trapezoid_auroc``) and average precision (torchmetrics); raises ``OneClassSplitError`` for one class."""
     _check_both_classes(labels, what)
     preds, target = to_unit_interval(scores), labels.long()
-    return {"auroc": float(binary_auroc(preds, target)), "ap": float(binary_average_precision(preds, target))}
+    return {"auroc": trapezoid_auroc(scores, labels), "ap": float(binary_average_precision(preds, target))}
 
 
 def threshold_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict:

@@ -20,9 +20,9 @@ from typing import TypeAlias
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_auroc
+from scipy import ndimage
 
-from anogan.metrics.image import to_unit_interval
+from anogan.metrics.image import trapezoid_auroc
 from anogan.metrics.stats import ScoresLike, auroc
 from anogan.utils.errors import MaskError
 
@@ -48,51 +48,23 @@ def _check(maps: MapsLike, masks: MapsLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pixel_auroc(maps: MapsLike, masks: MapsLike) -> float:
-    """AUROC over all pixels of all images (torchmetrics ``binary_auroc`` on the flattened maps,
-    mapped monotonically into [0, 1] first so that no sigmoid is applied). Raises ``MaskError``."""
+    """AUROC over all pixels of all images (``anogan.metrics.image.trapezoid_auroc``: torchmetrics'
+    ``binary_auroc`` on the flattened maps, mapped monotonically into [0, 1]). Raises ``MaskError``."""
     m, g = _check(maps, masks)
-    preds = to_unit_interval(torch.from_numpy(m.ravel()))
-    return float(binary_auroc(preds, torch.from_numpy(g.ravel().astype(np.int64))))
+    return trapezoid_auroc(torch.from_numpy(m.ravel()), torch.from_numpy(g.ravel().astype(np.int64)))
 
 
 def connected_components(masks: MapsLike) -> np.ndarray:
     """Labels of the 8-connected components of each image's mask: int64 (N, H, W), 0 for
-    background, 1..R for the R regions of all images (no region spans two images).
-
-    Union-find over the foreground pixels, vectorised: every round hooks each root onto the
-    smallest root it touches, then compresses the paths; the number of rounds grows with the
-    logarithm of the region size."""
+    background, 1..R for the R regions of all images, numbered in the order their first pixel
+    comes in a row-major scan (``scipy.ndimage.label``; no region spans two images)."""
     g = np.asarray(masks).astype(bool)
     if g.ndim != 3:
         raise ValueError(f"masks must be N×H×W, got shape {g.shape}")
-    index = np.full(g.shape, -1, dtype=np.int64)
-    index[g] = np.arange(int(g.sum()))
-    parent = np.arange(int(g.sum()))
-    # neighbour pairs within an image: right, down, down-right, down-left
-    pairs = [
-        (index[:, :, :-1], index[:, :, 1:]),
-        (index[:, :-1, :], index[:, 1:, :]),
-        (index[:, :-1, :-1], index[:, 1:, 1:]),
-        (index[:, :-1, 1:], index[:, 1:, :-1]),
-    ]
-    u = np.concatenate([p.ravel() for p, q in pairs])
-    v = np.concatenate([q.ravel() for p, q in pairs])
-    keep = (u >= 0) & (v >= 0)
-    u, v = u[keep], v[keep]
-    while True:
-        pu, pv = parent[u], parent[v]  # roots: every parent is a root after compression
-        differ = pu != pv
-        if not differ.any():
-            break
-        np.minimum.at(parent, np.maximum(pu, pv)[differ], np.minimum(pu, pv)[differ])
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    labels = np.zeros(g.shape, dtype=np.int64)
-    labels[g] = np.unique(parent, return_inverse=True)[1] + 1
-    return labels
+    within_an_image = np.zeros((3, 3, 3), dtype=bool)
+    within_an_image[1] = True  # the 8 neighbours in the same image, none in the images before or after
+    labels, _ = ndimage.label(g, structure=within_an_image)
+    return labels.astype(np.int64)
 
 
 def pro_curve(maps: MapsLike, masks: MapsLike, num_thresholds: int | None = None) -> tuple[np.ndarray, np.ndarray]:

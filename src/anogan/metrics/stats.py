@@ -1,4 +1,4 @@
-"""Statistics of scores: AUROC by ranks, stratified bootstrap, DeLong's test, conformal p-values.
+"""Statistics of scores: AUROC by ranks (Mann-Whitney U), stratified bootstrap, DeLong's test, conformal p-values.
 
 Everything here is about numbers, not about runs: ``metrics`` (thresholds, metrics at a
 threshold) and ``compare`` (the ``anogan-compare`` command line) build on it.
@@ -26,6 +26,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import torch
+from scipy.stats import mannwhitneyu, rankdata
 
 from anogan.utils.errors import CalibrationError, OneClassSplitError
 
@@ -79,25 +80,18 @@ def conformal_p_values(calibration_normal_scores: ScoresLike, scores: ScoresLike
 
 
 # ---------------------------------------------------------------------- AUROC by ranks, bootstrap
-def midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` (shape (n,)), tied values sharing their average rank. O(n log n)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # first index of each tie group
-    ends = np.r_[starts[1:], len(xs)]  # one past the last
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
-
-
 def auroc(scores: ScoresLike, labels: ScoresLike) -> float:
-    """AUROC as the Mann-Whitney statistic P(anomalous > normal) + ½ P(equal), from average ranks
-    (Hanley & McNeil 1982). ``scores``, ``labels``: shape (n,). Raises ``OneClassSplitError``."""
+    """AUROC as the Mann-Whitney statistic P(anomalous > normal) + ½ P(equal) (Hanley & McNeil
+    1982): scipy's U of the anomalies, computed from average ranks, divided by n0·n1 (float64,
+    exact up to that one division). ``scores``, ``labels``: shape (n,). Raises
+    ``OneClassSplitError`` for one class, ``ValueError`` on NaN."""
     s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    if np.isnan(s).any():
+        raise ValueError("the scores hold NaN")
     _check_both_classes(torch.from_numpy(y.astype(np.int64)), "the split")
     n1, n0 = int(y.sum()), int((~y).sum())
-    return float((midranks(s)[y].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+    u = mannwhitneyu(s[y], s[~y], method="asymptotic").statistic  # the p-value's method does not change U
+    return float(u / (n0 * n1))
 
 
 def _weighted_wins(neg: np.ndarray, pos: np.ndarray, w_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,11 +249,11 @@ def delong_components(scores: ScoresLike, labels: ScoresLike) -> tuple[float, np
     s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
     x, z = s[y], s[~y]  # anomalies (m), normals (n)
     m, n = len(x), len(z)
-    t_all = midranks(np.concatenate([x, z]))
-    t_x, t_z = midranks(x), midranks(z)
+    t_all = rankdata(np.concatenate([x, z]))  # average ranks: ties share theirs
+    t_x, t_z = rankdata(x), rankdata(z)
     v10 = (t_all[:m] - t_x) / n
     v01 = 1.0 - (t_all[m:] - t_z) / m
-    return float((t_all[:m].sum() - m * (m + 1) / 2) / (m * n)), v10, v01
+    return auroc(s, y), v10, v01
 
 
 def delong(scores_a: ScoresLike, scores_b: ScoresLike, labels: ScoresLike, level: float = 0.95) -> dict[str, Any]:

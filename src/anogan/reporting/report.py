@@ -8,8 +8,6 @@ finished runs from their scores.csv (e.g. after a metric was added), without the
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import pandas as pd
 import torch
 
 from anogan.data.splits import after_setup
@@ -81,15 +80,10 @@ def build_table(results: dict[str, torch.Tensor], datamodule: AnomalyDataModule,
 
 
 def write_csv(table: dict[str, np.ndarray], path: Path) -> None:
-    """``table`` as CSV, one row per image, written atomically."""
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
-    writer.writerow(table.keys())
-    for values in zip(*table.values()):
-        writer.writerow(
-            [f"{v:.9g}" if isinstance(v, float) else v for v in (x.item() if hasattr(x, "item") else x for x in values)]
-        )
-    atomic_write_text(path, text.getvalue())
+    """``table`` as CSV, one row per image, written atomically: floats with 9 significant digits
+    (``nan``, ``inf`` as such), rows ended by CRLF as Python's ``csv`` module ends them."""
+    text = pd.DataFrame(table).to_csv(index=False, float_format="%.9g", na_rep="nan", lineterminator="\r\n")
+    atomic_write_text(path, text)
 
 
 def add_p_values(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,21 +178,39 @@ def compute_metrics(
         s: {"normal": int((label[m] == 0).sum()), "anomalous": int((label[m] == 1).sum())}
         for s, m in (("val", val), ("test", test))
     }
-    n0, n1 = metrics["counts"]["test"]["normal"], metrics["counts"]["test"]["anomalous"]
-    if n0 == 0 or n1 == 0:  # empty, not None: readers iterate over it
-        metrics["complexity_baseline_direction"] = None
-        metrics["test_components_auroc"] = {}
-        metrics["random_baseline_interval"] = None
-        metrics["versus_complexity_baseline"] = {}
-        return metrics
-    # Each component alone, and the baselines a reader needs to judge what the GAN adds. Complexity
-    # points either way (busy normal classes such as cars: low = anomalous; plain ones such as
-    # airplanes: high = anomalous): the baseline takes the direction that ranks validation better
-    # (low = anomalous when validation has no anomaly to tell).
+    metrics.update(baseline_metrics(table, score, label, val, test, log_stats))
+    return metrics
+
+
+def baseline_metrics(
+    table: Table,
+    score: torch.Tensor,
+    label: torch.Tensor,
+    val: np.ndarray,
+    test: np.ndarray,
+    log_stats: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """What a reader needs to judge what the GAN adds, on the test rows: the test AUROC of each
+    score component alone and of the complexity-only baseline (``test_components_auroc``), the
+    range of a random score's AUROC (``random_baseline_interval``) and DeLong's test of the
+    primary score against the baseline per split (``versus_complexity_baseline``), with the
+    direction the baseline takes (``complexity_baseline_direction``). ``score``, ``label``: the
+    table's, as tensors; ``val``, ``test``: boolean row masks. Empty (not None) entries when the
+    test rows lack a class: readers iterate over them."""
+    n0, n1 = int((label[test] == 0).sum()), int((label[test] == 1).sum())
+    if n0 == 0 or n1 == 0:
+        return {
+            "complexity_baseline_direction": None,
+            "test_components_auroc": {},
+            "random_baseline_interval": None,
+            "versus_complexity_baseline": {},
+        }
+    # Complexity points either way (busy normal classes such as cars: low = anomalous; plain ones
+    # such as airplanes: high = anomalous): the baseline takes the direction that ranks validation
+    # better (low = anomalous when validation has no anomaly to tell).
     c, raw = torch.from_numpy(table["complexity"]), torch.from_numpy(table["raw_score"])
     val_has_both = 0 < int(label[val].sum()) < int(val.sum())
     low_is_anomalous = not val_has_both or ranking_metrics(-c[val], label[val], "the validation split")["auroc"] >= 0.5
-    metrics["complexity_baseline_direction"] = "low = anomalous" if low_is_anomalous else "high = anomalous"
     alternatives = {
         "raw_score": raw,
         "complexity_corrected": primary_score(raw, c, "complexity", log_stats),
@@ -212,14 +224,16 @@ def compute_metrics(
     # a score unrelated to the labels: its expected AUROC, and (beside the components, which hold
     # one number each) the range 95% of such scores would land in for these class counts
     components["random_baseline"] = 0.5
-    metrics["test_components_auroc"] = components
-    metrics["random_baseline_interval"] = list(random_auroc_interval(n0, n1, CI_LEVEL))
-    metrics["versus_complexity_baseline"] = {
-        split: versus_baseline(score[m], alternatives["complexity_baseline"][m], label[m])
-        for split, m in (("val", val), ("test", test))
-        if 0 < int(label[m].sum()) < int(m.sum())
+    return {
+        "complexity_baseline_direction": "low = anomalous" if low_is_anomalous else "high = anomalous",
+        "test_components_auroc": components,
+        "random_baseline_interval": list(random_auroc_interval(n0, n1, CI_LEVEL)),
+        "versus_complexity_baseline": {
+            split: versus_baseline(score[m], alternatives["complexity_baseline"][m], label[m])
+            for split, m in (("val", val), ("test", test))
+            if 0 < int(label[m].sum()) < int(m.sum())
+        },
     }
-    return metrics
 
 
 def versus_baseline(score: torch.Tensor, baseline: torch.Tensor, label: torch.Tensor) -> dict:
@@ -335,16 +349,19 @@ INT_COLUMNS = ("id", "source_index", "class", "label")
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """scores.csv back into the table ``write_csv`` wrote."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    """scores.csv back into the table ``write_csv`` wrote: ``TEXT_COLUMNS`` as str, ``INT_COLUMNS``
+    as int64, every other column as float64 (parsed by numpy, so each value is the float its text
+    rounds to). Raises ``ValueError`` when the file holds no rows."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text as written; no value turns into NaN
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    if frame.empty:
         raise ValueError(f"{path} holds no rows")
     table = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        kind = str if key in TEXT_COLUMNS else (np.int64 if key in INT_COLUMNS else np.float64)
-        table[key] = np.array(values) if kind is str else np.array(values).astype(kind)
+    for key in frame.columns:
+        text = frame[key].to_numpy(dtype=str)
+        table[key] = text if key in TEXT_COLUMNS else text.astype(np.int64 if key in INT_COLUMNS else np.float64)
     return table
 
 

@@ -8,19 +8,18 @@ at any time, e.g. after an interrupted or extended sweep:
 
 Selection is on validation only: ``optimized_metric`` (default ``val/auroc``) names the value
 returned to sweepers, and the summaries mark the best row by validation AUROC; test columns are
-shown beside it for the record, never used to choose. See docs/sweeps.md.
+shown beside it for the record, never used to choose. The rows of the tables (one per job, and
+the mean ± std over seeds) come from ``anogan.reporting.sweep_table``. See docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
 import os
 import re
-import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,48 +27,18 @@ from typing import Any
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
 from anogan.reporting.sweep_figure import selected_column, write_sweep_figure
+from anogan.reporting.sweep_table import SPLITS, aggregate_seeds, collect, csv_text, parse_overrides, short_keys
 from anogan.utils.errors import SweepConfigError
 from anogan.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("val", "test")
-METRICS = ("auroc", "ap", "f1")
 # Keys of metrics.json "val" / "test" that optimized_metric may name.
 OPTIMIZABLE = ("auroc", "ap", "f1", "precision", "recall", "accuracy")
-# Baselines on the same test images (metrics.json "test_components_auroc"): what the GAN adds.
-# Overrides that change how jobs run, not what they compute: never a column of a summary.
-RUN_ONLY_KEYS = {"launcher", "threads", "trainer.enable_progress_bar"}
-BASELINES = {
-    "raw_score": "auroc_raw_score",
-    "complexity_corrected": "auroc_complexity_corrected",
-    "complexity_baseline": "auroc_complexity_only",
-    "random_baseline": "auroc_random",
-    "residual_over_complexity": "auroc_residual_over_complexity",
-}
-# The primary score's test AUROC minus the complexity-only baseline's, with DeLong's 95% interval
-# (metrics.json "versus_complexity_baseline"): mean ± std over seeds in seeds_summary.
-VERSUS = "test_auroc_minus_complexity_only"
-# Published one-class CIFAR-10 AUROC (%), Ruff et al., Deep SVDD (ICML 2018), Table 1, as recalled
-# (the per-class means reproduce the paper's means 61.8 and 64.8): AnoGAN, one-class Deep SVDD.
-PUBLISHED = {
-    "airplane": (67.1, 61.7),
-    "automobile": (54.7, 65.9),
-    "bird": (52.9, 50.8),
-    "cat": (54.5, 59.1),
-    "deer": (65.1, 60.9),
-    "dog": (60.3, 65.7),
-    "frog": (58.5, 67.7),
-    "horse": (62.5, 67.3),
-    "ship": (75.8, 75.9),
-    "truck": (66.5, 73.1),
-}
 # The keys a sweep varies, set by SweepSummary when a multirun starts; inherited by launcher
 # worker processes (joblib) and SLURM jobs (sbatch exports the environment by default).
 SWEPT_ENV = "ANOGAN_SWEPT_KEYS"
@@ -134,15 +103,11 @@ def set_job_threads(cfg: DictConfig) -> None:
 # ------------------------------------------------------------------------------ job folder names
 
 
-def _parse(overrides: Iterable[object]) -> list[Override]:
-    return OverridesParser.create().parse_overrides([str(o) for o in overrides])
-
-
 def sweep_keys(task_overrides: Iterable[object], sweeper_params: Iterable[str] | None) -> set[str]:
     """Keys a multirun varies: command-line sweeps (a,b / range / choice / interval / glob) and the
     keys of ``hydra.sweeper.params`` (shown in job names even where the command line fixes them,
     so that names stay alike across runs of one preset)."""
-    swept = {o.key_or_group for o in _parse(task_overrides) if o.is_sweep_override()}
+    swept = {o.key_or_group for o in parse_overrides(task_overrides) if o.is_sweep_override()}
     return swept | set(sweeper_params or {})
 
 
@@ -150,13 +115,6 @@ def current_swept_keys() -> set[str] | None:
     """The swept keys published by SweepSummary for this multirun; None when unknown."""
     text = os.environ.get(SWEPT_ENV)
     return set(json.loads(text)) if text else None
-
-
-def short_keys(keys: Iterable[str]) -> dict[str, str]:
-    """ "mapping.alpha" -> "alpha", unless two keys end alike (then both stay in full)."""
-    keys = list(keys)
-    last = [k.split(".")[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
 def _readable(value: object) -> str:
@@ -181,7 +139,7 @@ def run_name(overrides: Iterable[object], exclude_keys: Sequence[str] = (), swep
     MAX_NAME characters, a 6-character hash of all the job's overrides is appended, so two
     different jobs never share a folder.
     """
-    parsed = _parse(overrides)
+    parsed = parse_overrides(overrides)
     swept = current_swept_keys() if swept is None else swept
     if swept:
         shown = [o for o in parsed if o.key_or_group in swept]
@@ -206,119 +164,6 @@ def run_name(overrides: Iterable[object], exclude_keys: Sequence[str] = (), swep
 
 
 # --------------------------------------------------------------------------------------- summaries
-
-
-def _overrides(job: Path) -> dict[str, str]:
-    items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-    return {o.key_or_group: o.get_value_element_as_str() for o in _parse(items)}
-
-
-def _class_name(job: Path) -> str | None:
-    """The normal class of a CIFAR-10 job, from its composed config."""
-    data = (yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("data", {})
-    if "normal_class" not in data:
-        return None
-    from anogan.config.choices import CLASSES, class_index
-
-    return CLASSES[class_index(data["normal_class"])]
-
-
-def _with_interval(row: dict[str, Any], column: str, value: object, interval: object) -> None:
-    row[column] = value
-    if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        row[f"{column}_ci_low"], row[f"{column}_ci_high"] = interval
-
-
-def result_columns() -> set[str]:
-    """Every result column collect() may write (the rest of a row describes the job's setting)."""
-    cols = {f"{s}_{m}" for s in SPLITS for m in METRICS} | set(BASELINES.values()) | {VERSUS}
-    cols |= {f"{c}_ci_{b}" for c in list(cols) for b in ("low", "high")}
-    return cols | {"threshold", "wall_time_s", "gan", "job", "status", "seed"}
-
-
-def collect(sweep_dir: Path) -> list[dict]:
-    """One row per finished job (a folder with metrics.json); unfinished jobs are listed as such.
-    Validation and test metrics side by side, with their 95% intervals where metrics.json has them."""
-    jobs = sorted(p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml"))
-    overrides = {job: _overrides(job) for job in jobs}
-    varying = sorted(
-        {
-            k
-            for o in overrides.values()
-            for k, v in o.items()
-            if k not in RUN_ONLY_KEYS and any(p.get(k) != v for p in overrides.values())
-        }
-    )
-    names = short_keys(varying)
-    rows = []
-    for job in jobs:
-        row: dict[str, Any] = {names[k]: overrides[job].get(k, "") for k in varying}
-        name = _class_name(job)
-        if name:  # the name, also where the override gave an index ("1" -> "automobile")
-            row["normal_class"] = name
-        metrics_file = job / "metrics.json"
-        if metrics_file.is_file():
-            m = json.loads(metrics_file.read_text())
-            for metric in METRICS:
-                for split in SPLITS:
-                    if metric in m.get(split, {}):
-                        _with_interval(row, f"{split}_{metric}", m[split][metric], m[split].get(f"{metric}_ci"))
-            components = m.get("test_components_auroc", {})
-            for key, column in BASELINES.items():
-                if key in components:
-                    interval = components.get(f"{key}_interval", m.get(f"{key}_interval"))
-                    _with_interval(row, column, components[key], interval)
-            versus = (m.get("versus_complexity_baseline") or {}).get("test")
-            if versus:
-                _with_interval(row, VERSUS, versus["difference"], versus["ci"])
-            threshold = m.get("threshold") or {}
-            row["threshold"] = threshold.get("value", threshold.get("f1"))  # the one behind the labels
-            row["wall_time_s"] = m.get("wall_time_s", {}).get("total")
-            row["gan"] = "reused" if str(m.get("gan_source", "")).startswith("cache") else m.get("gan_source", "")
-        else:
-            row["status"] = "unfinished"
-        row["job"] = job.name
-        rows.append(row)
-    return rows
-
-
-def aggregate_seeds(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds for each setting (rows that differ only in their seed and results).
-    Intervals: the mean of the per-seed lower and upper bounds (the test-set uncertainty of one
-    run, beside the seed-to-seed std)."""
-    results = result_columns()
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if "test_auroc" not in row:
-            continue
-        setting = tuple((k, v) for k, v in row.items() if k not in results)
-        groups.setdefault(setting, []).append(row)
-    out = []
-    for setting, members in groups.items():
-        agg = dict(setting)
-        for column in [f"{split}_{metric}" for metric in METRICS for split in SPLITS] + [VERSUS]:
-            values = [v for v in (m.get(column) for m in members) if isinstance(v, (int, float))]
-            if len(values) == len(members):
-                agg[f"{column}_mean"] = statistics.fmean(values)
-                agg[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-                _mean_interval(agg, f"{column}_mean", members, column)
-        for column in BASELINES.values():
-            if all(isinstance(m.get(column), (int, float)) for m in members):
-                agg[f"{column}_mean"] = statistics.fmean(m[column] for m in members)
-                _mean_interval(agg, f"{column}_mean", members, column)
-        agg["wall_time_s_mean"] = statistics.fmean(m.get("wall_time_s") or 0.0 for m in members)
-        agg["seeds"] = len(members)
-        name = agg.get("normal_class")
-        if name in PUBLISHED:
-            agg["published_anogan"], agg["published_deep_svdd"] = (v / 100 for v in PUBLISHED[name])
-        out.append(agg)
-    return out
-
-
-def _mean_interval(agg: dict, target: str, members: list[dict], column: str) -> None:
-    if all(isinstance(m.get(f"{column}_ci_low"), (int, float)) for m in members):
-        for bound in ("low", "high"):
-            agg[f"{target}_ci_{bound}"] = statistics.fmean(m[f"{column}_ci_{bound}"] for m in members)
 
 
 def _fmt(v: object) -> str:
@@ -362,17 +207,6 @@ def _markdown(rows: list[dict], best_key: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv_text(rows: list[dict]) -> str:
-    import io
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _optuna_note(sweep_dir: Path) -> str:
     results = sweep_dir / "optimization_results.yaml"
     if not results.is_file():
@@ -387,7 +221,7 @@ def summarize(sweep_dir: str | Path) -> str:
     marked by validation AUROC."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    atomic_write_text(sweep_dir / "summary.csv", _csv_text(rows))
+    atomic_write_text(sweep_dir / "summary.csv", csv_text(rows))
     figure = write_sweep_figure(sweep_dir, rows, selected_column(sweep_dir))
     text = (
         f"# Sweep {sweep_dir}\n\nValidation and test side by side; **best** = highest validation AUROC "
@@ -398,7 +232,7 @@ def summarize(sweep_dir: str | Path) -> str:
     text += _optuna_note(sweep_dir)
     if any("seed" in r for r in rows) or len({r.get("normal_class") for r in rows}) > 1:  # seeds or classes vary
         seeds = aggregate_seeds(rows)
-        atomic_write_text(sweep_dir / "seeds_summary.csv", _csv_text(seeds))
+        atomic_write_text(sweep_dir / "seeds_summary.csv", csv_text(seeds))
         text += (
             "\n## Mean ± std over seeds\n\n[low, high]: the mean over seeds of each run's 95% interval "
             f"(test-set uncertainty of one run).\n\n{_markdown(seeds, 'val_auroc_mean')}"

@@ -9,7 +9,7 @@ of every job, with its 95% interval where ``metrics.json`` has one:
 * any other number of swept keys: no figure (``summary.md`` holds the table).
 
 Where seeds vary too, each cell is the mean over seeds and its interval the mean of the seeds'
-intervals (``anogan.reporting.sweep.aggregate_seeds``). Written atomically (``anogan.utils.io.atomic_savefig``).
+intervals (``anogan.reporting.sweep_table.aggregate_seeds``). Written atomically (``anogan.utils.io.atomic_savefig``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from anogan.reporting.sweep_table import aggregate_seeds, result_columns
 from anogan.utils.io import atomic_savefig
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,8 @@ def write_sweep_figure(sweep_dir: str | Path, rows: list[dict], column: str) -> 
 
 
 def sweep_figure(rows: list[dict], column: str) -> Figure | None:
-    """The figure of ``column`` over the swept keys of ``rows`` (``anogan.reporting.sweep.collect``), or None
+    """The figure of ``column`` over the swept keys of ``rows`` (``anogan.reporting.sweep_table.collect``), or None
     (with a log line) when the sweep has not one or two swept keys or no job has the value."""
-    from anogan.reporting.sweep import aggregate_seeds, result_columns
-
     results = result_columns()
     axes = swept_columns(rows, results)
     if any("seed" in r for r in rows) and len({str(r.get("seed")) for r in rows}) > 1:
