@@ -99,11 +99,9 @@ class Predictions:
         return [dict(row) for row in self.rows]
 
     def to_pandas(self) -> pd.DataFrame:
-        """The rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("to_pandas() needs pandas: pip install pandas (or use to_records())") from None
+        """The rows as a pandas DataFrame, one row per image: ``source`` then :attr:`columns`."""
+        import pandas as pd  # imported on use: it adds start-up time to every command otherwise
+
         return pd.DataFrame(self.to_records(), columns=["source", *self.columns])
 
 
