@@ -72,8 +72,11 @@ def test_paired_bootstrap():
     dl = delong(a, b, y)
     assert abs((hi - lo) / (2 * 1.96) / dl["se"] - 1) < 0.2
     assert r["significant"] == (r["p_value"] < 0.05)
-    if abs(r["p_value"] - 0.05) > 0.01:  # away from the boundary, the p-value and the interval agree
-        assert r["significant"] == (lo > 0 or hi < 0)
+    # away from the 0.05 boundary the p-value and the percentile interval agree, both ways
+    far = paired_bootstrap(a, a + np.random.default_rng(3).normal(size=300) * 2.0, y, n_resamples=1000, seed=0)
+    near = paired_bootstrap(a, a + np.random.default_rng(4).normal(size=300) * 0.05, y, n_resamples=1000, seed=0)
+    assert far["p_value"] < 0.01 and far["significant"] and far["ci"][0] > 0
+    assert near["p_value"] > 0.1 and not near["significant"] and near["ci"][0] < 0 < near["ci"][1]
     same = paired_bootstrap(a, a, y, n_resamples=200)
     assert same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0 and not same["significant"]
     clear = paired_bootstrap(a, rng.normal(size=300), y, n_resamples=500)
