@@ -45,24 +45,16 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anogan.data import notes as read_notes
-from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, group_units
+from anogan.data.duplicates import average_hash, duplicate_groups, group_units
 from anogan.data.images import check_alpha, list_images, read_image, read_images, read_mask, to_model_input
-from anogan.data.splits import (
-    AnomalyDataModule,
-    AnomalySplit,
-    after_setup,
-    calibration_entry,
-    calibration_warning,
-    mask_counts,
-    split_summary,
-    stratified_subset,
-)
+from anogan.data.splits import AnomalyDataModule, AnomalySplit, Samples, after_setup, stratified_subset
 from anogan.metrics.image import min_normals_for_fpr
 from anogan.utils.errors import DataError, ImageError
 
@@ -155,12 +147,42 @@ def training_steps_warning(
     )
 
 
+@dataclass(kw_only=True)
+class FolderSamples(Samples):
+    """``Samples`` of the folders, with what the manifest reports: ``data.root`` (``root``), the
+    ``files`` (one per row) and the files ``skipped`` while reading (with their reasons)."""
+
+    root: Path
+    files: list[Path]
+    skipped: list[dict]
+
+
+@dataclass
+class _Read:
+    """The usable files of the folders in reading order (``normal_dir``, ``normal_test_dir``
+    (``held``), the abnormal folders) with their model inputs and pixel digests, and per abnormal
+    file its class (1-based folder) and, with ``mask_dir``, its mask."""
+
+    normal: list[Path]
+    images: list[torch.Tensor]
+    digests: list[bytes]
+    held: list[Path] = field(default_factory=list)
+    abnormal: list[Path] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+
+
+def _relative(root: Path, path: Path) -> str:
+    """A manifest path: relative to ``data.root`` when inside it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _reason_kind(reason: str) -> str:
     """The short kind of a skip reason for the summary line: "unreadable (OSError: ...)" -> "unreadable"."""
     return reason.split(" (", 1)[0]
 
 
-class FolderAnomalyDataModule(AnomalyDataModule):
+class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
     """Images from folders (see the module docstring). After ``setup``: ``train_set``, ``eval_set``,
     ``eval_split``, ``manifest`` (``splits.json``), ``has_anomalies`` (validation holds both
     classes), ``train_batch_size`` and ``train_repeats`` (what ``train_dataloader`` uses)."""
@@ -304,93 +326,108 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         chosen = stratified_subset(classes[units], size, hp.split_seed)
         return np.sort(np.concatenate([members[u] for u in chosen])) if len(chosen) else np.arange(0)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _read_folders(self, skipped: list) -> _Read:
+        """Every usable file of ``normal_dir``, ``normal_test_dir`` and each abnormal folder (with its
+        mask), in that order; ``DataError`` for an abnormal folder without a usable image."""
         hp = self.hparams
-        root = Path(hp.root).expanduser()
-        skipped: list[dict] = []
         seen: dict = {}  # one file reached from two folders counts once (in the first folder read)
-        normal, normal_images, normal_digests = self._read(self._folder(hp.normal_dir), seen, skipped)
-        held: list[Path] = []
-        held_images: list[torch.Tensor] = []
-        held_digests: list[bytes] = []
+        read = _Read(*self._read(self._folder(hp.normal_dir), seen, skipped))
         if hp.normal_test_dir:
-            held, held_images, held_digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
-        abnormal, abnormal_images, abnormal_digests, abnormal_classes, abnormal_masks = [], [], [], [], []
+            read.held, images, digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
+            read.images += images
+            read.digests += digests
         for c, name in enumerate(self.abnormal_dirs, start=1):
-            paths, read, digests = self._read(self._folder(name), seen, skipped)
+            paths, images, digests = self._read(self._folder(name), seen, skipped)
             if not paths:
                 raise DataError(
-                    f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
-                    "or set data.abnormal_dir=null if you only have normal images."
+                    f"data.abnormal_dir: {Path(hp.root).expanduser() / name} holds no usable image. Fix: add anomalous "
+                    "images there, or set data.abnormal_dir=null if you only have normal images."
                 )
-            abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
-            abnormal += paths
-            abnormal_images += read
-            abnormal_digests += digests
-            abnormal_classes += [c] * len(paths)
+            read.masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
+            read.abnormal += paths
+            read.images += images
+            read.digests += digests
+            read.classes += [c] * len(paths)
+        return read
 
-        # Pictures (copies of one image count once) of every file read, in reading order.
-        read_images_all = normal_images + held_images + abnormal_images
-        near = average_hash(torch.stack(read_images_all)) if hp.near_duplicates is not None and read_images_all else None
-        group = duplicate_groups(normal_digests + held_digests + abnormal_digests, near, hp.near_duplicates)
-        # normal_dir is split by picture, so copies inside it stay on one side (train or evaluation).
+    def _split_normal(self, n_normal: int, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``normal_dir`` trained on and held out for evaluation (none with
+        ``normal_test_dir``), split by picture: copies inside it stay on one side."""
+        hp = self.hparams
         if hp.normal_test_dir:
-            fit_pos, held_pos = np.arange(len(normal)), np.arange(0)
+            fit_pos, held_pos = np.arange(n_normal), np.arange(0)
         else:
-            units, members = group_units(np.arange(len(normal)), group)
+            units, members = group_units(np.arange(n_normal), group)
             order = np.random.default_rng(hp.split_seed).permutation(len(units))
             n_held = self._held_out_units(len(units))
             held_units = [members[u] for u in order[:n_held]]
             held_pos = np.sort(np.concatenate(held_units)) if held_units else np.arange(0)
-            fit_pos = np.setdiff1d(np.arange(len(normal)), held_pos)
+            fit_pos = np.setdiff1d(np.arange(n_normal), held_pos)
         if not len(fit_pos):
             raise DataError(
-                f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped)."
+                f"no usable normal training image in {Path(hp.root).expanduser() / hp.normal_dir}. "
+                "Fix: put images there (see splits.json skipped)."
+            )
+        return fit_pos, held_pos
+
+    def list_samples(self) -> FolderSamples:
+        """One row per file: training normals, then evaluation normals, then anomalies; validation
+        drawn from the evaluation rows by ``_val_rows``, duplicates separated."""
+        hp = self.hparams
+        root = Path(hp.root).expanduser()
+        skipped: list[dict] = []
+        read = self._read_folders(skipped)
+        # Pictures (copies of one image count once) of every file read, in reading order.
+        near = average_hash(torch.stack(read.images)) if hp.near_duplicates is not None and read.images else None
+        group = duplicate_groups(read.digests, near, hp.near_duplicates)
+        fit_pos, held_pos = self._split_normal(len(read.normal), group)
+        n_normal = len(read.normal)
+        order = np.concatenate([fit_pos, held_pos, n_normal + np.arange(len(read.held) + len(read.abnormal))]).astype(np.int64)
+        read_files = read.normal + read.held + read.abnormal
+        files = [read_files[i] for i in order]
+        images = torch.stack([read.images[i] for i in order])
+        group = group[order]
+        classes = np.array([0] * (n_normal + len(read.held)) + read.classes, dtype=np.int64)
+        check = self.duplicate_check(group, lambda i: _relative(root, files[i]))
+        ids = np.arange(len(files))
+        n_fit = len(fit_pos)
+        val, test = check.separate_pool(ids[:n_fit], ids[n_fit:], lambda pool: self._val_rows(pool, classes, group))
+        masks = None
+        if self.mask_dirs:  # normal images: all zero
+            normal_masks = torch.zeros(len(files) - len(read.abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
+            masks = torch.cat([normal_masks, torch.stack(read.masks)])
+        fix = "give data.normal_test_dir" if hp.normal_test_dir else "raise data.normal_test_fraction"
+        return FolderSamples(
+            classes=classes,
+            names=["normal", *self.abnormal_dirs],
+            fit=ids[:n_fit],
+            val=val,
+            test=test,
+            duplicates=check,
+            pixels=lambda rows: images[rows],
+            masks=masks,
+            fix="add images, or change data.val_fraction / data.normal_test_fraction / data.val_subset / data.test_subset",
+            calibration_fix=fix + " or data.val_fraction",
+            root=root,
+            files=files,
+            skipped=skipped,
+        )
+
+    def check_split(self, name: str, chosen: np.ndarray, samples: FolderSamples) -> None:
+        """With anomalies: both classes (``AnomalyDataModule.check_split``); normal-only: not empty."""
+        if not self.normal_only:
+            super().check_split(name, chosen, samples)
+        elif not len(chosen):
+            held_out = len(samples.val) + len(samples.test)  # _val_rows keeps copies together: none dropped
+            raise DataError(
+                f"the {name} split has no image: too few held-out normal images ({held_out}). Fix: add normal "
+                "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
             )
 
-        # One id per file: training normals, then evaluation normals, then anomalies.
-        order = np.concatenate([fit_pos, held_pos, len(normal) + np.arange(len(held) + len(abnormal))]).astype(np.int64)
-        read_files = normal + held + abnormal
-        files = [read_files[i] for i in order]
-        images = torch.stack([read_images_all[i] for i in order])
-        group = group[order]
-        n_fit, n_normal = len(fit_pos), len(normal) + len(held)
-        classes = np.array([0] * n_normal + abnormal_classes, dtype=np.int64)
-
-        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
-            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-        check = DuplicateCheck(group, lambda i: rel(files[i]), hp.duplicates, hp.near_duplicates)
-        ids = np.arange(len(files))
-        fit = ids[:n_fit]
-        pool = check.separate(fit, ids[n_fit:], "train", "evaluation")
-        val_ids = self._val_rows(pool, classes, group)
-        test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
-        val_all, test_all = val_ids, test_ids
-        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
-        test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
-        for name, chosen in (("validation", val_ids), ("test", test_ids)):
-            labels = classes[chosen] != 0
-            if self.normal_only and not len(chosen):
-                raise DataError(
-                    f"the {name} split has no image: too few held-out normal images ({len(pool)}). Fix: add normal "
-                    "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
-                )
-            if not self.normal_only and (labels.all() or not labels.any()):
-                raise DataError(
-                    f"the {name} split has only {'anomalous' if labels.any() else 'normal'} images ({len(chosen)}); "
-                    "thresholds and AUROC need both. Fix: add images, or change data.val_fraction / "
-                    "data.normal_test_fraction / data.val_subset / data.test_subset."
-                )
-
-        for i in np.setdiff1d(np.concatenate([val_all, test_all]), np.concatenate([val_ids, test_ids])):
-            skipped.append({"file": str(files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
-        skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped] + check.dropped()
-        self.has_anomalies = bool((classes[val_ids] != 0).any() and (classes[val_ids] == 0).any())
-
-        n_train = len(fit)
+    def _plan_training(self, n_train: int) -> int:
+        """``train_batch_size`` and ``train_repeats`` for ``n_train`` training images, said when they
+        differ from the settings; returns the steps per epoch."""
+        hp = self.hparams
         self.train_batch_size = effective_batch_size(n_train, hp.batch_size, hp.max_batch_fraction)
         self.train_repeats = epoch_repeats(n_train, self.train_batch_size, hp.min_steps_per_epoch)
         per_epoch = steps_per_epoch(n_train * self.train_repeats, self.train_batch_size)
@@ -410,73 +447,64 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 per_epoch,
                 hp.min_steps_per_epoch,
             )
+        return per_epoch
 
-        eval_ids = np.concatenate([val_ids, test_ids])
-        self.train_set = AnomalySplit(images[fit], classes[fit], ids[fit], 0)
-        masks = None
-        if self.mask_dirs:  # normal images: all zero
-            normal_masks = torch.zeros(len(files) - len(abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
-            masks = torch.cat([normal_masks, torch.stack(abnormal_masks)])[eval_ids]
-        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks)
-        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
-        names = ["normal", *self.abnormal_dirs]
-
-        def describe(chosen: np.ndarray) -> dict:
-            return split_summary(chosen, classes, names)
-
-        self.manifest = {
+    def describe(self, samples: FolderSamples, val: np.ndarray, test: np.ndarray, shared: dict) -> dict:
+        s, hp = samples, self.hparams
+        classes = s.classes
+        self.has_anomalies = bool((classes[val] != 0).any() and (classes[val] == 0).any())
+        per_epoch = self._plan_training(len(s.fit))
+        skipped = list(s.skipped)
+        for i in np.setdiff1d(np.concatenate([s.val, s.test]), np.concatenate([val, test])):
+            skipped.append({"file": str(s.files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
+        skipped = [{"file": _relative(s.root, Path(e["file"])), "reason": e["reason"]} for e in skipped]
+        return {
             "dataset": "folder",
-            "root": str(root.resolve()),
-            "classes": names,
+            "root": str(s.root.resolve()),
+            "classes": s.names,
             "labels": {"normal": 0, "anomalous": 1},
             "has_anomalies": self.has_anomalies,
             "resize": hp.resize,
             "image_size": int(hp.image_size),
             "channels": int(hp.channels),
             "training": {
-                "batch_size": int(self.train_batch_size),
+                "batch_size": int(after_setup(self.train_batch_size, "train_batch_size")),
                 "requested_batch_size": int(hp.batch_size),
                 "repeats_per_epoch": int(self.train_repeats),
                 "steps_per_epoch": int(per_epoch),
             },
             "id_scheme": "index into files",
-            "files": [rel(p) for p in files],
-            "skipped": skipped,
-            "masks": None
-            if masks is None
-            else {
-                "val": mask_counts(masks[: len(val_ids)], classes[val_ids]),
-                "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
-            },
-            "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
-            "duplicates": check.manifest({"train": fit, "val": val_ids, "test": test_ids}),
-            "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
+            "files": [_relative(s.root, p) for p in s.files],
+            "skipped": skipped + s.duplicates.dropped(),
+            "masks": shared.get("masks"),
+            "splits": shared["splits"],
+            "duplicates": shared["duplicates"],
+            "calibration": shared["calibration"],
             "alpha": hp.alpha,
-            "read_notes": read_notes.manifest_entry([rel(Path(f)) for f in self._read_notes[0]], self._read_notes[1]),
+            "read_notes": read_notes.manifest_entry(
+                [_relative(s.root, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+            ),
         }
+
+    def report(self, samples: FolderSamples, val: np.ndarray, test: np.ndarray) -> None:
+        """The read-notes summary, and one line counting the files skipped, by kind of reason."""
+        manifest = after_setup(self.manifest, "manifest")
         if line := read_notes.summary(self._read_notes[1], "see splits.json read_notes"):
             log.warning("%s", line)
+        skipped = manifest["skipped"]
         if skipped:
             kinds = Counter(_reason_kind(s["reason"]) for s in skipped)
-            in_files = kinds["not in the subset"] + self.manifest["duplicates"]["dropped"]  # these files are in files too
-            n_found = len(files) + len(skipped) - in_files
+            in_files = kinds["not in the subset"] + manifest["duplicates"]["dropped"]  # these files are in files too
+            n_found = len(samples.files) + len(skipped) - in_files
             log.warning(
                 "skipped %d of %d files: %s; see splits.json",
                 len(skipped),
                 n_found,
                 ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
-        DuplicateCheck.log(self.manifest["duplicates"], log)
-        log.info(
-            "splits: %s%s",
-            {k: v["size"] for k, v in self.manifest["splits"].items()},
-            "" if self.has_anomalies else " (normal images only)",
-        )
-        fix = "give data.normal_test_dir" if hp.normal_test_dir else "raise data.normal_test_fraction"
-        if warning := calibration_warning(
-            self.manifest["calibration"]["val_normals"], hp.target_fpr, fix + " or data.val_fraction"
-        ):
-            log.warning("%s", warning)
+
+    def splits_note(self) -> str:
+        return "" if self.has_anomalies else " (normal images only)"
 
     @property
     def train_steps_per_epoch(self) -> int:
