@@ -43,7 +43,6 @@ Splits are the same ``AnomalySplit`` as CIFAR-10's (uint8 images, decoded and re
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +52,19 @@ import torch
 
 from anogan.data import notes as read_notes
 from anogan.data.duplicates import average_hash, duplicate_groups, group_units
-from anogan.data.images import check_alpha, list_images, read_image, read_images, read_mask, to_model_input
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, Samples, after_setup, stratified_subset
+from anogan.data.images import read_image, read_images, read_mask, to_model_input
+from anogan.data.listing import list_images, relative_name
+from anogan.data.reading import check_alpha
+from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
+from anogan.data.training_steps import (
+    MIN_AUTO_BATCH,
+    WARN_BELOW_STEPS,
+    effective_batch_size,
+    epoch_repeats,
+    plan_training,
+    steps_per_epoch,
+    training_steps_warning,
+)
 from anogan.metrics.image import min_normals_for_fpr
 from anogan.utils.errors import DataError, ImageError
 
@@ -68,83 +78,11 @@ __all__ = [
     "steps_per_epoch",
     "epoch_repeats",
     "training_steps_warning",
+    "MIN_AUTO_BATCH",
+    "WARN_BELOW_STEPS",
 ]
 
 log = logging.getLogger(__name__)
-
-MIN_AUTO_BATCH = 8  # max_batch_fraction never shrinks the batch below this
-WARN_BELOW_STEPS = 500  # training_steps_warning: fewer optimiser steps than this in all are too few
-
-
-# ---------------------------------------------------------------------- training length
-def effective_batch_size(n_train: int, batch_size: int, max_batch_fraction: float | None) -> int:
-    """The global training batch: ``min(batch_size, max(MIN_AUTO_BATCH, floor(n_train * fraction)))``;
-    ``batch_size`` unchanged when ``max_batch_fraction`` is None."""
-    if max_batch_fraction is None:
-        return int(batch_size)
-    return int(min(batch_size, max(MIN_AUTO_BATCH, math.floor(n_train * max_batch_fraction))))
-
-
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """Optimiser steps (batches) in one pass over ``n_images``: the last partial batch is dropped when
-    there is more than one batch (as ``train_dataloader`` does), so ``n // batch`` or 1."""
-    if n_images <= 0:
-        return 0
-    return n_images // batch_size if n_images > batch_size else 1
-
-
-def epoch_repeats(n_train: int, batch_size: int, min_steps_per_epoch: int | None) -> int:
-    """Passes over the ``n_train`` training images per epoch so that an epoch has at least
-    ``min_steps_per_epoch`` steps of ``batch_size``: the smallest k with ``steps_per_epoch(k * n_train)
-    >= min_steps_per_epoch`` (1 when None or 0)."""
-    if not min_steps_per_epoch or n_train <= 0:
-        return 1
-    return max(1, math.ceil(min_steps_per_epoch * batch_size / n_train))
-
-
-def training_steps_warning(
-    n_train: int,
-    batch_size: int,
-    max_epochs: int,
-    repeats: int = 1,
-    min_steps: int = WARN_BELOW_STEPS,
-    max_steps: int = -1,
-    limit_batches: int | float | None = None,
-) -> str | None:
-    """A one-line warning when GAN training gets fewer than ``min_steps`` GAN iterations (batches) in all,
-    else None: ``max_epochs`` x the batches of an epoch (``steps_per_epoch(n_train * repeats, batch_size)``,
-    cut to ``limit_batches`` = ``trainer.limit_train_batches`` as Lightning does: a count, or a fraction
-    rounded down), at most ``max_steps`` (``trainer.max_steps``; -1: no limit).
-
-    ``n_train``: training images; ``batch_size``: the global batch actually used (the data module's
-    ``train_batch_size``); ``repeats``: its ``train_repeats``. ``FolderAnomalyDataModule.steps_warning``
-    passes all three for you.
-    """
-    full_epoch = steps_per_epoch(n_train * repeats, batch_size)
-    per_epoch = full_epoch
-    if isinstance(limit_batches, int) and not isinstance(limit_batches, bool):
-        per_epoch = min(full_epoch, limit_batches)
-    elif isinstance(limit_batches, float):
-        per_epoch = int(full_epoch * limit_batches)
-    total = int(max_epochs) * per_epoch if max_epochs != -1 else math.inf
-    capped = max_steps is not None and max_steps != -1 and max_steps < total
-    total = int(max_steps) if capped else total
-    if total >= min_steps:
-        return None
-    need = math.ceil(min_steps / max(per_epoch, 1))
-    if capped:
-        why, fix = f"trainer.max_steps={max_steps}", f"raise trainer.max_steps to {min_steps} or more (or -1: no limit)"
-    else:
-        limit = f", cut to {per_epoch} by trainer.limit_train_batches={limit_batches}" if per_epoch != full_epoch else ""
-        why = f"{max_epochs} epochs x {per_epoch} batches of {batch_size}{limit}"
-        fix = f"set trainer.max_epochs={need} (or more) or raise data.min_steps_per_epoch"
-        if per_epoch != full_epoch:
-            fix = f"set trainer.limit_train_batches=null, or trainer.max_epochs={need} (or more)"
-    return (
-        f"the GAN gets only {total} GAN iterations ({why}; from {n_train} training images"
-        f"{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below {min_steps} the generator usually stays noise. "
-        f"Fix: {fix}."
-    )
 
 
 @dataclass(kw_only=True)
@@ -170,11 +108,6 @@ class _Read:
     abnormal: list[Path] = field(default_factory=list)
     classes: list[int] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
-
-
-def _relative(root: Path, path: Path) -> str:
-    """A manifest path: relative to ``data.root`` when inside it."""
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _reason_kind(reason: str) -> str:
@@ -229,10 +162,6 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
                 f"data.mask_dir has {len(self.mask_dirs)} folders for {len(self.abnormal_dirs)} data.abnormal_dir folders. "
                 "Fix: give one mask folder per abnormal folder, or one for all."
             )
-        self.train_set: AnomalySplit | None = None
-        self.eval_set: AnomalySplit | None = None
-        self.eval_split: np.ndarray | None = None  # "val" / "test" per eval row
-        self.manifest: dict | None = None
         self.has_anomalies: bool = bool(self.abnormal_dirs)  # confirmed by setup
 
     @property
@@ -388,7 +317,7 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
         images = torch.stack([read.images[i] for i in order])
         group = group[order]
         classes = np.array([0] * (n_normal + len(read.held)) + read.classes, dtype=np.int64)
-        check = self.duplicate_check(group, lambda i: _relative(root, files[i]))
+        check = self.duplicate_check(group, lambda i: relative_name(root, files[i]))
         ids = np.arange(len(files))
         n_fit = len(fit_pos)
         val, test = check.separate_pool(ids[:n_fit], ids[n_fit:], lambda pool: self._val_rows(pool, classes, group))
@@ -424,40 +353,17 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
                 "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
             )
 
-    def _plan_training(self, n_train: int) -> int:
-        """``train_batch_size`` and ``train_repeats`` for ``n_train`` training images, said when they
-        differ from the settings; returns the steps per epoch."""
-        hp = self.hparams
-        self.train_batch_size = effective_batch_size(n_train, hp.batch_size, hp.max_batch_fraction)
-        self.train_repeats = epoch_repeats(n_train, self.train_batch_size, hp.min_steps_per_epoch)
-        per_epoch = steps_per_epoch(n_train * self.train_repeats, self.train_batch_size)
-        if self.train_batch_size < hp.batch_size:
-            log.info(
-                "training batch %d instead of data.batch_size=%d: at most data.max_batch_fraction=%s of the %d training images",
-                self.train_batch_size,
-                hp.batch_size,
-                hp.max_batch_fraction,
-                n_train,
-            )
-        if self.train_repeats > 1:
-            log.info(
-                "each epoch shows the %d training images %d times (%d steps per epoch; data.min_steps_per_epoch=%s)",
-                n_train,
-                self.train_repeats,
-                per_epoch,
-                hp.min_steps_per_epoch,
-            )
-        return per_epoch
-
     def describe(self, samples: FolderSamples, val: np.ndarray, test: np.ndarray, shared: dict) -> dict:
         s, hp = samples, self.hparams
         classes = s.classes
         self.has_anomalies = bool((classes[val] != 0).any() and (classes[val] == 0).any())
-        per_epoch = self._plan_training(len(s.fit))
+        self.train_batch_size, self.train_repeats, per_epoch = plan_training(
+            len(s.fit), hp.batch_size, hp.max_batch_fraction, hp.min_steps_per_epoch, log
+        )
         skipped = list(s.skipped)
         for i in np.setdiff1d(np.concatenate([s.val, s.test]), np.concatenate([val, test])):
             skipped.append({"file": str(s.files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
-        skipped = [{"file": _relative(s.root, Path(e["file"])), "reason": e["reason"]} for e in skipped]
+        skipped = [{"file": relative_name(s.root, Path(e["file"])), "reason": e["reason"]} for e in skipped]
         return {
             "dataset": "folder",
             "root": str(s.root.resolve()),
@@ -468,13 +374,13 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
             "image_size": int(hp.image_size),
             "channels": int(hp.channels),
             "training": {
-                "batch_size": int(after_setup(self.train_batch_size, "train_batch_size")),
+                "batch_size": int(self.train_batch_size),
                 "requested_batch_size": int(hp.batch_size),
                 "repeats_per_epoch": int(self.train_repeats),
                 "steps_per_epoch": int(per_epoch),
             },
             "id_scheme": "index into files",
-            "files": [_relative(s.root, p) for p in s.files],
+            "files": [relative_name(s.root, p) for p in s.files],
             "skipped": skipped + s.duplicates.dropped(),
             "masks": shared.get("masks"),
             "splits": shared["splits"],
@@ -482,7 +388,7 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
             "calibration": shared["calibration"],
             "alpha": hp.alpha,
             "read_notes": read_notes.manifest_entry(
-                [_relative(s.root, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+                [relative_name(s.root, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
             ),
         }
 

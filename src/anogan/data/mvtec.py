@@ -38,7 +38,9 @@ import torch
 
 from anogan.data import notes as read_notes
 from anogan.data.duplicates import average_hash, duplicate_groups
-from anogan.data.images import check_alpha, list_images, read_images, read_mask
+from anogan.data.images import read_images, read_mask
+from anogan.data.listing import list_images, relative_name
+from anogan.data.reading import check_alpha
 from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
 from anogan.data.synthetic import class_name, synthetic_anomalies
 from anogan.utils.errors import DataError
@@ -166,7 +168,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
             fit=np.arange(len(train_files)),
             val=empty,
             test=empty,
-            duplicates=self.duplicate_check(group, lambda i: self._relative(folder, files[i])),
+            duplicates=self.duplicate_check(group, lambda i: relative_name(folder, files[i])),
             pixels=lambda rows: images[rows],
             masks=masks,
             synthetic=np.zeros(len(files), dtype=bool),  # synthetic rows come with synthetic_val_anomalies
@@ -223,7 +225,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
         s.classes = np.concatenate([s.classes, np.full(n_held, len(s.names) - 1)])
         s.synthetic = np.arange(len(s.classes)) >= len(s.files)
         s.val = np.concatenate([held, fake_ids])
-        rel = [self._relative(s.folder, s.files[i]) for i in held]
+        rel = [relative_name(s.folder, s.files[i]) for i in held]
         s.synthetic_entry = {
             "method": method,
             "class_name": class_name(method),
@@ -247,7 +249,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
             "labels": {"normal": 0, "anomalous": 1},
             "validation": s.validation,
             "id_scheme": "index into files; ids from len(files) on are synthetic rows (see synthetic.rows)",
-            "files": [self._relative(s.folder, p) for p in s.files],
+            "files": [relative_name(s.folder, p) for p in s.files],
             "masks": {
                 "source": "ground_truth/<defect>/<name>_mask.png; test/good and train/good: all zero",
                 "resize": "nearest-neighbour, to the image's size then to image_size",
@@ -260,7 +262,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
             "calibration": shared["calibration"],
             "alpha": hp.alpha,
             "read_notes": read_notes.manifest_entry(
-                [self._relative(s.folder, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+                [relative_name(s.folder, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
             ),
         }
 
@@ -274,10 +276,6 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
             log.warning(
                 "%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size
             )
-
-    @staticmethod
-    def _relative(folder: Path, path: Path) -> str:
-        return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file (for a synthetic row, the file it was made from) and its
