@@ -57,6 +57,7 @@ class MVTecSamples(Samples):
     folder: Path
     files: list[Path]
     images: torch.Tensor
+    masks: torch.Tensor  # every row has one (all zero for good and train/good images)
     skipped: list[dict[str, str]]
     validation: str = ""
     synthetic_entry: dict | None = None
@@ -221,7 +222,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
         s.names.append(class_name(method))
         images = torch.cat([s.images, fake_images])
         s.pixels = lambda rows: images[rows]
-        s.masks = torch.cat([s.masks, fake_masks]) if s.masks is not None else None
+        s.masks = torch.cat([s.masks, fake_masks])
         s.classes = np.concatenate([s.classes, np.full(n_held, len(s.names) - 1)])
         s.synthetic = np.arange(len(s.classes)) >= len(s.files)
         s.val = np.concatenate([held, fake_ids])
