@@ -295,9 +295,9 @@ def _gradient(h, w):
 def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_in_full(tmp_path, monkeypatch):
     from PIL import JpegImagePlugin
 
-    import anogan.data.images as images
+    import anogan.data.reading as reading
 
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 64)
+    monkeypatch.setattr(reading, "MAX_DECODE_PIXELS", 64 * 64)
     pixels = _gradient(256, 256)
     path = _save(pixels, tmp_path / "big.jpg", quality=95)
     requested, draft = [], JpegImagePlugin.JpegImageFile.draft
@@ -314,9 +314,9 @@ def test_a_big_jpeg_is_decoded_at_a_reduced_scale_never_in_full(tmp_path, monkey
 
 
 def test_a_big_png_is_box_reduced_and_a_palette_by_its_colours(tmp_path, monkeypatch):
-    import anogan.data.images as images
+    import anogan.data.reading as reading
 
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 64)
+    monkeypatch.setattr(reading, "MAX_DECODE_PIXELS", 64 * 64)
     pixels = _gradient(200, 300)
     out = load_pixels(_save(pixels, tmp_path / "big.png"))
     assert out.shape == (50, 75, 3) and np.abs(out - _block_mean(pixels, 4)).max() <= 1  # factor 4: 75 x 50 <= 4096
@@ -329,7 +329,7 @@ def test_a_big_png_is_box_reduced_and_a_palette_by_its_colours(tmp_path, monkeyp
 
 
 def test_a_big_image_keeps_its_exif_orientation(tmp_path, monkeypatch):
-    import anogan.data.images as images
+    import anogan.data.reading as reading
 
     pixels = _gradient(128, 256)
     exif = Image.Exif()
@@ -337,7 +337,7 @@ def test_a_big_image_keeps_its_exif_orientation(tmp_path, monkeypatch):
     path = tmp_path / "turned.png"
     Image.fromarray(pixels).save(path, exif=exif)
     full = load_pixels(path)
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 32 * 32)
+    monkeypatch.setattr(reading, "MAX_DECODE_PIXELS", 32 * 32)
     small = load_pixels(path)  # reduced 6x as stored (22 x 43, last boxes partial), then turned upright
     assert (full == np.rot90(pixels, -1)).all() and small.shape == (43, 22, 3)
     assert np.abs(small[:42, 1:] - np.rot90(_block_mean(pixels, 6), -1)).max() <= 1  # full boxes

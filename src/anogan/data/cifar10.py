@@ -28,7 +28,7 @@ from torchvision.datasets import CIFAR10
 
 from anogan.config.choices import CLASSES, MISSING_DATA_FIX, class_index
 from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, pixel_digest
-from anogan.data.splits import AnomalyDataModule, AnomalySplit, after_setup, split_summary, stratified_subset
+from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
 from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _UnverifiedCIFAR10(CIFAR10):
     meta = {**CIFAR10.meta, "md5": None}
 
 
-class CIFAR10AnomalyDataModule(AnomalyDataModule):
+class CIFAR10AnomalyDataModule(AnomalyDataModule[Samples]):
     def __init__(
         self,
         root: str = "data/cifar10",
@@ -105,61 +105,54 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
             images = torch.cat(out)
         return images
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _protocol_rows(
+        self, classes: np.ndarray, train_ids: np.ndarray, test_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions in the pool (training images, then test images; ``classes`` per position) of the
+        rows trained on, the validation rows and the test candidates, by ``data.protocol``."""
         hp = self.hparams
-        train, test = self._load(train=True), self._load(train=False)
-        train_classes, test_classes = np.asarray(train.targets), np.asarray(test.targets)
-        # Pool train + test; below, "ids" are positions in the pool, turned into global ids at the end.
-        classes = np.concatenate([train_classes, test_classes])
-        global_ids = np.concatenate([np.arange(len(train_classes)), TEST_ID_OFFSET + np.arange(len(test_classes))])
-        ids = np.arange(len(classes))
-        train_ids = ids[: len(train_classes)]
-        test_ids = ids[len(train_classes) :]
+        train_classes = classes[train_ids]
         normal_train = train_ids[train_classes == self.normal_class]  # dataset order
-        rng = np.random.default_rng(hp.split_seed)
-
         if hp.protocol == "seed":
             n_fit = int(len(normal_train) * hp.train_fraction)
             fit_ids = normal_train[:n_fit]
-            pool = np.setdiff1d(ids, fit_ids)
+            pool = np.setdiff1d(np.arange(len(classes)), fit_ids)
             val_pos = stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)
             val_ids = pool[val_pos]
-            test_pool = np.setdiff1d(pool, val_ids)
-        else:
-            n_val_normal = int(round(len(normal_train) * hp.val_fraction))
-            val_normal = np.sort(rng.choice(normal_train, n_val_normal, replace=False))
-            fit_ids = np.setdiff1d(normal_train, val_normal)
-            others = train_ids[train_classes != self.normal_class]
-            n_val_anom = int(round(n_val_normal * hp.val_anomaly_ratio))
-            val_anom = others[stratified_subset(classes[others], n_val_anom, hp.split_seed + 1)]
-            val_ids = np.sort(np.concatenate([val_normal, val_anom]))
-            test_pool = test_ids
+            return fit_ids, val_ids, np.setdiff1d(pool, val_ids)
+        rng = np.random.default_rng(hp.split_seed)
+        n_val_normal = int(round(len(normal_train) * hp.val_fraction))
+        val_normal = np.sort(rng.choice(normal_train, n_val_normal, replace=False))
+        fit_ids = np.setdiff1d(normal_train, val_normal)
+        others = train_ids[train_classes != self.normal_class]
+        n_val_anom = int(round(n_val_normal * hp.val_anomaly_ratio))
+        val_anom = others[stratified_subset(classes[others], n_val_anom, hp.split_seed + 1)]
+        return fit_ids, np.sort(np.concatenate([val_normal, val_anom])), test_ids
 
+    def list_samples(self) -> Samples:
+        """The pooled training and test images (rows: training images, then test images; ids: global
+        ids), split by ``data.protocol``, test and validation copies of earlier splits separated."""
+        train, test = self._load(train=True), self._load(train=False)
+        train_classes, test_classes = np.asarray(train.targets), np.asarray(test.targets)
+        classes = np.concatenate([train_classes, test_classes])
+        global_ids = np.concatenate([np.arange(len(train_classes)), TEST_ID_OFFSET + np.arange(len(test_classes))])
+        ids = np.arange(len(classes))
+        fit_ids, val_ids, test_pool = self._protocol_rows(classes, ids[: len(train_classes)], ids[len(train_classes) :])
         all_data = np.concatenate([train.data, test.data])
         check = self._duplicate_check(all_data, global_ids, [fit_ids, val_ids, test_pool])
-        val_ids = check.separate(fit_ids, val_ids, "train", "val")
-        test_pool = check.separate(val_ids, check.separate(fit_ids, test_pool, "train", "test"), "val", "test")
-        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
-        test_ids_final = test_pool[stratified_subset(classes[test_pool], hp.test_subset, hp.split_seed + 3)]
-        for name, chosen in (("validation", val_ids), ("test", test_ids_final)):
-            labels = classes[chosen] != self.normal_class
-            if labels.all() or not labels.any():
-                raise DataError(
-                    f"the {name} split has only {'anomalous' if labels.any() else 'normal'} images "
-                    f"({len(chosen)}); thresholds and AUROC need both. Fix: raise data.val_subset/"
-                    f"data.test_subset or data.val_fraction/data.val_anomaly_ratio."
-                )
-
-        eval_ids = np.concatenate([val_ids, test_ids_final])
-        self.train_set = AnomalySplit(self._resize(all_data[fit_ids]), classes[fit_ids], global_ids[fit_ids], self.normal_class)
-        self.eval_set = AnomalySplit(self._resize(all_data[eval_ids]), classes[eval_ids], global_ids[eval_ids], self.normal_class)
-        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids_final))
-        self.manifest = self._manifest(classes, global_ids, fit_ids, val_ids, test_ids_final)
-        self.manifest["duplicates"] = check.manifest({"train": fit_ids, "val": val_ids, "test": test_ids_final})
-        DuplicateCheck.log(self.manifest["duplicates"], log)
-        log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
+        val_ids, test_pool = check.separate_splits(fit_ids, val_ids, test_pool)
+        return Samples(
+            classes=classes,
+            names=list(CLASSES),
+            normal=self.normal_class,
+            ids=global_ids,
+            fit=fit_ids,
+            val=val_ids,
+            test=test_pool,
+            duplicates=check,
+            pixels=lambda rows: self._resize(all_data[rows]),
+            fix="raise data.val_subset/data.test_subset or data.val_fraction/data.val_anomaly_ratio",
+        )
 
     def _duplicate_check(self, data: np.ndarray, global_ids: np.ndarray, splits: list[np.ndarray]) -> DuplicateCheck:
         """Pictures of the pooled rows (``data``: N×32×32×3 uint8) that the ``splits`` use, compared
@@ -177,14 +170,9 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
             g = int(global_ids[i])
             return f"test[{g - TEST_ID_OFFSET}]" if g >= TEST_ID_OFFSET else f"train[{g}]"
 
-        return DuplicateCheck(group, name, hp.duplicates, hp.near_duplicates)
+        return self.duplicate_check(group, name)
 
-    def _manifest(
-        self, classes: np.ndarray, global_ids: np.ndarray, fit_ids: np.ndarray, val_ids: np.ndarray, test_ids: np.ndarray
-    ) -> dict[str, Any]:
-        def describe(chosen: np.ndarray) -> dict:
-            return split_summary(chosen, classes, list(CLASSES), self.normal_class, ids=global_ids)
-
+    def describe(self, samples: Samples, val: np.ndarray, test: np.ndarray, shared: dict) -> dict[str, Any]:
         return {
             "dataset": "CIFAR10",
             "protocol": self.hparams.protocol,
@@ -192,7 +180,8 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule):
             "normal_class_name": CLASSES[self.normal_class],
             "id_scheme": f"training image i -> i; test image i -> {TEST_ID_OFFSET} + i",
             "labels": {"normal": 0, "anomalous": 1},
-            "splits": {"train": describe(fit_ids), "val": describe(val_ids), "test": describe(test_ids)},
+            "splits": shared["splits"],
+            "duplicates": shared["duplicates"],
         }
 
     def eval_columns(self) -> dict[str, np.ndarray]:

@@ -171,6 +171,22 @@ class DuplicateCheck:
         drop = {r for r, _ in copies}
         return np.array([r for r in later if int(r) not in drop], dtype=later.dtype)
 
+    def separate_splits(self, fit: np.ndarray, val: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validation and test rows chosen before the comparison, after ``separate``: validation
+        against training, then test against training and against what validation keeps."""
+        val = self.separate(fit, val, "train", "val")
+        return val, self.separate(val, self.separate(fit, test, "train", "test"), "val", "test")
+
+    def separate_pool(
+        self, fit: np.ndarray, pool: np.ndarray, draw: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Validation and test rows from one evaluation ``pool``: the pool against training, then
+        ``draw`` (pool rows -> the validation rows) on what it keeps, then the rest (test) against
+        validation."""
+        pool = self.separate(fit, pool, "train", "evaluation")
+        val = draw(pool)
+        return val, self.separate(val, np.setdiff1d(pool, val), "val", "test")
+
     def dropped(self) -> list[dict]:
         """``skipped`` entries (file, reason) of the rows ``separate`` dropped."""
         return [

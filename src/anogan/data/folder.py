@@ -43,25 +43,27 @@ Splits are the same ``AnomalySplit`` as CIFAR-10's (uint8 images, decoded and re
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anogan.data import notes as read_notes
-from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups, group_units
-from anogan.data.images import check_alpha, list_images, read_image, read_images, read_mask, to_model_input
-from anogan.data.splits import (
-    AnomalyDataModule,
-    AnomalySplit,
-    after_setup,
-    calibration_entry,
-    calibration_warning,
-    mask_counts,
-    split_summary,
-    stratified_subset,
+from anogan.data.duplicates import average_hash, duplicate_groups, group_units
+from anogan.data.images import read_image, read_images, read_mask, to_model_input
+from anogan.data.listing import list_images, relative_name
+from anogan.data.reading import check_alpha
+from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
+from anogan.data.training_steps import (
+    MIN_AUTO_BATCH,
+    WARN_BELOW_STEPS,
+    effective_batch_size,
+    epoch_repeats,
+    plan_training,
+    steps_per_epoch,
+    training_steps_warning,
 )
 from anogan.metrics.image import min_normals_for_fpr
 from anogan.utils.errors import DataError, ImageError
@@ -76,83 +78,36 @@ __all__ = [
     "steps_per_epoch",
     "epoch_repeats",
     "training_steps_warning",
+    "MIN_AUTO_BATCH",
+    "WARN_BELOW_STEPS",
 ]
 
 log = logging.getLogger(__name__)
 
-MIN_AUTO_BATCH = 8  # max_batch_fraction never shrinks the batch below this
-WARN_BELOW_STEPS = 500  # training_steps_warning: fewer optimiser steps than this in all are too few
+
+@dataclass(kw_only=True)
+class FolderSamples(Samples):
+    """``Samples`` of the folders, with what the manifest reports: ``data.root`` (``root``), the
+    ``files`` (one per row) and the files ``skipped`` while reading (with their reasons)."""
+
+    root: Path
+    files: list[Path]
+    skipped: list[dict]
 
 
-# ---------------------------------------------------------------------- training length
-def effective_batch_size(n_train: int, batch_size: int, max_batch_fraction: float | None) -> int:
-    """The global training batch: ``min(batch_size, max(MIN_AUTO_BATCH, floor(n_train * fraction)))``;
-    ``batch_size`` unchanged when ``max_batch_fraction`` is None."""
-    if max_batch_fraction is None:
-        return int(batch_size)
-    return int(min(batch_size, max(MIN_AUTO_BATCH, math.floor(n_train * max_batch_fraction))))
+@dataclass
+class _Read:
+    """The usable files of the folders in reading order (``normal_dir``, ``normal_test_dir``
+    (``held``), the abnormal folders) with their model inputs and pixel digests, and per abnormal
+    file its class (1-based folder) and, with ``mask_dir``, its mask."""
 
-
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """Optimiser steps (batches) in one pass over ``n_images``: the last partial batch is dropped when
-    there is more than one batch (as ``train_dataloader`` does), so ``n // batch`` or 1."""
-    if n_images <= 0:
-        return 0
-    return n_images // batch_size if n_images > batch_size else 1
-
-
-def epoch_repeats(n_train: int, batch_size: int, min_steps_per_epoch: int | None) -> int:
-    """Passes over the ``n_train`` training images per epoch so that an epoch has at least
-    ``min_steps_per_epoch`` steps of ``batch_size``: the smallest k with ``steps_per_epoch(k * n_train)
-    >= min_steps_per_epoch`` (1 when None or 0)."""
-    if not min_steps_per_epoch or n_train <= 0:
-        return 1
-    return max(1, math.ceil(min_steps_per_epoch * batch_size / n_train))
-
-
-def training_steps_warning(
-    n_train: int,
-    batch_size: int,
-    max_epochs: int,
-    repeats: int = 1,
-    min_steps: int = WARN_BELOW_STEPS,
-    max_steps: int = -1,
-    limit_batches: int | float | None = None,
-) -> str | None:
-    """A one-line warning when GAN training gets fewer than ``min_steps`` GAN iterations (batches) in all,
-    else None: ``max_epochs`` x the batches of an epoch (``steps_per_epoch(n_train * repeats, batch_size)``,
-    cut to ``limit_batches`` = ``trainer.limit_train_batches`` as Lightning does: a count, or a fraction
-    rounded down), at most ``max_steps`` (``trainer.max_steps``; -1: no limit).
-
-    ``n_train``: training images; ``batch_size``: the global batch actually used (the data module's
-    ``train_batch_size``); ``repeats``: its ``train_repeats``. ``FolderAnomalyDataModule.steps_warning``
-    passes all three for you.
-    """
-    full_epoch = steps_per_epoch(n_train * repeats, batch_size)
-    per_epoch = full_epoch
-    if isinstance(limit_batches, int) and not isinstance(limit_batches, bool):
-        per_epoch = min(full_epoch, limit_batches)
-    elif isinstance(limit_batches, float):
-        per_epoch = int(full_epoch * limit_batches)
-    total = int(max_epochs) * per_epoch if max_epochs != -1 else math.inf
-    capped = max_steps is not None and max_steps != -1 and max_steps < total
-    total = int(max_steps) if capped else total
-    if total >= min_steps:
-        return None
-    need = math.ceil(min_steps / max(per_epoch, 1))
-    if capped:
-        why, fix = f"trainer.max_steps={max_steps}", f"raise trainer.max_steps to {min_steps} or more (or -1: no limit)"
-    else:
-        limit = f", cut to {per_epoch} by trainer.limit_train_batches={limit_batches}" if per_epoch != full_epoch else ""
-        why = f"{max_epochs} epochs x {per_epoch} batches of {batch_size}{limit}"
-        fix = f"set trainer.max_epochs={need} (or more) or raise data.min_steps_per_epoch"
-        if per_epoch != full_epoch:
-            fix = f"set trainer.limit_train_batches=null, or trainer.max_epochs={need} (or more)"
-    return (
-        f"the GAN gets only {total} GAN iterations ({why}; from {n_train} training images"
-        f"{f' seen {repeats}x per epoch' if repeats > 1 else ''}); below {min_steps} the generator usually stays noise. "
-        f"Fix: {fix}."
-    )
+    normal: list[Path]
+    images: list[torch.Tensor]
+    digests: list[bytes]
+    held: list[Path] = field(default_factory=list)
+    abnormal: list[Path] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
 
 
 def _reason_kind(reason: str) -> str:
@@ -160,7 +115,7 @@ def _reason_kind(reason: str) -> str:
     return reason.split(" (", 1)[0]
 
 
-class FolderAnomalyDataModule(AnomalyDataModule):
+class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
     """Images from folders (see the module docstring). After ``setup``: ``train_set``, ``eval_set``,
     ``eval_split``, ``manifest`` (``splits.json``), ``has_anomalies`` (validation holds both
     classes), ``train_batch_size`` and ``train_repeats`` (what ``train_dataloader`` uses)."""
@@ -207,10 +162,6 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 f"data.mask_dir has {len(self.mask_dirs)} folders for {len(self.abnormal_dirs)} data.abnormal_dir folders. "
                 "Fix: give one mask folder per abnormal folder, or one for all."
             )
-        self.train_set: AnomalySplit | None = None
-        self.eval_set: AnomalySplit | None = None
-        self.eval_split: np.ndarray | None = None  # "val" / "test" per eval row
-        self.manifest: dict | None = None
         self.has_anomalies: bool = bool(self.abnormal_dirs)  # confirmed by setup
 
     @property
@@ -304,130 +255,119 @@ class FolderAnomalyDataModule(AnomalyDataModule):
         chosen = stratified_subset(classes[units], size, hp.split_seed)
         return np.sort(np.concatenate([members[u] for u in chosen])) if len(chosen) else np.arange(0)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def _read_folders(self, skipped: list) -> _Read:
+        """Every usable file of ``normal_dir``, ``normal_test_dir`` and each abnormal folder (with its
+        mask), in that order; ``DataError`` for an abnormal folder without a usable image."""
         hp = self.hparams
-        root = Path(hp.root).expanduser()
-        skipped: list[dict] = []
         seen: dict = {}  # one file reached from two folders counts once (in the first folder read)
-        normal, normal_images, normal_digests = self._read(self._folder(hp.normal_dir), seen, skipped)
-        held: list[Path] = []
-        held_images: list[torch.Tensor] = []
-        held_digests: list[bytes] = []
+        read = _Read(*self._read(self._folder(hp.normal_dir), seen, skipped))
         if hp.normal_test_dir:
-            held, held_images, held_digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
-        abnormal, abnormal_images, abnormal_digests, abnormal_classes, abnormal_masks = [], [], [], [], []
+            read.held, images, digests = self._read(self._folder(hp.normal_test_dir), seen, skipped)
+            read.images += images
+            read.digests += digests
         for c, name in enumerate(self.abnormal_dirs, start=1):
-            paths, read, digests = self._read(self._folder(name), seen, skipped)
+            paths, images, digests = self._read(self._folder(name), seen, skipped)
             if not paths:
                 raise DataError(
-                    f"data.abnormal_dir: {root / name} holds no usable image. Fix: add anomalous images there, "
-                    "or set data.abnormal_dir=null if you only have normal images."
+                    f"data.abnormal_dir: {Path(hp.root).expanduser() / name} holds no usable image. Fix: add anomalous "
+                    "images there, or set data.abnormal_dir=null if you only have normal images."
                 )
-            abnormal_masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
-            abnormal += paths
-            abnormal_images += read
-            abnormal_digests += digests
-            abnormal_classes += [c] * len(paths)
+            read.masks += [self._mask(c, p) for p in paths] if self.mask_dirs else []
+            read.abnormal += paths
+            read.images += images
+            read.digests += digests
+            read.classes += [c] * len(paths)
+        return read
 
-        # Pictures (copies of one image count once) of every file read, in reading order.
-        read_images_all = normal_images + held_images + abnormal_images
-        near = average_hash(torch.stack(read_images_all)) if hp.near_duplicates is not None and read_images_all else None
-        group = duplicate_groups(normal_digests + held_digests + abnormal_digests, near, hp.near_duplicates)
-        # normal_dir is split by picture, so copies inside it stay on one side (train or evaluation).
+    def _split_normal(self, n_normal: int, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``normal_dir`` trained on and held out for evaluation (none with
+        ``normal_test_dir``), split by picture: copies inside it stay on one side."""
+        hp = self.hparams
         if hp.normal_test_dir:
-            fit_pos, held_pos = np.arange(len(normal)), np.arange(0)
+            fit_pos, held_pos = np.arange(n_normal), np.arange(0)
         else:
-            units, members = group_units(np.arange(len(normal)), group)
+            units, members = group_units(np.arange(n_normal), group)
             order = np.random.default_rng(hp.split_seed).permutation(len(units))
             n_held = self._held_out_units(len(units))
             held_units = [members[u] for u in order[:n_held]]
             held_pos = np.sort(np.concatenate(held_units)) if held_units else np.arange(0)
-            fit_pos = np.setdiff1d(np.arange(len(normal)), held_pos)
+            fit_pos = np.setdiff1d(np.arange(n_normal), held_pos)
         if not len(fit_pos):
             raise DataError(
-                f"no usable normal training image in {root / hp.normal_dir}. Fix: put images there (see splits.json skipped)."
+                f"no usable normal training image in {Path(hp.root).expanduser() / hp.normal_dir}. "
+                "Fix: put images there (see splits.json skipped)."
             )
+        return fit_pos, held_pos
 
-        # One id per file: training normals, then evaluation normals, then anomalies.
-        order = np.concatenate([fit_pos, held_pos, len(normal) + np.arange(len(held) + len(abnormal))]).astype(np.int64)
-        read_files = normal + held + abnormal
+    def list_samples(self) -> FolderSamples:
+        """One row per file: training normals, then evaluation normals, then anomalies; validation
+        drawn from the evaluation rows by ``_val_rows``, duplicates separated."""
+        hp = self.hparams
+        root = Path(hp.root).expanduser()
+        skipped: list[dict] = []
+        read = self._read_folders(skipped)
+        # Pictures (copies of one image count once) of every file read, in reading order.
+        near = average_hash(torch.stack(read.images)) if hp.near_duplicates is not None and read.images else None
+        group = duplicate_groups(read.digests, near, hp.near_duplicates)
+        fit_pos, held_pos = self._split_normal(len(read.normal), group)
+        n_normal = len(read.normal)
+        order = np.concatenate([fit_pos, held_pos, n_normal + np.arange(len(read.held) + len(read.abnormal))]).astype(np.int64)
+        read_files = read.normal + read.held + read.abnormal
         files = [read_files[i] for i in order]
-        images = torch.stack([read_images_all[i] for i in order])
+        images = torch.stack([read.images[i] for i in order])
         group = group[order]
-        n_fit, n_normal = len(fit_pos), len(normal) + len(held)
-        classes = np.array([0] * n_normal + abnormal_classes, dtype=np.int64)
-
-        def rel(path: Path) -> str:  # manifest paths: relative to data.root when inside it
-            return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-        check = DuplicateCheck(group, lambda i: rel(files[i]), hp.duplicates, hp.near_duplicates)
+        classes = np.array([0] * (n_normal + len(read.held)) + read.classes, dtype=np.int64)
+        check = self.duplicate_check(group, lambda i: relative_name(root, files[i]))
         ids = np.arange(len(files))
-        fit = ids[:n_fit]
-        pool = check.separate(fit, ids[n_fit:], "train", "evaluation")
-        val_ids = self._val_rows(pool, classes, group)
-        test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
-        val_all, test_all = val_ids, test_ids
-        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
-        test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
-        for name, chosen in (("validation", val_ids), ("test", test_ids)):
-            labels = classes[chosen] != 0
-            if self.normal_only and not len(chosen):
-                raise DataError(
-                    f"the {name} split has no image: too few held-out normal images ({len(pool)}). Fix: add normal "
-                    "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
-                )
-            if not self.normal_only and (labels.all() or not labels.any()):
-                raise DataError(
-                    f"the {name} split has only {'anomalous' if labels.any() else 'normal'} images ({len(chosen)}); "
-                    "thresholds and AUROC need both. Fix: add images, or change data.val_fraction / "
-                    "data.normal_test_fraction / data.val_subset / data.test_subset."
-                )
-
-        for i in np.setdiff1d(np.concatenate([val_all, test_all]), np.concatenate([val_ids, test_ids])):
-            skipped.append({"file": str(files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
-        skipped = [{"file": rel(Path(s["file"])), "reason": s["reason"]} for s in skipped] + check.dropped()
-        self.has_anomalies = bool((classes[val_ids] != 0).any() and (classes[val_ids] == 0).any())
-
-        n_train = len(fit)
-        self.train_batch_size = effective_batch_size(n_train, hp.batch_size, hp.max_batch_fraction)
-        self.train_repeats = epoch_repeats(n_train, self.train_batch_size, hp.min_steps_per_epoch)
-        per_epoch = steps_per_epoch(n_train * self.train_repeats, self.train_batch_size)
-        if self.train_batch_size < hp.batch_size:
-            log.info(
-                "training batch %d instead of data.batch_size=%d: at most data.max_batch_fraction=%s of the %d training images",
-                self.train_batch_size,
-                hp.batch_size,
-                hp.max_batch_fraction,
-                n_train,
-            )
-        if self.train_repeats > 1:
-            log.info(
-                "each epoch shows the %d training images %d times (%d steps per epoch; data.min_steps_per_epoch=%s)",
-                n_train,
-                self.train_repeats,
-                per_epoch,
-                hp.min_steps_per_epoch,
-            )
-
-        eval_ids = np.concatenate([val_ids, test_ids])
-        self.train_set = AnomalySplit(images[fit], classes[fit], ids[fit], 0)
+        n_fit = len(fit_pos)
+        val, test = check.separate_pool(ids[:n_fit], ids[n_fit:], lambda pool: self._val_rows(pool, classes, group))
         masks = None
         if self.mask_dirs:  # normal images: all zero
-            normal_masks = torch.zeros(len(files) - len(abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
-            masks = torch.cat([normal_masks, torch.stack(abnormal_masks)])[eval_ids]
-        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks)
-        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
-        names = ["normal", *self.abnormal_dirs]
+            normal_masks = torch.zeros(len(files) - len(read.abnormal), 1, hp.image_size, hp.image_size, dtype=torch.uint8)
+            masks = torch.cat([normal_masks, torch.stack(read.masks)])
+        fix = "give data.normal_test_dir" if hp.normal_test_dir else "raise data.normal_test_fraction"
+        return FolderSamples(
+            classes=classes,
+            names=["normal", *self.abnormal_dirs],
+            fit=ids[:n_fit],
+            val=val,
+            test=test,
+            duplicates=check,
+            pixels=lambda rows: images[rows],
+            masks=masks,
+            fix="add images, or change data.val_fraction / data.normal_test_fraction / data.val_subset / data.test_subset",
+            calibration_fix=fix + " or data.val_fraction",
+            root=root,
+            files=files,
+            skipped=skipped,
+        )
 
-        def describe(chosen: np.ndarray) -> dict:
-            return split_summary(chosen, classes, names)
+    def check_split(self, name: str, chosen: np.ndarray, samples: FolderSamples) -> None:
+        """With anomalies: both classes (``AnomalyDataModule.check_split``); normal-only: not empty."""
+        if not self.normal_only:
+            super().check_split(name, chosen, samples)
+        elif not len(chosen):
+            held_out = len(samples.val) + len(samples.test)  # _val_rows keeps copies together: none dropped
+            raise DataError(
+                f"the {name} split has no image: too few held-out normal images ({held_out}). Fix: add normal "
+                "images, give data.normal_test_dir, or change data.normal_test_fraction / data.val_fraction."
+            )
 
-        self.manifest = {
+    def describe(self, samples: FolderSamples, val: np.ndarray, test: np.ndarray, shared: dict) -> dict:
+        s, hp = samples, self.hparams
+        classes = s.classes
+        self.has_anomalies = bool((classes[val] != 0).any() and (classes[val] == 0).any())
+        self.train_batch_size, self.train_repeats, per_epoch = plan_training(
+            len(s.fit), hp.batch_size, hp.max_batch_fraction, hp.min_steps_per_epoch, log
+        )
+        skipped = list(s.skipped)
+        for i in np.setdiff1d(np.concatenate([s.val, s.test]), np.concatenate([val, test])):
+            skipped.append({"file": str(s.files[i]), "reason": "not in the subset (data.val_subset / data.test_subset)"})
+        skipped = [{"file": relative_name(s.root, Path(e["file"])), "reason": e["reason"]} for e in skipped]
+        return {
             "dataset": "folder",
-            "root": str(root.resolve()),
-            "classes": names,
+            "root": str(s.root.resolve()),
+            "classes": s.names,
             "labels": {"normal": 0, "anomalous": 1},
             "has_anomalies": self.has_anomalies,
             "resize": hp.resize,
@@ -440,43 +380,37 @@ class FolderAnomalyDataModule(AnomalyDataModule):
                 "steps_per_epoch": int(per_epoch),
             },
             "id_scheme": "index into files",
-            "files": [rel(p) for p in files],
-            "skipped": skipped,
-            "masks": None
-            if masks is None
-            else {
-                "val": mask_counts(masks[: len(val_ids)], classes[val_ids]),
-                "test": mask_counts(masks[len(val_ids) :], classes[test_ids]),
-            },
-            "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
-            "duplicates": check.manifest({"train": fit, "val": val_ids, "test": test_ids}),
-            "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
+            "files": [relative_name(s.root, p) for p in s.files],
+            "skipped": skipped + s.duplicates.dropped(),
+            "masks": shared.get("masks"),
+            "splits": shared["splits"],
+            "duplicates": shared["duplicates"],
+            "calibration": shared["calibration"],
             "alpha": hp.alpha,
-            "read_notes": read_notes.manifest_entry([rel(Path(f)) for f in self._read_notes[0]], self._read_notes[1]),
+            "read_notes": read_notes.manifest_entry(
+                [relative_name(s.root, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+            ),
         }
+
+    def report(self, samples: FolderSamples, val: np.ndarray, test: np.ndarray) -> None:
+        """The read-notes summary, and one line counting the files skipped, by kind of reason."""
+        manifest = after_setup(self.manifest, "manifest")
         if line := read_notes.summary(self._read_notes[1], "see splits.json read_notes"):
             log.warning("%s", line)
+        skipped = manifest["skipped"]
         if skipped:
             kinds = Counter(_reason_kind(s["reason"]) for s in skipped)
-            in_files = kinds["not in the subset"] + self.manifest["duplicates"]["dropped"]  # these files are in files too
-            n_found = len(files) + len(skipped) - in_files
+            in_files = kinds["not in the subset"] + manifest["duplicates"]["dropped"]  # these files are in files too
+            n_found = len(samples.files) + len(skipped) - in_files
             log.warning(
                 "skipped %d of %d files: %s; see splits.json",
                 len(skipped),
                 n_found,
                 ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0]))),
             )
-        DuplicateCheck.log(self.manifest["duplicates"], log)
-        log.info(
-            "splits: %s%s",
-            {k: v["size"] for k, v in self.manifest["splits"].items()},
-            "" if self.has_anomalies else " (normal images only)",
-        )
-        fix = "give data.normal_test_dir" if hp.normal_test_dir else "raise data.normal_test_fraction"
-        if warning := calibration_warning(
-            self.manifest["calibration"]["val_normals"], hp.target_fpr, fix + " or data.val_fraction"
-        ):
-            log.warning("%s", warning)
+
+    def splits_note(self) -> str:
+        return "" if self.has_anomalies else " (normal images only)"
 
     @property
     def train_steps_per_epoch(self) -> int:

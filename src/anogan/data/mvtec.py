@@ -30,31 +30,40 @@ and kept in ``eval_set.masks``. Unreadable images are skipped with a warning and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anogan.data import notes as read_notes
-from anogan.data.duplicates import DuplicateCheck, average_hash, duplicate_groups
-from anogan.data.images import check_alpha, list_images, read_images, read_mask
-from anogan.data.splits import (
-    AnomalyDataModule,
-    AnomalySplit,
-    after_setup,
-    calibration_entry,
-    calibration_warning,
-    mask_counts,
-    split_summary,
-    stratified_subset,
-)
+from anogan.data.duplicates import average_hash, duplicate_groups
+from anogan.data.images import read_images, read_mask
+from anogan.data.listing import list_images, relative_name
+from anogan.data.reading import check_alpha
+from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
 from anogan.data.synthetic import class_name, synthetic_anomalies
 from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class MVTecDataModule(AnomalyDataModule):
+@dataclass(kw_only=True)
+class MVTecSamples(Samples):
+    """``Samples`` of one category, with what its manifest reports: the category ``folder``, the
+    ``files`` read (a row each, synthetic rows after them), their decoded ``images`` (uint8), the
+    files ``skipped``, how validation was made (``validation``) and the ``synthetic`` entry."""
+
+    folder: Path
+    files: list[Path]
+    images: torch.Tensor
+    masks: torch.Tensor  # every row has one (all zero for good and train/good images)
+    skipped: list[dict[str, str]]
+    validation: str = ""
+    synthetic_entry: dict | None = None
+
+
+class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
     """One MVTec AD category (see the module docstring for the layout and how validation is made).
 
     After ``setup``: ``train_set`` (train/good minus held-out images, ``masks`` None), ``eval_set``
@@ -125,12 +134,10 @@ class MVTecDataModule(AnomalyDataModule):
             )
         return read_mask(path, image_path, self.hparams.image_size)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        hp = self.hparams
-        folder = self._category()
-        size = hp.image_size
+    def _read_category(self, folder: Path) -> MVTecSamples:
+        """Every usable file of ``train/good`` then of ``test/<class>`` (classes: good, then the defect
+        folders in name order) with its masks; rows not split yet (``fit``, ``val``, ``test`` empty)."""
+        size = self.hparams.image_size
         skipped: list[dict[str, str]] = []
         train_files, train_images, digests = self._read(folder / "train" / "good", skipped)
         if not train_files:
@@ -147,128 +154,129 @@ class MVTecDataModule(AnomalyDataModule):
             test_masks += [
                 torch.zeros(1, size, size, dtype=torch.uint8) if c == 0 else self._mask(folder, defect, p) for p in paths
             ]
-
         # One id per file (training files, then test files); synthetic rows follow the files.
         files = train_files + test_files
-        n_train = len(train_files)
         images = torch.stack(train_images + test_images)
         masks = torch.zeros(len(files), 1, size, size, dtype=torch.uint8)  # train/good: all zero
         if test_masks:
-            masks[n_train:] = torch.stack(test_masks)
-        classes = np.array([0] * n_train + test_classes, dtype=np.int64)
-        ids = np.arange(len(files))
-        near = average_hash(images) if hp.near_duplicates is not None else None
-        group = duplicate_groups(digests, near, hp.near_duplicates)
-        check = DuplicateCheck(group, lambda i: self._relative(folder, files[i]), hp.duplicates, hp.near_duplicates)
-        pool = ids[n_train:]
-        synthetic = None
+            masks[len(train_files) :] = torch.stack(test_masks)
+        near = average_hash(images) if self.hparams.near_duplicates is not None else None
+        group = duplicate_groups(digests, near, self.hparams.near_duplicates)
+        empty = np.arange(0)
+        return MVTecSamples(
+            classes=np.array([0] * len(train_files) + test_classes, dtype=np.int64),
+            names=names,
+            fit=np.arange(len(train_files)),
+            val=empty,
+            test=empty,
+            duplicates=self.duplicate_check(group, lambda i: relative_name(folder, files[i])),
+            pixels=lambda rows: images[rows],
+            masks=masks,
+            synthetic=np.zeros(len(files), dtype=bool),  # synthetic rows come with synthetic_val_anomalies
+            fix="change data.val_fraction / data.val_subset / data.test_subset, or check that test/ holds good and defect folders",
+            where=f" of {folder}",
+            folder=folder,
+            files=files,
+            images=images,
+            skipped=skipped,
+        )
+
+    def list_samples(self) -> MVTecSamples:
+        """train/good trained on; validation and test from test/ or, with ``synthetic_val_anomalies``,
+        held-out train/good images and their synthetic anomalies (module docstring)."""
+        hp = self.hparams
+        s = self._read_category(self._category())
+        pool = np.arange(len(s.fit), len(s.files))
         if hp.synthetic_val_anomalies is None:
-            fit = ids[:n_train]
-            pool = check.separate(fit, pool, "train", "evaluation")
-            val_ids = pool[stratified_subset(classes[pool], float(hp.val_fraction), hp.split_seed)]
-            test_ids = check.separate(val_ids, np.setdiff1d(pool, val_ids), "val", "test")
-            validation = f"a stratified {hp.val_fraction} of test/ (by defect type); test is the rest of test/"
-        else:
-            order = np.random.default_rng(hp.split_seed).permutation(n_train)
-            n_held = int(round(n_train * hp.synthetic_val_fraction))
-            if not 1 <= n_held < n_train:
-                raise DataError(
-                    f"data.synthetic_val_fraction={hp.synthetic_val_fraction} holds out {n_held} of the {n_train} "
-                    "training images; at least one must be held out and one trained on. Fix: change data.synthetic_val_fraction."
-                )
-            held, fit = np.sort(order[:n_held]), np.sort(order[n_held:])
-            held = check.separate(fit, held, "train", "val")
-            if not len(held):
-                raise DataError(
-                    "every held-out train/good image is a copy of a trained one (see data.duplicates). Fix: remove the "
-                    "copies from train/good or raise data.synthetic_val_fraction."
-                )
-            pool = check.separate(held, check.separate(fit, pool, "train", "test"), "val", "test")
-            n_held = len(held)
-            method = hp.synthetic_val_anomalies
-            fake_images, fake_masks = synthetic_anomalies(images[held], method, hp.split_seed + 4)
-            fake_ids = len(files) + np.arange(n_held)
-            names.append(class_name(method))
-            images = torch.cat([images, fake_images])
-            masks = torch.cat([masks, fake_masks])
-            classes = np.concatenate([classes, np.full(n_held, len(names) - 1)])
-            val_ids, test_ids = np.concatenate([held, fake_ids]), pool
-            rel = [self._relative(folder, files[i]) for i in held]
-            synthetic = {
-                "method": method,
-                "class_name": class_name(method),
-                "seed": hp.split_seed + 4,
-                "rows": [{"id": int(i), "source": s, "synthetic": True} for i, s in zip(fake_ids, rel)],
-            }
-            validation = (
-                f"{n_held} held-out train/good images ({hp.synthetic_val_fraction}) and one {method} anomaly made "
-                "from each; test is the whole test/ folder"
+            check, classes = s.duplicates, s.classes
+            s.val, s.test = check.separate_pool(
+                s.fit, pool, lambda p: p[stratified_subset(classes[p], float(hp.val_fraction), hp.split_seed)]
             )
-        val_ids = val_ids[stratified_subset(classes[val_ids], hp.val_subset, hp.split_seed + 2)]
-        test_ids = test_ids[stratified_subset(classes[test_ids], hp.test_subset, hp.split_seed + 3)]
-        for name, chosen in (("validation", val_ids), ("test", test_ids)):
-            labels = classes[chosen] != 0
-            if labels.all() or not labels.any():
-                raise DataError(
-                    f"the {name} split of {folder} has only {'anomalous' if labels.any() else 'normal'} images ({len(chosen)}); "
-                    "thresholds and AUROC need both. Fix: change data.val_fraction / data.val_subset / data.test_subset, "
-                    "or check that test/ holds good and defect folders."
-                )
+            s.validation = f"a stratified {hp.val_fraction} of test/ (by defect type); test is the rest of test/"
+            s.calibration_fix = "raise data.val_fraction"
+            return s
+        return self._synthetic_validation(s, pool)
 
-        eval_ids = np.concatenate([val_ids, test_ids])
-        self.train_set = AnomalySplit(images[fit], classes[fit], fit, 0)
-        self.eval_set = AnomalySplit(images[eval_ids], classes[eval_ids], eval_ids, 0, masks=masks[eval_ids])
-        self.eval_split = np.array(["val"] * len(val_ids) + ["test"] * len(test_ids))
-        is_synthetic = np.arange(len(classes)) >= len(files)
+    def _synthetic_validation(self, s: MVTecSamples, pool: np.ndarray) -> MVTecSamples:
+        """``s`` with ``synthetic_val_fraction`` of train/good held out as validation normals, one
+        synthetic anomaly made from each (rows after the files), and the whole of test/ as test."""
+        hp = self.hparams
+        n_train = len(s.fit)
+        order = np.random.default_rng(hp.split_seed).permutation(n_train)
+        n_held = int(round(n_train * hp.synthetic_val_fraction))
+        if not 1 <= n_held < n_train:
+            raise DataError(
+                f"data.synthetic_val_fraction={hp.synthetic_val_fraction} holds out {n_held} of the {n_train} "
+                "training images; at least one must be held out and one trained on. Fix: change data.synthetic_val_fraction."
+            )
+        s.fit = np.sort(order[n_held:])
+        held, s.test = s.duplicates.separate_splits(s.fit, np.sort(order[:n_held]), pool)
+        if not len(held):
+            raise DataError(
+                "every held-out train/good image is a copy of a trained one (see data.duplicates). Fix: remove the "
+                "copies from train/good or raise data.synthetic_val_fraction."
+            )
+        n_held, method = len(held), hp.synthetic_val_anomalies
+        fake_images, fake_masks = synthetic_anomalies(s.images[held], method, hp.split_seed + 4)
+        fake_ids = len(s.files) + np.arange(n_held)
+        s.names.append(class_name(method))
+        images = torch.cat([s.images, fake_images])
+        s.pixels = lambda rows: images[rows]
+        s.masks = torch.cat([s.masks, fake_masks])
+        s.classes = np.concatenate([s.classes, np.full(n_held, len(s.names) - 1)])
+        s.synthetic = np.arange(len(s.classes)) >= len(s.files)
+        s.val = np.concatenate([held, fake_ids])
+        rel = [relative_name(s.folder, s.files[i]) for i in held]
+        s.synthetic_entry = {
+            "method": method,
+            "class_name": class_name(method),
+            "seed": hp.split_seed + 4,
+            "rows": [{"id": int(i), "source": src, "synthetic": True} for i, src in zip(fake_ids, rel)],
+        }
+        s.validation = (
+            f"{n_held} held-out train/good images ({hp.synthetic_val_fraction}) and one {method} anomaly made "
+            "from each; test is the whole test/ folder"
+        )
+        s.calibration_fix = "raise data.synthetic_val_fraction"
+        return s
 
-        def describe(chosen: np.ndarray) -> dict:
-            return split_summary(chosen, classes, names, synthetic=is_synthetic)
-
-        self.manifest = {
+    def describe(self, samples: MVTecSamples, val: np.ndarray, test: np.ndarray, shared: dict) -> dict:
+        s, hp = samples, self.hparams
+        return {
             "dataset": "mvtec",
             "root": str(Path(hp.root).expanduser().resolve()),
             "category": hp.category,
-            "classes": names,
+            "classes": s.names,
             "labels": {"normal": 0, "anomalous": 1},
-            "validation": validation,
+            "validation": s.validation,
             "id_scheme": "index into files; ids from len(files) on are synthetic rows (see synthetic.rows)",
-            "files": [self._relative(folder, p) for p in files],
+            "files": [relative_name(s.folder, p) for p in s.files],
             "masks": {
                 "source": "ground_truth/<defect>/<name>_mask.png; test/good and train/good: all zero",
                 "resize": "nearest-neighbour, to the image's size then to image_size",
-                "val": mask_counts(masks[val_ids], classes[val_ids]),
-                "test": mask_counts(masks[test_ids], classes[test_ids]),
+                **shared["masks"],
             },
-            "synthetic": synthetic,
-            "skipped": skipped,
-            "splits": {"train": describe(fit), "val": describe(val_ids), "test": describe(test_ids)},
-            "duplicates": check.manifest({"train": fit, "val": val_ids[val_ids < len(files)], "test": test_ids}),
-            "calibration": calibration_entry(int((classes[val_ids] == 0).sum()), hp.target_fpr),
+            "synthetic": s.synthetic_entry,
+            "skipped": s.skipped + s.duplicates.dropped(),
+            "splits": shared["splits"],
+            "duplicates": shared["duplicates"],
+            "calibration": shared["calibration"],
             "alpha": hp.alpha,
             "read_notes": read_notes.manifest_entry(
-                [self._relative(folder, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
+                [relative_name(s.folder, Path(f)) for f in self._read_notes[0]], self._read_notes[1]
             ),
         }
+
+    def report(self, samples: MVTecSamples, val: np.ndarray, test: np.ndarray) -> None:
+        """The read-notes summary, and how many defect images have an empty mask at the model size."""
+        manifest, size = after_setup(self.manifest, "manifest"), self.hparams.image_size
         if line := read_notes.summary(self._read_notes[1], "see splits.json read_notes"):
             log.warning("%s", line)
-        self.manifest["skipped"] += check.dropped()
-        empty = (
-            self.manifest["masks"]["val"]["anomalous_with_empty_mask"]
-            + self.manifest["masks"]["test"]["anomalous_with_empty_mask"]
-        )
+        empty = manifest["masks"]["val"]["anomalous_with_empty_mask"] + manifest["masks"]["test"]["anomalous_with_empty_mask"]
         if empty:
             log.warning(
                 "%d defect images have an empty mask at %dx%d px (defect too small for the model size)", empty, size, size
             )
-        DuplicateCheck.log(self.manifest["duplicates"], log)
-        log.info("splits: %s", {k: v["size"] for k, v in self.manifest["splits"].items()})
-        fix = "raise data.synthetic_val_fraction" if hp.synthetic_val_anomalies else "raise data.val_fraction"
-        if warning := calibration_warning(self.manifest["calibration"]["val_normals"], hp.target_fpr, fix):
-            log.warning("%s", warning)
-
-    @staticmethod
-    def _relative(folder: Path, path: Path) -> str:
-        return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: the image file (for a synthetic row, the file it was made from) and its

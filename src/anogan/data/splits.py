@@ -1,6 +1,9 @@
-"""What every data module shares: the in-memory split (``AnomalySplit``), the loaders, the per-image
-key that seeds z, and the split code (seeded stratified subsets, the manifest's split summaries, the
-validation a false-positive-rate target needs: ``calibration_entry``, ``calibration_warning``).
+"""What every data module shares: the in-memory split (``AnomalySplit``), the per-image key that
+seeds z, the split code (seeded stratified subsets, the manifest's split summaries, the validation a
+false-positive-rate target needs: ``calibration_entry``, ``calibration_warning``) and the base
+``AnomalyDataModule``, which owns splitting: a data module lists its rows (``list_samples``); the base
+takes the seeded subsets, refuses a split without both classes, builds the splits, the shared
+manifest entries (splits, duplicates, calibration, masks), the loaders and the summary log lines.
 
 Reading files is ``anogan.data.images``; duplicate images across splits are ``anogan.data.duplicates``."""
 
@@ -8,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from anogan.data.duplicates import DuplicateCheck
 from anogan.metrics.image import min_normals_for_fpr
 from anogan.utils.errors import DataError
 from anogan.utils.io import atomic_write_text
@@ -167,12 +174,51 @@ def after_setup(value: T | None, name: str) -> T:
     return value
 
 
-class AnomalyDataModule(L.LightningDataModule):
-    """What every data module shares once ``setup`` has filled ``train_set``, ``eval_set``,
-    ``eval_split`` ("val"/"test" per eval row) and ``manifest``: the loaders and the manifest file.
-    Subclasses also provide ``eval_columns()`` (source and class name per eval row), and may set
-    ``train_batch_size`` (the global batch actually used, when it differs from ``data.batch_size``)
-    and ``train_repeats`` (passes over the training images per epoch)."""
+@dataclass(kw_only=True)
+class Samples:
+    """A data module's rows before the subsets (``AnomalyDataModule.list_samples``), N rows in all.
+
+    ``fit``, ``val``, ``test``: row indices of training and of the validation and test candidates,
+    their duplicates already separated (``DuplicateCheck.separate_splits`` / ``separate_pool``) by
+    ``duplicates``. ``classes``: N class indices (``normal`` the normal one), ``names``: class names
+    by index; ``pixels``: rows (K) -> uint8 images K×C×S×S; ``ids``: N stable ids for the splits and
+    the manifest (None: the row indices); ``masks``: uint8 N×1×S×S ground truth (None: no masks);
+    ``synthetic``: N booleans when some rows are synthetic anomalies. ``where`` (e.g. " of <folder>")
+    and ``fix`` complete the error of a split without both classes; ``calibration_fix`` names the keys
+    that give validation more normals (None: the module has no ``target_fpr`` and no calibration entry).
+    """
+
+    classes: np.ndarray
+    names: list[str]
+    fit: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    duplicates: DuplicateCheck
+    pixels: Callable[[np.ndarray], torch.Tensor]
+    fix: str
+    where: str = ""
+    calibration_fix: str | None = None
+    normal: int = 0
+    ids: np.ndarray | None = None
+    masks: torch.Tensor | None = None
+    synthetic: np.ndarray | None = None
+
+
+SamplesT = TypeVar("SamplesT", bound=Samples)
+
+
+class AnomalyDataModule(L.LightningDataModule, Generic[SamplesT]):
+    """What every data module shares: splitting, the loaders and the manifest file.
+
+    ``setup`` calls the subclass's ``list_samples`` (its rows: ``Samples``), then takes the seeded
+    stratified subsets (``data.val_subset`` / ``data.test_subset``, seeds ``split_seed + 2`` / ``+ 3``),
+    refuses a split without both classes (``check_split``: ``DataError``), fills ``train_set``,
+    ``eval_set`` (validation rows, then test rows), ``eval_split`` ("val"/"test" per eval row) and
+    ``manifest`` (the subclass's ``describe``, given the shared entries), then logs: the subclass's
+    lines (``report``), the duplicates line, the split sizes and the calibration warning, through the
+    subclass module's logger. Subclasses also provide ``eval_columns()`` (source and class name per
+    eval row), and may set ``train_batch_size`` (the global batch actually used, when it differs from
+    ``data.batch_size``) and ``train_repeats`` (passes over the training images per epoch)."""
 
     if TYPE_CHECKING:  # save_hyperparameters stores an AttributeDict (Lightning declares a wider type)
 
@@ -186,6 +232,105 @@ class AnomalyDataModule(L.LightningDataModule):
     train_batch_size: int | None = None
     train_repeats: int = 1
 
+    # ------------------------------------------------------------------ what a data module provides
+    def list_samples(self) -> SamplesT:
+        """The rows of this data set, duplicates separated, before the subsets."""
+        raise NotImplementedError
+
+    def describe(self, samples: SamplesT, val: np.ndarray, test: np.ndarray, shared: dict) -> dict:
+        """The manifest (``splits.json``) of the final rows ``samples.fit``, ``val`` and ``test``;
+        ``shared`` holds the entries every data module reports (``shared_entries``)."""
+        raise NotImplementedError
+
+    def report(self, samples: SamplesT, val: np.ndarray, test: np.ndarray) -> None:
+        """The data module's own log lines, said after the manifest is made (default: none)."""
+
+    def splits_note(self) -> str:
+        """Text appended to the ``splits:`` log line (default: none)."""
+        return ""
+
+    # ------------------------------------------------------------------ splitting
+    @property
+    def _log(self) -> logging.Logger:
+        """The logger of the subclass's module: every line carries the data module's own name."""
+        return logging.getLogger(type(self).__module__)
+
+    def duplicate_check(self, group: np.ndarray, name: Callable[[int], str]) -> DuplicateCheck:
+        """A ``DuplicateCheck`` of rows grouped by picture (``group``), by ``data.duplicates`` and
+        ``data.near_duplicates``; ``DataError`` for a value outside their choices."""
+        return DuplicateCheck(group, name, self.hparams.duplicates, self.hparams.near_duplicates)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        samples = self.list_samples()
+        val, test = self.subsets(samples)
+        self._fill_splits(samples, val, test)
+        shared = self.shared_entries(samples, val, test)
+        self.manifest = self.describe(samples, val, test, shared)
+        self.report(samples, val, test)
+        DuplicateCheck.log(self.manifest["duplicates"], self._log)
+        self._log.info("splits: %s%s", {k: v["size"] for k, v in self.manifest["splits"].items()}, self.splits_note())
+        fix = samples.calibration_fix
+        if fix is not None and (
+            warning := calibration_warning(shared["calibration"]["val_normals"], self.hparams.target_fpr, fix)
+        ):
+            self._log.warning("%s", warning)
+
+    def subsets(self, samples: SamplesT) -> tuple[np.ndarray, np.ndarray]:
+        """The validation and test rows: seeded stratified subsets of the candidates (``data.val_subset``,
+        ``data.test_subset``), each checked by ``check_split``."""
+        hp, classes = self.hparams, samples.classes
+        val = samples.val[stratified_subset(classes[samples.val], hp.val_subset, hp.split_seed + 2)]
+        test = samples.test[stratified_subset(classes[samples.test], hp.test_subset, hp.split_seed + 3)]
+        for name, chosen in (("validation", val), ("test", test)):
+            self.check_split(name, chosen, samples)
+        return val, test
+
+    def check_split(self, name: str, chosen: np.ndarray, samples: SamplesT) -> None:
+        """``DataError`` when the ``chosen`` rows of split ``name`` do not hold both normal and
+        anomalous images (thresholds and AUROC need both)."""
+        labels = samples.classes[chosen] != samples.normal
+        if labels.all() or not labels.any():
+            raise DataError(
+                f"the {name} split{samples.where} has only {'anomalous' if labels.any() else 'normal'} images "
+                f"({len(chosen)}); thresholds and AUROC need both. Fix: {samples.fix}."
+            )
+
+    def _fill_splits(self, samples: SamplesT, val: np.ndarray, test: np.ndarray) -> None:
+        """``train_set``, ``eval_set`` (validation rows, then test rows, with their masks) and ``eval_split``."""
+        s = samples
+        ids = np.arange(len(s.classes)) if s.ids is None else s.ids
+        eval_rows = np.concatenate([val, test])
+        masks = None if s.masks is None else s.masks[eval_rows]
+        self.train_set = AnomalySplit(s.pixels(s.fit), s.classes[s.fit], ids[s.fit], s.normal)
+        self.eval_set = AnomalySplit(s.pixels(eval_rows), s.classes[eval_rows], ids[eval_rows], s.normal, masks=masks)
+        self.eval_split = np.array(["val"] * len(val) + ["test"] * len(test))
+
+    def shared_entries(self, samples: SamplesT, val: np.ndarray, test: np.ndarray) -> dict:
+        """The manifest entries of every data module: ``splits`` (``split_summary`` of each split),
+        ``duplicates`` (synthetic rows left out), and where the module has them ``calibration``
+        (``calibration_entry``) and ``masks`` (``mask_counts`` of validation and test)."""
+        s = samples
+
+        def summary(rows: np.ndarray) -> dict:
+            return split_summary(rows, s.classes, s.names, s.normal, ids=s.ids, synthetic=s.synthetic)
+
+        real_val = val if s.synthetic is None else val[~s.synthetic[val]]
+        shared: dict[str, Any] = {
+            "splits": {"train": summary(s.fit), "val": summary(val), "test": summary(test)},
+            "duplicates": s.duplicates.manifest({"train": s.fit, "val": real_val, "test": test}),
+        }
+        if s.calibration_fix is not None:
+            shared["calibration"] = calibration_entry(int((s.classes[val] == s.normal).sum()), self.hparams.target_fpr)
+        if s.masks is not None:
+            shared["masks"] = {
+                "val": mask_counts(s.masks[val], s.classes[val]),
+                "test": mask_counts(s.masks[test], s.classes[test]),
+            }
+        return shared
+
+    # ------------------------------------------------------------------ after setup
     def eval_columns(self) -> dict[str, np.ndarray]:
         """Per evaluation row: ``source``, ``source_index`` and ``class_name`` (for scores.csv)."""
         raise NotImplementedError
