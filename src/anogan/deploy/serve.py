@@ -60,12 +60,11 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anogan.config.arguments import parse_key_values
+from anogan.config.arguments import ServeConfig, parse_key_values
 from anogan.data.notes import line
 from anogan.deploy.page import add_page, pictures, run_facts
 from anogan.utils.errors import ServeError, UserError
@@ -94,28 +93,6 @@ USAGE = (
 MAPS = (False, True, "full")  # no map; the model's resolution; the image's own size (within max_response_bytes)
 MIN_BYTES_PER_VALUE = 4  # the fewest bytes a float takes in the JSON answer ("0.0,"): the early size check
 API_PATH = "/predict"
-
-
-@dataclass
-class ServeConfig:
-    """The command line's settings (``USAGE``); ``???``: required."""
-
-    ckpt: str = "???"
-    port: int = 8000
-    host: str = "127.0.0.1"  # loopback only; 0.0.0.0 listens on every interface
-    device: str = "auto"
-    threshold: str | None = None  # the run's rule when null
-    max_batch_size: int = 32  # requests scored together
-    batch_timeout: float = 0.01  # seconds a batch waits to fill
-    max_images: int = 64  # images in one request
-    max_bytes: int = 20_000_000  # size of one request's body
-    max_pixels: int = 40_000_000  # pixels of one image (checked before it is decoded)
-    max_request_pixels: int = 50_000_000  # pixels of all the images of one request (checked before decoding)
-    max_response_bytes: int = 10_000_000  # size of one answer (maps=full makes large ones)
-    body_timeout: float = 30.0  # seconds to receive a request's whole body (408 after)
-    drain_timeout: float = 20.0  # seconds the requests in flight get after SIGTERM/SIGINT (503 after)
-    workers: int = 1  # inference processes
-    timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
 
 
 class BadRequest(Exception):
