@@ -97,9 +97,7 @@ class FolderData(DataCommon):
 @dataclass
 class MVTecData(DataCommon):
     category: str = MISSING
-    synthetic_val_anomalies: str | None = one_of(
-        (None, *SYNTHETIC_METHODS), f"use null, {' or '.join(SYNTHETIC_METHODS)}"
-    )
+    synthetic_val_anomalies: str | None = one_of((None, *SYNTHETIC_METHODS), f"use null, {' or '.join(SYNTHETIC_METHODS)}")
     synthetic_val_fraction: float = fraction()
     alpha: str = one_of(ALPHA_RULES, ALPHA_WORDS)
     target_fpr: float | None = rule(_target_fpr, TARGET_FPR_WORDS)

@@ -125,9 +125,9 @@ def setting(schema: type, name: str) -> Setting:
 
 
 def _declared(spec: type | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(spec, type) and dataclasses.is_dataclass(spec):
-        return dict(settings(spec))
-    return dict(spec)
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return dict(settings(spec))
 
 
 # ------------------------------------------------------------------------------------- types
@@ -212,7 +212,9 @@ def find_problem(values: Mapping, spec: type | Mapping[str, Any], where: str = "
         if key not in values:
             return Problem(name, "missing")
         check = decl if isinstance(decl, Setting) else Setting(decl)
-        nested = check.kind if isinstance(check.kind, Mapping) or dataclasses.is_dataclass(check.kind) else None
+        nested: type | Mapping[str, Any] | None = None
+        if isinstance(check.kind, Mapping) or (isinstance(check.kind, type) and dataclasses.is_dataclass(check.kind)):
+            nested = check.kind
         if check.rule is None and nested is None and _raw_interpolation(values, key):
             continue
         value = values[key]

@@ -65,7 +65,8 @@ SCHEMA = {
     "calibration": {
         "correction": Setting(str, among(RESOLVED_CORRECTIONS)),  # mapping.correction, "auto" resolved
         "threshold_rule": Setting(
-            str | float, Rule(lambda v: not isinstance(v, str) or v in THRESHOLD_RULES, f"use one of {', '.join(THRESHOLD_RULES)}")
+            str | float,
+            Rule(lambda v: not isinstance(v, str) or v in THRESHOLD_RULES, f"use one of {', '.join(THRESHOLD_RULES)}"),
         ),
         "target_fpr": setting(Threshold, "target_fpr"),
         "thresholds": {k: float if k in ("fpr", "fpr_target", "fpr_observed") else float | None for k in THRESHOLD_KEYS},
