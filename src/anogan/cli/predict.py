@@ -31,13 +31,13 @@ import csv
 import io
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anogan.config.arguments import parse_key_values
+from anogan.config.arguments import PredictConfig, parse_key_values
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.data import notes as read_notes
 from anogan.deploy.api import Detector, load
 from anogan.engine.artifact import resolve_path
@@ -52,38 +52,13 @@ USAGE = (
 )
 
 
-@dataclass
-class PredictConfig:
-    """The command line's settings (``USAGE``); ``???``: required."""
-
-    ckpt: str = "???"
-    input: str = "???"
-    threshold: str | None = None  # fpr | f1 | youden | a number
-    out: str | None = None
-    maps: bool = False
-    save_images: bool = False
-    device: str = "auto"
-    batch_size: int | None = None
-
-
 def parse_args(argv: list[str]) -> dict:
     """``key=value`` arguments (Hydra's override grammar, ``PredictConfig``) into ``predict``'s
     keyword arguments; ``PredictError`` (one line) on a bad one."""
-    from anogan.config.choices import THRESHOLD_RULES
-
     args = dict(parse_key_values(argv, PredictConfig, USAGE, PredictError))
-    if args["threshold"] is not None:
+    if args["threshold"] is not None:  # a rule's name or a number (PredictConfig's rule)
         t = str(args["threshold"]).strip().lower()
-        try:
-            args["threshold"] = float(t)
-        except ValueError:
-            if t not in THRESHOLD_RULES:
-                raise PredictError(f"threshold={args['threshold']!r}: use fpr, f1, youden or a number") from None
-            args["threshold"] = t
-    if args["device"] not in ("auto", "cpu", "cuda"):
-        raise PredictError(f"device={args['device']!r}: use auto, cpu or cuda")
-    if args["batch_size"] is not None and args["batch_size"] < 1:
-        raise PredictError(f"batch_size={args['batch_size']!r}: use a whole number >= 1")
+        args["threshold"] = t if t in THRESHOLD_RULES else float(t)
     return args
 
 

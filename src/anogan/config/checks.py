@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from anogan.config.choices import MISSING_DATA_FIX
 from anogan.config.schema import validate
+from anogan.config.scorer_schema import MAPPING_SCHEMAS
 from anogan.utils.errors import ConfigError
 from anogan.utils.io import describe_os_error
 
@@ -43,12 +44,13 @@ def check_scorer_keys(mp: DictConfig) -> None:
     """``conf/mapping`` names a scorer class of ``anogan.scorers`` by ``_target_`` (its other keys are
     checked against its schema or constructor by ``anogan.config.schema.validate``)."""
     target = mp.get("_target_")
+    scorers = f"mapping={', '.join(MAPPING_SCHEMAS)} (or a preset of conf/mapping)"
     if not target or not str(target).startswith("anogan.scorers."):
-        _fail("mapping._target_", target, "choose a scorer with mapping=latent, mapping=encoder or mapping=encoder_search")
+        _fail("mapping._target_", target, f"choose a scorer with {scorers}")
     try:
         get_class(target)
     except Exception:
-        _fail("mapping._target_", target, "no such scorer class; choose mapping=latent, encoder or encoder_search")
+        _fail("mapping._target_", target, f"no such scorer class; choose {scorers}")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -66,7 +68,7 @@ def check_config(cfg: DictConfig) -> None:
             f"data.root={d.root}: no cifar-10-batches-py folder in {root.resolve()} (data.download=false). Fix: {MISSING_DATA_FIX}."
         )
     _check_trainer(cfg)
-    if _is_multirun() and (cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1):
+    if _is_multirun() and (cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1):
         raise ConfigError(
             f"trainer.devices={cfg.trainer.devices} in a Hydra sweep (-m) is not supported: Lightning's DDP "
             "re-runs the script, so every process would replay the whole sweep. Fix: sweep with one device "
@@ -139,7 +141,7 @@ def check_run_environment(cfg: DictConfig, run_dir: Path) -> None:
     probe_writable(run_dir, "hydra.run.dir")
     if cfg.gan.cache and not (cfg.gan.generator or cfg.gan.checkpoint):
         probe_writable(Path(str(cfg.paths.gan_cache_dir)).expanduser(), "paths.gan_cache_dir")
-    ckpt = cfg.get("ckpt_path")
+    ckpt = cfg.ckpt_path
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(str(ckpt)).expanduser() if ckpt else None
     if path is None or not path.is_file():
         return

@@ -51,3 +51,18 @@ RESOLVED_CORRECTIONS = ("none", "complexity", "times_complexity")  # what "auto"
 # mapping.pooling / mapping.coreset (D-feature scorers)
 POOLINGS = ("mean", "max", "flatten")
 CORESETS = ("greedy", "random")
+# trainer.accelerator
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+# model.objective / model.d_norm / model.diffaugment (a comma-separated subset) / model.self_supervised
+# (anogan.models.transforms.TRANSFORM_SETS) / model.nda (a comma-separated subset: anogan.models.nda)
+OBJECTIVES = ("bce", "wgan_gp")
+D_NORMS = ("batch", "layer", "instance", "none")
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+TRANSFORM_SET_NAMES = ("rotations", "geotrans")
+NDA_TRANSFORMS = ("jigsaw", "cutout", "rotation")
+# mapping.score of the D-feature scorers
+D_SCORES = ("dfeatures", "dpatches", "transformations", "dlogit")
+# device= of anogan-predict and anogan-serve
+DEVICES = ("auto", "cpu", "cuda")
+# model.scheduler (or null)
+SCHEDULERS = ("cosine_warm_restarts",)

@@ -1,25 +1,33 @@
 """The schema of ``conf/``: one dataclass per config group option, registered in Hydra's ConfigStore.
 
-Each option's yaml file names its schema first in its defaults list (``- /schema/model@_here_: dcgan``),
-so Hydra composes onto a typed, closed node: a misspelt key (``mapping.alpah=0.5``) or a value of the
-wrong type (``mapping.alpha=abc``) is refused by Hydra before the job starts. A ``+key=value`` override
-is the one way past that (Hydra adds it whatever the schema says), so :func:`validate` refuses every key
-that is not a field of its node's dataclass (``+trainer.gradient_clip_val=1``, ``+mapping.alpah=0.5``).
-The yaml files hold the values (and their comments); the dataclasses hold the types and, in a field's
-``rule``, the one check of its range. Options without a schema (a new ``conf/mapping/*.yaml``, the
-``logger`` and ``callbacks`` entries: third-party classes) are checked against their ``_target_``'s
-constructor instead: a key it does not take is refused.
+Hydra's structured configs are the one description of every setting, for a reason: Hydra composes
+``conf/`` onto them, so a misspelt key (``mapping.alpah=0.5``) or a value of the wrong type
+(``mapping.alpha=abc``) is refused while composing, before any of our code runs, and the same
+dataclasses then check each value's range (``anogan.config.fields``), the settings a scorer file
+stores (``anogan.engine.artifact``) and, through ``anogan.config.arguments``, the command lines.
+A second model library (pydantic) would describe the same keys again beside Hydra's own.
 
-Adding a key (docs/reliability.md, "Configuration checks"):
+Each option's yaml file names its schema first in its defaults list (``- /schema/model@_here_: dcgan``),
+so Hydra composes onto a typed, closed node. A ``+key=value`` override is the one way past that (Hydra
+adds it whatever the schema says), so :func:`validate` refuses every key that is not a field of its
+node's dataclass (``+trainer.gradient_clip_val=1``, ``+mapping.alpah=0.5``). The yaml files hold the
+values, every default included (no field has a default here: a key a yaml file lacks is an error, never
+a silent Python value); the dataclasses hold the types and, in a field's ``rule``, the one check of its
+range. Options without a schema (a new ``conf/mapping/*.yaml``, the ``logger`` and ``callbacks``
+entries: third-party classes) are checked against their ``_target_``'s constructor instead: a key it
+does not take is refused.
+
+The schemas: :class:`Config`, :class:`Trainer`, :class:`Paths` here; ``conf/model`` in
+``anogan.config.gan_options``; ``conf/data`` in ``anogan.config.data_schema``; ``conf/mapping`` in
+``anogan.config.scorer_schema``. Adding a key (docs/reliability.md, "Configuration checks"):
 
 * to an existing group option: its value and comment in ``conf/<group>/<option>.yaml`` and a field in
-  the dataclass below (``name: type = MISSING``, or ``= rule(ok, "what is allowed")`` for a range);
-  e.g. ``model.self_supervised`` goes into :class:`Model`, a data key into :class:`DataCommon` (every
-  data module) or one data module's class; a new ``conf/mapping/<name>.yaml`` either gets a class here
-  (subclass :class:`ScorerCommon`, register it in :data:`SCHEMAS`) or none (its ``_target_``'s keywords rule);
+  its dataclass (``name: type = MISSING``, or ``= rule(ok, "what is allowed")`` for a range);
+  a new ``conf/mapping/<name>.yaml`` either gets a class (subclass ``ScorerCommon``, register it in
+  ``MAPPING_SCHEMAS`` and ``SCORER_SCHEMAS``) or none (its ``_target_``'s keywords rule);
 * a top-level key (e.g. ``plan``): in ``conf/config.yaml`` and :class:`Config`;
-* a ``trainer`` keyword of Lightning: :class:`Trainer`, unless it cannot work under the GAN's manual
-  optimisation: then a line in :data:`REFUSED_TRAINER_KEYS` says what to use instead.
+* a ``trainer`` keyword of Lightning: :class:`Trainer` and ``conf/trainer/cpu.yaml``, unless it cannot
+  work under the GAN's manual optimisation: then a line in :data:`REFUSED_TRAINER_KEYS` says what to use.
 
 Cross-key checks (files that must exist, the GPU, DDP in a sweep) live in ``anogan.config.checks``.
 """
@@ -27,41 +35,45 @@ Cross-key checks (files that must exist, the GPU, DDP in a sweep) live in ``anog
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from anogan.config.choices import (
-    ALPHA_RULES,
-    CLASSES,
-    CORESETS,
-    CORRECTIONS,
-    HASH_BITS,
-    IMAGE_SIZES,
-    POOLINGS,
-    PROTOCOLS,
-    RESIZE_POLICIES,
-    THRESHOLD_RULES,
-    class_index,
+from anogan.config.choices import ACCELERATORS, THRESHOLD_RULES
+from anogan.config.data_schema import Cifar10Data, DataCommon, FolderData, MVTecData
+from anogan.config.fields import (
+    Problem,
+    describe,
+    find_problem,
+    fraction,
+    is_number,
+    is_whole,
+    one_of,
+    rule,
+    settings,
+    type_name,
+    whole,
 )
-from anogan.config.choices import DUPLICATE_POLICIES as POLICIES
-from anogan.config.choices import SYNTHETIC_METHODS as METHODS
-from anogan.config.gan_options import NDA_TRANSFORMS, check_gan_options
-from anogan.config.gan_options import TRANSFORM_SET_NAMES as TRANSFORM_SETS
+from anogan.config.gan_options import Model, check_gan_options
+from anogan.config.scorer_schema import MAPPING_SCHEMAS, ScorerCommon
 from anogan.utils.errors import ConfigError, UserError
 
-# A learning rate above this is refused: Adam moves every weight by up to lr per step, and the
-# networks' weights are O(0.01-1), so lr > 1 can only blow up (the recipes use 1e-4 to 1e-3).
-MAX_LR = 1.0
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+__all__ = [
+    "SCHEMAS",
+    "Config",
+    "DataCommon",
+    "Model",
+    "ScorerCommon",
+    "Trainer",
+    "explain_composition_error",
+    "register",
+    "validate",
+]
 
 # Lightning Trainer keywords that cannot do what they say for the GAN (manual optimization: one
 # batch = one D step + a G turn of g_steps G steps, and no validation loop), with what to use instead.
@@ -88,69 +100,7 @@ REFUSED_TRAINER_KEYS = {
     "limit_val_batches": _NO_VAL_LOOP,
     "num_sanity_val_steps": _NO_VAL_LOOP,
 }
-
-
-# ------------------------------------------------------------------------------------ rules
-@dataclass(frozen=True)
-class Rule:
-    """The allowed values of one field: ``ok(value)`` and the words that say what is allowed."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-
-
-def rule(ok: Callable[[Any], bool], allowed: str, default: Any = MISSING) -> Any:
-    """A schema field whose values must pass ``ok``; ``allowed`` completes the message
-    "<key>=<value> is not allowed: <allowed>.". The value comes from the yaml file (``default`` only
-    for a Lightning keyword that the yaml files leave at Lightning's default)."""
-    return field(default=default, metadata={"rule": Rule(ok, allowed)})
-
-
-def is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_whole(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def whole(low: int, nullable: bool = False, default: Any = MISSING) -> Any:
-    return rule(
-        lambda v: (nullable and v is None) or (is_whole(v) and v >= low),
-        f"use {'null or ' if nullable else ''}a whole number >= {low}",
-        default,
-    )
-
-
-def fraction(allowed: str = "use a fraction strictly between 0 and 1") -> Any:
-    return rule(lambda v: is_number(v) and 0.0 < v < 1.0, allowed)
-
-
-def non_negative() -> Any:
-    return rule(lambda v: is_number(v) and v >= 0, "use a number >= 0")
-
-
-def learning_rate() -> Any:
-    return rule(
-        lambda v: is_number(v) and 0 < v <= MAX_LR,
-        f"use a positive learning rate <= {MAX_LR:g} (the recipes use 1e-4 to 1e-3; larger steps diverge)",
-    )
-
-
-def one_of(choices: tuple, allowed: str | None = None) -> Any:
-    return rule(lambda v: v in choices, allowed or f"use one of {', '.join(map(str, choices))}")
-
-
-def _subset(value: object) -> bool:
-    return value is None or (is_number(value) and value > 0 and (value <= 1 or float(value).is_integer()))
-
-
-def _normal_class(value: Any) -> bool:
-    try:
-        class_index(value)
-    except (ValueError, TypeError):
-        return False
-    return True
+UNTRAINED = "the GAN would not be trained and an untrained GAN would be scored"
 
 
 def _precisions() -> tuple:
@@ -180,9 +130,6 @@ def _devices(value: Any) -> bool:
 
 def _limit_batches(value: object) -> bool:
     return value is None or (is_whole(value) and value >= 1) or (is_number(value) and not is_whole(value) and 0 < value <= 1)
-
-
-UNTRAINED = "the GAN would not be trained and an untrained GAN would be scored"
 
 
 # ------------------------------------------------------------------------------ the schemas
@@ -239,9 +186,9 @@ class Trainer:
     default_root_dir: str = MISSING
     accelerator: str = one_of(ACCELERATORS, f"use one of {', '.join(ACCELERATORS)} (or trainer=cpu / trainer=gpu)")
     devices: Any = rule(_devices, "use a count >= 1, -1 (all), auto, or a non-empty list of device indices")
-    num_nodes: int = whole(1, default=1)
-    strategy: Any = "auto"
-    sync_batchnorm: bool = False
+    num_nodes: int = whole(1)
+    strategy: Any = MISSING
+    sync_batchnorm: bool = MISSING
     precision: Any = rule(  # auto: anogan.engine.hardware.resolve_precision
         lambda v: v == "auto" or v in _precisions(),
         "use auto or a value Lightning accepts: " + ", ".join(map(str, _precisions())),
@@ -264,246 +211,6 @@ class Trainer:
     enable_progress_bar: bool = MISSING
 
 
-@dataclass
-class Divergence:
-    max_abs_loss: float = MISSING
-    saturation: float = MISSING
-    saturated_epochs: int | None = MISSING
-
-
-@dataclass
-class Health:
-    """``model.health``: thresholds of the failed-GAN warning (``anogan.models.health``)."""
-
-    collapse_ratio: float = MISSING
-    d_real_above: float = MISSING
-    d_fake_below: float = MISSING
-    epochs: int = MISSING
-
-
-@dataclass
-class Selection:
-    every_n_epochs: int | None = MISSING
-    images: int = MISSING
-    steps: int = MISSING
-    lr: float = MISSING
-    seed: int = MISSING
-
-
-@dataclass
-class Model:
-    """``conf/model/dcgan.yaml``. The training options' ranges (objective ... selection) are checked by
-    ``anogan.models.gan.check_gan_options`` (the GAN's constructor runs it too)."""
-
-    _target_: str = MISSING
-    latent_dim: int = whole(1)
-    channels: int = MISSING  # ${data.channels}
-    image_size: int = MISSING  # ${data.image_size}
-    g_width: int = whole(1)
-    d_width: int = whole(1)
-    lr: float = learning_rate()
-    betas: list[float] = MISSING
-    weight_decay: float = non_negative()
-    g_steps: int = whole(1)
-    scheduler: str | None = MISSING
-    scheduler_t0: int = whole(1)
-    scheduler_t_mult: int = whole(1)
-    n_samples: int = whole(1)
-    sample_seed: int = MISSING
-    objective: str = MISSING
-    gp_weight: float = MISSING
-    critic_steps: int = MISSING
-    d_norm: str = MISSING
-    spectral_norm: bool = MISSING
-    diffaugment: str | None = MISSING
-    ema_decay: float | None = MISSING
-    self_supervised: str | None = MISSING
-    ss_weight_d: float = MISSING
-    ss_weight_g: float = MISSING
-    nda: Any = rule(
-        lambda v: v is None or (isinstance(v, str) and set(map(str.strip, v.split(","))) <= set(NDA_TRANSFORMS)),
-        f"use null (off) or a comma-separated subset of {', '.join(NDA_TRANSFORMS)}, quoted: \"model.nda='jigsaw,cutout'\"",
-    )
-    nda_weight: float = rule(
-        lambda v: is_number(v) and 0.0 < v < 1.0, "use the negatives' share of D's fake distribution, in (0, 1), e.g. 0.5"
-    )
-    divergence: Divergence = MISSING
-    health: Health = MISSING
-    selection: Selection = MISSING
-
-
-@dataclass
-class DataCommon:
-    """Keys of every data module."""
-
-    _target_: str = MISSING
-    root: str = MISSING
-    image_size: int = one_of(IMAGE_SIZES, f"the networks support {', '.join(map(str, IMAGE_SIZES))}")
-    channels: int = one_of((1, 3), "use 1 (grey) or 3 (colour)")
-    val_fraction: float = fraction()
-    val_subset: Any = rule(_subset, "use null (all), a whole count >= 1 or a fraction in (0, 1]")
-    test_subset: Any = rule(_subset, "use null (all), a whole count >= 1 or a fraction in (0, 1]")
-    batch_size: int = whole(1)
-    num_workers: int = whole(0)
-    split_seed: int = MISSING
-    duplicates: str = one_of(POLICIES, f"use one of {', '.join(POLICIES)} (a picture in two splits: anogan.data.duplicates)")
-    near_duplicates: int | None = rule(
-        lambda v: v is None or (is_whole(v) and 0 <= v < HASH_BITS // 2),
-        f"use null (exact copies only) or a number of differing hash bits from 0 to {HASH_BITS // 2 - 1}, e.g. 2",
-    )
-
-
-def _target_fpr(value: object) -> bool:
-    return value is None or (is_number(value) and 0.0 < value < 1.0)
-
-
-@dataclass
-class Cifar10Data(DataCommon):
-    download: bool = MISSING
-    verify_checksums: bool = MISSING
-    normal_class: Any = rule(_normal_class, f"use 0-9 or one of {', '.join(CLASSES)}")
-    protocol: str = one_of(PROTOCOLS)
-    train_fraction: float = fraction()
-    val_anomaly_ratio: float = rule(
-        lambda v: is_number(v) and v > 0, "use a number > 0 (validation anomalies per validation normal)"
-    )
-
-
-@dataclass
-class FolderData(DataCommon):
-    normal_dir: str = MISSING
-    abnormal_dir: Any = MISSING  # a folder, a list of folders, or null
-    mask_dir: Any = MISSING
-    normal_test_dir: str | None = MISSING
-    normal_test_fraction: float = fraction()
-    resize: str = one_of(RESIZE_POLICIES)
-    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
-    max_batch_fraction: float | None = rule(
-        lambda v: v is None or (is_number(v) and 0.0 < v <= 1.0), "use a fraction in (0, 1], or null for no cap"
-    )
-    min_steps_per_epoch: int | None = whole(0, nullable=True)
-    target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
-
-
-@dataclass
-class MVTecData(DataCommon):
-    category: str = MISSING
-    synthetic_val_anomalies: str | None = one_of((None, *METHODS), f"use null, {' or '.join(METHODS)}")
-    synthetic_val_fraction: float = fraction()
-    alpha: str = one_of(ALPHA_RULES, f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)")
-    target_fpr: float | None = rule(_target_fpr, "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null")
-
-
-@dataclass
-class ScorerCommon:
-    """Keys of every scorer (``anogan.scorers.base.Scorer``)."""
-
-    _target_: str = MISSING
-    batch_size: int = whole(1)
-    correction: str = one_of(CORRECTIONS)
-    map_sigma: float = non_negative()
-    map_features: bool = MISSING
-    maps: bool = MISSING
-
-
-@dataclass
-class LatentSearch(ScorerCommon):
-    """``mapping=latent`` (and latent_cpu)."""
-
-    alpha: float = rule(
-        lambda v: is_number(v) and 0.0 <= v <= 1.0, "the weight of the discrimination term must be a number in [0, 1]"
-    )
-    iterations: int = whole(1)
-    lr: float = learning_rate()
-    betas: list[float] = MISSING
-    eps: float = MISSING
-    early_stop: Any = rule(
-        lambda v: (
-            v is None
-            or (
-                set(v) == {"patience", "rel_tol"}
-                and is_whole(v["patience"])
-                and v["patience"] >= 1
-                and is_number(v["rel_tol"])
-                and v["rel_tol"] >= 0
-            )
-        ),
-        "use null, or {patience: N, rel_tol: R} with a whole N >= 1 and R >= 0",
-    )
-
-
-@dataclass
-class EncoderTraining:
-    kappa: float = non_negative()
-    width: int = whole(1)
-    epochs: int = whole(1)
-    lr: float = learning_rate()
-    betas: list[float] = MISSING
-
-
-@dataclass
-class EncoderScorer(ScorerCommon, EncoderTraining):
-    """``mapping=encoder``."""
-
-
-@dataclass
-class EncoderSearch(LatentSearch):
-    """``mapping=encoder_search`` (and encoder_search_cpu)."""
-
-    encoder: EncoderTraining = MISSING
-
-
-def _transforms() -> Any:
-    return rule(
-        lambda v: v is None or v in TRANSFORM_SETS, f"use ${{model.self_supervised}}: null or one of {', '.join(TRANSFORM_SETS)}"
-    )
-
-
-def _combine() -> Any:
-    return rule(
-        lambda v: (
-            v is None
-            or ((OmegaConf.is_list(v) or isinstance(v, (list, tuple))) and len(v) > 0 and all(isinstance(c, str) for c in v))
-        ),
-        "use null or a list of score components, e.g. [transformations, dfeatures]",
-        None,
-    )
-
-
-@dataclass
-class TransformationScorer(ScorerCommon):
-    """``mapping=transformations`` (``anogan.scorers.discriminator``)."""
-
-    transforms: Any = _transforms()
-    combine: Any = _combine()
-
-
-@dataclass
-class DFeatureScorer(ScorerCommon):
-    """``mapping=dfeatures`` and ``dcombined`` (``anogan.scorers.discriminator``)."""
-
-    k: int = whole(1)
-    layer: int = rule(lambda v: is_whole(v) and v != 0, "use a block of D's feature stack: 1, 2, ... or -1 (the last)")
-    pooling: str = one_of(POOLINGS)
-    bank_size: int = whole(1)
-    patch_layer: int = rule(lambda v: is_whole(v) and v != 0, "use a block of D's feature stack: 1, 2, ... or -1 (the last)")
-    patch_neighbourhood: int = rule(lambda v: is_whole(v) and v >= 1 and v % 2 == 1, "use an odd whole number >= 1")
-    patch_bank_size: int = whole(1)
-    coreset: str = one_of(CORESETS)
-    coreset_projection: Any = whole(1, nullable=True)
-    transforms: Any = _transforms()
-    score: str = one_of(("dfeatures", "dpatches", "transformations", "dlogit"))
-    combine: Any = _combine()
-
-
-@dataclass
-class DLogitScorer(ScorerCommon):
-    """``mapping=dlogit`` (``anogan.scorers.dlogit``)."""
-
-    transforms: Any = _transforms()
-    combine: Any = _combine()
-
-
 # (group, option) -> schema; the yaml file of each option names it in its defaults list.
 SCHEMAS = {
     ("trainer", "trainer"): Trainer,
@@ -512,12 +219,7 @@ SCHEMAS = {
     ("data", "cifar10"): Cifar10Data,
     ("data", "folder"): FolderData,
     ("data", "mvtec"): MVTecData,
-    ("mapping", "latent"): LatentSearch,
-    ("mapping", "encoder"): EncoderScorer,
-    ("mapping", "encoder_search"): EncoderSearch,
-    ("mapping", "transformations"): TransformationScorer,
-    ("mapping", "dfeatures"): DFeatureScorer,
-    ("mapping", "dlogit"): DLogitScorer,
+    **{("mapping", name): schema for name, schema in MAPPING_SCHEMAS.items()},
 }
 
 
@@ -533,16 +235,13 @@ register()
 
 
 # ------------------------------------------------------------------------------- validation
-def _unknown_key(key: str, known: list[str]) -> ConfigError:
-    name = key.rsplit(".", 1)[-1]
-    if key.startswith("trainer.") and name in REFUSED_TRAINER_KEYS:
-        return ConfigError(f"{key} is refused: {REFUSED_TRAINER_KEYS[name]}.")
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?)" if close else ""
-    return ConfigError(
-        f"{key} is not a setting: nothing reads it{hint}. Fix: check the spelling against conf/ "
-        "(a +key=value override adds a new key; key=value changes an existing one)."
-    )
+def config_error(problem: Problem) -> ConfigError:
+    """The one-line ``ConfigError`` of a config key's problem (a refused Lightning keyword says what
+    to use instead)."""
+    name = problem.key.rsplit(".", 1)[-1]
+    if problem.kind == "unknown" and problem.key.startswith("trainer.") and name in REFUSED_TRAINER_KEYS:
+        return ConfigError(f"{problem.key} is refused: {REFUSED_TRAINER_KEYS[name]}.")
+    return ConfigError(describe(problem))
 
 
 def _accepts(target: str, key: str) -> bool:
@@ -556,42 +255,36 @@ def _accepts(target: str, key: str) -> bool:
 
 
 def _walk(node: DictConfig, path: str) -> None:
+    """Check ``node`` against its schema (its nested schemas with it), or its keys against its
+    ``_target_``'s constructor; then the nodes below it that no schema covers."""
     schema = OmegaConf.get_type(node)
-    if dataclasses.is_dataclass(schema):
-        fields = {f.name: f for f in dataclasses.fields(schema)}
-        for key in map(str, node):
-            if key not in fields:
-                raise _unknown_key(f"{path}{key}", list(fields))
-        for name, spec in fields.items():
-            check = spec.metadata.get("rule")
-            if check is not None:
-                value = node[name]
-                if not check.ok(value):
-                    raise ConfigError(f"{path}{name}={value!r} is not allowed: {check.allowed}.")
+    covered: set[str] = set()
+    if isinstance(schema, type) and dataclasses.is_dataclass(schema):
+        problem = find_problem(node, schema, path)
+        if problem is not None:
+            raise config_error(problem)
+        covered = {k for k, s in settings(schema).items() if dataclasses.is_dataclass(s.kind)}
     elif "_target_" in node:
         target = node["_target_"]
         for key in map(str, node):
             if key != "_target_" and not _accepts(target, key):
-                raise _unknown_key(f"{path}{key}", [str(k) for k in node if k != key])
+                raise config_error(Problem(f"{path}{key}", "unknown", known=tuple(str(k) for k in node if k != key)))
     for key in map(str, node):
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+        if key not in covered and isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             _walk(child, f"{path}{key}.")
 
 
 def validate(cfg: DictConfig) -> None:
     """Check the composed configuration against the schemas: every key is a field of its node's schema
-    (or a keyword of its ``_target_``), every field with a rule holds an allowed value, and the GAN's
+    (or a keyword of its ``_target_``) and has a value of its type that its rule allows, and the GAN's
     training options fit together (``check_gan_options``).
 
     Raises:
-        ConfigError: the first unknown key or bad value, in one line naming the key and the fix.
+        ConfigError: the first unknown key, missing or bad value, in one line naming the key and the fix.
     """
     tree = cfg.copy()
-    with_hydra = "hydra" in tree
-    if with_hydra:
-        from omegaconf import open_dict
-
+    if "hydra" in tree:
         with open_dict(tree):
             del tree["hydra"]
     _walk(tree, "")
@@ -606,16 +299,11 @@ def validate(cfg: DictConfig) -> None:
 # ------------------------------------------------------------------ Hydra's composition errors
 def _allowed(schema: object, key: str) -> str:
     """What a field of ``schema`` allows, from its rule or its type."""
-    spec = {f.name: f for f in dataclasses.fields(schema)}.get(key) if dataclasses.is_dataclass(schema) else None
-    if spec is None:
+    declared = settings(schema) if isinstance(schema, type) and dataclasses.is_dataclass(schema) else {}
+    if key not in declared:
         return "see conf/"
-    if "rule" in spec.metadata:
-        return spec.metadata["rule"].allowed
-    kind = str(spec.type)
-    nullable = "Optional" in kind
-    words = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a text"}
-    base = next((w for t, w in words.items() if re.search(rf"\b{t}\b", kind)), "a value of type " + kind)
-    return f"use {'null or ' if nullable else ''}{base}"
+    check = declared[key]
+    return check.rule.allowed if check.rule is not None else f"use {type_name(check.kind)}"
 
 
 def explain_composition_error(err: Exception, overrides: list[str]) -> str:
@@ -633,8 +321,8 @@ def explain_composition_error(err: Exception, overrides: list[str]) -> str:
         return f"{cause.full_key}={cause.value!r} is not allowed: {_allowed(cause.object_type, str(cause.key))}."
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         schema = cause.object_type
-        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
-        return str(_unknown_key(str(cause.full_key), known))
+        known = tuple(settings(schema)) if isinstance(schema, type) and dataclasses.is_dataclass(schema) else ()
+        return str(config_error(Problem(str(cause.full_key), "unknown", known=known)))
     if isinstance(err, OverrideParseException):
         reason = str(err).splitlines()[0]
         bad = [o for o in overrides if "=" in o.partition("=")[2] and not re.search(r"=[\"']", o)]

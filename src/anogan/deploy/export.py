@@ -28,12 +28,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from anogan.config.arguments import ExportConfig, parse_key_values
 from anogan.engine.artifact import load_artifact, resolve_path
 from anogan.post_processing.calibration import Calibration, complexity_of_model_input
 from anogan.post_processing.scores import complexity
@@ -228,20 +228,10 @@ def export_metadata(onnx_path: Path, payload: dict, graph: ScorerGraph, checked:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    args: dict[str, Any] = {"ckpt": None, "out": None, "input": None}
+    usage = "usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
     try:
-        for item in sys.argv[1:] if argv is None else argv:
-            key, sep, value = item.partition("=")
-            if not sep or key not in args:
-                raise ExportError(
-                    f"unknown argument {item!r}: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
-                )
-            args[key] = value
-        if not args["ckpt"]:
-            raise ExportError(
-                "ckpt=... is required: usage: anogan-export ckpt=<run folder or scorer.pt> [out=<folder>] [input=<images>]"
-            )
-        result = export(**args)
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, ExportConfig, usage, ExportError)
+        result = export(args.ckpt, args.out, args.input)
     except UserError as err:
         log.error("%s", err)
         return 2

@@ -53,10 +53,9 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from anogan.config.arguments import parse_key_values
+from anogan.config.arguments import ServeConfig, parse_key_values
 from anogan.deploy.middleware import API_PATH, BadRequest, RequestGate, ScorerFileWatch, check_form, check_json
 from anogan.deploy.scorer_api import ScorerAPI
 from anogan.deploy.server import DrainingServer, build_server, stop_children
@@ -91,28 +90,6 @@ USAGE = (
     "[max_bytes=20000000] [max_pixels=40000000] [max_request_pixels=50000000] [max_response_bytes=10000000] "
     "[body_timeout=30] [drain_timeout=20] [workers=1] [timeout=300]"
 )
-
-
-@dataclass
-class ServeConfig:
-    """The command line's settings (``USAGE``); ``???``: required."""
-
-    ckpt: str = "???"
-    port: int = 8000
-    host: str = "127.0.0.1"  # loopback only; 0.0.0.0 listens on every interface
-    device: str = "auto"
-    threshold: str | None = None  # the run's rule when null
-    max_batch_size: int = 32  # requests scored together
-    batch_timeout: float = 0.01  # seconds a batch waits to fill
-    max_images: int = 64  # images in one request
-    max_bytes: int = 20_000_000  # size of one request's body
-    max_pixels: int = 40_000_000  # pixels of one image (checked before it is decoded)
-    max_request_pixels: int = 50_000_000  # pixels of all the images of one request (checked before decoding)
-    max_response_bytes: int = 10_000_000  # size of one answer (maps=full makes large ones)
-    body_timeout: float = 30.0  # seconds to receive a request's whole body (408 after)
-    drain_timeout: float = 20.0  # seconds the requests in flight get after SIGTERM/SIGINT (503 after)
-    workers: int = 1  # inference processes
-    timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,11 @@ Written atomically (temp file in the same folder, then rename); read with ``weig
 (plain tensors, numbers and strings: no code is unpickled).
 
 Schema, format version 2 (``SCHEMA``; docs/reliability.md). Loading checks the whole file before
-anything is built: every entry present with its type, no unknown entry, the scorer's settings equal
-to its constructor's parameters (none missing: a setting the run had never falls back to a class
-default), the networks' state dicts complete and of the right shapes. Any problem is one
+anything is built: every entry present with its type, no unknown entry, each setting of the run
+(the architecture, the preprocessing, the calibration's rule, the scorer's settings) of its type and
+allowed by the same declarations that check the configuration (``anogan.config``; none missing: a
+setting the run had never falls back to a class default), the networks' state dicts complete and of
+the right shapes. Any problem is one
 ``ArtifactError`` line naming the entry and the fix (exit code 2 from the command lines).
 Version 1 files (anogan before the calibration module) load through ``migrate_v1``: the same
 entries, with the calibration's threshold details and ``combine`` added (see there); a newer
@@ -35,8 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anogan.config.choices import ALPHA_RULES, DOWNSCALES, RESIZE_POLICIES, RESOLVED_CORRECTIONS, THRESHOLD_RULES
-from anogan.engine.gan_store import ARCH_DEFAULTS, GAN_JSON_TYPES, build_networks, check_arch, load_checkpoint
+from anogan.config.choices import DOWNSCALES, RESOLVED_CORRECTIONS, THRESHOLD_RULES
+from anogan.config.data_schema import DataCommon, FolderData
+from anogan.config.fields import Problem, Rule, Setting, among, find_problem, has_type, setting, settings
+from anogan.config.gan_options import Model
+from anogan.config.schema import Threshold
+from anogan.config.scorer_schema import scorer_settings
+from anogan.engine.gan_store import ARCH_DEFAULTS, ARCH_KEYS, build_networks, check_arch, load_checkpoint
 from anogan.post_processing.calibration import THRESHOLD_KEYS, Calibration
 from anogan.utils.errors import ArtifactError, UserError
 
@@ -47,25 +54,32 @@ if TYPE_CHECKING:
 FORMAT = "anogan-scorer"
 VERSION = 2
 FILENAME = "scorer.pt"
-NUMBER = (int, float)
-# entry -> type, or a nested schema (a dict of its own entries)
+# entry -> its declaration: a type, a nested schema (a dict of its own entries), or a setting of the
+# run's configuration, declared once in anogan.config (type and allowed values: anogan.config.fields)
 SCHEMA = {
     "format": str,
     "version": int,
-    "scorer": {"target": str, "hparams": dict},
-    "gan_arch": dict(GAN_JSON_TYPES),  # the architecture, typed as in gan.json
+    "scorer": {"target": str, "hparams": dict},  # hparams: the scorer's schema (_check_hparams)
+    "gan_arch": settings(Model, ARCH_KEYS),  # the architecture: model.* (channels, image_size: data.*)
     "state_dict": dict,
     "calibration": {
-        "correction": str,
-        "threshold_rule": (str, *NUMBER),
-        "target_fpr": NUMBER,
-        "thresholds": {
-            k: NUMBER if k in ("fpr", "fpr_target", "fpr_observed") else (*NUMBER, type(None)) for k in THRESHOLD_KEYS
-        },
+        "correction": Setting(str, among(RESOLVED_CORRECTIONS)),  # mapping.correction, "auto" resolved
+        "threshold_rule": Setting(
+            str | float,
+            Rule(lambda v: not isinstance(v, str) or v in THRESHOLD_RULES, f"use one of {', '.join(THRESHOLD_RULES)}"),
+        ),
+        "target_fpr": setting(Threshold, "target_fpr"),
+        "thresholds": {k: float if k in ("fpr", "fpr_target", "fpr_observed") else float | None for k in THRESHOLD_KEYS},
         "normal_scores": torch.Tensor,
-        "combine": (dict, type(None)),
+        "combine": dict | None,
     },
-    "preprocess": {"image_size": int, "channels": int, "resize": str, "alpha": str, "downscale": str},
+    "preprocess": {
+        "image_size": setting(DataCommon, "image_size"),
+        "channels": setting(DataCommon, "channels"),
+        "resize": setting(FolderData, "resize"),
+        "alpha": setting(FolderData, "alpha"),
+        "downscale": Setting(str, among(DOWNSCALES)),
+    },
     "precision": str,
     "provenance": dict,
 }
@@ -126,42 +140,25 @@ def save_artifact(
 
 
 # ---------------------------------------------------------------------- checking
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping", list: "a list"}
-    names |= {torch.Tensor: "a tensor", type(None): "None"}
-    if int in kinds and float in kinds:
-        kinds = tuple(k for k in kinds if k is not int)
-    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
-
-
-def _is(value: object, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool):  # bool is an int to Python, never to a schema
-        return bool in kinds
-    return isinstance(value, kinds)
-
-
-def _check_entries(path: Path, where: str, entries: dict, schema: dict, version: int) -> None:
-    """Every schema entry present with its type, no other; nested schemas checked in turn."""
-    for key, kind in schema.items():
-        name = f"{where}.{key}" if where else key
-        if key not in entries:
-            raise ArtifactError(f"{path}: entry '{name}' is missing (format version {version}): {DAMAGED}.")
-        value = entries[key]
-        if isinstance(kind, dict):
-            if not isinstance(value, dict):
-                raise ArtifactError(f"{path}: entry '{name}' is {type(value).__name__}, not a mapping: {DAMAGED}.")
-            _check_entries(path, name, value, kind, version)
-        elif not _is(value, kind):
-            raise ArtifactError(f"{path}: entry '{name}' is {type(value).__name__}, not {_type_name(kind)}: {DAMAGED}.")
-    unknown = [k for k in entries if k not in schema]
-    if unknown:
-        name = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ArtifactError(
-            f"{path}: unknown entry '{name}' (format version {version} has {', '.join(schema)}): it was written by "
+def _refused(path: Path, problem: Problem, version: int, holds: str) -> ArtifactError:
+    """The one-line ``ArtifactError`` for an entry's problem (``anogan.config.fields.find_problem``);
+    ``holds`` introduces the known entries of an unknown one's node ("format version 2 has")."""
+    name = problem.key
+    if problem.kind == "missing" and name.startswith("scorer.hparams."):
+        return ArtifactError(
+            f"{path}: entry '{name}' is missing: the run's setting cannot be guessed "
+            f"(the class default could differ from what the run used); {DAMAGED}."
+        )
+    if problem.kind == "missing":
+        return ArtifactError(f"{path}: entry '{name}' is missing (format version {version}): {DAMAGED}.")
+    if problem.kind == "unknown":
+        return ArtifactError(
+            f"{path}: unknown entry '{name}' ({holds} {', '.join(problem.known)}): it was written by "
             "another anogan or edited; use the anogan that wrote it, or re-run train.py."
         )
+    if problem.kind == "type":
+        return ArtifactError(f"{path}: entry '{name}' is {type(problem.value).__name__}, not {problem.allowed}: {DAMAGED}.")
+    return ArtifactError(f"{path}: entry '{name}' is {problem.value!r}, not allowed ({problem.allowed}): {DAMAGED}.")
 
 
 def migrate_v1(payload: dict) -> dict:
@@ -178,7 +175,7 @@ def migrate_v1(payload: dict) -> dict:
         thresholds = dict(cal["thresholds"])
         normals = cal.get("normal_scores")
         fpr: Any = thresholds.get("fpr")
-        if isinstance(normals, torch.Tensor) and _is(fpr, NUMBER) and len(normals):
+        if isinstance(normals, torch.Tensor) and has_type(fpr, float) and len(normals):
             thresholds.setdefault("fpr_observed", float((normals.double() >= fpr).double().mean()))
         thresholds.setdefault("fpr_target", cal.get("target_fpr"))
         thresholds.setdefault("f1_value", None)
@@ -191,17 +188,9 @@ def migrate_v1(payload: dict) -> dict:
 
 
 def _check_calibration(path: Path, cal: dict) -> None:
-    if cal["correction"] not in RESOLVED_CORRECTIONS:
-        raise ArtifactError(
-            f"{path}: entry 'calibration.correction' is {cal['correction']!r}, not one of {', '.join(RESOLVED_CORRECTIONS)}: {DAMAGED}."
-        )
+    """The calibration's tensors beyond their types: the normals' scores, the run's threshold, the
+    combination's statistics (one per component)."""
     rule = cal["threshold_rule"]
-    if isinstance(rule, str) and rule not in THRESHOLD_RULES:
-        raise ArtifactError(
-            f"{path}: entry 'calibration.threshold_rule' is {rule!r}, not one of {', '.join(THRESHOLD_RULES)}: {DAMAGED}."
-        )
-    if not 0 < cal["target_fpr"] < 1:
-        raise ArtifactError(f"{path}: entry 'calibration.target_fpr' is {cal['target_fpr']}, not between 0 and 1: {DAMAGED}.")
     normals = cal["normal_scores"]
     if normals.dim() != 1 or not normals.is_floating_point() or not len(normals) or torch.isnan(normals).any():
         raise ArtifactError(
@@ -218,7 +207,9 @@ def _check_calibration(path: Path, cal: dict) -> None:
         if stats is not None and not (isinstance(stats, torch.Tensor) and tuple(stats.shape) == (2,)):
             raise ArtifactError(f"{path}: entry 'calibration.combine.complexity_stats' is not a tensor of 2 values: {DAMAGED}.")
         combine = {k: v for k, v in combine.items() if k != "complexity_stats"}
-        _check_entries(path, "calibration.combine", combine, COMBINE_SCHEMA, VERSION)
+        problem = find_problem(combine, COMBINE_SCHEMA, "calibration.combine.")
+        if problem is not None:
+            raise _refused(path, problem, VERSION, f"format version {VERSION} has")
         k = len(combine["components"])
         if not k or not all(isinstance(c, str) for c in combine["components"]):
             raise ArtifactError(f"{path}: entry 'calibration.combine.components' is not a list of names: {DAMAGED}.")
@@ -248,38 +239,16 @@ def _scorer_class(path: Path, target: str) -> type:
 
 
 def _check_hparams(path: Path, cls: type, hparams: dict) -> None:
-    """The scorer's settings are exactly its constructor's parameters (besides G and D), each of
-    the type of its default: a missing one is refused, never filled with the class default."""
-    params = {k: p for k, p in inspect.signature(cls).parameters.items() if k not in ("generator", "discriminator")}
-    for name, param in params.items():
-        if name not in hparams:
-            raise ArtifactError(
-                f"{path}: entry 'scorer.hparams.{name}' is missing: the run's {cls.__name__} setting cannot be guessed "
-                f"(the class default could differ from what the run used); {DAMAGED}."
-            )
-        default, value = param.default, hparams[name]
-        if default is inspect.Parameter.empty or default is None or value is None:
-            continue
-        kinds: dict[type, type | tuple[type, ...]] = {
-            bool: bool,
-            int: int,
-            float: NUMBER,
-            str: str,
-            tuple: (tuple, list),
-            list: (tuple, list),
-            dict: dict,
-        }
-        kind = kinds.get(type(default))
-        if kind is not None and not _is(value, kind):
-            raise ArtifactError(
-                f"{path}: entry 'scorer.hparams.{name}' is {type(value).__name__} {value!r}, not {_type_name(kind)}: {DAMAGED}."
-            )
-    unknown = [k for k in hparams if k not in params]
-    if unknown:
-        raise ArtifactError(
-            f"{path}: unknown entry 'scorer.hparams.{unknown[0]}' ({cls.__name__} takes {', '.join(params)}): it was written by "
-            "another anogan or edited; use the anogan that wrote it, or re-run train.py."
-        )
+    """The scorer's settings are exactly those its config schema declares (``scorer_settings``; for a
+    class without one, its constructor's parameters besides G and D), each of its type and allowed:
+    a missing one is refused, never filled with the class default."""
+    spec: dict[str, Any] | None = scorer_settings(cls.__name__)
+    if spec is None:
+        params = inspect.signature(cls).parameters
+        spec = {k: Any for k in params if k not in ("generator", "discriminator")}
+    problem = find_problem(hparams, spec, "scorer.hparams.")
+    if problem is not None:
+        raise _refused(path, problem, VERSION, f"{cls.__name__} takes")
 
 
 def check_state_dict(
@@ -312,7 +281,7 @@ def check_payload(payload: object, path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an anogan scorer file (no '{FORMAT}' format tag).")
     version: Any = payload.get("version")
-    if not _is(version, int) or version < 1:
+    if not has_type(version, int) or version < 1:
         raise ArtifactError(f"{path}: entry 'version' is {version!r}, not a format version (1 or {VERSION}): {DAMAGED}.")
     if version > VERSION:
         raise ArtifactError(
@@ -324,14 +293,13 @@ def check_payload(payload: object, path: Path) -> dict[str, Any]:
         payload = {**payload, "gan_arch": {**ARCH_DEFAULTS, **payload["gan_arch"]}}
     if isinstance(payload.get("preprocess"), dict):  # reading rules added later: the rules such files were read by
         payload = {**payload, "preprocess": {**PREPROCESS_DEFAULTS, **payload["preprocess"]}}
-    _check_entries(path, "", payload, SCHEMA, version)
+    problem = find_problem(payload, SCHEMA)
+    if problem is not None:
+        raise _refused(path, problem, version, f"format version {version} has")
     _check_calibration(path, payload["calibration"])
     cls = _scorer_class(path, payload["scorer"]["target"])
     _check_hparams(path, cls, payload["scorer"]["hparams"])
     prep = payload["preprocess"]
-    for key, allowed in (("resize", RESIZE_POLICIES), ("alpha", ALPHA_RULES), ("downscale", DOWNSCALES)):
-        if prep[key] not in allowed:
-            raise ArtifactError(f"{path}: entry 'preprocess.{key}' is {prep[key]!r}, not one of {', '.join(allowed)}: {DAMAGED}.")
     if prep["image_size"] != payload["gan_arch"]["image_size"] or prep["channels"] != payload["gan_arch"]["channels"]:
         raise ArtifactError(f"{path}: entries 'preprocess' and 'gan_arch' disagree on image size or channels: {DAMAGED}.")
     return payload
