@@ -311,6 +311,9 @@ def test_serve_command_line_errors_are_one_line(fitted_run, tmp_path, caplog):
         (["port=1"], "ckpt=... is required"),
         ([f"ckpt={fitted_run.run_dir}", "max_images=0"], "max_images=0"),
         ([f"ckpt={fitted_run.run_dir}", "threshold=best"], "threshold='best'"),
+        ([f"ckpt={fitted_run.run_dir}", "workers=0"], "workers=0"),
+        ([f"ckpt={fitted_run.run_dir}", "drain_timeout=0"], "drain_timeout=0"),
+        ([f"ckpt={fitted_run.run_dir}", "batch_timeout=5", "timeout=1"], "use 0 <= batch_timeout < timeout"),
     ]
     if not torch.cuda.is_available():
         cases.append(([f"ckpt={fitted_run.run_dir}", "device=cuda"], "device=cuda"))

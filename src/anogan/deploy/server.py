@@ -129,19 +129,10 @@ def build_server(cfg: DictConfig) -> Any:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """The counts, sizes and seconds of ``cfg`` (a ``ServeConfig``) are usable; ``ServeError``
-    (one line naming the key) otherwise."""
-    for key in ("max_batch_size", "max_images", "max_bytes", "max_pixels", "max_request_pixels", "max_response_bytes"):
-        if cfg[key] < 1:
-            raise ServeError(f"{key}={cfg[key]}: use a whole number >= 1")
-    for key in ("workers", "port"):
-        if cfg[key] < 1:
-            raise ServeError(f"{key}={cfg[key]}: use a whole number >= 1")
+    """The settings that involve two keys (each key's own range is ``ServeConfig``'s rule, checked when
+    the command line is parsed): ``ServeError`` (one line naming both) otherwise."""
     if cfg.batch_timeout < 0 or cfg.timeout <= cfg.batch_timeout:
         raise ServeError(f"batch_timeout={cfg.batch_timeout}, timeout={cfg.timeout}: use 0 <= batch_timeout < timeout")
-    for key in ("body_timeout", "drain_timeout"):
-        if not cfg[key] > 0:
-            raise ServeError(f"{key}={cfg[key]}: use a number of seconds > 0")
 
 
 def read_scorer(artifact: Path) -> tuple[bytes, os.stat_result]:
