@@ -262,7 +262,6 @@ def test_read_only_or_full_folder_is_one_line(tmp_path, monkeypatch):
 
 
 def test_good_overrides_pass_the_key_check(tiny_cifar):
-    from anogan.config.checks import check_config
 
     for extra in (
         ["trainer.max_steps=8"],
@@ -281,7 +280,9 @@ def test_good_overrides_pass_the_key_check(tiny_cifar):
     tiny_data = [o for o in tiny_overrides(tiny_cifar) if not o.startswith("mapping.")]  # the latent search's keys
     assert config_error([*tiny_data, "experiment=cifar_car_cpu"]) == ""
     for mapping in ("encoder", "encoder_search"):
-        check_config(compose_config(tiny_overrides(tiny_cifar, mapping=mapping)))
+        assert config_error(tiny_overrides(tiny_cifar, mapping=mapping)) == "", mapping
+    # and the same check refuses what it should: the accepted cases above are not vacuous
+    assert "mapping.alpha" in config_error([*tiny_overrides(tiny_cifar, mapping="encoder_search"), "mapping.alpha=2"])
 
 
 def test_missing_cifar_names_everything_needed_in_one_message(tmp_path):
