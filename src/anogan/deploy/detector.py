@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.config.choices import THRESHOLD_RULES
+from anogan.config.choices import DEVICES, THRESHOLD_RULES
 from anogan.data import notes as read_notes
 from anogan.data.images import make_square, model_input_notes, to_model_input
 from anogan.data.splits import AnomalySplit
@@ -44,7 +44,6 @@ COLUMNS = (
     "notes",
 )  # a reconstruction scorer's
 NOT_COMPONENTS = ("score", "row", "steps", "notes")  # per-image outputs of a scorer that are not score components
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
