@@ -92,7 +92,7 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
 
 
 def _train(tiny_cifar, datamodule, run_dir: Path, *extra: str) -> dict:
-    """Stage 1 of train.run, in this process: seed, fit_gan; returns the generator's weights.
+    """Stage 1 of pipeline.run, in this process: seed, fit_gan; returns the generator's weights.
     (The split does not use the global seed, so one data module serves every run.)"""
     cfg = compose_config(
         [

@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> RunResult | None:
 
     Raises ``anogan.utils.errors.UserError`` (one line naming the key or file and the fix) for bad
     input, before any data loads where the config alone shows it."""
-    objective = prepare(cfg)
+    split, name = prepare(cfg)  # optimized_metric: checked before any data loads
     given = given_gan(cfg)  # a wrong file or architecture fails before any data loads
     run_dir = Path(cfg.paths.output_dir)
     if cfg.plan:  # splits, steps and estimated time of each phase; nothing trained or written
@@ -125,7 +125,7 @@ def run(cfg: DictConfig) -> RunResult | None:
     metrics.update(scorer_file=ARTIFACT, wall_time_s=clock.wall_time_s(), images_scored=len(results["score"]))
     metrics = write_metrics(run_dir, metrics)
     log_hparams(cfg, metrics, loggers)
-    value = metrics[objective[0]].get(objective[1])
+    value = metrics[split].get(name)
     result = RunResult(run_dir, metrics, cfg.optimized_metric, float("nan" if value is None else value), scorer_file)
     log.info("%s = %.4f  (run folder: %s)", result.metric, result.objective, run_dir)
     return result
@@ -175,12 +175,13 @@ def announce(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, give
     estimate.log_estimate(cfg, datamodule, trainer_kwargs(cfg), given=given is not None, networks=networks)  # one line per phase
 
 
+@rank_zero_step
 def tensorboard_writer(loggers: list[Logger]) -> SummaryWriter | None:
-    """The TensorBoard logger's writer (its dashboard layout added by rank zero), or None without one."""
+    """The TensorBoard logger's writer, its dashboard layout added; None without one (and on DDP ranks > 0)."""
     tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
     if tensorboard is None:
         return None
-    rank_zero_step(add_dashboard_layout)(tensorboard.experiment)
+    add_dashboard_layout(tensorboard.experiment)
     return tensorboard.experiment
 
 
