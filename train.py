@@ -1,6 +1,6 @@
 """Entry point: ``python train.py experiment=cifar_car`` (see README.md)."""
 
-from anogan.engine.pipeline import main
+from anogan.cli.train import main
 
 if __name__ == "__main__":
     main()

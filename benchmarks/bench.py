@@ -703,25 +703,25 @@ def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
 
     from hydra.utils import instantiate
 
-    from anogan.engine import estimate
+    from anogan.engine import probe
     from anogan.engine.inference import run_scorer
 
     batch, size, channels = int(cfg.data.batch_size), int(cfg.data.image_size), int(cfg.data.channels)
     out = {}
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kw = estimate.probe_trainer_kwargs({"accelerator": "cpu", "precision": precision}, root)
-        out["gan_batch_s"] = estimate.gan_batch_seconds(cfg, kw, batch, batches)
+        kw = probe.probe_trainer_kwargs({"accelerator": "cpu", "precision": precision}, root)
+        out["gan_batch_s"] = probe.gan_batch_seconds(cfg, kw, batch, batches)
         model = instantiate(cfg.model, _convert_="all")
         scorer = instantiate(cfg.mapping, generator=model.generator, discriminator=model.discriminator, seed=0, _convert_="all")
         if scorer.needs_fit:
-            out["encoder_batch_s"] = estimate.encoder_batch_seconds(scorer, kw, batch, channels, size, batches)
+            out["encoder_batch_s"] = probe.encoder_batch_seconds(scorer, kw, batch, channels, size, batches)
         images = max(images, int(scorer.hparams.batch_size))  # at least one batch of the scorer's size
-        data = estimate._random_split(images, channels, size)
+        data = probe._random_split(images, channels, size)
         steps = scorer.hparams.get("iterations")
         if steps is not None:
             scorer.hparams.iterations = 1  # the warm-up batch: one search step is enough
-        run_scorer(scorer, estimate._random_split(int(scorer.hparams.batch_size), channels, size), kw)
+        run_scorer(scorer, probe._random_split(int(scorer.hparams.batch_size), channels, size), kw)
         if steps is not None:
             scorer.hparams.iterations = steps
         t0 = time.perf_counter()
@@ -732,12 +732,12 @@ def measured_costs(cfg, precision: str, *, batches: int, images: int) -> dict:
 
 def bench_phases(a: argparse.Namespace) -> dict:
     """Per experiment (``--phase-experiments``, own overrides after ``:``): the estimator's per-batch / per-image figures
-    (``anogan.engine.estimate.unit_costs``: small probe batch, scaled) against the measured ones at the
+    (``anogan.engine.probe.unit_costs``: small probe batch, scaled) against the measured ones at the
     configured sizes (``measured_costs``), ``ratio`` = estimate / measured (within ±30%: 0.7-1.3),
     at the experiment's resolved precision; and for every experiment the phases in fp32 and
     bf16-mixed side by side (fastest of ``--rounds``, alternating order), ``bf16_speedup`` = fp32 time
     / bf16 time per phase."""
-    from anogan.engine import estimate
+    from anogan.engine import probe
     from anogan.engine.hardware import resolve_precision
 
     out = {}
@@ -752,7 +752,7 @@ def bench_phases(a: argparse.Namespace) -> dict:
         for r in range(a.rounds):  # the estimate is probed in every round too: a load that changes hits all alike
             for p in list(runs) if r % 2 == 0 else list(runs)[::-1]:
                 if p == "estimate":
-                    cost = estimate.unit_costs(cfg, kw, int(cfg.data.batch_size))
+                    cost = probe.unit_costs(cfg, kw, int(cfg.data.batch_size))
                     units = {"gan_batch_s": cost.gan_batch_s, "encoder_batch_s": cost.encoder_batch_s}
                     units = {**{k: v for k, v in units.items() if v is not None}, "scoring_image_s": cost.scoring_image_s}
                     runs[p].append(units)

@@ -6,7 +6,7 @@ training images at 64 px), printed as one JSON object:
 
 For each way of choosing: seconds, and the coverage radius (the largest distance, in the full
 features, of a bank row to its nearest kept row: what the coreset minimises); for the float32
-coresets also the estimate ``anogan.engine.estimate.coreset_seconds`` made beforehand. ``float64`` is the
+coresets also the estimate ``anogan.engine.probe.coreset_seconds`` made beforehand. ``float64`` is the
 previous implementation (the same greedy rule in float64, no projection), kept here as the
 reference. The rows are a mixture of 64 Gaussian clusters with unequal spreads (features of images
 cluster; plain Gaussian noise has no structure to cover), seeded.
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from anogan.engine.estimate import coreset_seconds
+from anogan.engine.probe import coreset_seconds
 from anogan.scorers.discriminator import coverage_radius, greedy_coreset
 
 

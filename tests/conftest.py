@@ -113,9 +113,9 @@ def run_train(overrides: list[str], check: bool = True):
     return proc
 
 
-def train_in_process(overrides: list[str]) -> float:
+def train_in_process(overrides: list[str]):
     """The real config composed with ``overrides`` and run in this process (``anogan.engine.pipeline.run``),
-    as ``python train.py`` would, minus the interpreter start: returns the optimized metric."""
+    as ``python train.py`` would, minus the interpreter start: returns its ``RunResult`` (None for plan=true)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 

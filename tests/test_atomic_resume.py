@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from anogan.engine.callbacks import RandomStateCheckpoint
-from anogan.engine.pipeline import fit_gan
+from anogan.engine.stages import fit_gan
 from anogan.models.gan import GAN
 from anogan.utils import io as aio
 from anogan.utils.errors import WriteError
@@ -105,7 +105,7 @@ def test_failure_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
 
 
 def _train(tiny_cifar, datamodule, run_dir: Path, *extra: str) -> dict:
-    """Stage 1 of train.run, in this process: seed, fit_gan; returns the generator's weights.
+    """Stage 1 of pipeline.run, in this process: seed, fit_gan; returns the generator's weights.
     (The split does not use the global seed, so one data module serves every run.)"""
     cfg = compose_config(
         [
@@ -118,7 +118,7 @@ def _train(tiny_cifar, datamodule, run_dir: Path, *extra: str) -> dict:
         ]
     )
     L.seed_everything(cfg.seed, workers=True)
-    folder = fit_gan(cfg, datamodule, False, run_dir)
+    folder, _ = fit_gan(cfg, datamodule, False, run_dir)
     return torch.load(folder / "generator.pt")
 
 

@@ -205,7 +205,7 @@ def test_command_line_errors_are_one_line_and_exit_2(override, words, monkeypatc
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from anogan.engine import pipeline as train
+    from anogan.cli import train
 
     monkeypatch.setattr(sys, "argv", ["train.py", f"hydra.run.dir={tmp_path}/run", override])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

@@ -181,13 +181,13 @@ def test_export_graph_is_the_scorer_plus_the_calibration_with_feature_maps(tmp_p
 
 def test_a_failure_writing_the_scorer_leaves_no_finished_marker(tiny_cifar, tmp_path, monkeypatch):
     """scorer.pt is written before metrics.json (the run-folder guard's "finished" marker)."""
-    import anogan.engine.pipeline
+    import anogan.engine.stages
     from anogan.utils.errors import ArtifactError
 
     def fail(*args, **kwargs):
         raise ArtifactError("disk full (simulated)")
 
-    monkeypatch.setattr(anogan.engine.pipeline, "save_artifact", fail)
+    monkeypatch.setattr(anogan.engine.stages, "save_artifact", fail)
     out = tmp_path / "killed"
     with pytest.raises(ArtifactError, match="simulated"):
         run_train(tiny_overrides(tiny_cifar, out))

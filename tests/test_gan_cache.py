@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import anogan.scorers.latent as latent
-from anogan.engine import gan_store
+from anogan.engine import gan_cache
 from conftest import compose_config, read_scores, run_train, tiny_overrides, train_in_process
 
 
@@ -41,17 +41,17 @@ def test_damaged_cache_entries_are_set_aside_and_retrained(tiny_cifar, tmp_path)
 
 def test_cache_key_covers_code_version_and_world_size(tmp_path, monkeypatch):
     cfg = compose_config(["data.root=/data", "trainer.default_root_dir=/run"])
-    key, spec = gan_store.cache_key(cfg)
+    key, spec = gan_cache.cache_key(cfg)
     assert spec["world_size"] == 1 and len(spec["code"]) == 12
     ddp = compose_config(
         ["data.root=/data", "trainer.default_root_dir=/run", "trainer=ddp", "trainer.num_nodes=2", "trainer.accelerator=cpu"]
     )
-    assert gan_store.cache_key(ddp)[1]["world_size"] == 4 and gan_store.cache_key(ddp)[0] != key
+    assert gan_cache.cache_key(ddp)[1]["world_size"] == 4 and gan_cache.cache_key(ddp)[0] != key
     source = tmp_path / "models" / "gan.py"
     source.parent.mkdir()
     source.write_text("# edited training code\n")
-    monkeypatch.setattr(gan_store, "PACKAGE_DIR", tmp_path)
-    assert gan_store.cache_key(cfg)[0] != key
+    monkeypatch.setattr(gan_cache, "PACKAGE_DIR", tmp_path)
+    assert gan_cache.cache_key(cfg)[0] != key
 
 
 def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
@@ -61,20 +61,20 @@ def test_cache_key_hashes_what_the_gan_module_imports(tmp_path, monkeypatch):
     import shutil
 
     package = tmp_path / "anogan"
-    shutil.copytree(gan_store.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(gan_store, "PACKAGE_DIR", package)
-    closure = {p.relative_to(package).as_posix() for p in gan_store.import_closure([package / "models" / "gan.py"])}
+    shutil.copytree(gan_cache.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(gan_cache, "PACKAGE_DIR", package)
+    closure = {p.relative_to(package).as_posix() for p in gan_cache.import_closure([package / "models" / "gan.py"])}
     assert {"models/gan.py", "models/dcgan.py", "models/augment.py", "utils/errors.py"} <= closure
     assert "reporting/report.py" not in closure and "cli/predict.py" not in closure
-    assert "engine/selection.py" not in closure and "engine/selection.py" in gan_store.TRAINING_CODE  # models/ does not import it
-    before = gan_store.training_code_version()
+    assert "engine/selection.py" not in closure and "engine/selection.py" in gan_cache.TRAINING_CODE  # models/ does not import it
+    before = gan_cache.training_code_version()
     for name in ("models/augment.py", "engine/selection.py"):
         (package / name).write_text((package / name).read_text() + "\n# edited\n")
-        after = gan_store.training_code_version()
+        after = gan_cache.training_code_version()
         assert after != before, name
         before = after
     (package / "reporting/report.py").write_text((package / "reporting/report.py").read_text() + "\n# edited\n")
-    assert gan_store.training_code_version() == before
+    assert gan_cache.training_code_version() == before
 
 
 def test_cache_key_keeps_val_subset_when_selection_picks_the_epoch():
@@ -82,7 +82,7 @@ def test_cache_key_keeps_val_subset_when_selection_picks_the_epoch():
     of the GAN's key when selection is on, and only then."""
 
     def key(*overrides):
-        return gan_store.cache_key(compose_config(["data.root=/data", "trainer.default_root_dir=/run", *overrides]))[0]
+        return gan_cache.cache_key(compose_config(["data.root=/data", "trainer.default_root_dir=/run", *overrides]))[0]
 
     off = ["model.selection.every_n_epochs=null"]
     assert key(*off, "data.val_subset=100") == key(*off, "data.val_subset=200")
@@ -103,7 +103,7 @@ def test_encoder_cache_key_covers_what_changes_the_encoder(tmp_path):
         torch.nn.init.constant_(d.weight, 2.0)
         torch.nn.init.constant_(d.bias, 0.0)
         settings = settings or {"width": 8, "kappa": 1.0, "epochs": 20, "lr": 1e-4, "betas": [0.5, 0.999], "seed": 0}
-        return gan_store.encoder_cache_key(cfg, SimpleNamespace(generator=g, discriminator=d, fit_settings=lambda: settings))
+        return gan_cache.encoder_cache_key(cfg, SimpleNamespace(generator=g, discriminator=d, fit_settings=lambda: settings))
 
     base = key()
     assert key(["data.test_subset=17", "mapping.iterations=3", "data.num_workers=3"]) == base
@@ -146,7 +146,7 @@ def test_encoder_is_trained_once_then_reused_and_a_damaged_entry_retrained(tiny_
 
 
 def test_cached_loads_or_builds_and_publishes_and_only_the_owner_locks(tmp_path):
-    """gan_store.cached, the one protocol of the GAN and encoder caches: a hit is returned without
+    """gan_cache.cached, the one protocol of the GAN and encoder caches: a hit is returned without
     building; a miss is built and published by the owner (rank 0) under the key's lock; another DDP
     rank neither waits for that lock (rank 0 holds it while training with it) nor publishes."""
     import filelock
@@ -154,7 +154,7 @@ def test_cached_loads_or_builds_and_publishes_and_only_the_owner_locks(tmp_path)
     calls = []
 
     def run(found, owner=True):
-        return gan_store.cached(
+        return gan_cache.cached(
             "k",
             load=lambda: calls.append("load") or found,
             build=lambda: calls.append("build") or "built",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from anogan.engine import estimate
+from anogan.engine import probe
 from anogan.scorers import DFeatureScorer
 from anogan.scorers.discriminator import ScorerConfigError, coverage_radius, greedy_coreset, random_projection, subsample
 from conftest import random_split, small_nets, tiny_overrides, train_in_process
@@ -92,7 +92,7 @@ def test_the_bank_estimate_is_within_a_factor_of_two_of_a_measured_build():
     g, d = small_nets()
     scorer = DFeatureScorer(g, d, bank_size=20, patch_bank_size=3000, coreset_projection=None, batch_size=64)
     data = random_split(400, seed=5)  # 25,600 cells × 16 → 3,000
-    predicted, _ = estimate.bank_seconds(scorer, len(data), 3, 32)
+    predicted, _ = probe.bank_seconds(scorer, len(data), 3, 32)
     start = time.perf_counter()
     scorer.fit(DataLoader(data, batch_size=64))
     measured = time.perf_counter() - start

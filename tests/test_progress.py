@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from anogan.engine import estimate, hardware
+from anogan.engine import estimate, hardware, probe
 from anogan.utils.progress import duration
 from conftest import compose_config, tiny_overrides, train_in_process
 
@@ -46,7 +46,7 @@ def test_estimate_counts_steps_and_leaves_the_random_state_alone(tiny_cifar, tmp
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    from anogan.engine.pipeline import trainer_kwargs
+    from anogan.engine.stages import trainer_kwargs
 
     cfg = compose_config(tiny_overrides(tiny_cifar, tmp_path, mapping="encoder_search") + ["trainer.max_epochs=4"])
     with open_dict(cfg):
@@ -147,7 +147,7 @@ def test_the_bf16_warning_is_silent_with_native_bf16_and_measured_without(monkey
 
 def test_probe_costs_extend_along_the_line_through_two_batch_sizes():
     # 1.0 s fixed + 0.05 s per image, measured at 16 and 32 images: 7.4 s at 128
-    assert estimate.extrapolate(1.8, 2.6, 16, 32, 128) == pytest.approx(7.4)
-    assert estimate.extrapolate(2.6, 2.4, 16, 32, 128) == pytest.approx(2.4 * 4)  # a falling line: proportional
-    assert estimate.batch_seconds(lambda n: 1.0 + 0.05 * n, 128) == pytest.approx(7.4)
-    assert estimate.batch_seconds(lambda n: 0.1 * n, 8) == pytest.approx(0.8)  # a batch below the probe sizes
+    assert probe.extrapolate(1.8, 2.6, 16, 32, 128) == pytest.approx(7.4)
+    assert probe.extrapolate(2.6, 2.4, 16, 32, 128) == pytest.approx(2.4 * 4)  # a falling line: proportional
+    assert probe.batch_seconds(lambda n: 1.0 + 0.05 * n, 128) == pytest.approx(7.4)
+    assert probe.batch_seconds(lambda n: 0.1 * n, 8) == pytest.approx(0.8)  # a batch below the probe sizes

@@ -12,7 +12,7 @@ import torch
 
 from anogan.config.checks import check_config
 from anogan.engine import gan_store
-from anogan.engine.pipeline import given_gan
+from anogan.engine.stages import given_gan
 from anogan.models.dcgan import Discriminator, Generator
 from anogan.models.gan import GAN
 from anogan.utils.errors import DivergenceError, UserError

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from anogan.config.checks import check_config
 from anogan.config.gan_options import DEFAULT_HEALTH
-from anogan.engine import gan_store
+from anogan.engine import gan_cache, gan_store
 from anogan.engine.artifact import gan_from_artifact, read_artifact
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN
@@ -245,10 +245,10 @@ def test_a_tiny_ssgan_run_trains_saves_and_reloads_d_with_its_head(tiny_cifar, t
         assert torch.equal(d2.transform_logits(x), d.eval().transform_logits(x))
     # the cached GAN (same key) is the same D with its head; another set is another cache entry
     cfg = compose_config([*tiny_overrides(tiny_cifar, tmp_path), "model.self_supervised=rotations"])
-    key, spec = gan_store.cache_key(cfg)
+    key, spec = gan_cache.cache_key(cfg)
     assert spec["model"]["self_supervised"] == "rotations"
-    assert gan_store.cache_key(compose_config(tiny_overrides(tiny_cifar, tmp_path)))[0] != key
-    entry = gan_store.load_cache_entry(tmp_path / "gan_cache" / key, key, {k: cfg.model[k] for k in gan_store.ARCH_KEYS})
+    assert gan_cache.cache_key(compose_config(tiny_overrides(tiny_cifar, tmp_path)))[0] != key
+    entry = gan_cache.load_cache_entry(tmp_path / "gan_cache" / key, key, {k: cfg.model[k] for k in gan_store.ARCH_KEYS})
     assert entry is not None and torch.equal(entry[1].transform_head.weight, saved["transform_head.weight"])
     # a checkpoint of the plain architecture refuses to load it, naming the key
     with pytest.raises(gan_store.GANLoadError, match="self_supervised: checkpoint rotations vs config None"):

@@ -46,9 +46,9 @@ def test_max_steps_counts_gan_iterations_not_optimizer_steps():
 
 
 def test_the_pipeline_trains_max_steps_gan_iterations(tiny_cifar, tmp_path):
-    """train.fit_gan with trainer.max_steps=3 (issue 30: +trainer.max_steps=8 trained 2 batches): the tiny
+    """stages.fit_gan with trainer.max_steps=3 (issue 30: +trainer.max_steps=8 trained 2 batches): the tiny
     data has 1 batch per epoch, so 3 epochs of 1 batch run, out of max_epochs=5."""
-    from anogan.engine.pipeline import fit_gan, trainer_kwargs
+    from anogan.engine.stages import fit_gan, trainer_kwargs
 
     run = tmp_path / "run"
     cfg = compose_config(

@@ -13,7 +13,7 @@ import sys
 
 # subcommand -> (module whose ``main`` runs it, one line for ``anogan --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("anogan.engine.pipeline", "train a GAN and its scorer, then score and report (Hydra overrides)"),
+    "train": ("anogan.cli.train", "train a GAN and its scorer, then score and report (Hydra overrides)"),
     "predict": ("anogan.cli.predict", "score new images with a run's scorer.pt (ckpt=... input=...)"),
     "export": ("anogan.deploy.export", "export the encoder scorer to ONNX, checked against PyTorch (ckpt=...)"),
     "serve": ("anogan.deploy.serve", "serve a run's scorer over HTTP (ckpt=... port=...)"),

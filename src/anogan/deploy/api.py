@@ -131,14 +131,13 @@ def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
             del cfg["hydra"]
         with removed_if_unused(folder):
             try:
-                objective = run(cfg)
+                result = run(cfg)
             except InstantiationException as err:  # a setting refused by the target Hydra builds: its own error
                 if (cause := user_error_in(err)) is None:
                     raise
                 raise cause from None
     finally:
         HydraConfig.instance().cfg = previous
-    import json
-
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return TrainResult(folder, metrics, float(objective))
+    if result is None:  # plan=true: nothing trained
+        raise ConfigError("anogan.fit trains a run; plan=true only prints the plan: drop it, or run anogan train plan=true")
+    return TrainResult(folder, result.metrics, result.objective)

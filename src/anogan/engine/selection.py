@@ -19,7 +19,7 @@ saves as its GAN is the chosen epoch's. ``best_epoch``, ``best_criterion`` and `
 entry per evaluated epoch) stay on the callback (``summary()``) and go to the loggers as
 ``selection/*``.
 
-The pipeline (``train.fit_gan``) attaches the callback to the GAN's trainer when
+The pipeline (``anogan.engine.stages.fit_gan``) attaches the callback to the GAN's trainer when
 ``model.selection.every_n_epochs`` is set: it reads the data module and runs the latent search, so it
 lives above ``models/`` (which imports nothing from ``data/`` or ``scorers/``).
 """

@@ -257,7 +257,31 @@ class GAN(L.LightningModule):
         if have < hp.n_samples:  # the real images the samples' diversity is compared with
             more = x[: hp.n_samples - have].detach().float().cpu().contiguous()
             self._health_reals = more if self._health_reals is None else torch.cat([self._health_reals, more])
+        values: dict[str, torch.Tensor] = {}
+        loss_d, d_real, d_fake = self._discriminator_step(x, z, opt_d, values)
+        # G steps after every critic_steps-th D step; an epoch's last batch too, so that a short
+        # epoch (or limit_train_batches) never leaves G untrained.
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if (batch_idx + 1) % hp.critic_steps == 0 or last:
+            self._generator_steps(z, opt_g, values)
+        wgan = hp.objective == "wgan_gp"  # critic values are unbounded scores, not probabilities
+        values["train/loss_d"] = loss_d.detach()
+        values["train/d_real"] = (d_real if wgan else torch.sigmoid(d_real)).detach().float().mean()
+        values["train/d_fake"] = (d_fake if wgan else torch.sigmoid(d_fake)).detach().float().mean()
+        # Step values are this process's own (no communication at every step); epoch means are
+        # averaged over all DDP processes once per epoch (sync_dist on an epoch-only log).
+        # Everything goes to the logger; the progress bar shows the two losses only (it fits 100 columns).
+        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
+        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=True)
+        bar = {name: values[key] for name, key in (("d", "train/loss_d"), ("g", "train/loss_g")) if key in values}
+        self.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
+    def _discriminator_step(
+        self, x: torch.Tensor, z: torch.Tensor, opt_d: LightningOptimizer, values: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One D step on the real batch ``x`` and G(``z``) (plus negatives, gradient penalty and the
+        self-supervised term where configured, their values added to ``values``). Returns (D's loss, D(x), D(G(z)))."""
+        hp = self.hparams
         self.toggle_optimizer(opt_d)  # G's weights need no gradients here
         real_in, fake_in = self._augment(x), self._augment(self.generator(z).detach())
         d_real = self.discriminator(real_in)
@@ -266,7 +290,6 @@ class GAN(L.LightningModule):
         if self.nda_transforms:  # real images made implausible, shown to D as fake (nda.py)
             d_negative = self.discriminator(self._augment(negatives(x, self.nda_transforms)))
         loss_d = self._d_loss(d_real, d_fake, d_negative)
-        values = {}
         if d_negative is not None:
             wgan_nda = hp.objective == "wgan_gp"
             values["train/d_negative"] = (d_negative if wgan_nda else torch.sigmoid(d_negative)).detach().float().mean()
@@ -283,40 +306,29 @@ class GAN(L.LightningModule):
         self.manual_backward(loss_d)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
+        return loss_d, d_real, d_fake
 
-        # G steps after every critic_steps-th D step; an epoch's last batch too, so that a short
-        # epoch (or limit_train_batches) never leaves G untrained.
-        last = batch_idx + 1 == self.trainer.num_training_batches
-        if (batch_idx + 1) % hp.critic_steps == 0 or last:
-            self.toggle_optimizer(opt_g)
-            for _ in range(hp.g_steps):
-                generated = self.generator(z)
-                d_gen = self.discriminator(self._augment(generated))
-                loss_g = self._g_loss(d_gen)
-                if hp.self_supervised and hp.ss_weight_g > 0:
-                    ss_fake, _ = self._transform_loss(generated)
-                    loss_g = loss_g + hp.ss_weight_g * ss_fake
-                    values["train/ss_loss_fake"] = ss_fake.detach()
-                self._check_loss("generator loss", loss_g)
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(loss_g)
-                opt_g.step()
-                if self.generator_ema is not None:
-                    self.generator_ema.update_parameters(self.generator)
-            self.untoggle_optimizer(opt_g)
-            values["train/loss_g"] = loss_g.detach()
-
-        wgan = hp.objective == "wgan_gp"  # critic values are unbounded scores, not probabilities
-        values["train/loss_d"] = loss_d.detach()
-        values["train/d_real"] = (d_real if wgan else torch.sigmoid(d_real)).detach().float().mean()
-        values["train/d_fake"] = (d_fake if wgan else torch.sigmoid(d_fake)).detach().float().mean()
-        # Step values are this process's own (no communication at every step); epoch means are
-        # averaged over all DDP processes once per epoch (sync_dist on an epoch-only log).
-        # Everything goes to the logger; the progress bar shows the two losses only (it fits 100 columns).
-        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False)
-        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=True)
-        bar = {name: values[key] for name, key in (("d", "train/loss_d"), ("g", "train/loss_g")) if key in values}
-        self.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+    def _generator_steps(self, z: torch.Tensor, opt_g: LightningOptimizer, values: dict[str, torch.Tensor]) -> None:
+        """``model.g_steps`` G steps on ``z`` (the EMA generator updated after each); their last loss
+        (and self-supervised term) added to ``values``."""
+        hp = self.hparams
+        self.toggle_optimizer(opt_g)
+        for _ in range(hp.g_steps):
+            generated = self.generator(z)
+            d_gen = self.discriminator(self._augment(generated))
+            loss_g = self._g_loss(d_gen)
+            if hp.self_supervised and hp.ss_weight_g > 0:
+                ss_fake, _ = self._transform_loss(generated)
+                loss_g = loss_g + hp.ss_weight_g * ss_fake
+                values["train/ss_loss_fake"] = ss_fake.detach()
+            self._check_loss("generator loss", loss_g)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
+        self.untoggle_optimizer(opt_g)
+        values["train/loss_g"] = loss_g.detach()
 
     def on_train_start(self) -> None:
         # seed_everything gives every DDP process the same seed, so each would draw the same z and

@@ -78,7 +78,7 @@ class Scorer(L.LightningModule):
     """Base of every scorer. Subclasses implement ``infer``; those with a training phase (an
     encoder, ``self.encoder``) set ``needs_fit = True`` and implement ``fit(train_loader,
     trainer_kwargs)`` and ``fit_settings()`` (what, besides G, D and the images, determines what
-    ``fit`` learns: the key of the encoder cache, ``anogan.engine.gan_store.encoder_cache_key``).
+    ``fit`` learns: the key of the encoder cache, ``anogan.engine.gan_cache.encoder_cache_key``).
 
     Args:
         generator: the trained GAN's generator (frozen here, always in eval mode).
