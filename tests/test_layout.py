@@ -74,3 +74,23 @@ def test_transform_set_names_declared_in_config_match_the_sets():
     from anogan.models.transforms import TRANSFORM_SETS
 
     assert tuple(TRANSFORM_SETS) == TRANSFORM_SET_NAMES
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 70
+
+
+def test_modules_and_functions_stay_small():
+    """No module of the package over MAX_MODULE_LINES lines, no function (or method) over MAX_FUNCTION_LINES."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(PACKAGE)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}:{node.lineno} {node.name}: {lines} lines")
+    assert too_long == []
