@@ -86,7 +86,7 @@ def test_folder_errors_say_what_to_fix(image_root):
 def test_train_py_runs_on_a_folder_of_images(image_root, tmp_path):
     import csv
 
-    from conftest import run_train
+    from conftest import train_in_process as run_train
 
     overrides = [
         "data=folder",

@@ -328,7 +328,7 @@ def test_a_later_stop_names_the_checkpoint_that_is_kept(tmp_path, what, message)
 
 # --- end to end ------------------------------------------------------------------------------------
 def test_train_end_to_end_with_every_option(tiny_cifar, tmp_path):
-    from test_train_e2e import run_train
+    from conftest import train_in_process as run_train
 
     options = [f"model.{k}={v!r}" if k in ("diffaugment", "nda") else f"model.{k}={v}" for k, v in ALL_OPTIONS.items()]
     options += [
