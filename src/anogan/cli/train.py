@@ -65,7 +65,7 @@ def _restore_full_error() -> None:
 
 def main() -> float | None:
     """The command line. A SIGTERM (a scheduler's stop, ``kill``) ends with exit code 143 and no
-    ``metrics.json``, never 0. Input errors end with exit code 2 and one line: ours (see config_check) and
+    ``metrics.json``, never 0. Input errors end with exit code 2 and one line: ours (``anogan.config.checks``) and
     Hydra's while it composes the config (a value of the wrong type, an unknown key, an override it
     cannot parse, an unknown config group option), which ``explain_composition_error`` rewrites;
     HYDRA_FULL_ERROR=1 set by the user keeps Hydra's own report."""

@@ -7,7 +7,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 PROTOCOLS = ("seed", "one_class")
 
 
-# Everything a missing or unreadable CIFAR-10 copy may need, in one message (config_check and _load).
+# Everything a missing or unreadable CIFAR-10 copy may need, in one message (anogan.config.checks and CIFAR10AnomalyDataModule._load).
 MISSING_DATA_FIX = (
     "point data.root at the folder that holds cifar-10-batches-py (e.g. data.root=../shared/data/cifar10); "
     "data.download=true downloads it there but needs internet access; "

@@ -68,7 +68,7 @@ class CIFAR10AnomalyDataModule(AnomalyDataModule[Samples]):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.normal_class = class_index(normal_class)  # the settings' ranges: anogan.config.schema.Cifar10Data
+        self.normal_class = class_index(normal_class)  # the settings' ranges: anogan.config.data_schema.Cifar10Data
 
     # ------------------------------------------------------------------ loading
     def _load(self, train: bool) -> CIFAR10:

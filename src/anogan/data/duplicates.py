@@ -6,7 +6,7 @@ its training set). Every data module therefore hashes each image it reads and co
 
 Exact duplicates (always checked)
     ``pixel_digest``: a BLAKE2b hash of the decoded pixels at full resolution (what
-    ``anogan.data.images.load_pixels`` returns: EXIF orientation, bit depth and alpha applied,
+    ``anogan.data.reading.load_pixels`` returns: EXIF orientation, bit depth and alpha applied,
     before any resize) together with their shape. The same picture saved as PNG, BMP, TIFF or
     lossless WEBP, under any name, is one picture; a colour file whose three channels are equal
     hashes as the grey picture. A lossy re-encoding (JPEG) changes pixels: see near duplicates.

@@ -146,7 +146,7 @@ class FolderAnomalyDataModule(AnomalyDataModule[FolderSamples]):
     ):
         super().__init__()
         self.save_hyperparameters()
-        # the settings' ranges: anogan.config.schema.FolderData
+        # the settings' ranges: anogan.config.data_schema.FolderData
         check_alpha(alpha)
         self._read_notes: tuple[list[str], list[list[read_notes.Note]]] = ([], [])  # every file read: (path, notes)
         if abnormal_dir is None or abnormal_dir == "":

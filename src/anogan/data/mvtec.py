@@ -23,7 +23,7 @@ MVTec AD has no validation split, and the threshold must be fitted on images tha
 Classes: 0 = ``good``, i = the i-th defect folder in name order, then ``synthetic_<method>``; labels:
 normal 0, anomalous 1. Images and masks are read once at the model size (``image_size``, square,
 ``channels`` 1 or 3: grey categories such as grid, screw and zipper are repeated to 3 channels, colour
-ones converted to luma for 1). Masks are resized nearest-neighbour (``anogan.data.splits.read_mask``)
+ones converted to luma for 1). Masks are resized nearest-neighbour (``anogan.data.images.read_mask``)
 and kept in ``eval_set.masks``. Unreadable images are skipped with a warning and listed in the manifest.
 """
 
@@ -99,7 +99,7 @@ class MVTecDataModule(AnomalyDataModule[MVTecSamples]):
     def _category(self) -> Path:
         """The category folder, once the settings are checked (here rather than in ``__init__``, whose
         errors Hydra's ``instantiate`` would wrap into a traceback)."""
-        hp = self.hparams  # the settings' ranges: anogan.config.schema.MVTecData
+        hp = self.hparams  # the settings' ranges: anogan.config.data_schema.MVTecData
         root = Path(hp.root).expanduser()
         folder = root / hp.category
         for needed in (folder / "train" / "good", folder / "test"):

@@ -93,7 +93,7 @@ class ScorerAPI(_LitAPIBase):
     # LitServe builds the endpoint from these two signatures: decode_request's ``request`` and
     # encode_response's return must stay unannotated (FastAPI's Request and Response).
     def decode_request(self, request):  # type: ignore[no-untyped-def]
-        """JSON dict or multipart form -> ``{"pixels": [anogan.deploy.api.ReadImage, ...], "maps": False |
+        """JSON dict or multipart form -> ``{"pixels": [anogan.deploy.inputs.ReadImage, ...], "maps": False |
         True | "full" | "png"}`` (read by the run's ``data.alpha``, with their reading notes), or
         ``{"error": (status, reason)}``. The cost is checked from the headers before
         anything is decoded: ``max_pixels`` per image, ``max_request_pixels`` in all, and with

@@ -34,7 +34,7 @@ systemd), stops accepting connections, lets the requests in flight finish for up
 ``drain_timeout`` seconds, answers those still unfinished with 503 ``{"detail": ...}``, stops every
 child process (the port is free), logs one line and exits 0.
 
-Every image goes through ``anogan.deploy.api.Detector.predict`` (the same preprocessing, inference path
+Every image goes through ``anogan.deploy.detector.Detector.predict`` (the same preprocessing, inference path
 and calibration as ``anogan-predict`` and the run itself). Requests that arrive together are
 scored together (LitServe's dynamic batching: up to ``max_batch_size`` requests, waiting at most
 ``batch_timeout`` seconds). A bad request gets a 4xx answer ``{"detail": "<one line>"}`` and the

@@ -49,7 +49,7 @@ CHUNK = 256  # images per search batch (bounds memory; the search is exact per i
 
 def checkpoint_selection(settings: Mapping | None) -> CheckpointSelection | None:
     """The callback for ``model.selection`` (``every_n_epochs``, ``images``, ``steps``, ``lr``,
-    ``seed``; checked by ``anogan.models.gan.check_gan_options``), or None when it is off."""
+    ``seed``; checked by ``anogan.config.gan_options.check_gan_options``), or None when it is off."""
     if not settings or settings["every_n_epochs"] is None:
         return None
     return CheckpointSelection(**settings)
