@@ -1,0 +1,34 @@
+"""The layout step changed no result: fixed-seed tiny runs of this checkout and of the commit before it
+give the same scores.csv, metrics.json (times and paths aside) and scorer.pt contents
+(``benchmarks/equivalence.py``, which also takes any two checkouts by hand)."""
+
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import REPO
+
+REFERENCE = "d16df79ac4ba8f98fca618db12218441066bde09"  # main before the layout step (one schema, base data module, pipeline result); move it
+# forward, with a changelog line, when a change of results is intended
+
+
+def _has_reference() -> bool:
+    git = subprocess.run(["git", "cat-file", "-e", f"{REFERENCE}^{{commit}}"], cwd=REPO, capture_output=True)
+    return git.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_reference(), reason=f"the checkout has no git history holding {REFERENCE}")
+def test_tiny_runs_equal_the_reference_commit(tmp_path):
+    archive = tmp_path / "reference.tar"
+    subprocess.run(["git", "archive", "-o", str(archive), REFERENCE], cwd=REPO, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "reference", filter="data")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from equivalence import main as compare
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert compare([str(tmp_path / "reference"), str(REPO), str(tmp_path / "work"), "latent", "dcombined"]) == 0
