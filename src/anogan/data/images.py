@@ -30,37 +30,22 @@ import torch.nn.functional as F
 
 from anogan.config.choices import RESIZE_POLICIES
 from anogan.data.duplicates import pixel_digest
-from anogan.data.listing import list_images
 from anogan.data.notes import Note
 from anogan.data.reading import (
-    check_alpha,
     load_pixels,
-    pixels_from_array,
-    pixels_from_pil,
-    read_array,
-    read_pil,
     read_pixels,
 )
 from anogan.utils.errors import DataError, ImageError
 
 __all__ = [
     "PAD_FILL",
-    "ImageError",
     "area_factors",
-    "check_alpha",
     "check_resize",
-    "list_images",
-    "load_pixels",
     "make_square",
     "model_input_notes",
-    "pixels_from_array",
-    "pixels_from_pil",
-    "read_array",
     "read_image",
     "read_images",
     "read_mask",
-    "read_pil",
-    "read_pixels",
     "resize_mask",
     "to_model_input",
 ]

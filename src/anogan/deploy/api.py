@@ -33,29 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anogan.deploy.detector import COLUMNS, Detector, Predictions, trainer_settings
-from anogan.deploy.inputs import ImageInput, Images, ReadImage
+from anogan.deploy.detector import Detector, Predictions
 from anogan.engine.artifact import resolve_path
 from anogan.utils.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = [
-    "COLUMNS",
-    "ConfigError",
-    "Detector",
-    "ImageInput",
-    "Images",
-    "InputError",
-    "Predictions",
-    "ReadImage",
-    "TrainResult",
-    "compose",
-    "fit",
-    "load",
-    "trainer_settings",
-]
+__all__ = ["ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "compose", "fit", "load"]
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:

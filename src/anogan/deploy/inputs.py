@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from anogan.data import notes as read_notes
-from anogan.data.images import ImageError, list_images, read_array, read_pil, read_pixels
-from anogan.utils.errors import InputError
+from anogan.data.listing import list_images
+from anogan.data.reading import read_array, read_pil, read_pixels
+from anogan.utils.errors import ImageError, InputError
 
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
 Images = ImageInput | Sequence[ImageInput]

@@ -56,9 +56,8 @@ import time
 from pathlib import Path
 
 from anogan.config.arguments import ServeConfig, parse_key_values
-from anogan.deploy.middleware import API_PATH, BadRequest, RequestGate, ScorerFileWatch, check_form, check_json
-from anogan.deploy.scorer_api import ScorerAPI
-from anogan.deploy.server import DrainingServer, build_server, stop_children
+from anogan.deploy.middleware import API_PATH
+from anogan.deploy.server import build_server, stop_children
 from anogan.utils.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
@@ -66,21 +65,7 @@ try:  # the serve extra; without it the command line says what to install
 except ImportError:  # pragma: no cover - depends on the installation
     ls = None
 
-__all__ = [
-    "API_PATH",
-    "USAGE",
-    "BadRequest",
-    "DrainingServer",
-    "RequestGate",
-    "ScorerAPI",
-    "ScorerFileWatch",
-    "ServeConfig",
-    "build_server",
-    "check_form",
-    "check_json",
-    "main",
-    "stop_children",
-]
+__all__ = ["USAGE", "main"]
 
 log = logging.getLogger("anogan.deploy.serve")
 
