@@ -13,9 +13,9 @@ Layout (every folder searched recursively; the names are settings)::
                            Masks follow the image's ``resize`` policy (crop / pad / stretch).
 
 Which files are images and how they are read (formats, bit depths, alpha, EXIF, ``resize`` policy for
-non-square images) is ``anogan.data.images``: the same reader ``predict.py`` uses. Every file found
-but not used is listed under ``skipped`` in ``splits.json`` with its reason, and one summary line is
-logged.
+non-square images) is ``anogan.data.listing``, ``anogan.data.reading`` and ``anogan.data.images``:
+the same reader ``predict.py`` uses. Every file found but not used is listed under ``skipped`` in
+``splits.json`` with its reason, and one summary line is logged.
 
 The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous images) is split,
 stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
