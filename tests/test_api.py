@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import anogan
-from anogan.data.images import load_pixels, pixels_from_array
+from anogan.data.reading import load_pixels, pixels_from_array
+from anogan.deploy.detector import COLUMNS
 from anogan.utils.errors import ConfigError, ImageError, InputError
 from conftest import tiny_overrides
 
@@ -102,7 +103,7 @@ def test_predictions_table_maps_rules_and_warnings(fitted, evaluation):
     assert [r["source"] for r in result] == ["input[0]", "input[1]"]
     records = result.to_records()
     assert records == result.rows and records is not result.rows
-    assert list(records[0]) == ["source", *anogan.deploy.api.COLUMNS]
+    assert list(records[0]) == ["source", *COLUMNS]
     frame = result.to_pandas()
     assert frame["score"].tolist() == list(result.column("score")) and len(frame) == 2
     # another rule, or a number

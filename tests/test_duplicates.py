@@ -12,8 +12,8 @@ from PIL import Image
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
 from anogan.data.duplicates import average_hash, duplicate_groups, pixel_digest
 from anogan.data.folder import FolderAnomalyDataModule
-from anogan.data.images import load_pixels
 from anogan.data.mvtec import MVTecDataModule
+from anogan.data.reading import load_pixels
 from anogan.utils.errors import DataError
 from conftest import write_tiny_cifar
 from test_mvtec import write_tiny_mvtec

@@ -247,7 +247,7 @@ def test_normal_only_with_too_few_held_out_images_says_so(tmp_path):
 
 # ---------------------------------------------------------------------- small folders
 def test_small_folder_batch_and_steps_follow_the_data(image_root):
-    from anogan.data.folder import MIN_AUTO_BATCH
+    from anogan.data.training_steps import MIN_AUTO_BATCH
 
     dm = FolderAnomalyDataModule(root=str(image_root), image_size=32, abnormal_dir=None, batch_size=128, min_steps_per_epoch=10)
     dm.setup()
@@ -274,7 +274,7 @@ def test_small_folder_batch_and_steps_follow_the_data(image_root):
 
 
 def test_effective_batch_and_steps_rules():
-    from anogan.data.folder import effective_batch_size, epoch_repeats, steps_per_epoch, training_steps_warning
+    from anogan.data.training_steps import effective_batch_size, epoch_repeats, steps_per_epoch, training_steps_warning
 
     assert effective_batch_size(142, 128, 0.25) == 35 and effective_batch_size(10_000, 128, 0.25) == 128
     assert effective_batch_size(10, 128, 0.25) == 8 and effective_batch_size(142, 128, None) == 128

@@ -8,16 +8,10 @@ import pytest
 import torch
 from PIL import Image, features
 
-from anogan.data.images import (
-    PAD_FILL,
-    ImageError,
-    list_images,
-    load_pixels,
-    make_square,
-    read_image,
-    to_model_input,
-)
-from anogan.utils.errors import DataError
+from anogan.data.images import PAD_FILL, make_square, read_image, to_model_input
+from anogan.data.listing import list_images
+from anogan.data.reading import load_pixels
+from anogan.utils.errors import DataError, ImageError
 
 RNG = np.random.default_rng(0)
 

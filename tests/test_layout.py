@@ -70,7 +70,7 @@ def test_config_imports_nothing_but_utils():
 
 
 def test_transform_set_names_declared_in_config_match_the_sets():
-    from anogan.config.gan_options import TRANSFORM_SET_NAMES
+    from anogan.config.choices import TRANSFORM_SET_NAMES
     from anogan.models.transforms import TRANSFORM_SETS
 
     assert tuple(TRANSFORM_SETS) == TRANSFORM_SET_NAMES

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.config.checks import check_config
+from anogan.config.gan_options import parse_nda
 from anogan.engine.artifact import load_artifact, save_artifact
 from anogan.engine.inference import run_scorer
 from anogan.models import nda
@@ -65,9 +66,9 @@ def test_every_negative_is_one_of_its_transformations_of_its_own_image_and_never
 
 
 def test_nda_values_are_parsed_and_bad_ones_refused_naming_the_key(tiny_cifar):
-    assert nda.parse_nda(None) == () and nda.parse_nda("cutout, jigsaw,cutout") == ("cutout", "jigsaw")
+    assert parse_nda(None) == () and parse_nda("cutout, jigsaw,cutout") == ("cutout", "jigsaw")
     with pytest.raises(UserError, match="model.nda='flip'"):
-        nda.parse_nda("flip")
+        parse_nda("flip")
     with pytest.raises(UserError, match="model.nda_weight=1.0"):
         GAN(**TINY, nda="jigsaw", nda_weight=1.0)
     for override, key in (("model.nda=flip", "model.nda"), ("model.nda_weight=0", "model.nda_weight")):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from anogan.cli.predict import parse_args, predict
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
-from anogan.data.folder import to_model_input
+from anogan.data.images import to_model_input
 from anogan.utils.errors import PredictError
 from conftest import REPO, tiny_overrides
 from conftest import train_in_process as run_train

@@ -13,7 +13,8 @@ import anogan
 from anogan.cli.predict import predict
 from anogan.data import notes as read_notes
 from anogan.data.folder import FolderAnomalyDataModule
-from anogan.data.images import read_array, read_pixels, to_model_input
+from anogan.data.images import to_model_input
+from anogan.data.reading import read_array, read_pixels
 from anogan.deploy.api import Detector
 from anogan.utils.errors import ImageError, InputError
 

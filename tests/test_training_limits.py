@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from anogan.data.folder import training_steps_warning
+from anogan.data.training_steps import training_steps_warning
 from anogan.engine.callbacks import GANIterationLimit
 from anogan.models.gan import GAN
 from conftest import compose_config, tiny_overrides

@@ -26,7 +26,7 @@ from anogan.config.scorer_schema import MAPPING_SCHEMAS
 from anogan.utils.errors import ConfigError
 from anogan.utils.io import describe_os_error
 
-__all__ = ["ConfigError", "check_config", "check_run_environment", "group_choices", "probe_writable"]
+__all__ = ["check_config", "check_run_environment", "group_choices", "probe_writable"]
 
 
 def _fail(key: str, value: object, allowed: str) -> None:

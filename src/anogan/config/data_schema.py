@@ -22,7 +22,7 @@ from anogan.config.choices import (
 from anogan.config.fields import fraction, is_number, is_whole, one_of, rule, whole
 
 SUBSET_WORDS = "use null (all), a whole count >= 1 or a fraction in (0, 1]"
-ALPHA_WORDS = f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.images)"
+ALPHA_WORDS = f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.reading)"
 TARGET_FPR_WORDS = "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null"
 
 

@@ -38,17 +38,7 @@ from anogan.config.fields import (
 )
 from anogan.utils.errors import UserError
 
-__all__ = [
-    "AUGMENT_POLICIES",
-    "D_NORMS",
-    "NDA_TRANSFORMS",
-    "OBJECTIVES",
-    "TRANSFORM_SET_NAMES",
-    "Model",
-    "check_gan_options",
-    "parse_nda",
-    "parse_policy",
-]
+__all__ = ["Model", "check_gan_options", "parse_nda", "parse_policy"]
 
 # What GAN(divergence=None, health=None) uses: the GAN built outside a run (tests, notebooks). A run
 # always passes conf/model/dcgan.yaml's values.

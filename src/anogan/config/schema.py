@@ -45,7 +45,7 @@ from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from anogan.config.choices import ACCELERATORS, THRESHOLD_RULES
-from anogan.config.data_schema import Cifar10Data, DataCommon, FolderData, MVTecData
+from anogan.config.data_schema import Cifar10Data, FolderData, MVTecData
 from anogan.config.fields import (
     Problem,
     describe,
@@ -60,15 +60,12 @@ from anogan.config.fields import (
     whole,
 )
 from anogan.config.gan_options import Model, check_gan_options
-from anogan.config.scorer_schema import MAPPING_SCHEMAS, ScorerCommon
+from anogan.config.scorer_schema import MAPPING_SCHEMAS
 from anogan.utils.errors import ConfigError, UserError
 
 __all__ = [
     "SCHEMAS",
     "Config",
-    "DataCommon",
-    "Model",
-    "ScorerCommon",
     "Trainer",
     "explain_composition_error",
     "register",

@@ -13,9 +13,9 @@ Layout (every folder searched recursively; the names are settings)::
                            Masks follow the image's ``resize`` policy (crop / pad / stretch).
 
 Which files are images and how they are read (formats, bit depths, alpha, EXIF, ``resize`` policy for
-non-square images) is ``anogan.data.images``: the same reader ``predict.py`` uses. Every file found
-but not used is listed under ``skipped`` in ``splits.json`` with its reason, and one summary line is
-logged.
+non-square images) is ``anogan.data.listing``, ``anogan.data.reading`` and ``anogan.data.images``:
+the same reader ``predict.py`` uses. Every file found but not used is listed under ``skipped`` in
+``splits.json`` with its reason, and one summary line is logged.
 
 The evaluation pool (held-out or ``normal_test_dir`` normals + all anomalous images) is split,
 stratified by class and seeded by ``split_seed``, into validation (``val_fraction``: the threshold is
@@ -52,35 +52,19 @@ import torch
 
 from anogan.data import notes as read_notes
 from anogan.data.duplicates import average_hash, duplicate_groups, group_units
-from anogan.data.images import read_image, read_images, read_mask, to_model_input
+from anogan.data.images import read_images, read_mask
 from anogan.data.listing import list_images, relative_name
 from anogan.data.reading import check_alpha
 from anogan.data.splits import AnomalyDataModule, Samples, after_setup, stratified_subset
 from anogan.data.training_steps import (
-    MIN_AUTO_BATCH,
-    WARN_BELOW_STEPS,
-    effective_batch_size,
-    epoch_repeats,
     plan_training,
     steps_per_epoch,
     training_steps_warning,
 )
 from anogan.metrics.image import min_normals_for_fpr
-from anogan.utils.errors import DataError, ImageError
+from anogan.utils.errors import DataError
 
-__all__ = [
-    "FolderAnomalyDataModule",
-    "ImageError",
-    "list_images",
-    "read_image",
-    "to_model_input",
-    "effective_batch_size",
-    "steps_per_epoch",
-    "epoch_repeats",
-    "training_steps_warning",
-    "MIN_AUTO_BATCH",
-    "WARN_BELOW_STEPS",
-]
+__all__ = ["FolderAnomalyDataModule"]
 
 log = logging.getLogger(__name__)
 

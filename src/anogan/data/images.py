@@ -1,9 +1,9 @@
-"""Image files as the model's input: the one reader used by training, evaluation and ``predict.py``.
+"""Pixels as the model's input: squaring (``make_square``), resizing to the model's size and channels
+(``to_model_input``), image files read and prepared at once (``read_image``, ``read_images``) and
+ground-truth masks (``read_mask``), as training, evaluation and ``predict.py`` all use them.
 
 Which files are candidates is ``anogan.data.listing`` (``list_images``); how a file's pixels are read
-(formats, bit depths, EXIF, alpha) is ``anogan.data.reading`` (``read_pixels``). This module squares
-and resizes them (``read_image``, ``read_images``) and reads ground-truth masks (``read_mask``); the
-names of both are importable from here.
+(formats, bit depths, EXIF, alpha) is ``anogan.data.reading`` (``read_pixels``).
 
 Non-square images (``make_square``, the ``data.resize`` policy)
     * ``stretch`` (default, as anomalib): the whole image is resized to size x size (aspect changes);
@@ -30,37 +30,22 @@ import torch.nn.functional as F
 
 from anogan.config.choices import RESIZE_POLICIES
 from anogan.data.duplicates import pixel_digest
-from anogan.data.listing import list_images
 from anogan.data.notes import Note
 from anogan.data.reading import (
-    check_alpha,
     load_pixels,
-    pixels_from_array,
-    pixels_from_pil,
-    read_array,
-    read_pil,
     read_pixels,
 )
 from anogan.utils.errors import DataError, ImageError
 
 __all__ = [
     "PAD_FILL",
-    "ImageError",
     "area_factors",
-    "check_alpha",
     "check_resize",
-    "list_images",
-    "load_pixels",
     "make_square",
     "model_input_notes",
-    "pixels_from_array",
-    "pixels_from_pil",
-    "read_array",
     "read_image",
     "read_images",
     "read_mask",
-    "read_pil",
-    "read_pixels",
     "resize_mask",
     "to_model_input",
 ]

@@ -38,7 +38,7 @@ from anogan.config.choices import ALPHA_RULES
 from anogan.data.notes import Note
 from anogan.utils.errors import DataError, ImageError
 
-# The reader's lines carry the name of its public module, ``anogan.data.images``.
+# The reader's lines keep the logger name ``anogan.data.images`` (run logs and tests filter on it).
 log = logging.getLogger("anogan.data.images")
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ false-positive-rate target needs: ``calibration_entry``, ``calibration_warning``
 takes the seeded subsets, refuses a split without both classes, builds the splits, the shared
 manifest entries (splits, duplicates, calibration, masks), the loaders and the summary log lines.
 
-Reading files is ``anogan.data.images``; duplicate images across splits are ``anogan.data.duplicates``."""
+Reading files is ``anogan.data.reading`` (squaring and resizing: ``anogan.data.images``); duplicate images across splits are ``anogan.data.duplicates``."""
 
 from __future__ import annotations
 

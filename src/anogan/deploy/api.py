@@ -9,21 +9,11 @@
     run = anogan.fit(["experiment=cifar_car_cpu", "data.root=../shared/data/cifar10"])
     run.run_dir, run.metrics["test"]["auroc"]
 
-Scoring uses only the run's scorer file (``anogan.engine.artifact``) and the same steps as the run's own
-evaluation, so an image of the run's evaluation set gets the score it has in ``scores.csv``:
-
-1. every input becomes a uint8 H×W×C array by the rules of ``anogan.data.images`` (files and PIL
-   images: ``read_pixels`` / ``read_pil``; numpy arrays and tensors: ``read_array``; transparency by
-   the run's ``data.alpha``), then the model's input by the run's preprocessing (``make_square`` with
-   the run's resize policy, ``to_model_input`` with its downscale rule). What the reader had to
-   interpret is said once per input (``anogan.data.notes``): ``notes`` of each row and one line each
-   in ``Predictions.warnings``;
-2. the scorer runs through the one inference path (``anogan.engine.inference.run_scorer``: ``Trainer.predict``);
-3. the run's calibration turns its outputs into the primary score, the p-value and the label
-   (``Detector.postprocess``, the one place this happens).
-
-``anogan.fit`` runs the pipeline (``anogan.engine.pipeline.run``, what ``anogan train`` runs) in this
-process and returns its result.
+``load`` builds a ``Detector`` (``anogan.deploy.detector``) from a run's scorer file alone
+(``anogan.engine.artifact``); the steps that score an image (reading, preprocessing, inference,
+calibration) are documented there. ``fit`` runs the pipeline (``anogan.engine.pipeline.run``, what
+``anogan train`` runs) in this process on the real config (``compose``) and returns a
+``TrainResult``.
 """
 
 from __future__ import annotations
@@ -33,29 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anogan.deploy.detector import COLUMNS, Detector, Predictions, trainer_settings
-from anogan.deploy.inputs import ImageInput, Images, ReadImage
+from anogan.deploy.detector import Detector, Predictions
 from anogan.engine.artifact import resolve_path
 from anogan.utils.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = [
-    "COLUMNS",
-    "ConfigError",
-    "Detector",
-    "ImageInput",
-    "Images",
-    "InputError",
-    "Predictions",
-    "ReadImage",
-    "TrainResult",
-    "compose",
-    "fit",
-    "load",
-    "trainer_settings",
-]
+__all__ = ["ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "compose", "fit", "load"]
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Detector:

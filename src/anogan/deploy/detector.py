@@ -1,7 +1,19 @@
 """A finished run's scorer in memory (``Detector``, built by ``anogan.load``) and the table of its
-scores (``Predictions``). Scoring uses only the run's scorer file and the run's own steps: the
-reader and preprocessing of ``anogan.data.images``, the one inference path
-(``anogan.engine.inference.run_scorer``) and the run's calibration (``Detector.postprocess``)."""
+scores (``Predictions``).
+
+Scoring uses only the run's scorer file (``anogan.engine.artifact``) and the same steps as the run's
+own evaluation, so an image of the run's evaluation set gets the score it has in ``scores.csv``:
+
+1. every input becomes a uint8 H×W×C array by the rules of ``anogan.data.reading`` (files and PIL
+   images: ``read_pixels`` / ``read_pil``; numpy arrays and tensors: ``read_array``; transparency by
+   the run's ``data.alpha``; ``anogan.deploy.inputs``), then the model's input by the run's
+   preprocessing (``anogan.data.images``: ``make_square`` with the run's resize policy,
+   ``to_model_input`` with its downscale rule). What the reader had to interpret is said once per
+   input (``anogan.data.notes``): ``notes`` of each row and one line each in ``Predictions.warnings``;
+2. the scorer runs through the one inference path (``anogan.engine.inference.run_scorer``:
+   ``Trainer.predict``);
+3. the run's calibration turns its outputs into the primary score, the p-value and the label
+   (``Detector.postprocess``, the one place this happens)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def _check_images(scorer: Scorer, payload: dict, input: Path | None, n: int = 32
     """uint8 images (N×C×S×S) to check the export on: ``input``'s, or quantised G(z) samples."""
     prep = payload["preprocess"]
     if input is not None:
-        from anogan.data.images import list_images, read_image
+        from anogan.data.images import read_image
+        from anogan.data.listing import list_images
 
         paths = list_images(Path(input))[0][:n] if Path(input).is_dir() else [Path(input)]
         if not paths:

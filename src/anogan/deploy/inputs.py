@@ -1,5 +1,5 @@
 """Inputs of ``Detector.predict`` as pixels: paths, folders, PIL images, numpy arrays and tensors,
-each read by the rules of ``anogan.data.images`` into a uint8 H×W×C array with its reading notes
+each read by the rules of ``anogan.data.reading`` into a uint8 H×W×C array with its reading notes
 (``anogan.data.notes``)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from anogan.data import notes as read_notes
-from anogan.data.images import ImageError, list_images, read_array, read_pil, read_pixels
-from anogan.utils.errors import InputError
+from anogan.data.listing import list_images
+from anogan.data.reading import read_array, read_pil, read_pixels
+from anogan.utils.errors import ImageError, InputError
 
 ImageInput = str | Path | np.ndarray | torch.Tensor | Any  # Any: a PIL image (Pillow is imported lazily)
 Images = ImageInput | Sequence[ImageInput]
@@ -22,7 +23,7 @@ Images = ImageInput | Sequence[ImageInput]
 
 @dataclass
 class ReadImage:
-    """An input already read (``anogan.data.images``): ``Detector.predict`` takes it as it is."""
+    """An input already read (``anogan.data.reading``): ``Detector.predict`` takes it as it is."""
 
     source: str  # the file's path, or "input[i]" for an in-memory image
     pixels: np.ndarray  # uint8 H×W×C, the image at its own size

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # numpy and torch are imported where used: `anogan-serve` ans
     import numpy as np
     import torch
 
-    from anogan.deploy.api import Predictions
+    from anogan.deploy.detector import Predictions
 
 STATIC = Path(__file__).parent / "static"
 PAGE = "index.html"

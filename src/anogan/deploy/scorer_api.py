@@ -68,7 +68,7 @@ class ScorerAPI(_LitAPIBase):
         """In the inference worker: the model from the bytes the main process read (their sha256
         checked). The worker ignores SIGTERM/SIGINT: the main process stops it once the requests in
         flight are answered (a process group's signal must not cut them short)."""
-        from anogan.deploy.api import Detector
+        from anogan.deploy.detector import Detector
 
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -98,8 +98,8 @@ class ScorerAPI(_LitAPIBase):
         ``{"error": (status, reason)}``. The cost is checked from the headers before
         anything is decoded: ``max_pixels`` per image, ``max_request_pixels`` in all, and with
         ``maps=full`` the answer's least possible size against ``max_response_bytes``."""
-        from anogan.data.images import read_pixels
-        from anogan.deploy.api import ReadImage
+        from anogan.data.reading import read_pixels
+        from anogan.deploy.inputs import ReadImage
         from anogan.utils.errors import ImageError
 
         try:

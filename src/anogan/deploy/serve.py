@@ -22,28 +22,22 @@ Endpoints:
   file on disk is no longer the one served. ``GET /info``: the run's settings, the served file's
   ``sha256`` and ``loaded_at``.
 
-One model: the scorer file is read once, by the main process; its bytes (checked, with their
-sha256) go to every inference worker, so ``/info`` describes exactly the model that scores.
+Every image goes through ``anogan.deploy.detector.Detector.predict`` (the same preprocessing,
+inference path and calibration as ``anogan-predict`` and the run itself); requests that arrive
+together are scored together (LitServe's dynamic batching: up to ``max_batch_size`` requests,
+waiting at most ``batch_timeout`` seconds). Only the scorer file is read (``weights_only``), once, by
+the main process; its checked bytes go to every inference worker, so ``/info`` describes exactly the
+model that scores. The server listens on the loopback interface unless ``host`` says otherwise.
 
-Bounded cost per request: at most ``max_request_pixels`` decoded pixels over its images (read from
-the headers, before decoding) and an answer of at most ``max_response_bytes`` (413 otherwise); the
-body must arrive within ``body_timeout`` seconds (408 otherwise).
+A bad request gets a 4xx answer ``{"detail": "<one line>"}`` and the server goes on: the request's
+envelope is checked before it is queued (``anogan.deploy.middleware``: body size and arrival time,
+content type, fields, image count), its images' headers before decoding (``anogan.deploy.scorer_api``:
+``max_pixels``, ``max_request_pixels``, ``max_response_bytes``).
 
-Shutdown: SIGTERM or SIGINT, to the main process or its whole process group (``docker stop``,
-systemd), stops accepting connections, lets the requests in flight finish for up to
-``drain_timeout`` seconds, answers those still unfinished with 503 ``{"detail": ...}``, stops every
-child process (the port is free), logs one line and exits 0.
-
-Every image goes through ``anogan.deploy.detector.Detector.predict`` (the same preprocessing, inference path
-and calibration as ``anogan-predict`` and the run itself). Requests that arrive together are
-scored together (LitServe's dynamic batching: up to ``max_batch_size`` requests, waiting at most
-``batch_timeout`` seconds). A bad request gets a 4xx answer ``{"detail": "<one line>"}`` and the
-server goes on: 413 for a body over ``max_bytes``, 415 for another content type, 400 for a
-malformed body, a missing or wrong field, more than ``max_images`` images or a file that is not an
-image; 413 also for an image of more than ``max_pixels`` pixels (checked from its header, before
-decoding), for more than ``max_request_pixels`` in one request and for an answer over
-``max_response_bytes``; 408 for a body not received within ``body_timeout`` seconds. Only the scorer file is read (``weights_only``); nothing else is loaded, and the server
-listens on the loopback interface unless ``host`` says otherwise.
+Shutdown (``anogan.deploy.server.DrainingServer``): SIGTERM or SIGINT, to the main process or its
+whole process group (``docker stop``, systemd), stops accepting connections, lets the requests in
+flight finish for up to ``drain_timeout`` seconds, answers those still unfinished with 503, stops
+every child process (the port is free), logs one line and exits 0.
 """
 
 from __future__ import annotations
@@ -56,9 +50,8 @@ import time
 from pathlib import Path
 
 from anogan.config.arguments import ServeConfig, parse_key_values
-from anogan.deploy.middleware import API_PATH, BadRequest, RequestGate, ScorerFileWatch, check_form, check_json
-from anogan.deploy.scorer_api import ScorerAPI
-from anogan.deploy.server import DrainingServer, build_server, stop_children
+from anogan.deploy.middleware import API_PATH
+from anogan.deploy.server import build_server, stop_children
 from anogan.utils.errors import ServeError, UserError
 
 try:  # the serve extra; without it the command line says what to install
@@ -66,21 +59,7 @@ try:  # the serve extra; without it the command line says what to install
 except ImportError:  # pragma: no cover - depends on the installation
     ls = None
 
-__all__ = [
-    "API_PATH",
-    "USAGE",
-    "BadRequest",
-    "DrainingServer",
-    "RequestGate",
-    "ScorerAPI",
-    "ScorerFileWatch",
-    "ServeConfig",
-    "build_server",
-    "check_form",
-    "check_json",
-    "main",
-    "stop_children",
-]
+__all__ = ["USAGE", "main"]
 
 log = logging.getLogger("anogan.deploy.serve")
 

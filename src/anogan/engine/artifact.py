@@ -83,7 +83,7 @@ SCHEMA = {
     "precision": str,
     "provenance": dict,
 }
-# Scorer files written before these reading rules existed were read so (anogan.data.images).
+# Scorer files written before these reading rules existed were read so (anogan.data.reading, anogan.data.images).
 PREPROCESS_DEFAULTS = {"alpha": "black", "downscale": "bilinear"}
 COMBINE_SCHEMA = {"components": list, "mean": torch.Tensor, "std": torch.Tensor, "log": torch.Tensor}
 DAMAGED = "the file was edited, cut short or mixed with another; copy the run's scorer.pt again or re-run train.py"

@@ -31,8 +31,6 @@ import itertools
 
 import torch
 
-from anogan.config.gan_options import NDA_TRANSFORMS, parse_nda  # noqa: F401  (re-exported: the names of model.nda)
-
 # the 23 orders of the 4 quarters other than the identity (quarter q at position perm[q])
 _JIGSAW_ORDERS = torch.tensor([p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3)])
 
