@@ -29,13 +29,13 @@ process and returns its result.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anogan.deploy.detector import COLUMNS, Detector, Predictions, trainer_settings
 from anogan.deploy.inputs import ImageInput, Images, ReadImage
 from anogan.engine.artifact import resolve_path
+from anogan.engine.pipeline import RunResult
 from anogan.utils.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -67,18 +67,7 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
 
 
 # ---------------------------------------------------------------------- training
-@dataclass
-class TrainResult:
-    """A finished run: its folder, its ``metrics.json`` (as a dict) and the value of
-    ``optimized_metric`` (default validation AUROC)."""
-
-    run_dir: Path
-    metrics: dict
-    objective: float
-
-    @property
-    def scorer_file(self) -> Path:
-        return self.run_dir / "scorer.pt"
+TrainResult = RunResult  # what anogan.fit returns: run_dir, metrics, metric, objective, scorer_file
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -140,4 +129,4 @@ def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
         HydraConfig.instance().cfg = previous
     if result is None:  # plan=true: nothing trained
         raise ConfigError("anogan.fit trains a run; plan=true only prints the plan: drop it, or run anogan train plan=true")
-    return TrainResult(folder, result.metrics, result.objective)
+    return result
