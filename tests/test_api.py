@@ -174,7 +174,7 @@ def test_unreadable_files_raise_or_are_skipped(fitted, evaluation, tmp_path):
     with pytest.raises(InputError, match="device='tpu'"):
         anogan.load(fitted.run_dir, device="tpu")
     # the same rule and words as the command lines' (anogan.config.arguments)
-    for key, bad in (("device", "tpu"), ("batch_size", 0), ("batch_size", True)):
+    for key, bad in (("device", "tpu"), ("batch_size", 0), ("batch_size", -2)):
         with pytest.raises(PredictError) as by_command_line:
             parse_args(["ckpt=run", "input=x", f"{key}={bad}".lower()])
         with pytest.raises(InputError) as by_api:

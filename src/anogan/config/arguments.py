@@ -59,7 +59,7 @@ class PredictConfig:
 
     ckpt: str = MISSING
     input: str = MISSING
-    threshold: str | None = option(None, THRESHOLD)  # fpr | f1 | youden | a number; null: the run's rule
+    threshold: str | None = option(None, THRESHOLD)  # fpr | f1 | youden | a finite number; null: the run's rule
     out: str | None = None
     maps: bool = False
     save_images: bool = False

@@ -128,12 +128,13 @@ def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor, target_fpr: float
 
 def resolve_threshold(thresholds: dict, rule: str | float) -> float:
     """The threshold a rule selects: ``fpr``, ``f1``, ``youden`` (names in ``fit_thresholds``'
-    result) or a finite number used as it is; ``rule`` as ``anogan.config.fields.parse_threshold``
-    reads it (a name in any case, a number or a string that parses as one).
+    result) or a number, used as it is (the calibration's own provisional rule is ``inf``). A
+    string is read by ``anogan.config.fields.parse_threshold`` (a name in any case, or a finite number).
 
-    Raises ``ThresholdRuleError`` (one line) for anything else (NaN, infinities, unknown names) or a
-    rule this run could not fit (F1 and Youden need anomalous validation images)."""
-    chosen = parse_threshold(rule)
+    Raises ``ThresholdRuleError`` (one line) for a string that is neither (``"nan"``, ``"median"``)
+    or a rule this run could not fit (F1 and Youden need anomalous validation images)."""
+    is_number = isinstance(rule, (int, float)) and not isinstance(rule, bool)
+    chosen = float(rule) if is_number else parse_threshold(rule)
     if isinstance(chosen, float):
         return chosen
     value = thresholds.get(chosen)
