@@ -12,9 +12,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import anogan
+from anogan.cli.predict import parse_args
 from anogan.data.reading import load_pixels, pixels_from_array
 from anogan.deploy.detector import COLUMNS
-from anogan.utils.errors import ConfigError, ImageError, InputError
+from anogan.engine.result import RunResult
+from anogan.utils.errors import ConfigError, ImageError, InputError, PredictError
 from conftest import tiny_overrides
 
 
@@ -55,6 +57,8 @@ def test_fit_returns_the_run_folder_and_its_metrics(fitted):
     from hydra.core.global_hydra import GlobalHydra
 
     assert fitted.run_dir.name == "run" and fitted.scorer_file.is_file()
+    assert anogan.TrainResult is RunResult and isinstance(fitted, RunResult)  # one result type: the pipeline's
+    assert fitted.scorer_file == fitted.run_dir / "scorer.pt" and fitted.metric == "val/auroc"
     assert fitted.metrics == json.loads((fitted.run_dir / "metrics.json").read_text())
     assert fitted.metrics["correction"] == "complexity"
     val_auroc = fitted.metrics["val"]["auroc"]
@@ -114,8 +118,12 @@ def test_predictions_table_maps_rules_and_warnings(fitted, evaluation):
     assert numbered.threshold == cut and list(numbered.column("label")) == [int(s >= cut) for s in numbered.column("score")]
     resized = [f"input[{i}]: resized from 40×48 to 32×32 (stretched to a square, bilinear, antialiased)" for i in (0, 1)]
     assert numbered.warnings == resized and list(numbered.column("notes")) == [w.split(": ", 1)[1] for w in resized]
-    inf = detector.predict(big, threshold=float("inf"))
-    assert list(inf.column("label")) == [0, 0] and len(inf.warnings) == 3 and "infinite" in inf.warnings[2]
+    assert detector.predict(big, threshold=" FPR ").threshold == detector.predict(big, threshold="fpr").threshold
+    for bad in ("nan", float("nan"), float("inf"), "-inf", True):
+        with pytest.raises(InputError, match=r"^threshold=.*: use fpr, f1, youden or a finite number$"):
+            detector.predict(big, threshold=bad)
+    with pytest.raises(InputError, match=r"^threshold='nan': use fpr, f1, youden or a finite number$"):
+        detector.predict(big, threshold="nan")
 
 
 def test_in_memory_images_follow_the_file_rules(tmp_path):
@@ -166,6 +174,13 @@ def test_unreadable_files_raise_or_are_skipped(fitted, evaluation, tmp_path):
             detector.predict(tmp_path / "good.png", **kwargs)
     with pytest.raises(InputError, match="device='tpu'"):
         anogan.load(fitted.run_dir, device="tpu")
+    # the same rule and words as the command lines' (anogan.config.arguments)
+    for key, bad in (("device", "tpu"), ("batch_size", 0), ("batch_size", -2)):
+        with pytest.raises(PredictError) as by_command_line:
+            parse_args(["ckpt=run", "input=x", f"{key}={bad}".lower()])
+        with pytest.raises(InputError) as by_api:
+            anogan.load(fitted.run_dir, **{key: bad})
+        assert str(by_api.value) == str(by_command_line.value), key
     with pytest.raises(ImageError):  # the reader's own error, wrapped by the API above
         pixels_from_array(np.zeros((3, 3), np.int64))
 

@@ -216,8 +216,11 @@ def test_threshold_rule_selection():
     t = fit_thresholds(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), torch.tensor([0, 0, 1, 0, 1, 1]), target_fpr=0.3)
     assert resolve_threshold(t, "fpr") == t["fpr"] and resolve_threshold(t, "f1") == 3.0 and resolve_threshold(t, "youden") == 3.0
     assert resolve_threshold(t, 2.5) == 2.5 and resolve_threshold(t, "2.5") == 2.5 and resolve_threshold(t, " youden ") == 3.0
-    with pytest.raises(ThresholdRuleError, match=r"threshold='median' is neither a rule \(fpr\|f1\|youden\) nor a number"):
+    with pytest.raises(ThresholdRuleError, match=r"^threshold='median': use fpr, f1, youden or a finite number$"):
         resolve_threshold(t, "median")
+    for bad in ("nan", "inf", " NaN "):
+        with pytest.raises(ThresholdRuleError, match="a finite number"):
+            resolve_threshold(t, bad)
     normal_only = fit_thresholds(torch.arange(1.0, 30.0), torch.zeros(29, dtype=torch.long))
     with pytest.raises(ThresholdRuleError, match="threshold=f1 needs anomalous validation images"):
         resolve_threshold(normal_only, "f1")

@@ -175,8 +175,15 @@ def test_bad_command_lines_say_what_is_wrong():
     args = parse_args(["ckpt=run", "input=x", "threshold=0.25", "save_images=true"])
     assert args["threshold"] == 0.25 and args["save_images"] is True
     assert parse_args(["ckpt=run", "input=x", "threshold=youden"])["threshold"] == "youden"
-    with pytest.raises(PredictError, match="use fpr, f1, youden or a number"):
+    with pytest.raises(PredictError, match="use fpr, f1, youden or a finite number"):
         parse_args(["ckpt=run", "input=x", "threshold=best"])
+    assert parse_args(["ckpt=run", "input=x", "threshold=' FPR '"])["threshold"] == "fpr"
+    for bad in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(PredictError) as refused:
+            parse_args(["ckpt=run", "input=x", f"threshold={bad}"])
+        assert str(refused.value).endswith(": use fpr, f1, youden or a finite number") and "\n" not in str(refused.value)
+    with pytest.raises(PredictError, match=r"^threshold='nan': use fpr, f1, youden or a finite number$"):
+        parse_args(["ckpt=run", "input=x", "threshold=nan"])
 
 
 def test_predict_errors_are_one_line_with_exit_code_2(tiny_run, tmp_path):

@@ -115,7 +115,7 @@ def test_metrics_with_anomalies_report_every_rule():
     assert by_youden["threshold"]["rule"] == "youden" and by_youden["test"]["threshold"] == t["youden"]
     fixed = compute_metrics(table, "none", threshold_rule=5.5, n_resamples=300)
     assert fixed["threshold"]["rule"] == "number" and fixed["test"]["threshold"] == 5.5
-    with pytest.raises(ThresholdRuleError, match="neither a rule"):
+    with pytest.raises(ThresholdRuleError, match="use fpr, f1, youden or a finite number"):
         compute_metrics(table, "none", threshold_rule="median")
 
 

@@ -313,7 +313,16 @@ def test_serve_command_line_errors_are_one_line(fitted_run, tmp_path, caplog):
         ([f"ckpt={fitted_run.run_dir}", "threshold=best"], "threshold='best'"),
         ([f"ckpt={fitted_run.run_dir}", "workers=0"], "workers=0"),
         ([f"ckpt={fitted_run.run_dir}", "drain_timeout=0"], "drain_timeout=0"),
-        ([f"ckpt={fitted_run.run_dir}", "batch_timeout=5", "timeout=1"], "use 0 <= batch_timeout < timeout"),
+        ([f"ckpt={fitted_run.run_dir}", "batch_timeout=5", "timeout=1"], "use batch_timeout < timeout"),
+        ([f"ckpt={fitted_run.run_dir}", "batch_timeout=nan"], "batch_timeout=nan: use a number of seconds >= 0"),
+        ([f"ckpt={fitted_run.run_dir}", "batch_timeout=-1"], "batch_timeout=-1.0: use a number of seconds >= 0"),
+        ([f"ckpt={fitted_run.run_dir}", "timeout=nan"], "timeout=nan: use a number of seconds > 0"),
+        ([f"ckpt={fitted_run.run_dir}", "timeout=inf"], "timeout=inf: use a number of seconds > 0"),
+        ([f"ckpt={fitted_run.run_dir}", "timeout=0"], "timeout=0.0: use a number of seconds > 0"),
+        ([f"ckpt={fitted_run.run_dir}", "port=70000"], "port=70000: use a whole number from 1 to 65535"),
+        ([f"ckpt={fitted_run.run_dir}", "port=0"], "port=0: use a whole number from 1 to 65535"),
+        ([f"ckpt={fitted_run.run_dir}", "threshold=nan"], "threshold='nan': use fpr, f1, youden or a finite number"),
+        ([f"ckpt={fitted_run.run_dir}", "threshold=inf"], "threshold='inf': use fpr, f1, youden or a finite number"),
     ]
     if not torch.cuda.is_available():
         cases.append(([f"ckpt={fitted_run.run_dir}", "device=cuda"], "device=cuda"))
@@ -322,6 +331,19 @@ def test_serve_command_line_errors_are_one_line(fitted_run, tmp_path, caplog):
         assert serve_main(argv) == 2, argv
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], (argv, errors)
+
+
+def test_serve_reads_a_threshold_as_predict_and_the_api_do(fitted_run):
+    """`` FPR `` (any case, spaces around) is the fpr rule; a number string is a float."""
+    from anogan.config.arguments import ServeConfig, parse_key_values
+    from anogan.deploy.serve import USAGE
+    from anogan.deploy.server import build_server
+    from anogan.utils.errors import ServeError
+
+    for given, expected in (("' FPR '", "fpr"), ("0.25", 0.25)):
+        cfg = parse_key_values([f"ckpt={fitted_run.run_dir}", f"threshold={given}", "device=cpu"], ServeConfig, USAGE, ServeError)
+        server = build_server(cfg)
+        assert server.lit_api.threshold == expected and server.model_metadata["rule"] == expected
 
 
 def test_a_6000_square_black_image_with_maps_is_bounded(server, fitted_run):

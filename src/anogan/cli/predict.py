@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from anogan.config.arguments import PredictConfig, parse_key_values
-from anogan.config.choices import THRESHOLD_RULES
+from anogan.config.fields import parse_threshold
 from anogan.data import notes as read_notes
 from anogan.deploy.api import Detector, load
 from anogan.engine.artifact import resolve_path
@@ -56,9 +56,8 @@ def parse_args(argv: list[str]) -> dict:
     """``key=value`` arguments (Hydra's override grammar, ``PredictConfig``) into ``predict``'s
     keyword arguments; ``PredictError`` (one line) on a bad one."""
     args = dict(parse_key_values(argv, PredictConfig, USAGE, PredictError))
-    if args["threshold"] is not None:  # a rule's name or a number (PredictConfig's rule)
-        t = str(args["threshold"]).strip().lower()
-        args["threshold"] = t if t in THRESHOLD_RULES else float(t)
+    if args["threshold"] is not None:  # checked by PredictConfig's rule: a rule's name or a finite number
+        args["threshold"] = parse_threshold(args["threshold"])
     return args
 
 

@@ -22,8 +22,20 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from anogan.config.choices import DEVICES, THRESHOLD_RULES
-from anogan.config.fields import Rule, among, find_problem, is_number, settings, type_name, whole_rule
+from anogan.config.choices import DEVICES
+from anogan.config.fields import (
+    THRESHOLD_WORDS,
+    Rule,
+    among,
+    find_problem,
+    is_number,
+    is_threshold,
+    is_whole,
+    refusal,
+    settings,
+    type_name,
+    whole_rule,
+)
 from anogan.utils.errors import UserError
 
 
@@ -32,20 +44,13 @@ def option(default: Any, check: Rule | None = None) -> Any:
     return field(default=default, metadata={"rule": check} if check is not None else {})
 
 
-def _threshold(value: object) -> bool:
-    if value is None:
-        return True
-    try:
-        float(str(value))
-    except ValueError:
-        return str(value).strip().lower() in THRESHOLD_RULES
-    return True
-
-
-THRESHOLD = Rule(_threshold, f"use {', '.join(THRESHOLD_RULES)} or a number")
+THRESHOLD = Rule(lambda v: v is None or is_threshold(v), THRESHOLD_WORDS)  # parse_threshold turns it into a name or a float
 DEVICE = among(DEVICES, "use auto, cpu or cuda")
+BATCH_SIZE = whole_rule(1, nullable=True)  # null: the run's mapping.batch_size
 AT_LEAST_ONE = whole_rule(1)
 SECONDS = Rule(lambda v: is_number(v) and v > 0, "use a number of seconds > 0")
+SECONDS_OR_ZERO = Rule(lambda v: is_number(v) and v >= 0, "use a number of seconds >= 0")
+PORT = Rule(lambda v: is_whole(v) and 1 <= v <= 65535, "use a whole number from 1 to 65535")
 
 
 @dataclass
@@ -54,12 +59,12 @@ class PredictConfig:
 
     ckpt: str = MISSING
     input: str = MISSING
-    threshold: str | None = option(None, THRESHOLD)  # fpr | f1 | youden | a number; null: the run's rule
+    threshold: str | None = option(None, THRESHOLD)  # fpr | f1 | youden | a finite number; null: the run's rule
     out: str | None = None
     maps: bool = False
     save_images: bool = False
     device: str = option("auto", DEVICE)
-    batch_size: int | None = option(None, whole_rule(1, nullable=True))  # null: the run's mapping.batch_size
+    batch_size: int | None = option(None, BATCH_SIZE)  # null: the run's mapping.batch_size
 
 
 @dataclass
@@ -67,12 +72,12 @@ class ServeConfig:
     """``anogan-serve``'s settings (``anogan.deploy.serve.USAGE``); MISSING: required."""
 
     ckpt: str = MISSING
-    port: int = option(8000, AT_LEAST_ONE)
+    port: int = option(8000, PORT)
     host: str = "127.0.0.1"  # loopback only; 0.0.0.0 listens on every interface
     device: str = option("auto", DEVICE)
     threshold: str | None = option(None, THRESHOLD)  # the run's rule when null
     max_batch_size: int = option(32, AT_LEAST_ONE)  # requests scored together
-    batch_timeout: float = 0.01  # seconds a batch waits to fill
+    batch_timeout: float = option(0.01, SECONDS_OR_ZERO)  # seconds a batch waits to fill
     max_images: int = option(64, AT_LEAST_ONE)  # images in one request
     max_bytes: int = option(20_000_000, AT_LEAST_ONE)  # size of one request's body
     max_pixels: int = option(40_000_000, AT_LEAST_ONE)  # pixels of one image (checked before it is decoded)
@@ -81,7 +86,7 @@ class ServeConfig:
     body_timeout: float = option(30.0, SECONDS)  # seconds to receive a request's whole body (408 after)
     drain_timeout: float = option(20.0, SECONDS)  # seconds the requests in flight get after SIGTERM/SIGINT (503 after)
     workers: int = option(1, AT_LEAST_ONE)  # inference processes
-    timeout: float = 300.0  # seconds before a request is answered 504 (a long latent search needs time)
+    timeout: float = option(300.0, SECONDS)  # seconds before a request is answered 504 (a long latent search needs time)
 
 
 @dataclass
@@ -124,5 +129,5 @@ def parse_key_values(argv: list[str], schema: type, usage: str, error: type[User
     if problem is not None and problem.kind == "missing":
         raise error(f"{problem.key}=... is required. {usage}")
     if problem is not None:
-        raise error(f"{problem.key}={problem.value!r}: {problem.allowed}")
+        raise error(refusal(problem.key, problem.value, problem.allowed))
     return cfg

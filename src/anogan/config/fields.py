@@ -11,6 +11,7 @@ one-line message to its caller (a config key, an entry of a file, an argument).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from omegaconf import MISSING, DictConfig, ListConfig
+
+from anogan.config.choices import THRESHOLD_RULES
+from anogan.utils.errors import ThresholdRuleError
 
 # A learning rate above this is refused: Adam moves every weight by up to lr per step, and the
 # networks' weights are O(0.01-1), so lr > 1 can only blow up (the recipes use 1e-4 to 1e-3).
@@ -109,6 +113,50 @@ def among(choices: tuple, allowed: str | None = None) -> Rule:
 
 def one_of(choices: tuple, allowed: str | None = None) -> Any:
     return declare(among(choices, allowed))
+
+
+def refusal(key: str, value: object, allowed: str) -> str:
+    """The one line for a value outside its rule: ``<key>=<value!r>: <allowed>``."""
+    return f"{key}={value!r}: {allowed}"
+
+
+def check(key: str, value: object, allowed: Rule, error: type[Exception]) -> None:
+    """Raise ``error`` (the :func:`refusal` line) unless ``allowed`` accepts ``value``."""
+    if not allowed.ok(value):
+        raise error(refusal(key, value, allowed.allowed))
+
+
+# ---------------------------------------------------------------------------------- threshold
+THRESHOLD_WORDS = f"use {', '.join(THRESHOLD_RULES)} or a finite number"
+
+
+def parse_threshold(value: object) -> str | float:
+    """A threshold as the user gives it: a rule's name (``fpr``, ``f1``, ``youden``; any case,
+    spaces around) or a finite number (an int, a float, or a string that parses as one). Returns the
+    name lower-cased or the number as a float. Raises ``ThresholdRuleError`` (one line:
+    "threshold=<value>: use fpr, f1, youden or a finite number") for anything else, NaN and
+    infinities included."""
+    number = math.nan
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in THRESHOLD_RULES:
+            return text
+        with contextlib.suppress(ValueError):  # not a number: NaN, refused below
+            number = float(text)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    if not math.isfinite(number):
+        raise ThresholdRuleError(refusal("threshold", value, THRESHOLD_WORDS))
+    return number
+
+
+def is_threshold(value: object) -> bool:
+    """Whether :func:`parse_threshold` accepts ``value``."""
+    try:
+        parse_threshold(value)
+    except ThresholdRuleError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------ declarations

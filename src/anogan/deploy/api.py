@@ -19,12 +19,12 @@ calibration) are documented there. ``fit`` runs the pipeline (``anogan.engine.pi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anogan.deploy.detector import Detector, Predictions
 from anogan.engine.artifact import resolve_path
+from anogan.engine.result import RunResult
 from anogan.utils.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -42,18 +42,7 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
 
 
 # ---------------------------------------------------------------------- training
-@dataclass
-class TrainResult:
-    """A finished run: its folder, its ``metrics.json`` (as a dict) and the value of
-    ``optimized_metric`` (default validation AUROC)."""
-
-    run_dir: Path
-    metrics: dict
-    objective: float
-
-    @property
-    def scorer_file(self) -> Path:
-        return self.run_dir / "scorer.pt"
+TrainResult = RunResult  # what anogan.fit returns: run_dir, metrics, metric, objective, scorer_file
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -115,4 +104,4 @@ def fit(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
         HydraConfig.instance().cfg = previous
     if result is None:  # plan=true: nothing trained
         raise ConfigError("anogan.fit trains a run; plan=true only prints the plan: drop it, or run anogan train plan=true")
-    return TrainResult(folder, result.metrics, result.objective)
+    return result

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.config.choices import DEVICES, THRESHOLD_RULES
+from anogan.config.arguments import BATCH_SIZE, DEVICE
+from anogan.config.choices import THRESHOLD_RULES
+from anogan.config.fields import check, parse_threshold
 from anogan.data import notes as read_notes
 from anogan.data.images import make_square, model_input_notes, to_model_input
 from anogan.data.splits import AnomalySplit
@@ -37,7 +39,7 @@ from anogan.engine.artifact import load_artifact
 from anogan.engine.inference import run_scorer
 from anogan.post_processing.calibration import Calibration
 from anogan.post_processing.scores import complexity
-from anogan.utils.errors import InputError
+from anogan.utils.errors import InputError, ThresholdRuleError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,8 +121,7 @@ class Predictions:
 def trainer_settings(device: str, precision: str) -> dict:
     """Trainer arguments for ``device`` (``auto`` | ``cpu`` | ``cuda``) in the run's precision
     (a 16-bit run scores in 32-bit on the CPU). Raises ``InputError`` for an unusable device."""
-    if device not in DEVICES:
-        raise InputError(f"device={device!r}: use auto, cpu or cuda")
+    check("device", device, DEVICE, InputError)
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda but this machine has no usable CUDA GPU: use device=cpu (or auto).")
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[device]
@@ -132,11 +133,14 @@ def trainer_settings(device: str, precision: str) -> dict:
 
 
 def check_rule(threshold: object) -> str | float | None:
-    if threshold is None or isinstance(threshold, str) and threshold in THRESHOLD_RULES:
-        return threshold
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and not math.isnan(threshold):
-        return float(threshold)
-    raise InputError(f"threshold={threshold!r}: use fpr, f1, youden or a number")
+    """``threshold`` as ``Calibration`` takes it: None (the run's rule), a rule's name or a float
+    (``anogan.config.fields.parse_threshold``). Raises ``InputError`` (one line) otherwise."""
+    if threshold is None:
+        return None
+    try:
+        return parse_threshold(threshold)
+    except ThresholdRuleError as err:
+        raise InputError(str(err)) from None
 
 
 class Detector:
@@ -151,9 +155,8 @@ class Detector:
     def __init__(self, artifact: Path, device: str = "auto", batch_size: int | None = None, data: bytes | None = None):
         self.artifact = Path(artifact)
         self.scorer, self.payload = load_artifact(self.artifact, data)  # data: the file's bytes, already read
+        check("batch_size", batch_size, BATCH_SIZE, InputError)
         if batch_size is not None:
-            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-                raise InputError(f"batch_size={batch_size!r}: use a whole number >= 1")
             self.scorer.hparams.batch_size = batch_size
         prep = self.payload["preprocess"]
         self.image_size, self.channels = int(prep["image_size"]), int(prep["channels"])
@@ -222,8 +225,8 @@ class Detector:
         dtypes, channel first), or a list of any of these. Colour and size are converted to the
         run's (``Detector.model_input``).
 
-        ``threshold``: ``fpr`` | ``f1`` | ``youden`` (a rule fitted on the run's validation split)
-        or a number; default the run's rule. ``maps``: add each image's anomaly map at its own size
+        ``threshold``: ``fpr`` | ``f1`` | ``youden`` (a rule fitted on the run's validation split;
+        any case, spaces around) or a finite number; default the run's rule. ``maps``: add each image's anomaly map at its own size
         (``True``) or at the model's resolution, S×S, before the resize policy is undone (``"model"``).
         ``reconstructions``: add G(z). ``errors``: ``"raise"`` (default) or ``"skip"`` for files
         that cannot be read (listed in ``Predictions.skipped``). ``progress``: show a progress bar.

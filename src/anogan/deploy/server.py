@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anogan.config.fields import parse_threshold
 from anogan.deploy.middleware import RequestGate, ScorerFileWatch
 from anogan.deploy.page import add_page, run_facts
 from anogan.deploy.scorer_api import ScorerAPI, finite_or_none
@@ -84,12 +85,11 @@ def build_server(cfg: DictConfig) -> Any:
     Raises ``ServeError`` / ``InputError`` / ``ArtifactError`` (one line) for a bad setting or file."""
     import torch
 
-    from anogan.deploy.detector import check_rule, trainer_settings
+    from anogan.deploy.detector import trainer_settings
     from anogan.engine.artifact import resolve_path
 
     artifact = resolve_path(cfg.ckpt)
-    threshold = parse_threshold(cfg.threshold)
-    check_rule(threshold)
+    threshold = None if cfg.threshold is None else parse_threshold(cfg.threshold)  # checked by ServeConfig's rule
     trainer_settings(cfg.device, "32-true")  # device=cuda without a GPU: one line now, not in the worker
     check_settings(cfg)
     data, st = read_scorer(artifact)
@@ -131,8 +131,8 @@ def build_server(cfg: DictConfig) -> Any:
 def check_settings(cfg: DictConfig) -> None:
     """The settings that involve two keys (each key's own range is ``ServeConfig``'s rule, checked when
     the command line is parsed): ``ServeError`` (one line naming both) otherwise."""
-    if cfg.batch_timeout < 0 or cfg.timeout <= cfg.batch_timeout:
-        raise ServeError(f"batch_timeout={cfg.batch_timeout}, timeout={cfg.timeout}: use 0 <= batch_timeout < timeout")
+    if cfg.batch_timeout >= cfg.timeout:
+        raise ServeError(f"batch_timeout={cfg.batch_timeout}, timeout={cfg.timeout}: use batch_timeout < timeout")
 
 
 def read_scorer(artifact: Path) -> tuple[bytes, os.stat_result]:
@@ -170,13 +170,3 @@ def model_metadata(artifact: Path, data: bytes, threshold: str | float | None) -
         "provenance": {k: str(v) for k, v in detector.provenance.items()},
         "run": run_facts(artifact),
     }
-
-
-def parse_threshold(value: str | float | None) -> str | float | None:
-    """The command line's ``threshold``: a number as a float, a rule name lower-cased, None as None."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return str(value).strip().lower()

@@ -37,9 +37,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anogan.config.choices import DOWNSCALES, RESOLVED_CORRECTIONS, THRESHOLD_RULES
+from anogan.config.choices import DOWNSCALES, RESOLVED_CORRECTIONS
 from anogan.config.data_schema import DataCommon, FolderData
-from anogan.config.fields import Problem, Rule, Setting, among, find_problem, has_type, setting, settings
+from anogan.config.fields import (
+    THRESHOLD_WORDS,
+    Problem,
+    Rule,
+    Setting,
+    among,
+    find_problem,
+    has_type,
+    is_threshold,
+    parse_threshold,
+    setting,
+    settings,
+)
 from anogan.config.gan_options import Model
 from anogan.config.schema import Threshold
 from anogan.config.scorer_schema import scorer_settings
@@ -66,7 +78,7 @@ SCHEMA = {
         "correction": Setting(str, among(RESOLVED_CORRECTIONS)),  # mapping.correction, "auto" resolved
         "threshold_rule": Setting(
             str | float,
-            Rule(lambda v: not isinstance(v, str) or v in THRESHOLD_RULES, f"use one of {', '.join(THRESHOLD_RULES)}"),
+            Rule(lambda v: is_threshold(v) and parse_threshold(v) == v, THRESHOLD_WORDS),  # as parse_threshold returns it
         ),
         "target_fpr": setting(Threshold, "target_fpr"),
         "thresholds": {k: float if k in ("fpr", "fpr_target", "fpr_observed") else float | None for k in THRESHOLD_KEYS},

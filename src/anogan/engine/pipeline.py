@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +30,7 @@ from anogan.engine import estimate
 from anogan.engine.artifact import FILENAME as ARTIFACT
 from anogan.engine.bookkeeping import PhaseClock, is_rank_zero, rank_zero_step
 from anogan.engine.hardware import resolve_precision, warn_if_slow_bf16
+from anogan.engine.result import RunResult
 from anogan.engine.run_folder import check_run_folder
 from anogan.engine.run_info import write_run_info
 from anogan.engine.stages import (
@@ -50,41 +50,6 @@ from anogan.utils.io import atomic_write_text
 
 log = logging.getLogger("anogan")
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)  # sweep job folder names
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A finished run, as its files say it: ``run_dir``; ``metrics``, what its metrics.json holds
-    (equal to ``json.loads`` of the file); ``metric``, the ``optimized_metric`` (``val/auroc``) and
-    ``objective``, its value (NaN where the run has none, e.g. no anomalous validation image);
-    ``scorer_file``, the path of its scorer.pt."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    metric: str
-    objective: float
-    scorer_file: Path
-
-    @property
-    def gan_source(self) -> str:
-        """Where the GAN came from: ``trained``, ``cache <key>``, ``weights <path>`` or ``checkpoint <path>``."""
-        return str(self.metrics["gan_source"])
-
-    @property
-    def gan_health(self) -> dict:
-        """The health check of the GAN's training (``ok``, ``warning``, ...; ``ok`` None where unknown)."""
-        return dict(self.metrics["gan_health"])
-
-    @property
-    def primary_score(self) -> str:
-        """The name of the score that scores.csv's ``score`` column and the thresholds use (``raw_score``, ...)."""
-        return str(self.metrics["primary_score"])
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        """Every warning the run logged about its result: calibration, weak detector, GAN health."""
-        health = self.gan_health.get("warning")
-        return (*self.metrics["warnings"], *([health] if health else []))
 
 
 def run(cfg: DictConfig) -> RunResult | None:

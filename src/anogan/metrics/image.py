@@ -25,7 +25,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
-from anogan.config.choices import THRESHOLD_RULES
+from anogan.config.fields import parse_threshold
 from anogan.metrics.stats import ScoresLike, _as_float64, _check_both_classes
 from anogan.utils.errors import CalibrationError, ThresholdRuleError
 
@@ -128,27 +128,21 @@ def fit_thresholds(scores: torch.Tensor, labels: torch.Tensor, target_fpr: float
 
 def resolve_threshold(thresholds: dict, rule: str | float) -> float:
     """The threshold a rule selects: ``fpr``, ``f1``, ``youden`` (names in ``fit_thresholds``'
-    result) or a number (float, or a string that parses as one, used as it is).
+    result) or a number, used as it is (the calibration's own provisional rule is ``inf``). A
+    string is read by ``anogan.config.fields.parse_threshold`` (a name in any case, or a finite number).
 
-    Raises ``ThresholdRuleError`` (one line) for an unknown name or a rule this run could not fit
-    (F1 and Youden need anomalous validation images)."""
-    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        return float(rule)
-    text = str(rule).strip()
-    if text in THRESHOLD_RULES:
-        value = thresholds.get(text)
-        if value is None:
-            raise ThresholdRuleError(
-                f"threshold={text} needs anomalous validation images, which this run has none of: use threshold=fpr or a number"
-            )
-        return float(value)
-    try:
-        value = float(text)
-    except ValueError:
-        raise ThresholdRuleError(f"threshold={text!r} is neither a rule ({'|'.join(THRESHOLD_RULES)}) nor a number") from None
-    if math.isnan(value):
-        raise ThresholdRuleError("threshold=nan is not a usable threshold")
-    return value
+    Raises ``ThresholdRuleError`` (one line) for a string that is neither (``"nan"``, ``"median"``)
+    or a rule this run could not fit (F1 and Youden need anomalous validation images)."""
+    is_number = isinstance(rule, (int, float)) and not isinstance(rule, bool)
+    chosen = float(rule) if is_number else parse_threshold(rule)
+    if isinstance(chosen, float):
+        return chosen
+    value = thresholds.get(chosen)
+    if value is None:
+        raise ThresholdRuleError(
+            f"threshold={chosen} needs anomalous validation images, which this run has none of: use threshold=fpr or a number"
+        )
+    return float(value)
 
 
 # ---------------------------------------------------------------------- metrics at a threshold

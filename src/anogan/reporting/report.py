@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anogan.config.choices import THRESHOLD_RULES
 from anogan.data.splits import after_setup
 from anogan.metrics.image import (
-    THRESHOLD_RULES,
     evaluate,
     fit_thresholds,
     one_class_metrics,
