@@ -7,7 +7,8 @@ A thin command line over the Python API (``anogan.deploy.api``: ``anogan.load(ck
 Everything comes from the one scorer file (``anogan.engine.artifact``): networks, scorer settings,
 preprocessing, the correction resolved on the run's validation split, the thresholds of every rule
 and the validation normals' scores for p-values. Images are read by the same reader as training
-(``anogan.data.images``, with the run's resize policy) and scored through the same path as the run's stage 2
+(``anogan.data.reading``, resized by ``anogan.data.images`` with the run's resize policy) and scored
+through the same path as the run's stage 2
 (``anogan.engine.inference.run_scorer``: ``Trainer.predict``), so an image of the run's evaluation set
 gets the score it got in the run. Arguments are read with Hydra's override grammar into a structured
 config (``PredictConfig``, ``anogan.config.arguments``).

@@ -2,8 +2,8 @@
 
 A ``Note`` is one thing done to an image that its file or array did not state: transparency
 flattened, a float range assumed, a 16-bit image that uses under 1/16 of its range, frames dropped,
-channels converted, a resize from another size or aspect (``KINDS``). ``anogan.data.images``
-makes them; every consumer says them the same way:
+channels converted, a resize from another size or aspect (``KINDS``). ``anogan.data.reading`` and
+``anogan.data.images`` make them; every consumer says them the same way:
 
 * one line per input, ``"<file or input[i]>: <note>; <note>"`` (``line``): ``predict.py``'s log,
   the CSV's ``notes`` column (the part after the colon), ``Predictions.warnings``, the server's
