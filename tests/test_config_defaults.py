@@ -15,12 +15,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from anogan.config.checks import check_config
+from anogan.config.fields import find_problem, refusal
 from anogan.config.schema import SCHEMAS, Config
 from anogan.utils.errors import ConfigError
-from conftest import CONF_DIR, small_nets, tiny_overrides
+from conftest import CONF_DIR, compose_config, small_nets, tiny_overrides
 
 
 def _copy_conf(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
@@ -40,6 +41,15 @@ def _copy_conf(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
 def _compose(conf: Path, overrides: list[str]):
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def config_refusal(overrides: list[str], node: str) -> str:
+    """The one line (``fields.refusal``) for the first value of the config node ``node`` that its
+    schema's rule refuses, in the config composed with ``overrides``."""
+    values = compose_config(overrides)[node]
+    problem = find_problem(values, OmegaConf.get_type(values), f"{node}.")
+    assert problem is not None and problem.kind == "value", problem
+    return refusal(problem.key, problem.value, problem.allowed)
 
 
 def _schemas() -> set[type]:
@@ -85,6 +95,15 @@ def test_the_gan_is_built_from_every_model_key():
     from anogan.models.gan import GAN
 
     assert set(inspect.signature(GAN).parameters) == {f.name for f in dataclasses.fields(Model)} - {"_target_"}
+
+
+def test_the_gans_fallback_divergence_and_health_are_confs_values():
+    """GAN(divergence=None, health=None) (a GAN built outside a run) uses conf/model/dcgan.yaml's values."""
+    from anogan.config.gan_options import DEFAULT_DIVERGENCE, DEFAULT_HEALTH
+
+    model = compose_config([]).model
+    assert OmegaConf.to_container(model.divergence) == DEFAULT_DIVERGENCE
+    assert OmegaConf.to_container(model.health) == DEFAULT_HEALTH
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 from anogan.data.cifar10 import CIFAR10AnomalyDataModule
-from anogan.data.duplicates import average_hash, duplicate_groups, pixel_digest
+from anogan.data.duplicates import average_hash, check_policy, duplicate_groups, pixel_digest
 from anogan.data.folder import FolderAnomalyDataModule
 from anogan.data.mvtec import MVTecDataModule
 from anogan.data.reading import load_pixels
 from anogan.utils.errors import DataError
 from conftest import write_tiny_cifar
+from test_config_defaults import config_refusal
 from test_mvtec import write_tiny_mvtec
 
 
@@ -207,5 +208,22 @@ def test_bad_duplicate_and_target_settings_name_the_key(override, message):
 
 
 def test_a_bad_policy_from_python_is_refused_at_setup(tmp_path):
-    with pytest.raises(DataError, match="data.duplicates='skip' is not a policy"):
+    with pytest.raises(DataError, match="data.duplicates='skip': use one of drop, refuse, keep"):
         FolderAnomalyDataModule(root=str(_folder(tmp_path)), image_size=32, duplicates="skip").setup()
+
+
+@pytest.mark.parametrize(
+    "policy,near,override",
+    [
+        ("skip", None, "data.duplicates=skip"),
+        ("drop", 40, "data.near_duplicates=40"),
+        ("drop", -1, "data.near_duplicates=-1"),
+    ],
+)
+def test_check_policy_refuses_with_the_configs_rule_and_words(policy, near, override):
+    """A policy or distance given from Python is refused with the same line as in a config."""
+    with pytest.raises(DataError) as caught:
+        check_policy(policy, near)
+    assert str(caught.value) == config_refusal(["data=folder", override], "data")
+    check_policy("keep", 0)
+    check_policy("refuse", None)

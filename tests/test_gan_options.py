@@ -21,8 +21,10 @@ from anogan.engine.selection import CheckpointSelection
 from anogan.models.augment import diff_augment
 from anogan.models.dcgan import Discriminator
 from anogan.models.gan import GAN, gradient_penalty
+from anogan.models.transforms import transform_count
 from anogan.utils.errors import DivergenceError, UserError
 from conftest import compose_config, tiny_overrides
+from test_config_defaults import config_refusal
 
 TINY = dict(latent_dim=16, image_size=32, g_width=8, d_width=8)
 ALL_OPTIONS = dict(
@@ -100,6 +102,19 @@ def test_bad_options_are_user_errors_naming_the_key(tiny_cifar, options, key):
         cfg.model.selection.every_n_epochs = options["selection"]["every_n_epochs"]
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "build,override",
+    [
+        (lambda: Discriminator(3, 32, 8, norm="group"), "model.d_norm=group"),
+        (lambda: transform_count("rotation"), "model.self_supervised=rotation"),
+    ],
+)
+def test_a_bad_norm_or_transform_set_from_python_is_refused_with_the_configs_line(build, override):
+    with pytest.raises(UserError) as caught:
+        build()
+    assert str(caught.value) == config_refusal([override], "model")
 
 
 # --- spectral norm ---------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image, features
 
-from anogan.data.images import PAD_FILL, make_square, read_image, to_model_input
+from anogan.data.images import PAD_FILL, check_resize, make_square, read_image, to_model_input
 from anogan.data.listing import list_images
 from anogan.data.reading import load_pixels
 from anogan.utils.errors import DataError, ImageError
+from test_config_defaults import config_refusal
 
 RNG = np.random.default_rng(0)
 
@@ -348,3 +349,11 @@ def test_pillow_warnings_while_reading_name_the_file(tmp_path, monkeypatch, capl
         assert load_pixels(path).shape == (40, 40, 3)
     assert not escaped  # Pillow's raw warning (naming no file) does not reach the user
     assert f"{path}: Image size (1600 pixels) exceeds limit" in caplog.text and "DecompressionBombWarning" in caplog.text
+
+
+def test_check_resize_refuses_with_the_configs_rule_and_words():
+    """A policy given from Python is refused with the same line as data.resize in a config."""
+    with pytest.raises(DataError) as caught:
+        check_resize("squash")
+    assert str(caught.value) == config_refusal(["data=folder", "data.resize=squash"], "data")
+    assert check_resize("pad") == "pad"

@@ -14,9 +14,10 @@ from anogan.cli.predict import predict
 from anogan.data import notes as read_notes
 from anogan.data.folder import FolderAnomalyDataModule
 from anogan.data.images import to_model_input
-from anogan.data.reading import read_array, read_pixels
+from anogan.data.reading import check_alpha, read_array, read_pixels
 from anogan.deploy.api import Detector
-from anogan.utils.errors import ImageError, InputError
+from anogan.utils.errors import DataError, ImageError, InputError
+from test_config_defaults import config_refusal
 
 SIZE = 32
 
@@ -296,3 +297,12 @@ def test_a_training_folder_counts_its_notes_once(tmp_path, caplog):
     assert dm.manifest["alpha"] == "white"
     lines = [r.getMessage() for r in caplog.records if "interpretation" in r.getMessage()]
     assert lines == ["4 of 14 images read with interpretation: 3 transparency, 1 resized; see splits.json read_notes"]
+
+
+@pytest.mark.parametrize("data", ["folder", "mvtec"])
+def test_check_alpha_refuses_with_the_configs_rule_and_words(data):
+    """A rule given from Python is refused with the same line as data.alpha in a config."""
+    with pytest.raises(DataError) as caught:
+        check_alpha("glow")
+    assert str(caught.value) == config_refusal([f"data={data}", "data.alpha=glow"], "data")
+    assert check_alpha("white") == "white"

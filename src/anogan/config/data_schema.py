@@ -19,11 +19,23 @@ from anogan.config.choices import (
     SYNTHETIC_METHODS,
     class_index,
 )
-from anogan.config.fields import fraction, is_number, is_whole, one_of, rule, whole
+from anogan.config.fields import Rule, among, declare, fraction, is_number, is_whole, one_of, rule, whole
 
 SUBSET_WORDS = "use null (all), a whole count >= 1 or a fraction in (0, 1]"
 ALPHA_WORDS = f"use one of {', '.join(ALPHA_RULES)} (transparent pixels: anogan.data.reading)"
 TARGET_FPR_WORDS = "use ${threshold.target_fpr} (the default), a fraction in (0, 1), or null"
+
+# The rules the data modules also apply at run time (``anogan.data.reading``, ``images``, ``duplicates``),
+# for values given from Python rather than a checked config.
+ALPHA_RULE = among(ALPHA_RULES, ALPHA_WORDS)
+RESIZE_RULE = among(RESIZE_POLICIES)
+DUPLICATES_RULE = among(
+    DUPLICATE_POLICIES, f"use one of {', '.join(DUPLICATE_POLICIES)} (a picture in two splits: anogan.data.duplicates)"
+)
+NEAR_DUPLICATES_RULE = Rule(
+    lambda v: v is None or (is_whole(v) and 0 <= v < HASH_BITS // 2),
+    f"use null (exact copies only) or a number of differing hash bits from 0 to {HASH_BITS // 2 - 1}, e.g. 2",
+)
 
 
 def _subset(value: object) -> bool:
@@ -56,14 +68,8 @@ class DataCommon:
     batch_size: int = whole(1)
     num_workers: int = whole(0)
     split_seed: int = MISSING
-    duplicates: str = one_of(
-        DUPLICATE_POLICIES,
-        f"use one of {', '.join(DUPLICATE_POLICIES)} (a picture in two splits: anogan.data.duplicates)",
-    )
-    near_duplicates: int | None = rule(
-        lambda v: v is None or (is_whole(v) and 0 <= v < HASH_BITS // 2),
-        f"use null (exact copies only) or a number of differing hash bits from 0 to {HASH_BITS // 2 - 1}, e.g. 2",
-    )
+    duplicates: str = declare(DUPLICATES_RULE)
+    near_duplicates: int | None = declare(NEAR_DUPLICATES_RULE)
 
 
 @dataclass
@@ -85,8 +91,8 @@ class FolderData(DataCommon):
     mask_dir: Any = MISSING
     normal_test_dir: str | None = MISSING
     normal_test_fraction: float = fraction()
-    resize: str = one_of(RESIZE_POLICIES)
-    alpha: str = one_of(ALPHA_RULES, ALPHA_WORDS)
+    resize: str = declare(RESIZE_RULE)
+    alpha: str = declare(ALPHA_RULE)
     max_batch_fraction: float | None = rule(
         lambda v: v is None or (is_number(v) and 0.0 < v <= 1.0), "use a fraction in (0, 1], or null for no cap"
     )
@@ -99,5 +105,5 @@ class MVTecData(DataCommon):
     category: str = MISSING
     synthetic_val_anomalies: str | None = one_of((None, *SYNTHETIC_METHODS), f"use null, {' or '.join(SYNTHETIC_METHODS)}")
     synthetic_val_fraction: float = fraction()
-    alpha: str = one_of(ALPHA_RULES, ALPHA_WORDS)
+    alpha: str = declare(ALPHA_RULE)
     target_fpr: float | None = rule(_target_fpr, TARGET_FPR_WORDS)

@@ -24,7 +24,11 @@ from anogan.config.choices import (
     TRANSFORM_SET_NAMES,
 )
 from anogan.config.fields import (
+    Rule,
     Setting,
+    among,
+    check,
+    declare,
     describe,
     find_problem,
     fraction,
@@ -72,9 +76,13 @@ def parse_nda(value: str | None) -> tuple[str, ...]:
 
 
 def check_discriminator_options(norm: str, spectral_norm: bool) -> None:
-    """Raise ``UserError`` naming the config key for an unknown norm or SN with BatchNorm."""
-    if norm not in D_NORMS:
-        raise UserError(f"model.d_norm={norm!r} is not allowed: use one of {', '.join(D_NORMS)}.")
+    """Raise ``UserError`` naming the config key for a norm the ``model.d_norm`` rule refuses
+    (``model.d_norm=<value>: use one of ...``) or SN with BatchNorm."""
+    check("model.d_norm", norm, D_NORM_RULE, UserError)
+    _check_spectral_norm(norm, spectral_norm)
+
+
+def _check_spectral_norm(norm: str, spectral_norm: bool) -> None:
     if spectral_norm and norm == "batch":
         raise UserError(
             "model.spectral_norm=true needs a discriminator without BatchNorm (Miyato et al. 2018): "
@@ -83,9 +91,9 @@ def check_discriminator_options(norm: str, spectral_norm: bool) -> None:
 
 
 def check_transform_set(name: str | None) -> None:
-    """Raise ``UserError`` naming ``model.self_supervised`` when ``name`` is not null or a known set."""
-    if name is not None and name not in TRANSFORM_SET_NAMES:
-        raise UserError(f"model.self_supervised={name!r} is not allowed: {_TRANSFORM_WORDS}.")
+    """Raise ``UserError`` with the ``model.self_supervised`` rule's one line
+    (``model.self_supervised=<value>: use null (off) or one of ...``) unless ``name`` is null or a known set."""
+    check("model.self_supervised", name, TRANSFORM_SET_RULE, UserError)
 
 
 _POLICY_WORDS = (
@@ -96,6 +104,8 @@ _NDA_WORDS = (
     "quoted on the command line: \"model.nda='jigsaw,cutout'\""
 )
 _TRANSFORM_WORDS = f"use null (off) or one of {', '.join(TRANSFORM_SET_NAMES)}"
+D_NORM_RULE: Rule = among(D_NORMS)
+TRANSFORM_SET_RULE: Rule = among((None, *TRANSFORM_SET_NAMES), _TRANSFORM_WORDS)
 
 
 def _parses(parse: Callable[[Any], object]) -> Callable[[Any], bool]:
@@ -165,13 +175,13 @@ class Model:
     objective: str = one_of(OBJECTIVES)
     gp_weight: float = non_negative("use a number >= 0 (Gulrajani et al. use 10)")
     critic_steps: int = whole(1)
-    d_norm: str = one_of(D_NORMS)
+    d_norm: str = declare(D_NORM_RULE)
     spectral_norm: bool = MISSING
     diffaugment: str | None = rule(_parses(parse_policy), _POLICY_WORDS)
     ema_decay: float | None = rule(
         lambda v: v is None or (isinstance(v, float) and 0.0 < v < 1.0), "use null (off) or a decay in (0, 1), e.g. 0.999"
     )
-    self_supervised: str | None = one_of((None, *TRANSFORM_SET_NAMES), _TRANSFORM_WORDS)
+    self_supervised: str | None = declare(TRANSFORM_SET_RULE)
     ss_weight_d: float = non_negative("use a number >= 0 (Chen et al. 2019: d 1.0, g 0.2)")
     ss_weight_g: float = non_negative("use a number >= 0 (Chen et al. 2019: d 1.0, g 0.2)")
     nda: str | None = rule(_parses(parse_nda), _NDA_WORDS)
@@ -199,7 +209,7 @@ def check_gan_options(model: Mapping) -> None:
             "model.gp_weight > 0 needs a per-image critic, and BatchNorm mixes the images of a batch: "
             "set model.d_norm=layer (Gulrajani et al.), instance or none."
         )
-    check_discriminator_options(d_norm, bool(model["spectral_norm"]))
+    _check_spectral_norm(d_norm, bool(model["spectral_norm"]))  # d_norm's own rule: find_problem above
 
 
 _NESTED = ("divergence", "health", "selection")

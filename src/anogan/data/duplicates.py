@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.config.choices import DUPLICATE_POLICIES as POLICIES
-from anogan.config.choices import HASH_BITS
+from anogan.config.data_schema import DUPLICATES_RULE, NEAR_DUPLICATES_RULE
+from anogan.config.fields import check
 from anogan.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,10 @@ SPLIT_ORDER = ("train", "val", "test")
 
 
 def check_policy(policy: str, near_duplicates: int | None) -> None:
-    """``DataError`` naming ``data.duplicates`` / ``data.near_duplicates`` for a value outside their choices."""
-    if policy not in POLICIES:
-        raise DataError(f"data.duplicates={policy!r} is not a policy: use one of {', '.join(POLICIES)}.")
-    if near_duplicates is not None and (
-        isinstance(near_duplicates, bool) or not isinstance(near_duplicates, int) or not 0 <= near_duplicates < HASH_BITS // 2
-    ):
-        raise DataError(
-            f"data.near_duplicates={near_duplicates!r}: use null (exact duplicates only) or a number of differing "
-            f"hash bits from 0 to {HASH_BITS // 2 - 1} (e.g. 2 for JPEG re-encodings)."
-        )
+    """``DataError`` with the config rule's one line (``data.duplicates=<value>: ...`` /
+    ``data.near_duplicates=<value>: ...``) for a value that rule refuses."""
+    check("data.duplicates", policy, DUPLICATES_RULE, DataError)
+    check("data.near_duplicates", near_duplicates, NEAR_DUPLICATES_RULE, DataError)
 
 
 def pixel_digest(pixels: np.ndarray) -> bytes:

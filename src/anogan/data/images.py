@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogan.config.choices import RESIZE_POLICIES
+from anogan.config.data_schema import RESIZE_RULE
+from anogan.config.fields import check
 from anogan.data.duplicates import pixel_digest
 from anogan.data.notes import Note
 from anogan.data.reading import (
@@ -54,9 +55,9 @@ PAD_FILL = 0  # the value of the border that ``pad`` adds (black), in every chan
 
 
 def check_resize(resize: str) -> str:
-    """``resize`` if it is a known policy, else ``DataError`` naming ``data.resize`` and the choices."""
-    if resize not in RESIZE_POLICIES:
-        raise DataError(f"data.resize={resize!r} is not a policy: use one of {', '.join(RESIZE_POLICIES)}.")
+    """``resize`` if the config's ``data.resize`` rule allows it, else ``DataError`` with that rule's
+    one line (``data.resize=<value>: use one of ...``)."""
+    check("data.resize", resize, RESIZE_RULE, DataError)
     return resize
 
 

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from anogan.config.choices import ALPHA_RULES
+from anogan.config.data_schema import ALPHA_RULE
+from anogan.config.fields import check
 from anogan.data.notes import Note
 from anogan.utils.errors import DataError, ImageError
 
@@ -52,9 +53,9 @@ GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 def check_alpha(alpha: str) -> str:
-    """``alpha`` if it is a known rule, else ``DataError`` naming ``data.alpha`` and the choices."""
-    if alpha not in ALPHA_RULES:
-        raise DataError(f"data.alpha={alpha!r} is not a rule: use one of {', '.join(ALPHA_RULES)}.")
+    """``alpha`` if the config's ``data.alpha`` rule allows it, else ``DataError`` with that rule's
+    one line (``data.alpha=<value>: use one of ...``)."""
+    check("data.alpha", alpha, ALPHA_RULE, DataError)
     return alpha
 
 
