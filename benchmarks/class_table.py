@@ -81,6 +81,16 @@ def table(rows: list[dict]) -> str:
     out.append(
         f"| **mean of {n}** | | {statistics.mean(means['val']):.3f} | **{statistics.mean(means['test']):.3f}** | {cx_mean} | | | |"
     )
+    per_seed = {
+        seed: statistics.mean(r["test_auroc"] for r in rows if r["seed"] == seed)
+        for seed in sorted({r["seed"] for r in rows})
+        if {r["normal_class"] for r in rows if r["seed"] == seed} == {r["normal_class"] for r in rows}
+    }
+    if len(per_seed) > 1:  # the spread of the class mean between seeds that cover every class
+        spread = ", ".join(f"seed {s}: {m:.3f}" for s, m in per_seed.items())
+        out.append(f"\nmean test AUROC over the {n} classes, per seed: {spread}; {_mean_sd(list(per_seed.values()))}")
+    if len({str(r["test_subset"]) for r in rows}) > 1:
+        out.append("\nwarning: the runs were scored on different test sets (data.test_subset differs)")
     return "\n".join(out)
 
 

@@ -3,6 +3,7 @@ and MVTec AD only list their rows; the seeded subsets, the both-classes check, t
 entries and the calibration warning are one piece of code that behaves the same for all three."""
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -34,6 +35,26 @@ def roots(tiny_cifar, tmp_path_factory):
     return {"cifar": tiny_cifar, "folder": folder, "mvtec": write_tiny_mvtec(tmp_path_factory.mktemp("mvtec"))}
 
 
+@contextmanager
+def records_of(name: str, level: int):
+    """The records the logger ``name`` emits inside the block, caught by a handler on that logger itself
+    (independent of what other tests did to handlers, propagation or levels above it)."""
+    logger = logging.getLogger(name)
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = caught.append  # type: ignore[method-assign]
+    before = (logger.level, logger.disabled)
+    logger.setLevel(level)
+    logger.disabled = False
+    logger.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.disabled = before[1]
+
+
 def make(kind, roots, **kw):
     if kind == "cifar":
         return CIFAR10AnomalyDataModule(root=str(roots[kind]), download=False, verify_checksums=False, image_size=32, **kw)
@@ -61,10 +82,10 @@ def test_a_split_without_both_classes_is_refused_by_the_one_check_with_the_modul
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_subsets_are_the_same_seeded_stratified_draw_for_every_module(kind, roots, caplog):
+def test_subsets_are_the_same_seeded_stratified_draw_for_every_module(kind, roots):
     full = make(kind, roots, split_seed=3)
     full.setup()
-    with caplog.at_level(logging.INFO, logger=LOGGER[kind]):
+    with records_of(LOGGER[kind], logging.INFO) as records:
         small = make(kind, roots, split_seed=3, val_subset=4, test_subset=0.5)
         small.setup()
     for split, size, seed in (("val", 4, 5), ("test", 0.5, 6)):  # split_seed + 2, split_seed + 3
@@ -75,36 +96,33 @@ def test_subsets_are_the_same_seeded_stratified_draw_for_every_module(kind, root
         assert small.manifest["splits"][split]["ids"] == expected.tolist()
     assert small.manifest["splits"]["train"] == full.manifest["splits"]["train"]  # training is never subset
     sizes = {k: v["size"] for k, v in small.manifest["splits"].items()}
-    assert [r.getMessage() for r in caplog.records if r.name == LOGGER[kind] and r.getMessage().startswith("splits:")] == [
-        f"splits: {sizes}"
-    ]
+    assert [r.getMessage() for r in records if r.getMessage().startswith("splits:")] == [f"splits: {sizes}"]
 
 
 @pytest.mark.parametrize("kind", ["folder", "mvtec"])
-def test_too_few_validation_normals_for_the_target_rate_warn_once_with_the_modules_fix(kind, roots, caplog, monkeypatch):
+def test_too_few_validation_normals_for_the_target_rate_warn_once_with_the_modules_fix(kind, roots, monkeypatch):
     fix = {"folder": "raise data.normal_test_fraction or data.val_fraction", "mvtec": "raise data.val_fraction"}[kind]
-    with caplog.at_level(logging.WARNING, logger=LOGGER[kind]):
+    with records_of(LOGGER[kind], logging.WARNING) as records:
         dm = make(kind, roots, target_fpr=0.05)
         dm.setup()
     n = dm.manifest["splits"]["val"]["normal"]
     assert 0 < n < 19
     assert dm.manifest["calibration"] == {"target_fpr": 0.05, "val_normals": n, "min_val_normals": 19, "reachable": False}
-    warned = [r.getMessage() for r in caplog.records if r.name == LOGGER[kind] and "threshold.target_fpr" in r.getMessage()]
+    warned = [r.getMessage() for r in records if "threshold.target_fpr" in r.getMessage()]
     assert len(warned) == 1 and f"Fix: {fix}, add normal images" in warned[0]
     assert warned[0].startswith(f"the validation split holds {n} normal images; threshold.target_fpr=0.05 needs at least 19")
 
-    caplog.clear()
     monkeypatch.setattr(splits, "calibration_warning", lambda n, target, fix: f"one warning: {n} {target} ({fix})")
-    with caplog.at_level(logging.WARNING, logger=LOGGER[kind]):
+    with records_of(LOGGER[kind], logging.WARNING) as records:
         make(kind, roots, target_fpr=0.05).setup()
-    assert f"one warning: {n} 0.05 ({fix})" in caplog.text
+    assert f"one warning: {n} 0.05 ({fix})" in [r.getMessage() for r in records]
 
 
-def test_cifar_has_no_target_rate_so_no_calibration_entry_and_no_warning(roots, caplog):
-    with caplog.at_level(logging.WARNING, logger=LOGGER["cifar"]):
+def test_cifar_has_no_target_rate_so_no_calibration_entry_and_no_warning(roots):
+    with records_of(LOGGER["cifar"], logging.WARNING) as records:
         dm = make("cifar", roots)
         dm.setup()
-    assert "calibration" not in dm.manifest and "target_fpr" not in caplog.text
+    assert "calibration" not in dm.manifest and not [r for r in records if "target_fpr" in r.getMessage()]
     assert list(dm.manifest) == [
         "dataset",
         "protocol",
