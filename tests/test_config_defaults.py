@@ -148,7 +148,7 @@ def test_a_default_changed_in_conf_reaches_the_config_the_objects_the_scorer_fil
     scorer = instantiate(cfg.mapping, generator=g, discriminator=d, seed=cfg.seed, _convert_="all")
     assert (scorer.hparams.iterations, scorer.hparams.map_sigma) == (2, 0.5)
 
-    monkeypatch.setattr(anogan, "conf_dir", lambda: str(conf))  # anogan.fit composes the copy
+    monkeypatch.setattr(anogan.config.paths, "conf_dir", lambda: str(conf))  # anogan.fit composes the copy
     result = anogan.fit(overrides, run_dir=tmp_path / "run")
     run = Path(result.run_dir)
     payload = read_artifact(run / "scorer.pt")

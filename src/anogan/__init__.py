@@ -5,19 +5,11 @@ The Python API (``anogan.deploy.api``, imported on first use so ``import anogan`
 ``anogan.fit(overrides) -> TrainResult``.
 """
 
-from pathlib import Path
+from anogan.config.paths import conf_dir
 
 __version__ = "0.2.0"
 __all__ = ["ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "conf_dir", "fit", "load"]
 _API = ("ConfigError", "Detector", "InputError", "Predictions", "TrainResult", "fit", "load")
-
-
-def conf_dir() -> str:
-    """The Hydra config folder: ``conf/`` of a checkout, else the ``anogan/conf`` an installed wheel ships."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "config.yaml").is_file():
-        return str(checkout)
-    return str(Path(__file__).resolve().parent / "conf")
 
 
 def __getattr__(name: str) -> object:

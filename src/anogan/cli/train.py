@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from anogan import conf_dir
+from anogan.config.paths import conf_dir
 from anogan.config.schema import explain_composition_error
 from anogan.engine.bookkeeping import is_rank_zero
 from anogan.engine.pipeline import run

@@ -54,7 +54,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from anogan import conf_dir
+    from anogan.config.paths import conf_dir
     from anogan.config.schema import explain_composition_error  # also registers the config schemas
 
     if GlobalHydra.instance().is_initialized():
