@@ -84,24 +84,9 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     Raises:
         WriteError: an ``OSError`` while creating, writing or renaming (the target is untouched).
     """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = _temp_file_next_to(path)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        raise WriteError(describe_os_error(err, path)) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    _fsync_folder(path.parent)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+    return Path(path)
 
 
 @contextlib.contextmanager
