@@ -48,6 +48,9 @@ def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny
         assert abs(float(r["score"]) - raw / c) <= 1e-6 * float(r["score"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["primary_score"] == "complexity_corrected"
+    cpu = metrics["cpu_time_s"]  # CPU seconds of the same phases as the wall times
+    assert set(cpu) == set(metrics["wall_time_s"]) == {"gan", "scoring", "total"}
+    assert all(v >= 0 for v in cpu.values()) and cpu["total"] > 0 and cpu["total"] >= cpu["gan"]
     components = metrics["test_components_auroc"]
     assert metrics["test"]["auroc"] == components["complexity_corrected"]
     test = [r for r in rows if r["split"] == "test"]
@@ -59,7 +62,8 @@ def test_complexity_correction_is_the_primary_score_and_the_raw_one_is_kept(tiny
     proc = subprocess.run([sys.executable, "-m", "anogan.reporting.report", str(run)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((run / "metrics.json").read_text())
-    assert again["wall_time_s"] == metrics["wall_time_s"] and again["primary_score"] == "complexity_corrected"
+    assert again["wall_time_s"] == metrics["wall_time_s"] and again["cpu_time_s"] == cpu
+    assert again["primary_score"] == "complexity_corrected"
     for key in ("auroc", "ap", "f1"):
         assert abs(again["test"][key] - metrics["test"][key]) < 1e-6
     for key, value in components.items():

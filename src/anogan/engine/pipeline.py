@@ -87,7 +87,8 @@ def run(cfg: DictConfig) -> RunResult | None:
     scorer_file = save_scorer(cfg, scorer, calibration, run_dir, gan.source)
     metrics = write_report(results, datamodule, scorer, calibration, run_dir, writer)  # scores.csv, figures
     metrics.update(gan_metrics(gan, writer))
-    metrics.update(scorer_file=ARTIFACT, wall_time_s=clock.wall_time_s(), images_scored=len(results["score"]))
+    metrics.update(scorer_file=ARTIFACT, wall_time_s=clock.wall_time_s(), cpu_time_s=clock.cpu_time_s())
+    metrics.update(images_scored=len(results["score"]))
     metrics = write_metrics(run_dir, metrics)
     log_hparams(cfg, metrics, loggers)
     value = metrics[split].get(name)

@@ -382,7 +382,7 @@ def rereport(run_dir: Path) -> dict:
         target_fpr=threshold.get("fpr_target", 0.05),
         threshold_rule=threshold["value"] if rule == "number" else rule,
     )
-    # what scores.csv cannot give back (pixel metrics need the maps; wall times, the scorer file) is kept
+    # what scores.csv cannot give back (pixel metrics need the maps; wall and CPU times, the scorer file) is kept
     metrics = {**old, **metrics}
     kept = [w for w in old.get("warnings", []) if not w.startswith(WEAK_PREFIX)]  # the calibration's
     metrics["warnings"] = [*kept, *weak_detector_warnings(metrics)]
