@@ -120,10 +120,25 @@ def test_state_round_trip_gives_identical_outputs_and_buffers_travel():
     assert {"normal_scores", "rule_thresholds", "threshold"} <= set(dict(cal.named_buffers()))
 
 
+def test_a_log_scaled_component_that_barely_varies_is_divided_by_the_floor_not_by_its_spread():
+    """A component near 308 that varies by 1e-5 relative over the normals (an untrained 72-way head):
+    its z-score divides by LOG_STD_FLOOR, so a float32 rounding of the component (3e-5, 1e-7 in log) moves
+    the combined score by 1e-5, not by 0.1 (its own spread, 1e-6 in log)."""
+    from anogan.post_processing.calibration import LOG_STD_FLOOR
+
+    components, c, labels = _validation()
+    flat = 308.0 + 1e-3 * torch.rand(len(labels), generator=torch.Generator().manual_seed(1))
+    components = {**components, "flat": flat.double()}
+    cal = Calibration.fit(components, c, labels, combine=["flat", "residual"])
+    assert cal.combine_std[0] == LOG_STD_FLOOR and cal.combine_std[1] > LOG_STD_FLOOR
+    nudged = {**components, "flat": components["flat"] + 3e-5}
+    assert (cal(nudged, c)["raw_score"] - cal(components, c)["raw_score"]).abs().max() < 1e-5
+
+
 def test_complexity_of_model_input_equals_that_of_the_uint8_images():
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8))
     x = images.float().div(127.5).sub(1.0)  # what the scorer sees
-    assert torch.allclose(complexity_of_model_input(x), complexity(images), rtol=1e-6, atol=0)
+    assert torch.allclose(complexity_of_model_input(x), complexity(images), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("n_normal,warned", [(14, True), (18, True), (19, False)])

@@ -75,13 +75,28 @@ def test_coverage_radius_is_the_largest_nearest_distance():
     assert coverage_radius(bank, bank[:2]) == pytest.approx(1.0)
 
 
-def test_plan_estimates_the_memory_bank_and_the_scoring_with_its_banks(tiny_cifar, tmp_path, caplog):
-    overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="dfeatures") + ["plan=true", "mapping.patch_bank_size=500"]
+@pytest.mark.parametrize(
+    ("options", "image_bank", "cell_bank"),
+    [
+        ([], r"18 \(all\)", r"500 \(greedy\)"),
+        (
+            ["mapping.bank_size=10", "mapping.coreset_projection=8"],
+            r"10 \(greedy, distances in 8 projected dims\)",
+            r"500 \(greedy, distances in 8 projected dims\)",
+        ),
+        (["mapping.bank_size=10", "mapping.coreset=random"], r"10 \(random\)", r"500 \(random\)"),
+    ],
+    ids=["greedy", "greedy_projected", "random"],
+)
+def test_plan_estimates_the_memory_bank_and_the_scoring_with_its_banks(
+    tiny_cifar, tmp_path, caplog, options, image_bank, cell_bank
+):
+    overrides = tiny_overrides(tiny_cifar, tmp_path, mapping="dfeatures") + ["plan=true", "mapping.patch_bank_size=500", *options]
     with caplog.at_level(logging.INFO, logger="anogan"):
         train_in_process(overrides)
     lines = [r.getMessage() for r in caplog.records if r.name == "anogan.engine.estimate"]
-    # 18 training images (tests/test_progress.py); 8×8 cells of 2·d_width = 16 channels each at 32 px
-    want = r"estimate: memory bank: 18 image vectors × 32 → 18 \(all\); 1,152 cells × 16 → 500 \(greedy\) ≈ \S+ on this CPU"
+    # 18 training images (tests/test_progress.py); 8×8 cells of 2·d_width = 16 channels each at 32 px (image vectors: 32)
+    want = rf"estimate: memory bank: 18 image vectors × 32 → {image_bank}; 1,152 cells × 16 → {cell_bank} ≈ \S+ on this CPU"
     assert any(re.fullmatch(want, m) for m in lines), lines
     assert any(re.fullmatch(r"estimate: scoring: 120 images \(D-feature kNN .*\) ≈ \S+ on this CPU", m) for m in lines), lines
     assert not any("not estimated" in m for m in lines) and any(m.startswith("estimate: total ≈") for m in lines)

@@ -81,7 +81,7 @@ def test_complexity_and_the_corrected_score_on_known_images():
     stripes = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
     stripes[..., :, 1::2] = 255  # every horizontal neighbour differs by 1.0, vertical ones by 0
     c = complexity(torch.cat([flat, stripes]))
-    assert torch.allclose(c, torch.tensor([0.0, 1.0]))
+    assert c.dtype == torch.float64 and torch.allclose(c, torch.tensor([0.0, 1.0], dtype=torch.float64))
     raw = torch.tensor([3.0, 3.0])
     assert torch.equal(primary_score(raw, c, "none"), raw.double())
     corrected = primary_score(raw, c, "complexity")

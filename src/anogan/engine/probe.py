@@ -198,7 +198,9 @@ def bank_seconds(scorer: DFeatureScorer, n_images: int, channels: int, size: int
     what = []
     for plan in scorer.bank_plan(n_images):
         name = "image vectors" if plan["name"] == "bank" else "cells"
-        what.append(f"{plan['rows']:,} {name} × {plan['dim']} → {plan['kept']:,} ({plan['method']})")
+        projected = f", distances in {plan['selection_dim']} projected dims" if plan["selection_dim"] < plan["dim"] else ""
+        method = f"{plan['method']}{projected}" if plan["method"] == "greedy" else plan["method"]
+        what.append(f"{plan['rows']:,} {name} × {plan['dim']} → {plan['kept']:,} ({method})")
         if plan["method"] == "greedy":
             seconds += coreset_seconds(plan["rows"], plan["selection_dim"], plan["kept"])
     return seconds, "; ".join(what)

@@ -9,8 +9,10 @@ buffers, so they move with the module and are traced into the graph). What it ho
   ``["residual", "discrimination"]``) whose standardised sum is the raw score. Each component is
   first put on a log scale when it is positive on every validation normal (``log(max(c, 1e-30))``;
   otherwise left as it is), then z-scored with the mean and standard deviation of the
-  **validation normals** (a zero deviation counts as 1). Without ``combine`` the raw score is the
-  scorer's own ``score``.
+  **validation normals** (a zero deviation counts as 1; on the log scale, a deviation under
+  ``LOG_STD_FLOOR`` counts as that floor: a component that varies by less than 1% over the normals
+  would otherwise multiply float rounding, about 1e-7 relative, into the score). Without ``combine``
+  the raw score is the scorer's own ``score``.
 - ``correction``: ``none``, ``complexity`` (raw / input complexity, Serrà et al., ICLR 2020;
   ``anogan.post_processing.scores``) or ``times_complexity`` (raw · complexity); ``auto`` is resolved at fitting
   time to whichever ranks validation best. With ``combine`` the correction acts in the same
@@ -40,14 +42,18 @@ from anogan.utils.errors import CalibrationError
 
 THRESHOLD_KEYS = ("fpr", "fpr_target", "fpr_observed", "f1", "f1_value", "youden", "youden_value")
 LOG_FLOOR = 1e-30
-LOG_COMPLEXITY_STD_FLOOR = 0.01  # the smallest spread of log complexity the combined correction divides by
+LOG_STD_FLOOR = 0.01  # the smallest spread of a log-scaled component or of log complexity a combined score divides by
 
 
 def complexity_of_model_input(x: torch.Tensor) -> torch.Tensor:
-    """Input complexity (``anogan.post_processing.scores.complexity``) of model inputs x (N×C×S×S in [-1, 1]):
-    (x + 1) / 2 is uint8 / 255, so this equals the complexity of the uint8 images up to float
-    rounding (about 1e-7 relative). Traceable: the exported graph computes it from its input."""
-    return neighbour_difference((x.float() + 1) / 2)
+    """Input complexity (``anogan.post_processing.scores.complexity``) of model inputs x (N×C×S×S in
+    [-1, 1], uint8 / 127.5 − 1), float64 (N,): the uint8 values are recovered by rounding
+    (x + 1) · 127.5 (exact for such inputs; other values count as the nearest grey level), then the
+    same float64 formula, so it equals the complexity of the uint8 images up to summation order
+    (about 1e-15 relative; in float32 the two differed by up to 7e-7, which the z-scored log
+    complexity of a combined score multiplies by up to 1 / ``LOG_STD_FLOOR``).
+    Traceable: the exported graph computes it from its input."""
+    return neighbour_difference(((x.double() + 1) * 127.5).round() / 255.0)
 
 
 def primary_score(
@@ -184,11 +190,11 @@ class Calibration(nn.Module):
             log = (stacked > 0).all(0)
             stacked = torch.where(log, stacked.clamp_min(LOG_FLOOR).log(), stacked)
             mean, std = stacked.mean(0), stacked.std(0, correction=0)
-            std = torch.where(std > 0, std, torch.ones_like(std))
+            std = torch.where(log, std.clamp_min(LOG_STD_FLOOR), torch.where(std > 0, std, torch.ones_like(std)))
             log_c = torch.as_tensor(complexity).double().flatten()[normal].clamp_min(COMPLEXITY_FLOOR).log()
-            # a spread under LOG_COMPLEXITY_STD_FLOOR counts as that floor: near-identical complexities
-            # must not amplify float rounding (ONNX's float32 complexity) into the score
-            c_std = log_c.std(correction=0).clamp_min(LOG_COMPLEXITY_STD_FLOOR)
+            # a spread under LOG_STD_FLOOR counts as that floor: near-identical complexities
+            # must not turn rounding differences into large score differences
+            c_std = log_c.std(correction=0).clamp_min(LOG_STD_FLOOR)
             stats = torch.stack([log_c.mean(), c_std])
         provisional = cls("none", math.inf, target_fpr, {}, torch.zeros(0), combine, mean, std, log, stats if combine else None)
         raw = provisional.raw_score(components)

@@ -51,10 +51,15 @@ def neighbour_difference(x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def complexity(images_uint8: torch.Tensor) -> torch.Tensor:
+def complexity(images_uint8: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels, in [0, 2]: the simplest measure of
-    input complexity (low = plain image). Also a baseline that knows nothing of the normal class."""
-    return neighbour_difference(images_uint8.float() / 255.0)
+    input complexity (low = plain image). Also a baseline that knows nothing of the normal class.
+    Float64 (N,), computed ``chunk`` images at a time: exact up to summation order (about 1e-16
+    relative), so the exported graph, which computes it from its input
+    (``anogan.post_processing.calibration.complexity_of_model_input``), gives the same values."""
+    if not len(images_uint8):
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([neighbour_difference(part.double() / 255.0) for part in images_uint8.split(chunk)])
 
 
 def corrected_score(raw: torch.Tensor, image_complexity: torch.Tensor) -> torch.Tensor:
