@@ -113,7 +113,7 @@ def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray], cal
     within ``MAX_RELATIVE_DIFFERENCE`` (on the same scale) of a validation normal's score or of the
     threshold (a tie that float rounding can tip); any other difference raises ``ExportError``."""
     normals, threshold = calibration.normal_scores.numpy(), float(calibration.threshold)
-    spread = max(float(np.std(normals)) if len(normals) > 1 else 0.0, 1e-6)
+    spread = normal_spread(normals)
     diff = max(float(np.max(np.abs(got[k] - want[k]) / np.maximum(np.abs(want[k]), spread))) for k in ("score", "raw_score"))
     if "anomaly_map" in want:
         diff = max(
@@ -175,6 +175,12 @@ def export(ckpt: str | Path, out: str | Path | None = None, input: str | Path | 
     }
 
 
+def normal_spread(normals: np.ndarray) -> float:
+    """The standard deviation of the validation normals' scores (at least 1e-6): the scale a score
+    difference is measured on where the score itself is smaller."""
+    return max(float(np.std(normals)) if len(normals) > 1 else 0.0, 1e-6)
+
+
 def run_precision_difference(
     scorer: Scorer, calibration: Calibration, images: torch.Tensor, got: dict[str, np.ndarray], precision: str
 ) -> dict | None:
@@ -188,7 +194,7 @@ def run_precision_difference(
         return None
     want = reference_outputs(scorer, calibration, images, precision)
     normals = calibration.normal_scores.numpy()
-    spread = max(float(np.std(normals)) if len(normals) > 1 else 0.0, 1e-6)
+    spread = normal_spread(normals)
     diff = float(np.max(np.abs(got["score"] - want["score"]) / np.maximum(np.abs(want["score"]), spread)))
     p_values, labels = int((got["p_value"] != want["p_value"]).sum()), int((got["label"] != want["label"]).sum())
     log.warning(
